@@ -1,0 +1,210 @@
+"""The aiohttp application: routes, the error edge, startup and shutdown. Nothing else."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway import db
+from gateway.config import GatewayConfig
+from gateway.dialect import Dialect
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GatewayError,
+    MethodNotAllowed,
+    RouteNotFound,
+    UnsupportedMediaType,
+)
+from gateway.models_list import list_models
+from gateway.pipeline import Exchange, build_stages, chain
+from gateway.relay import relay
+from gateway.services import Services, open_services
+
+log = structlog.get_logger("gateway")
+
+CONFIG = web.AppKey("config", GatewayConfig)
+SERVICES = web.AppKey("services", Services)
+PIPELINE = web.AppKey("pipeline", Callable[[Exchange], Awaitable[None]])
+MODELS_PIPELINE = web.AppKey("models_pipeline", Callable[[Exchange], Awaitable[None]])
+REQUEST_ID = web.RequestKey("request_id", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def dialect_of(request: web.Request) -> Dialect:
+    """Which error shape a caller understands, judged by the route it called."""
+    if request.path.startswith("/v1/messages"):
+        return Dialect.ANTHROPIC
+    if request.path.startswith("/v1/models") and (
+        "anthropic-version" in request.headers or "x-api-key" in request.headers
+    ):
+        return Dialect.ANTHROPIC
+    return Dialect.OPENAI
+
+
+def error_response(err: GatewayError, dialect: Dialect) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(err.render(dialect)),
+        status=err.status_for(dialect),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+@web.middleware
+async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every GatewayError in the caller's dialect; nothing else ever leaves as a traceback."""
+    request[REQUEST_ID] = new_request_id(request)
+    try:
+        return await handler(request)
+    except GatewayError as err:
+        return error_response(err, dialect_of(request))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and request.path.startswith("/v1/"):
+            return error_response(_http_exception_as_gateway_error(exc), dialect_of(request))
+        raise
+    except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
+        log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)
+        return error_response(GatewayError("internal gateway error; see the gateway log"), dialect_of(request))
+
+
+def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return BodyTooLarge("request body is over the size limit")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}")
+    return RouteNotFound("no such endpoint: the gateway serves /v1/messages, /v1/chat/completions and /v1/models")
+
+
+# --- the pipeline routes ---------------------------------------------------------------------------
+
+
+async def read_json_body(request: web.Request, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """The request body, parsed once; a clear 4xx for anything that is not one JSON object within the limit."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BodyTooLarge(f"request body of {request.content_length} bytes is over the limit of {max_bytes} bytes")
+    content_type = request.headers.get("Content-Type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes") from None
+    if not raw:
+        raise BadRequest("request body is empty: send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+    return raw, body
+
+
+def new_request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(12)
+
+
+def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        raw, body = await read_json_body(request, app[CONFIG].server.max_body_bytes)
+        ex = Exchange(dialect, route, request, raw, body, request[REQUEST_ID], billable=billable)
+        try:
+            await app[PIPELINE](ex)
+        finally:
+            _log_exchange(ex)
+        assert ex.response is not None
+        return ex.response
+
+    return handle
+
+
+def _log_exchange(ex: Exchange) -> None:
+    log.info(
+        "request",
+        request_id=ex.request_id,
+        route=ex.route,
+        key=ex.principal.lookup_id if ex.principal else None,
+        alias=ex.alias_name,
+        model=ex.target.provider_model if ex.target else None,
+        status=ex.status or None,
+        stream=ex.streamed,
+        input_tokens=ex.usage.input_tokens,
+        output_tokens=ex.usage.output_tokens,
+        ms=round((time.perf_counter_ns() - ex.started_ns) / 1e6, 2),
+    )
+
+
+async def models(request: web.Request) -> web.StreamResponse:
+    """GET /v1/models and /v1/models/{id}: the aliases, in the caller's dialect (auth required)."""
+    ex = Exchange(dialect_of(request), "models", request, b"", {}, request[REQUEST_ID], billable=False)
+    await request.app[MODELS_PIPELINE](ex)
+    cfg = request.app[CONFIG]
+    body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+# --- probes ------------------------------------------------------------------------------------------
+
+
+async def root(request: web.Request) -> web.Response:
+    """Claude Code sends HEAD / before its first request; anything but 200 makes it report a failure."""
+    return web.json_response({"service": "ai-gateway", "health": "/health"})
+
+
+async def health(request: web.Request) -> web.Response:
+    ok = await db.ping(request.app[SERVICES].pool)
+    body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+# --- assembly ----------------------------------------------------------------------------------------
+
+
+def build_app(cfg: GatewayConfig, *, dsn: str | None = None) -> web.Application:
+    """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
+    app = web.Application(middlewares=[error_edge], client_max_size=cfg.server.max_body_bytes)
+    app[CONFIG] = cfg
+
+    async def services_ctx(app: web.Application) -> Any:
+        svc = await open_services(cfg, dsn=dsn)
+        app[SERVICES] = svc
+        stages = build_stages(cfg, svc)
+        app[PIPELINE] = chain(stages, relay)
+        auth_only = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name in ("auth", "key_mapping")]
+        app[MODELS_PIPELINE] = chain(auth_only, _nothing)
+        yield
+        await svc.aclose()
+
+    app.cleanup_ctx.append(services_ctx)
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_post("/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages"))
+    app.router.add_post(
+        "/v1/messages/count_tokens", pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False)
+    )
+    app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions"))
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model_id}", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
+    return app
+
+
+async def _nothing(ex: Exchange) -> None:
+    return None
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response names its request id, so a user's report can be matched to the log line."""
+    if REQUEST_ID in request:
+        response.headers["x-request-id"] = request[REQUEST_ID]

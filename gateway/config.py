@@ -1,0 +1,441 @@
+"""gateway.yaml, parsed once into frozen objects.
+
+`load_config(path, environ)` is the only reader of the file and of the environment variables it names.
+Values may use `${VAR}` (the variable must be set) and `${VAR:-default}`. Every problem is reported as one
+`ConfigError` line naming the YAML path, e.g. `models.claude-fast.provider: 'antropic' is not a declared
+provider (anthropic)`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+PIPELINE_STAGES = ("auth", "key_mapping", "budget", "route", "usage_log")  # the only order they can run in
+REQUIRED_STAGES = frozenset({"auth", "route"})
+PROVIDER_TYPES = frozenset({"anthropic"})
+
+
+class ConfigError(Exception):
+    """gateway.yaml (or the environment it reads) is unusable; the message names the key and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = 32 * 1024 * 1024  # Claude Code sends 78 KB+ per turn; images can be MBs
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = ""  # empty: start the embedded PostgreSQL in embedded_data_dir
+    embedded_data_dir: str = "./.gateway/pgdata"
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 10.0
+    first_byte_s: float = 600.0  # Anthropic may think for minutes before the first byte of a long reply
+    idle_s: float = 300.0  # longest silence allowed between two chunks of a stream
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str
+    api_key: str = field(repr=False)
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    name: str
+    provider: str
+    model: str
+    default_max_tokens: int = 4096  # for OpenAI callers that send no max_tokens (Anthropic requires one)
+    thinking_budgets: Mapping[str, int] = field(default_factory=dict)  # OpenAI reasoning_effort -> budget
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_write: float
+    cache_read: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    enforce: bool = True
+    monthly_limit_usd: float = 100.0
+    monthly_token_limit: int = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    cache_ttl_s: float = 10.0  # bound on how long a revoked key keeps working on another process
+    cache_size: int = 10_000
+    bcrypt_rounds: int = 12
+
+
+@dataclass(frozen=True, slots=True)
+class UsageLogConfig:
+    flush_interval_ms: int = 200
+    flush_rows: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: str = "auto"  # json | console | auto (console on a terminal, json otherwise)
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    server: ServerConfig
+    database: DatabaseConfig
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, ModelAlias]
+    pricing: Mapping[str, Price]
+    budgets: BudgetConfig
+    auth: AuthConfig
+    usage_log: UsageLogConfig
+    logging: LoggingConfig
+    pipeline: tuple[str, ...]
+    source: str = "<defaults>"
+
+    def unpriced_models(self) -> list[str]:
+        """Provider models an alias routes to that have no price: their cost is recorded as unknown."""
+        return sorted({a.model for a in self.models.values() if a.model not in self.pricing})
+
+
+# --- environment interpolation ----------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: str, environ: Mapping[str, str], where: str) -> str:
+    """Replace `${VAR}` and `${VAR:-default}` in one YAML string."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and (environ[name] != "" or default is None):
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    return _VAR.sub(substitute, value)
+
+
+def _interpolate_tree(node: Any, environ: Mapping[str, str], where: str) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, environ, where)
+    if isinstance(node, dict):
+        return {k: _interpolate_tree(v, environ, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(v, environ, f"{where}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+# --- typed readers: each names the YAML path in its error -------------------------------------------
+
+T = TypeVar("T")
+
+
+def _section(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+    return raw
+
+
+def _get(spec: dict[str, Any], key: str, where: str, kind: type[T], default: T | None = None) -> T:
+    """Read `key` as `kind`, coercing strings (env values are strings) and naming the path on failure."""
+    path = f"{where}.{key}" if where else key
+    if key not in spec or spec[key] is None:
+        if default is None:
+            raise ConfigError(f"{path}: required")
+        return default
+    value = spec[key]
+    try:
+        if kind is bool:
+            return _as_bool(value, path)  # type: ignore[return-value]
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind is str and not isinstance(value, str | int | float):
+            raise ValueError
+        return kind(value)  # type: ignore[call-arg]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _as_bool(value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{path}: expected true or false, got {value!r}")
+
+
+def _positive(value: T, path: str) -> T:
+    if value <= 0:  # type: ignore[operator]
+        raise ConfigError(f"{path}: must be positive, got {value!r}")
+    return value
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+
+def _server(raw: Any) -> ServerConfig:
+    s = _section(raw, "server", {"host", "port", "max_body_bytes", "workers"})
+    d = ServerConfig()
+    port = _get(s, "port", "server", int, d.port)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port: {port} is not a TCP port")
+    return ServerConfig(
+        host=_get(s, "host", "server", str, d.host),
+        port=port,
+        max_body_bytes=_positive(_get(s, "max_body_bytes", "server", int, d.max_body_bytes), "server.max_body_bytes"),
+        workers=_positive(_get(s, "workers", "server", int, d.workers), "server.workers"),
+    )
+
+
+def _database(raw: Any) -> DatabaseConfig:
+    s = _section(raw, "database", {"url", "embedded_data_dir", "pool_min", "pool_max"})
+    d = DatabaseConfig()
+    return DatabaseConfig(
+        url=_get(s, "url", "database", str, d.url),
+        embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
+        pool_min=_get(s, "pool_min", "database", int, d.pool_min),
+        pool_max=_positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max"),
+    )
+
+
+def _timeouts(raw: Any, where: str) -> Timeouts:
+    s = _section(raw, where, {"connect", "first_byte", "idle"})
+    d = Timeouts()
+    return Timeouts(
+        connect_s=_positive(_get(s, "connect", where, float, d.connect_s), f"{where}.connect"),
+        first_byte_s=_positive(_get(s, "first_byte", where, float, d.first_byte_s), f"{where}.first_byte"),
+        idle_s=_positive(_get(s, "idle", where, float, d.idle_s), f"{where}.idle"),
+    )
+
+
+def _providers(raw: Any) -> dict[str, ProviderConfig]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("providers: declare at least one provider (e.g. anthropic)")
+    providers = {}
+    for name, spec_raw in raw.items():
+        where = f"providers.{name}"
+        spec = _section(spec_raw, where, {"type", "base_url", "api_key", "timeouts"})
+        kind = _get(spec, "type", where, str, "anthropic")
+        if kind not in PROVIDER_TYPES:
+            raise ConfigError(f"{where}.type: {kind!r} is not a provider type ({', '.join(sorted(PROVIDER_TYPES))})")
+        base_url = _get(spec, "base_url", where, str).rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url: {base_url!r} is not an http(s) URL")
+        providers[str(name)] = ProviderConfig(
+            name=str(name),
+            type=kind,
+            base_url=base_url,
+            api_key=_get(spec, "api_key", where, str, ""),
+            timeouts=_timeouts(spec.get("timeouts"), f"{where}.timeouts"),
+        )
+    return providers
+
+
+def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, ModelAlias]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("models: declare at least one model alias")
+    aliases = {}
+    for name, spec_raw in raw.items():
+        where = f"models.{name}"
+        spec = _section(spec_raw, where, {"provider", "model", "default_max_tokens", "thinking_budgets"})
+        provider = _get(spec, "provider", where, str)
+        if provider not in providers:
+            known = ", ".join(sorted(providers))
+            raise ConfigError(f"{where}.provider: {provider!r} is not a declared provider ({known})")
+        budgets_raw = _section(
+            spec.get("thinking_budgets"), f"{where}.thinking_budgets", {"minimal", "low", "medium", "high"}
+        )
+        budgets = {
+            effort: _positive(
+                _get(budgets_raw, effort, f"{where}.thinking_budgets", int), f"{where}.thinking_budgets.{effort}"
+            )
+            for effort in budgets_raw
+        }
+        aliases[str(name)] = ModelAlias(
+            name=str(name),
+            provider=provider,
+            model=_get(spec, "model", where, str),
+            default_max_tokens=_positive(
+                _get(spec, "default_max_tokens", where, int, 4096), f"{where}.default_max_tokens"
+            ),
+            thinking_budgets=budgets,
+        )
+    return aliases
+
+
+def _pricing(raw: Any) -> dict[str, Price]:
+    prices = {}
+    for model, spec_raw in (raw or {}).items():
+        where = f"pricing.{model}"
+        spec = _section(spec_raw, where, {"input", "output", "cache_write", "cache_read"})
+        values = {k: _get(spec, k, where, float) for k in ("input", "output", "cache_write", "cache_read")}
+        for key, value in values.items():
+            if value < 0:
+                raise ConfigError(f"{where}.{key}: a price cannot be negative")
+        prices[str(model)] = Price(**values)
+    return prices
+
+
+def _budgets(raw: Any) -> BudgetConfig:
+    s = _section(raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit"})
+    d = BudgetConfig()
+    return BudgetConfig(
+        enforce=_get(s, "enforce", "budgets", bool, d.enforce),
+        monthly_limit_usd=_get(s, "monthly_limit_usd", "budgets", float, d.monthly_limit_usd),
+        monthly_token_limit=_get(s, "monthly_token_limit", "budgets", int, d.monthly_token_limit),
+    )
+
+
+def _auth(raw: Any) -> AuthConfig:
+    s = _section(raw, "auth", {"cache_ttl_s", "cache_size", "bcrypt_rounds"})
+    d = AuthConfig()
+    rounds = _get(s, "bcrypt_rounds", "auth", int, d.bcrypt_rounds)
+    if not 4 <= rounds <= 31:
+        raise ConfigError(f"auth.bcrypt_rounds: {rounds} is outside bcrypt's 4..31")
+    return AuthConfig(
+        cache_ttl_s=_positive(_get(s, "cache_ttl_s", "auth", float, d.cache_ttl_s), "auth.cache_ttl_s"),
+        cache_size=_positive(_get(s, "cache_size", "auth", int, d.cache_size), "auth.cache_size"),
+        bcrypt_rounds=rounds,
+    )
+
+
+def _usage_log(raw: Any) -> UsageLogConfig:
+    s = _section(raw, "usage_log", {"flush_interval_ms", "flush_rows"})
+    d = UsageLogConfig()
+    return UsageLogConfig(
+        flush_interval_ms=_positive(_get(s, "flush_interval_ms", "usage_log", int, d.flush_interval_ms), "usage_log"),
+        flush_rows=_positive(_get(s, "flush_rows", "usage_log", int, d.flush_rows), "usage_log.flush_rows"),
+    )
+
+
+def _logging(raw: Any) -> LoggingConfig:
+    s = _section(raw, "logging", {"format", "level"})
+    fmt = _get(s, "format", "logging", str, "auto")
+    if fmt not in ("json", "console", "auto"):
+        raise ConfigError(f"logging.format: {fmt!r} is not one of json, console, auto")
+    level = _get(s, "level", "logging", str, "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"logging.level: {level!r} is not one of debug, info, warning, error")
+    return LoggingConfig(format=fmt, level=level)
+
+
+def _pipeline(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return PIPELINE_STAGES
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise ConfigError("pipeline: expected a list of stage names")
+    for name in raw:
+        if name not in PIPELINE_STAGES:
+            raise ConfigError(f"pipeline: unknown stage {name!r} (stages: {', '.join(PIPELINE_STAGES)})")
+    if missing := sorted(REQUIRED_STAGES - set(raw)):
+        raise ConfigError(f"pipeline: stage {missing[0]!r} is required")
+    if list(raw) != [s for s in PIPELINE_STAGES if s in raw]:
+        raise ConfigError(f"pipeline: stages must keep the order {' -> '.join(PIPELINE_STAGES)}")
+    return tuple(raw)
+
+
+# The original design's variables win over whatever gateway.yaml says, so ops can change a limit without a file.
+BUDGET_ENV = {
+    "ENFORCE_BUDGETS": "enforce",
+    "DEFAULT_MONTHLY_LIMIT_USD": "monthly_limit_usd",
+    "DEFAULT_MONTHLY_TOKEN_LIMIT": "monthly_token_limit",
+}
+
+
+def _budget_env_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
+    overrides = {key: environ[var] for var, key in BUDGET_ENV.items() if environ.get(var, "") != ""}
+    if not overrides:
+        return raw
+    return {**(raw if isinstance(raw, dict) else {}), **overrides}
+
+
+TOP_LEVEL = {
+    "server",
+    "database",
+    "providers",
+    "models",
+    "pricing",
+    "budgets",
+    "auth",
+    "usage_log",
+    "logging",
+    "pipeline",
+}
+
+
+def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>") -> GatewayConfig:
+    """Validate an already-loaded YAML document; `environ` fills the `${VAR}` references."""
+    doc = _section(raw, "", TOP_LEVEL) if raw is not None else {}
+    doc = _interpolate_tree(doc, environ, "")
+    doc["budgets"] = _budget_env_overrides(doc.get("budgets"), environ)
+    providers = _providers(doc.get("providers"))
+    return GatewayConfig(
+        server=_server(doc.get("server")),
+        database=_database(doc.get("database")),
+        providers=providers,
+        models=_models(doc.get("models"), providers),
+        pricing=_pricing(doc.get("pricing")),
+        budgets=_budgets(doc.get("budgets")),
+        auth=_auth(doc.get("auth")),
+        usage_log=_usage_log(doc.get("usage_log")),
+        logging=_logging(doc.get("logging")),
+        pipeline=_pipeline(doc.get("pipeline")),
+        source=source,
+    )
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("GATEWAY_CONFIG", "gateway.yaml"))
+
+
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate gateway.yaml; raises ConfigError with one line naming the key and the problem."""
+    environ = os.environ if environ is None else environ
+    path = Path(path) if path is not None else default_config_path(environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(raw, environ, source=str(path))

@@ -1,0 +1,364 @@
+"""Translate an OpenAI Chat Completions request body into an Anthropic Messages request body.
+
+Pure: no I/O, no clock, no randomness. Every id the output needs is derived from the input, so the same
+request always translates to the same dict. What cannot be expressed for Anthropic raises
+`TranslationError`, whose message names the field, e.g.
+"messages[2].content[0].type: 'input_audio' content parts are not supported in user messages; ...".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Accepted and dropped: they have no Anthropic counterpart and no effect on the answer's content.
+IGNORED_FIELDS: frozenset[str] = frozenset(
+    {
+        "stream_options",  # read by the caller of ChatStreamTranslator, not sent upstream
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "service_tier",
+        "store",
+        "metadata",  # OpenAI's stored-completion tags; Anthropic's metadata.user_id comes from `user`
+    }
+)
+# Refused with TranslationError unless set to their no-op value (n: 1, logprobs: false, top_logprobs: 0,
+# response_format: {"type": "text"}).
+REJECTED_FIELDS: frozenset[str] = frozenset({"n", "logprobs", "top_logprobs", "response_format"})
+
+SYSTEM_ROLES: frozenset[str] = frozenset({"system", "developer"})  # hoisted into the top-level `system`
+# OpenAI role -> the Anthropic turn it joins; tool results travel in user turns.
+ROLES: dict[str, str] = {"user": "user", "assistant": "assistant", "tool": "user", "function": "user"}
+# Content part types each role may carry. "refusal" parts are text the assistant said.
+CONTENT_PART_TYPES: dict[str, frozenset[str]] = {
+    "system": frozenset({"text"}),
+    "developer": frozenset({"text"}),
+    "user": frozenset({"text", "image_url"}),
+    "assistant": frozenset({"text", "refusal"}),
+    "tool": frozenset({"text"}),
+    "function": frozenset({"text"}),
+}
+IMAGE_MEDIA_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+TOOL_CHOICES: dict[str, dict[str, str]] = {
+    "auto": {"type": "auto"},
+    "none": {"type": "none"},
+    "required": {"type": "any"},
+}
+# reasoning_effort values that mean "do not think" rather than a budget to look up.
+NO_THINKING_EFFORTS: frozenset[str] = frozenset({"none"})
+
+
+class TranslationError(ValueError):
+    """The OpenAI request cannot be expressed for Anthropic; the message says what and where.
+
+    `param` names the offending field, e.g. "messages[2].content[0].type".
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class TranslationOptions:
+    """Per-route settings the request itself does not carry."""
+
+    provider_model: str  # the real model id to put in "model"
+    default_max_tokens: int  # used when max_tokens / max_completion_tokens are absent
+    thinking_budgets: Mapping[str, int]  # reasoning_effort -> thinking budget_tokens
+
+
+def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions) -> dict[str, Any]:
+    """Build the Anthropic Messages request for an OpenAI Chat Completions request body."""
+    _reject_unsupported(body)
+    system, messages = _Conversation.translate(body.get("messages"))
+    out: dict[str, Any] = {"model": opts.provider_model, "max_tokens": _max_tokens(body, opts), "messages": messages}
+    if system:
+        out["system"] = system
+    _add_sampling(out, body)
+    _add_tools(out, body)
+    _add_thinking(out, body, opts)
+    if body.get("user") is not None:
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("stream") is not None:
+        out["stream"] = body["stream"]
+    return out
+
+
+def _reject_unsupported(body: Mapping[str, Any]) -> None:
+    if body.get("n") not in (None, 1):
+        raise TranslationError("n: only one choice per request is supported; send n=1 or omit it", "n")
+    if body.get("logprobs"):
+        raise TranslationError("logprobs: log probabilities are not available from Anthropic models", "logprobs")
+    if body.get("top_logprobs"):
+        raise TranslationError(
+            "top_logprobs: log probabilities are not available from Anthropic models", "top_logprobs"
+        )
+    response_format = body.get("response_format")
+    if response_format is not None:
+        kind = response_format.get("type") if isinstance(response_format, Mapping) else response_format
+        if kind != "text":
+            message = f"response_format: {kind!r} is not supported; ask for JSON in the prompt"
+            raise TranslationError(message, "response_format.type")
+
+
+def _max_tokens(body: Mapping[str, Any], opts: TranslationOptions) -> int:
+    for field in ("max_completion_tokens", "max_tokens"):  # the newer name wins when both are sent
+        if body.get(field) is not None:
+            value = body[field]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TranslationError(f"{field}: must be a positive integer, got {value!r}", field)
+            return value
+    return opts.default_max_tokens
+
+
+def _add_sampling(out: dict[str, Any], body: Mapping[str, Any]) -> None:
+    if body.get("temperature") is not None:
+        out["temperature"] = min(max(_number(body, "temperature"), 0), 1)  # OpenAI allows 0..2, Anthropic 0..1
+    if body.get("top_p") is not None:
+        out["top_p"] = _number(body, "top_p")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        out["stop_sequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        out["stop_sequences"] = list(stop)
+    elif stop is not None and not isinstance(stop, list):
+        raise TranslationError(f"stop: must be a string or a list of strings, got {stop!r}", "stop")
+
+
+def _number(body: Mapping[str, Any], field: str) -> float:
+    value = body[field]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TranslationError(f"{field}: must be a number, got {value!r}", field)
+    return value
+
+
+def _add_tools(out: dict[str, Any], body: Mapping[str, Any]) -> None:
+    tools = _tools(body)
+    if not tools:  # Anthropic wants no tool_choice without tools; OpenAI clients often send "auto" with tools: []
+        return
+    out["tools"] = tools
+    choice = _tool_choice(body)
+    if body.get("parallel_tool_calls") is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":  # the flag does not exist on {"type": "none"}
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        out["tool_choice"] = choice
+
+
+def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if body.get("tools") is not None:
+        tools = _expect_list(body["tools"], "tools")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, Mapping) or tool.get("type") != "function":
+                kind = tool.get("type") if isinstance(tool, Mapping) else tool
+                message = f"tools[{i}].type: {kind!r} tools are not supported; only function tools are"
+                raise TranslationError(message, f"tools[{i}].type")
+        return [_function_to_tool(tool.get("function"), f"tools[{i}].function") for i, tool in enumerate(tools)]
+    functions = _expect_list(body.get("functions") or [], "functions")  # legacy name for function tools
+    return [_function_to_tool(fn, f"functions[{i}]") for i, fn in enumerate(functions)]
+
+
+def _function_to_tool(fn: object, where: str) -> dict[str, Any]:
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+        raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
+    tool: dict[str, Any] = {"name": fn["name"]}
+    if fn.get("description") is not None:
+        tool["description"] = fn["description"]
+    tool["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return tool
+
+
+def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    for field in ("tool_choice", "function_call"):  # function_call is the legacy name
+        choice = body.get(field)
+        if isinstance(choice, str) and choice in TOOL_CHOICES:
+            return dict(TOOL_CHOICES[choice])
+        if isinstance(choice, Mapping):
+            # {"type": "function", "function": {"name": X}}; legacy function_call is {"name": X}
+            fn = choice.get("function") if field == "tool_choice" and choice.get("type") == "function" else choice
+            if isinstance(fn, Mapping) and isinstance(fn.get("name"), str):
+                return {"type": "tool", "name": fn["name"]}
+        if choice is not None:
+            message = f'{field}: expected "auto", "none", "required" or a named function, got {choice!r}'
+            raise TranslationError(message, field)
+    return None
+
+
+def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: TranslationOptions) -> None:
+    effort = body.get("reasoning_effort")
+    if effort is None or effort in NO_THINKING_EFFORTS:
+        return
+    budget = opts.thinking_budgets.get(effort)
+    if budget is None:
+        known = ", ".join(opts.thinking_budgets)
+        raise TranslationError(f"reasoning_effort: {effort!r} is not supported; use one of {known}", "reasoning_effort")
+    if out.get("tool_choice", {}).get("type") in ("any", "tool"):
+        message = "tool_choice: with reasoning_effort set only auto or none are supported (Anthropic extended thinking)"
+        raise TranslationError(message, "tool_choice")
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if out["max_tokens"] <= budget:  # Anthropic requires budget_tokens < max_tokens
+        out["max_tokens"] = budget + opts.default_max_tokens
+    # Anthropic rejects temperature and (most) top_p values while thinking is on. Dropping them keeps
+    # the request working; the client asked for reasoning, which matters more than sampling knobs.
+    out.pop("temperature", None)
+    out.pop("top_p", None)
+
+
+def _expect_list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TranslationError(f"{where}: must be a list", where)
+    return value
+
+
+class _Conversation:
+    """Collects Anthropic turns, merging consecutive ones of the same role."""
+
+    def __init__(self) -> None:
+        self.system: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self._legacy_call_ids: dict[str, str] = {}  # function name -> id of its latest assistant function_call
+
+    @classmethod
+    def translate(cls, raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if not isinstance(raw, list) or not raw:
+            raise TranslationError("messages: must be a non-empty list of messages", "messages")
+        conversation = cls()
+        for i, message in enumerate(raw):
+            if not isinstance(message, Mapping):
+                raise TranslationError(f"messages[{i}]: each message must be an object", f"messages[{i}]")
+            conversation.add(i, message)
+        for message in conversation.messages:
+            if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
+                message["content"].sort(key=lambda block: block["type"] != "tool_result")
+        return conversation.system, conversation.messages
+
+    def add(self, i: int, message: Mapping[str, Any]) -> None:
+        where, role = f"messages[{i}]", message.get("role")
+        if role in SYSTEM_ROLES:
+            self.system.extend(_content_blocks(message.get("content"), role, where))
+        elif role == "user":
+            self._append("user", _content_blocks(message.get("content"), role, where))
+        elif role == "assistant":
+            self._append("assistant", self._assistant_blocks(i, message, where))
+        elif role == "tool":
+            if not isinstance(message.get("tool_call_id"), str):
+                raise TranslationError(f"{where}.tool_call_id: is required", f"{where}.tool_call_id")
+            self._append("user", [_tool_result(message["tool_call_id"], message, where)])
+        elif role == "function":
+            if not isinstance(name := message.get("name"), str):
+                raise TranslationError(f"{where}.name: is required for function messages", f"{where}.name")
+            call_id = self._legacy_call_ids.get(name, f"call_{name}_{i}")
+            self._append("user", [_tool_result(call_id, message, where)])
+        else:
+            known = ", ".join([*sorted(SYSTEM_ROLES), *ROLES])
+            raise TranslationError(f"{where}.role: unknown role {role!r}; expected one of {known}", f"{where}.role")
+
+    def _assistant_blocks(self, i: int, message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        blocks = _content_blocks(message.get("content"), "assistant", where)  # text before tool calls
+        for j, call in enumerate(_expect_list(message.get("tool_calls") or [], f"{where}.tool_calls")):
+            call_where = f"{where}.tool_calls[{j}]"
+            if not isinstance(call, Mapping) or call.get("type", "function") != "function":
+                raise TranslationError(
+                    f"{call_where}.type: only function tool calls are supported", f"{call_where}.type"
+                )
+            call_id = call.get("id") or f"call_{i}_{j}"
+            blocks.append(_tool_use(call_id, call.get("function"), f"{call_where}.function"))
+        if message.get("function_call") is not None:  # legacy: one call, no id; synthesise a stable one
+            block = _tool_use("", message["function_call"], f"{where}.function_call")
+            block["id"] = self._legacy_call_ids[block["name"]] = f"call_{block['name']}_{i}"
+            blocks.append(block)
+        return blocks
+
+    def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:  # Anthropic rejects empty turns and empty text blocks
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": blocks})
+
+
+def _content_blocks(content: object, role: str, where: str) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        message = f"{where}.content: must be a string or a list of content parts"
+        raise TranslationError(message, f"{where}.content")
+    blocks = (_content_block(part, role, f"{where}.content[{j}]") for j, part in enumerate(content))
+    return [block for block in blocks if block is not None]
+
+
+def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None:
+    if not isinstance(part, Mapping):
+        raise TranslationError(f"{where}: content parts must be objects, got {part!r}", where)
+    kind, allowed = part.get("type"), CONTENT_PART_TYPES[role]
+    if kind not in allowed:
+        supported = ", ".join(sorted(allowed))
+        message = f"{where}.type: {kind!r} content parts are not supported in {role} messages; supported: {supported}"
+        raise TranslationError(message, f"{where}.type")
+    if kind == "image_url":
+        return _image_block(part.get("image_url"), f"{where}.image_url")
+    text = part.get(kind)  # {"type": "text", "text": ...} and {"type": "refusal", "refusal": ...}
+    if not isinstance(text, str):
+        raise TranslationError(f"{where}.{kind}: must be a string", f"{where}.{kind}")
+    return {"type": "text", "text": text} if text else None
+
+
+def _image_block(image_url: object, where: str) -> dict[str, Any]:
+    url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
+    if not isinstance(url, str):
+        raise TranslationError(f"{where}.url: an image URL is required", f"{where}.url")
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("http", "https"):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    if scheme != "data":
+        message = f"{where}.url: {scheme!r} image URLs are not supported; use https: or a base64 data: URL"
+        raise TranslationError(message, f"{where}.url")
+    header, comma, data = url[5:].partition(",")
+    media_type, *params = header.split(";")
+    if not comma or params[-1:] != ["base64"]:
+        raise TranslationError(f"{where}.url: data URLs must look like data:<mime>;base64,<data>", f"{where}.url")
+    if media_type not in IMAGE_MEDIA_TYPES:
+        supported = ", ".join(sorted(IMAGE_MEDIA_TYPES))
+        message = f"{where}.url: image type {media_type!r} is not supported; supported: {supported}"
+        raise TranslationError(message, f"{where}.url")
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _tool_use(call_id: str, fn: object, where: str) -> dict[str, Any]:
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+        raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
+    arguments = _arguments(fn.get("arguments"), f"{where}.arguments")
+    return {"type": "tool_use", "id": call_id, "name": fn["name"], "input": arguments}
+
+
+def _arguments(raw: object, where: str) -> dict[str, Any]:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    try:
+        parsed = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    except orjson.JSONDecodeError as exc:
+        raise TranslationError(f"{where}: not valid JSON ({exc})", where) from exc
+    if not isinstance(parsed, dict):
+        raise TranslationError(f"{where}: must be a JSON object, got {type(parsed).__name__}", where)
+    return parsed
+
+
+def _tool_result(call_id: str, message: Mapping[str, Any], where: str) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    content = message.get("content")
+    if isinstance(content, str):
+        if content:
+            block["content"] = content
+    elif content is not None and (parts := _content_blocks(content, message["role"], where)):
+        block["content"] = parts
+    return block

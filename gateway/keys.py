@@ -1,0 +1,150 @@
+"""Gateway keys: how they look, how they are stored, and the in-process cache that makes checking them cheap.
+
+A key reads `gw-<lookup id>_<secret>`: the lookup id (8 random bytes, hex) finds the row with one indexed
+query; the secret (32 random bytes, base64url) is what bcrypt protects. Only the lookup id and the bcrypt
+hash of the whole key are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import bcrypt
+
+from gateway import db
+
+KEY_PREFIX = "gw-"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key that authenticated the request (repr shows no secret)."""
+
+    key_id: int
+    lookup_id: str
+    name: str
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    plaintext: str
+    lookup_id: str
+    key_hash: str
+
+    def __repr__(self) -> str:
+        return f"NewKey(lookup_id={self.lookup_id!r}, plaintext='gw-…')"
+
+
+def generate_key(rounds: int = 12) -> NewKey:
+    lookup_id = secrets.token_hex(8)
+    plaintext = f"{KEY_PREFIX}{lookup_id}_{secrets.token_urlsafe(32)}"
+    key_hash = bcrypt.hashpw(plaintext.encode(), bcrypt.gensalt(rounds)).decode()
+    return NewKey(plaintext=plaintext, lookup_id=lookup_id, key_hash=key_hash)
+
+
+def lookup_id_of(key: str) -> str | None:
+    """The public part of a well-formed gateway key, or None when `key` is not one."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    lookup_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
+    if not sep or len(lookup_id) != 16 or not secret:
+        return None
+    return lookup_id
+
+
+def bcrypt_matches(key: str, key_hash: str) -> bool:
+    try:
+        return bcrypt.checkpw(key.encode(), key_hash.encode())
+    except ValueError:  # a corrupt hash in the database: treat as no match
+        return False
+
+
+def fingerprint(key: str) -> bytes:
+    """Cache key for a presented credential: never keep the plaintext in memory longer than the request."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(slots=True)
+class _Verified:
+    principal: Principal
+    key_hash: str
+    expires_at: float
+
+
+class KeyCache:
+    """Verify each gateway key with bcrypt once, then answer from memory.
+
+    bcrypt is slow on purpose (~250 ms at 12 rounds), so a verified key's verdict is kept, keyed by
+    sha256(key), for `ttl_s`. When it expires, the row is read again (no bcrypt: the stored hash is
+    compared to the one verified), so a key revoked by another process stops working within `ttl_s`.
+    A revocation on this process evicts at once.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[str], Awaitable[db.KeyRow | None]],
+        *,
+        ttl_s: float = 10.0,
+        max_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load, self._ttl, self._max, self._clock = load, ttl_s, max_size, clock
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[Principal | None]] = {}
+
+    async def principal_for(self, key: str) -> Principal | None:
+        """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked."""
+        fp = fingerprint(key)
+        hit = self._verified.get(fp)
+        if hit is not None and hit.expires_at > self._clock():
+            return hit.principal
+        # Single flight: fifty requests arriving together with a new key run one bcrypt, not fifty.
+        if (pending := self._pending.get(fp)) is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(self._verify(key, fp, hit))
+        self._pending[fp] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._pending.pop(fp, None)
+            else:
+                task.add_done_callback(lambda _: self._pending.pop(fp, None))
+
+    async def _verify(self, key: str, fp: bytes, hit: _Verified | None) -> Principal | None:
+        now = self._clock()
+        lookup_id = lookup_id_of(key)
+        if lookup_id is None:
+            return None
+        row = await self._load(lookup_id)
+        if row is None or row.revoked_at is not None:
+            self._verified.pop(fp, None)
+            return None
+        same_hash = hit is not None and hmac.compare_digest(hit.key_hash, row.key_hash)
+        if not same_hash and not await asyncio.to_thread(bcrypt_matches, key, row.key_hash):
+            return None
+        principal = Principal(key_id=row.id, lookup_id=row.lookup_id, name=row.name, is_admin=row.is_admin)
+        self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
+        return principal
+
+    def _remember(self, fp: bytes, verdict: _Verified) -> None:
+        self._verified[fp] = verdict
+        self._verified.move_to_end(fp)
+        while len(self._verified) > self._max:
+            self._verified.popitem(last=False)
+
+    def evict_key(self, key_id: int) -> None:
+        """Forget every cached verdict for one key (called when this process revokes it)."""
+        for fp in [fp for fp, v in self._verified.items() if v.principal.key_id == key_id]:
+            del self._verified[fp]
+
+    def __len__(self) -> int:
+        return len(self._verified)

@@ -1,0 +1,119 @@
+"""The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
+
+    auth -> key_mapping -> budget -> route -> usage_log -> relay (upstream call, response to the caller)
+
+`build_stages` is the one place that order is written down; `chain` composes it once at startup.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from gateway.config import GatewayConfig, ModelAlias
+from gateway.dialect import Dialect
+from gateway.keys import Principal
+
+if TYPE_CHECKING:
+    from gateway.providers.base import Provider
+    from gateway.services import Services
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens one request consumed, as the provider reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def update_from_anthropic(self, usage: Mapping[str, Any]) -> None:
+        """Take the counts an Anthropic `usage` object carries (message_start, message_delta or a reply)."""
+        if (v := usage.get("input_tokens")) is not None:
+            self.input_tokens = int(v)
+        if (v := usage.get("output_tokens")) is not None:
+            self.output_tokens = int(v)
+        if (v := usage.get("cache_read_input_tokens")) is not None:
+            self.cache_read_tokens = int(v)
+        if (v := usage.get("cache_creation_input_tokens")) is not None:
+            self.cache_write_tokens = int(v)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the route stage sent the request: the alias, its provider and the real model id."""
+
+    alias: ModelAlias
+    provider: Provider
+    provider_model: str
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state; each stage fills its own field."""
+
+    dialect: Dialect  # the wire format the caller speaks; fixed by the route
+    route: str  # messages | count_tokens | chat_completions
+    request: web.Request  # read by the auth stage (headers) and the relay (to answer); no stage writes to it
+    raw_body: bytes
+    body: dict[str, Any]  # parsed once at the edge; stages read it, never re-parse it
+    request_id: str
+    billable: bool = True  # count_tokens reaches the provider but leaves no usage row
+    credential: str | None = None  # the key or token the caller presented; set by Authenticate
+    principal: Principal | None = None  # set by Authenticate / MapClaudeCodeKey
+    target: Target | None = None  # set by RouteToProvider
+    usage: Usage = field(default_factory=Usage)
+    status: int = 0  # the HTTP status the caller got; set by the relay
+    streamed: bool = False
+    response: web.StreamResponse | None = None  # what the handler returns; set by the relay
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    first_byte_ns: int | None = None
+
+    @property
+    def alias_name(self) -> str:
+        model = self.body.get("model")
+        return model if isinstance(model, str) else ""
+
+
+Next = Callable[[Exchange], Awaitable[None]]
+
+
+class Stage(Protocol):
+    async def __call__(self, ex: Exchange, call_next: Next) -> None: ...
+
+
+def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
+    """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
+    from gateway.stages.auth import Authenticate
+    from gateway.stages.budget import CheckBudget
+    from gateway.stages.key_mapping import MapClaudeCodeKey
+    from gateway.stages.route import RouteToProvider
+    from gateway.stages.usage_log import LogUsage
+
+    available: dict[str, Stage] = {
+        "auth": Authenticate(svc.key_cache),
+        "key_mapping": MapClaudeCodeKey(),
+        "budget": CheckBudget(enforce=cfg.budgets.enforce),
+        "route": RouteToProvider(cfg.models, svc.providers),
+        # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
+        "usage_log": LogUsage(svc.usage_log),
+    }
+    return tuple(available[name] for name in cfg.pipeline)
+
+
+def chain(stages: Sequence[Stage], relay: Next) -> Next:
+    """Wrap `relay` in the stages once, at startup; no request ever rebuilds the chain."""
+    step = relay
+    for stage in reversed(stages):
+        step = functools.partial(stage, call_next=step)
+    return step

@@ -1,0 +1,139 @@
+"""`gateway serve`: prepare the database once, then run one or more worker processes on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+
+import structlog
+from aiohttp import web
+
+from gateway import db
+from gateway.app import build_app
+from gateway.config import GatewayConfig
+from gateway.keys import generate_key
+from gateway.logs import configure_logging
+from gateway.services import database_url
+
+log = structlog.get_logger("gateway")
+
+
+async def prepare_database(cfg: GatewayConfig, dsn: str) -> str | None:
+    """Migrate, and on an empty key table create a first admin key; returns its plaintext (shown once)."""
+    pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            applied = await db.migrate(conn)
+        if applied:
+            log.info("migrations_applied", files=applied)
+        if await db.list_keys(pool):
+            return None
+        new = generate_key(cfg.auth.bcrypt_rounds)
+        await db.insert_key(pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name="first-admin", is_admin=True)
+        return new.plaintext
+    finally:
+        await pool.close()
+
+
+def _print_first_key(key: str, host: str, port: int) -> None:
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    print(
+        f"\nFirst admin key (shown once; `gateway keys create --name NAME` makes more):\n\n    {key}\n\n"
+        f"Try it:\n    curl {base}/v1/messages -H 'x-api-key: {key}' -H 'content-type: application/json' \\\n"
+        f'      -d \'{{"model":"claude-fast","max_tokens":64,"messages":[{{"role":"user","content":"hi"}}]}}\'\n',
+        flush=True,
+    )
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship for
+        return
+    uvloop.install()
+
+
+def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _run_worker(cfg: GatewayConfig, dsn: str, sock: socket.socket) -> None:
+    _install_uvloop()
+    app = build_app(cfg, dsn=dsn)
+    web.run_app(app, sock=sock, access_log=None, print=None, handle_signals=True, shutdown_timeout=30)
+
+
+def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
+    """Run the gateway until SIGINT/SIGTERM. Several workers share the port via SO_REUSEPORT."""
+    configure_logging(cfg.logging)
+    host = host or cfg.server.host
+    port = cfg.server.port if port is None else port
+    workers = workers or cfg.server.workers
+    dsn, embedded = database_url(cfg)
+    first_key = asyncio.run(prepare_database(cfg, dsn))
+    sock = _listen_socket(host, port, reuse_port=workers > 1)
+    log.info(
+        "listening",
+        url=f"http://{host}:{sock.getsockname()[1]}",
+        workers=workers,
+        config=cfg.source,
+        database="embedded" if embedded else "external",
+    )
+    if first_key:
+        _print_first_key(first_key, host, sock.getsockname()[1])
+    try:
+        if workers == 1:
+            _run_worker(cfg, dsn, sock)
+            return 0
+        return _supervise(cfg, dsn, sock, workers)
+    finally:
+        if embedded is not None and embedded.started:
+            embedded.stop()
+
+
+def _supervise(cfg: GatewayConfig, dsn: str, sock: socket.socket, workers: int) -> int:
+    """Fork `workers` children, each with its own SO_REUSEPORT socket; forward signals; wait for them.
+
+    One socket per worker lets the kernel spread new connections evenly; a single shared socket lets the
+    busiest worker win most accepts.
+    """
+    host, port = sock.getsockname()[:2]
+    sock.close()  # the parent must not hold a listening socket: the kernel would queue connections on it
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                _run_worker(cfg, dsn, _listen_socket(host, port, reuse_port=True))
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    sys.stdout.flush()
+    return status

@@ -1,0 +1,45 @@
+"""Stage 1: who is calling. Verifies a gateway key from `Authorization: Bearer` or `x-api-key`."""
+
+from __future__ import annotations
+
+from gateway.errors import Unauthenticated
+from gateway.keys import KeyCache, lookup_id_of
+from gateway.pipeline import Exchange, Next
+
+
+def presented_credential(headers: object) -> str | None:
+    """The key a caller sent: `x-api-key` (Anthropic SDKs) or `Authorization: Bearer` (OpenAI SDKs)."""
+    get = headers.get  # type: ignore[attr-defined]
+    key = get("x-api-key")
+    if key:
+        return str(key).strip() or None
+    auth = get("Authorization")
+    if auth:
+        scheme, _, token = str(auth).partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return None
+
+
+class Authenticate:
+    """Refuse with 401 unless the caller presents a valid, unrevoked gateway key.
+
+    A credential that is not shaped like a gateway key (a Claude Code token, say) is left for the
+    key-mapping stage when the pipeline has one (`defer_foreign`), and refused here otherwise.
+    """
+
+    def __init__(self, keys: KeyCache, *, defer_foreign: bool = True) -> None:
+        self._keys, self._defer_foreign = keys, defer_foreign
+
+    async def __call__(self, ex: Exchange, call_next: Next) -> None:
+        credential = presented_credential(ex.request.headers)
+        if credential is None:
+            raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
+        ex.credential = credential
+        if lookup_id_of(credential) is not None:
+            ex.principal = await self._keys.principal_for(credential)
+            if ex.principal is None:
+                raise Unauthenticated("invalid or revoked API key")
+        elif not self._defer_foreign:
+            raise Unauthenticated("invalid API key: gateway keys start with 'gw-'")
+        await call_next(ex)

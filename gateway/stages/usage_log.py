@@ -1,0 +1,33 @@
+"""Stage 5: one usage row for every billable request that reached the relay, whatever happened to it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.errors import GatewayError
+from gateway.pipeline import Exchange, Next
+from gateway.usage import UsageLog
+
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+
+
+class LogUsage:
+    """Queue the request's usage row after the relay finished, failed or was cancelled."""
+
+    def __init__(self, usage_log: UsageLog) -> None:
+        self._log = usage_log
+
+    async def __call__(self, ex: Exchange, call_next: Next) -> None:
+        status = 500
+        try:
+            await call_next(ex)
+            status = ex.status
+        except GatewayError as err:
+            status = err.status_for(ex.dialect)
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            if ex.billable:
+                self._log.record(ex, status)

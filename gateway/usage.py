@@ -1,0 +1,127 @@
+"""The usage log: rows queued in memory by the request path, written to PostgreSQL in batches by one task.
+
+A request only appends a tuple to a list; the flusher writes the list with one COPY every
+`flush_interval_ms`, or sooner once `flush_rows` rows wait. A failed write keeps the rows for the next try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import structlog
+
+from gateway import db
+from gateway.config import Price
+from gateway.pipeline import Exchange, Usage
+
+log = structlog.get_logger("gateway.usage")
+_MILLION = Decimal(1_000_000)
+
+
+def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
+    """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price."""
+    if price is None:
+        return None
+    total = (
+        usage.input_tokens * Decimal(str(price.input))
+        + usage.output_tokens * Decimal(str(price.output))
+        + usage.cache_write_tokens * Decimal(str(price.cache_write))
+        + usage.cache_read_tokens * Decimal(str(price.cache_read))
+    )
+    return total / _MILLION
+
+
+class UsageLog:
+    """Batches usage rows off the request path; `record` never waits on the database."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool | None,
+        pricing: Mapping[str, Price],
+        *,
+        flush_interval_ms: int = 200,
+        flush_rows: int = 500,
+    ) -> None:
+        self._pool, self._pricing = pool, pricing
+        self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
+        self._rows: list[tuple[Any, ...]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
+        self.written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._rows)
+
+    def record(self, ex: Exchange, status: int) -> None:
+        """Queue one usage row for a request that reached the routing stage."""
+        assert ex.target is not None and ex.principal is not None
+        now_ns = time.perf_counter_ns()
+        ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
+        u = ex.usage
+        self._rows.append(
+            (
+                uuid.uuid4(),
+                datetime.now(UTC),
+                ex.request_id,
+                ex.principal.key_id,
+                ex.route,
+                ex.target.alias.name,
+                ex.target.alias.provider,
+                ex.target.provider_model,
+                status,
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                cost_usd(self._pricing.get(ex.target.provider_model), u),
+                (now_ns - ex.started_ns) / 1e6,
+                ttfb_ms,
+                ex.streamed,
+            )
+        )
+        if len(self._rows) >= self._flush_rows:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-log-flusher")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write every queued row now; returns how many were written (0 when the database refused)."""
+        async with self._flush_lock:
+            if not self._rows or self._pool is None:
+                return 0
+            batch, self._rows = self._rows, []
+            try:
+                await db.insert_usage(self._pool, batch)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self._rows[:0] = batch  # keep them, oldest first, for the next try
+                log.error("usage_flush_failed", rows=len(batch), error=str(exc))
+                return 0
+            self.written += len(batch)
+            return len(batch)
+
+    async def close(self) -> None:
+        """Stop the flusher and write what is left (called on shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()

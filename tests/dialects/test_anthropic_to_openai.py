@@ -1,0 +1,479 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.dialects.anthropic_to_openai import (
+    ANTHROPIC_ERROR_TYPES_TO_OPENAI,
+    FINISH_REASONS,
+    ChatStreamTranslator,
+    error_to_openai,
+    message_to_chat_completion,
+    usage_to_openai,
+)
+
+MODEL, ID, CREATED = "claude-fast", "chatcmpl-abc", 1_700_000_000
+USAGE = {"input_tokens": 12, "output_tokens": 7}
+OPENAI_USAGE = {
+    "prompt_tokens": 12,
+    "completion_tokens": 7,
+    "total_tokens": 19,
+    "prompt_tokens_details": {"cached_tokens": 0},
+}
+
+
+def anthropic_message(content: list[dict[str, Any]], stop_reason: str | None = "end_turn") -> dict[str, Any]:
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": USAGE,
+    }
+
+
+def completion(message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
+    return {
+        "id": ID,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": OPENAI_USAGE,
+    }
+
+
+def translate(message: dict[str, Any]) -> dict[str, Any]:
+    return message_to_chat_completion(message, model=MODEL, completion_id=ID, created=CREATED)
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"), [*FINISH_REASONS.items(), (None, "stop"), ("new_one", "stop")]
+)
+def test_finish_reason(stop_reason: str | None, finish_reason: str) -> None:
+    reply = translate(anthropic_message([{"type": "text", "text": "hi"}], stop_reason))
+    assert reply["choices"][0]["finish_reason"] == finish_reason
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(USAGE, OPENAI_USAGE, id="plain"),
+        pytest.param(
+            {"input_tokens": 5, "output_tokens": 3, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20},
+            {
+                "prompt_tokens": 125,
+                "completion_tokens": 3,
+                "total_tokens": 128,
+                "prompt_tokens_details": {"cached_tokens": 100},
+            },
+            id="with-cache",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 5,
+                "output_tokens": 3,
+                "cache_read_input_tokens": None,
+                "cache_creation_input_tokens": None,
+            },
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 3,
+                "total_tokens": 8,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+            id="null-cache-fields",
+        ),
+        pytest.param(
+            {},
+            {
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+            id="empty",
+        ),
+    ],
+)
+def test_usage(usage: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert usage_to_openai(usage) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "stop_reason", "expected_message", "finish_reason"),
+    [
+        pytest.param(
+            [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}],
+            "end_turn",
+            {"role": "assistant", "content": "Hello there"},
+            "stop",
+            id="text",
+        ),
+        pytest.param(
+            [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris", "days": 2}},
+            ],
+            "tool_use",
+            {
+                "role": "assistant",
+                "content": "Checking.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Paris","days":2}'},
+                    }
+                ],
+            },
+            "tool_calls",
+            id="text-and-tool-use",
+        ),
+        pytest.param(
+            [
+                {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}},
+                {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Oslo"}},
+            ],
+            "tool_use",
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "toolu_1", "type": "function", "function": {"name": "now", "arguments": "{}"}},
+                    {
+                        "id": "toolu_2",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                    },
+                ],
+            },
+            "tool_calls",
+            id="only-tool-calls",
+        ),
+        pytest.param(
+            [
+                {"type": "thinking", "thinking": "The user greets. ", "signature": "sig"},
+                {"type": "redacted_thinking", "data": "xyz"},
+                {"type": "thinking", "thinking": "Reply politely.", "signature": "sig"},
+                {"type": "text", "text": "Hi!"},
+            ],
+            "end_turn",
+            {"role": "assistant", "content": "Hi!", "reasoning_content": "The user greets. Reply politely."},
+            "stop",
+            id="thinking",
+        ),
+        pytest.param([], "max_tokens", {"role": "assistant", "content": ""}, "length", id="empty"),
+    ],
+)
+def test_message_to_chat_completion(
+    content: list[dict[str, Any]], stop_reason: str, expected_message: dict[str, Any], finish_reason: str
+) -> None:
+    assert translate(anthropic_message(content, stop_reason)) == completion(expected_message, finish_reason)
+
+
+def anthropic_error(error_type: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}, "request_id": "req_1"})
+
+
+def openai_error(message: str, error_type: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+STATUS_BY_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected_status", "expected"),
+    [
+        *(
+            pytest.param(
+                STATUS_BY_TYPE[anthropic_type],
+                anthropic_error(anthropic_type, "upstream says no"),
+                503 if anthropic_type == "overloaded_error" else STATUS_BY_TYPE[anthropic_type],
+                openai_error("upstream says no", openai_type, anthropic_type),
+                id=anthropic_type,
+            )
+            for anthropic_type, openai_type in ANTHROPIC_ERROR_TYPES_TO_OPENAI.items()
+        ),
+        pytest.param(
+            418,
+            anthropic_error("teapot_error", "short and stout"),
+            418,
+            openai_error("short and stout", "server_error", "teapot_error"),
+            id="unknown-type",
+        ),
+        pytest.param(
+            429,
+            b'{"type": "error", "error": {"message": "slow down"}}',
+            429,
+            openai_error("slow down", "rate_limit_exceeded", "rate_limit_error"),
+            id="type-missing-taken-from-status",
+        ),
+        pytest.param(
+            502,
+            b"<html>Bad Gateway</html>",
+            502,
+            openai_error("upstream returned HTTP 502 with an unreadable error body", "server_error", None),
+            id="html-body",
+        ),
+        pytest.param(
+            529,
+            b"",
+            503,
+            openai_error("upstream returned HTTP 529 with an unreadable error body", "server_error", None),
+            id="empty-body-529",
+        ),
+        pytest.param(
+            429,
+            b'{"detail": "nope"}',
+            429,
+            openai_error("upstream returned HTTP 429 with an unreadable error body", "rate_limit_exceeded", None),
+            id="json-but-not-an-error",
+        ),
+        pytest.param(
+            409,
+            b"[1, 2]",
+            409,
+            openai_error("upstream returned HTTP 409 with an unreadable error body", "invalid_request_error", None),
+            id="json-array",
+        ),
+    ],
+)
+def test_error_to_openai(status: int, body: bytes, expected_status: int, expected: dict[str, Any]) -> None:
+    assert error_to_openai(status, body) == (expected_status, expected)
+
+
+def test_every_anthropic_error_type_is_mapped() -> None:
+    assert set(ANTHROPIC_ERROR_TYPES_TO_OPENAI) == set(STATUS_BY_TYPE)
+
+
+# --- streaming ------------------------------------------------------------------------------------------------
+
+
+def message_start(usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    message = {**anthropic_message([], None), "usage": usage}
+    return "message_start", {"type": "message_start", "message": message}
+
+
+def block_start(index: int, block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def delta(index: int, **fields: Any) -> tuple[str, dict[str, Any]]:
+    return "content_block_delta", {"type": "content_block_delta", "index": index, "delta": fields}
+
+
+def block_stop(index: int) -> tuple[str, dict[str, Any]]:
+    return "content_block_stop", {"type": "content_block_stop", "index": index}
+
+
+def message_delta(stop_reason: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    payload = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": usage}
+    return "message_delta", payload
+
+
+PING = ("ping", {"type": "ping"})
+MESSAGE_STOP = ("message_stop", {"type": "message_stop"})
+START_USAGE = {"input_tokens": 25, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0, "output_tokens": 1}
+
+TEXT_STREAM = [
+    message_start(START_USAGE),
+    block_start(0, {"type": "text", "text": ""}),
+    PING,
+    delta(0, type="text_delta", text="Hello"),
+    delta(0, type="text_delta", text=", world"),
+    block_stop(0),
+    message_delta("end_turn", {"output_tokens": 15}),
+    MESSAGE_STOP,
+]
+TOOL_STREAM = [
+    message_start(START_USAGE),
+    block_start(0, {"type": "text", "text": ""}),
+    delta(0, type="text_delta", text="Let me check."),
+    block_stop(0),
+    block_start(1, {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {}}),
+    delta(1, type="input_json_delta", partial_json=""),
+    delta(1, type="input_json_delta", partial_json='{"city": "Pa'),
+    delta(1, type="input_json_delta", partial_json='ris"}'),
+    block_stop(1),
+    block_start(2, {"type": "tool_use", "id": "toolu_02", "name": "now", "input": {}}),
+    delta(2, type="input_json_delta", partial_json="{}"),
+    block_stop(2),
+    message_delta("tool_use", {"input_tokens": 30, "output_tokens": 60}),
+    MESSAGE_STOP,
+]
+THINKING_STREAM = [
+    message_start(START_USAGE),
+    block_start(0, {"type": "thinking", "thinking": ""}),
+    delta(0, type="thinking_delta", thinking="Two plus two "),
+    delta(0, type="thinking_delta", thinking="is four."),
+    delta(0, type="signature_delta", signature="EqQBCgIYAhIM"),
+    block_stop(0),
+    block_start(1, {"type": "text", "text": "4"}),
+    block_stop(1),
+    message_delta("max_tokens", {"output_tokens": 40}),
+    MESSAGE_STOP,
+]
+ERROR_STREAM = [
+    message_start(START_USAGE),
+    block_start(0, {"type": "text", "text": ""}),
+    delta(0, type="text_delta", text="Hel"),
+    ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+]
+
+
+def chunk(delta: dict[str, Any], finish_reason: str | None = None, *, usage_key: bool = False) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    out: dict[str, Any] = {"id": ID, "object": "chat.completion.chunk", "created": CREATED, "model": MODEL}
+    out["choices"] = [choice]
+    if usage_key:
+        out["usage"] = None
+    return out
+
+
+def usage_chunk(prompt: int, completion: int, cached: int) -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+    return {
+        "id": ID,
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def tool_call(index: int, **fields: Any) -> dict[str, Any]:
+    return {"tool_calls": [{"index": index, **fields}]}
+
+
+ROLE = {"role": "assistant", "content": ""}
+STREAM_CASES = [
+    pytest.param(
+        TEXT_STREAM,
+        [chunk(ROLE), chunk({"content": "Hello"}), chunk({"content": ", world"}), chunk({}, "stop")],
+        usage_chunk(125, 15, 100),
+        id="text",
+    ),
+    pytest.param(
+        TOOL_STREAM,
+        [
+            chunk(ROLE),
+            chunk({"content": "Let me check."}),
+            chunk(tool_call(0, id="toolu_01", type="function", function={"name": "get_weather", "arguments": ""})),
+            chunk(tool_call(0, function={"arguments": '{"city": "Pa'})),
+            chunk(tool_call(0, function={"arguments": 'ris"}'})),
+            chunk(tool_call(1, id="toolu_02", type="function", function={"name": "now", "arguments": ""})),
+            chunk(tool_call(1, function={"arguments": "{}"})),
+            chunk({}, "tool_calls"),
+        ],
+        usage_chunk(130, 60, 100),
+        id="tool-use",
+    ),
+    pytest.param(
+        THINKING_STREAM,
+        [
+            chunk(ROLE),
+            chunk({"reasoning_content": "Two plus two "}),
+            chunk({"reasoning_content": "is four."}),
+            chunk({"content": "4"}),
+            chunk({}, "length"),
+        ],
+        usage_chunk(125, 40, 100),
+        id="thinking",
+    ),
+]
+
+
+def run_stream(events: list[tuple[str, dict[str, Any]]], *, include_usage: bool) -> list[dict[str, Any]]:
+    translator = ChatStreamTranslator(model=MODEL, completion_id=ID, created=CREATED, include_usage=include_usage)
+    chunks = []
+    for event, data in events:
+        assert not translator.finished
+        chunks.extend(translator.feed(event, data))
+    assert translator.finished
+    return chunks
+
+
+@pytest.mark.parametrize(("events", "expected", "_usage"), STREAM_CASES)
+def test_stream_without_usage(
+    events: list[tuple[str, dict[str, Any]]], expected: list[dict[str, Any]], _usage: dict[str, Any]
+) -> None:
+    assert run_stream(events, include_usage=False) == expected
+
+
+@pytest.mark.parametrize(("events", "expected", "usage"), STREAM_CASES)
+def test_stream_with_usage(
+    events: list[tuple[str, dict[str, Any]]], expected: list[dict[str, Any]], usage: dict[str, Any]
+) -> None:
+    with_usage_key = [{**c, "usage": None} for c in expected]
+    assert run_stream(events, include_usage=True) == [*with_usage_key, usage]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream_error_event(include_usage: bool) -> None:
+    expected = [
+        chunk(ROLE, usage_key=include_usage),
+        chunk({"content": "Hel"}, usage_key=include_usage),
+        {"error": {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}},
+    ]
+    assert run_stream(ERROR_STREAM, include_usage=include_usage) == expected
+
+
+def test_stream_usage_takes_latest_non_null_counts() -> None:
+    translator = ChatStreamTranslator(model=MODEL, completion_id=ID, created=CREATED, include_usage=True)
+    for event, data in TOOL_STREAM[:-1]:
+        translator.feed(event, data)
+    translator.feed(*message_delta("tool_use", {"input_tokens": None, "output_tokens": 61}))
+    assert translator.usage == {
+        "input_tokens": 30,
+        "output_tokens": 61,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("event", "data", "expected"),
+    [
+        pytest.param(*PING, [], id="ping"),
+        pytest.param(*block_stop(0), [], id="content_block_stop"),
+        pytest.param(*delta(0, type="signature_delta", signature="abc"), [], id="signature_delta"),
+        pytest.param(*delta(0, type="citations_delta", citation={}), [], id="citations_delta"),
+        pytest.param(*delta(0, type="text_delta", text=""), [], id="empty-text_delta"),
+        pytest.param(*delta(5, type="input_json_delta", partial_json="{}"), [], id="json-for-unknown-block"),
+        pytest.param(*block_start(0, {"type": "redacted_thinking", "data": "x"}), [], id="redacted_thinking-start"),
+        pytest.param("future_event", {"type": "future_event"}, [], id="unknown-event"),
+        pytest.param(
+            "error",
+            {"type": "error", "error": {}},
+            [openai_error("upstream stream error: api_error", "server_error", "api_error")],
+            id="error-without-details",
+        ),
+    ],
+)
+def test_single_events(event: str, data: dict[str, Any], expected: list[dict[str, Any]]) -> None:
+    translator = ChatStreamTranslator(model=MODEL, completion_id=ID, created=CREATED, include_usage=False)
+    assert translator.feed(event, data) == expected
