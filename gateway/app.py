@@ -5,13 +5,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway import db
+from gateway import admin, db
 from gateway.config import GatewayConfig
 from gateway.dialect import Dialect
 from gateway.errors import (
@@ -25,15 +26,11 @@ from gateway.errors import (
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange, build_stages, chain
 from gateway.relay import relay
-from gateway.services import Services, open_services
+from gateway.services import open_services
+from gateway.state import AUTH_PIPELINE, CONFIG, PIPELINE, REQUEST_ID, SERVICES
 
 log = structlog.get_logger("gateway")
 
-CONFIG = web.AppKey("config", GatewayConfig)
-SERVICES = web.AppKey("services", Services)
-PIPELINE = web.AppKey("pipeline", Callable[[Exchange], Awaitable[None]])
-MODELS_PIPELINE = web.AppKey("models_pipeline", Callable[[Exchange], Awaitable[None]])
-REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -148,7 +145,7 @@ def _log_exchange(ex: Exchange) -> None:
 async def models(request: web.Request) -> web.StreamResponse:
     """GET /v1/models and /v1/models/{id}: the aliases, in the caller's dialect (auth required)."""
     ex = Exchange(dialect_of(request), "models", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[MODELS_PIPELINE](ex)
+    await request.app[AUTH_PIPELINE](ex)
     cfg = request.app[CONFIG]
     body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
@@ -171,18 +168,20 @@ async def health(request: web.Request) -> web.Response:
 # --- assembly ----------------------------------------------------------------------------------------
 
 
-def build_app(cfg: GatewayConfig, *, dsn: str | None = None) -> web.Application:
+def build_app(
+    cfg: GatewayConfig, *, dsn: str | None = None, clock: Callable[[], datetime] | None = None
+) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
     app = web.Application(middlewares=[error_edge], client_max_size=cfg.server.max_body_bytes)
     app[CONFIG] = cfg
 
     async def services_ctx(app: web.Application) -> Any:
-        svc = await open_services(cfg, dsn=dsn)
+        svc = await open_services(cfg, dsn=dsn, clock=clock)
         app[SERVICES] = svc
         stages = build_stages(cfg, svc)
         app[PIPELINE] = chain(stages, relay)
         auth_only = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name in ("auth", "key_mapping")]
-        app[MODELS_PIPELINE] = chain(auth_only, _nothing)
+        app[AUTH_PIPELINE] = chain(auth_only, _nothing)
         yield
         await svc.aclose()
 
@@ -196,6 +195,7 @@ def build_app(cfg: GatewayConfig, *, dsn: str | None = None) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)
+    admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app
 

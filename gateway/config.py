@@ -80,8 +80,9 @@ class Price:
 @dataclass(frozen=True, slots=True)
 class BudgetConfig:
     enforce: bool = True
-    monthly_limit_usd: float = 100.0
-    monthly_token_limit: int = 10_000_000
+    monthly_limit_usd: float = 100.0  # per gateway key
+    monthly_token_limit: int = 10_000_000  # per user
+    refresh_s: float = 2.0  # how often each process re-reads every process's usage counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class AuthConfig:
     cache_ttl_s: float = 10.0  # bound on how long a revoked key keeps working on another process
     cache_size: int = 10_000
     bcrypt_rounds: int = 12
+    admin_key: str = field(default="", repr=False)  # GATEWAY_ADMIN_KEY: an admin key given by the environment
+    claudecode_secret: str = field(default="", repr=False)  # HMAC key for Claude Code tokens; "": generated once
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,9 +316,10 @@ def _pricing(raw: Any) -> dict[str, Price]:
 
 
 def _budgets(raw: Any) -> BudgetConfig:
-    s = _section(raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit"})
+    s = _section(raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit", "refresh_s"})
     d = BudgetConfig()
     return BudgetConfig(
+        refresh_s=_positive(_get(s, "refresh_s", "budgets", float, d.refresh_s), "budgets.refresh_s"),
         enforce=_get(s, "enforce", "budgets", bool, d.enforce),
         monthly_limit_usd=_get(s, "monthly_limit_usd", "budgets", float, d.monthly_limit_usd),
         monthly_token_limit=_get(s, "monthly_token_limit", "budgets", int, d.monthly_token_limit),
@@ -323,7 +327,7 @@ def _budgets(raw: Any) -> BudgetConfig:
 
 
 def _auth(raw: Any) -> AuthConfig:
-    s = _section(raw, "auth", {"cache_ttl_s", "cache_size", "bcrypt_rounds"})
+    s = _section(raw, "auth", {"cache_ttl_s", "cache_size", "bcrypt_rounds", "admin_key", "claudecode_secret"})
     d = AuthConfig()
     rounds = _get(s, "bcrypt_rounds", "auth", int, d.bcrypt_rounds)
     if not 4 <= rounds <= 31:
@@ -332,7 +336,15 @@ def _auth(raw: Any) -> AuthConfig:
         cache_ttl_s=_positive(_get(s, "cache_ttl_s", "auth", float, d.cache_ttl_s), "auth.cache_ttl_s"),
         cache_size=_positive(_get(s, "cache_size", "auth", int, d.cache_size), "auth.cache_size"),
         bcrypt_rounds=rounds,
+        admin_key=_admin_key(_get(s, "admin_key", "auth", str, "")),
+        claudecode_secret=_get(s, "claudecode_secret", "auth", str, ""),
     )
+
+
+def _admin_key(key: str) -> str:
+    if key and len(key) < 32:
+        raise ConfigError("auth.admin_key: an admin key needs at least 32 characters (try: openssl rand -hex 32)")
+    return key
 
 
 def _usage_log(raw: Any) -> UsageLogConfig:

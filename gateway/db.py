@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -77,36 +79,70 @@ class KeyRow:
     is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
+    user_id: UUID | None = None
+    monthly_limit_usd: Decimal | None = None  # NULL: the default from gateway.yaml
+    limit_tokens: int | None = None  # the user's monthly token limit; NULL: the default
 
 
-_KEY_COLUMNS = "id, lookup_id, key_hash, name, is_admin, created_at, revoked_at"
+_KEY_SELECT = """
+    SELECT k.id, k.lookup_id, k.key_hash, k.name, k.is_admin, k.created_at, k.revoked_at,
+           k.user_id, k.monthly_limit_usd, u.limit_tokens
+    FROM api_keys k LEFT JOIN users u ON u.id = k.user_id
+"""
 
 
-async def insert_key(pool: asyncpg.Pool, *, lookup_id: str, key_hash: str, name: str, is_admin: bool) -> KeyRow:
-    row = await pool.fetchrow(
-        f"INSERT INTO api_keys (lookup_id, key_hash, name, is_admin) VALUES ($1, $2, $3, $4) RETURNING {_KEY_COLUMNS}",
+def _key(row: asyncpg.Record) -> KeyRow:
+    return KeyRow(**dict(row))
+
+
+async def insert_key(
+    conn: asyncpg.Pool | asyncpg.Connection,
+    *,
+    lookup_id: str,
+    key_hash: str,
+    name: str,
+    is_admin: bool,
+    user_id: UUID | None = None,
+) -> KeyRow:
+    key_id = await conn.fetchval(
+        "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin, user_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         lookup_id,
         key_hash,
         name,
         is_admin,
+        user_id,
     )
-    return KeyRow(**dict(row))
+    return _key(await conn.fetchrow(_KEY_SELECT + " WHERE k.id = $1", key_id))
 
 
 async def find_key(pool: asyncpg.Pool, lookup_id: str) -> KeyRow | None:
-    row = await pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE lookup_id = $1", lookup_id)
-    return KeyRow(**dict(row)) if row else None
+    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id)
+    return _key(row) if row else None
+
+
+async def find_key_by_claudecode_hmac(pool: asyncpg.Pool, token_hmac: bytes) -> KeyRow | None:
+    """The live gateway key of the (undeleted) user whose Claude Code token has this HMAC."""
+    row = await pool.fetchrow(
+        _KEY_SELECT + " WHERE u.claudecode_key_hmac = $1 AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
+        token_hmac,
+    )
+    return _key(row) if row else None
 
 
 async def list_keys(pool: asyncpg.Pool) -> list[KeyRow]:
-    rows = await pool.fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY id")
-    return [KeyRow(**dict(r)) for r in rows]
+    return [_key(r) for r in await pool.fetch(_KEY_SELECT + " ORDER BY k.id")]
 
 
 async def revoke_key(pool: asyncpg.Pool, key_id: int) -> bool:
     """Mark a key revoked; False when no such (unrevoked) key exists."""
     status = await pool.execute("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id)
     return status.endswith(" 1")
+
+
+async def setting(pool: asyncpg.Pool, name: str, make: str) -> str:
+    """A value generated once and kept: the stored one, or `make` stored now (first writer wins)."""
+    await pool.execute("INSERT INTO gateway_settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING", name, make)
+    return str(await pool.fetchval("SELECT value FROM gateway_settings WHERE name = $1", name))
 
 
 # --- usage -------------------------------------------------------------------------------------------
@@ -116,6 +152,7 @@ USAGE_COLUMNS = (
     "created_at",
     "request_id",
     "key_id",
+    "user_id",
     "route",
     "alias",
     "provider",
@@ -130,17 +167,60 @@ USAGE_COLUMNS = (
     "ttfb_ms",
     "streamed",
 )
+_COLUMN_LIST = ", ".join(USAGE_COLUMNS)
+
+# Rows new to usage_log (a replayed batch adds nothing) increment the month's counters of their user and key.
+_STORE_BATCH = f"""
+WITH stored AS (
+    INSERT INTO usage_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_incoming
+    ON CONFLICT (id) DO NOTHING
+    RETURNING key_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
+              input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS tokens, cost_usd
+), scoped AS (
+    SELECT 'key' AS scope, key_id::text AS scope_id, month, tokens, cost_usd FROM stored
+    UNION ALL
+    SELECT 'user', user_id::text, month, tokens, cost_usd FROM stored WHERE user_id IS NOT NULL
+)
+INSERT INTO usage_counters AS c (scope, scope_id, month, tokens, cost_usd, requests, unpriced)
+SELECT scope, scope_id, month, sum(tokens), coalesce(sum(cost_usd), 0), count(*), count(*) - count(cost_usd)
+FROM scoped GROUP BY scope, scope_id, month
+ON CONFLICT (month, scope, scope_id) DO UPDATE SET
+    tokens = c.tokens + EXCLUDED.tokens,
+    cost_usd = c.cost_usd + EXCLUDED.cost_usd,
+    requests = c.requests + EXCLUDED.requests,
+    unpriced = c.unpriced + EXCLUDED.unpriced
+"""
 
 
 async def insert_usage(pool: asyncpg.Pool, rows: Sequence[Sequence[Any]]) -> None:
-    """Write a batch of usage rows (tuples in USAGE_COLUMNS order) with one COPY, skipping ids already stored.
+    """Store a batch of usage rows (tuples in USAGE_COLUMNS order) with one COPY, and count them.
 
     COPY goes to a temporary table first, so a batch retried after a lost connection is not counted twice.
     """
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS usage_incoming (LIKE usage_log) ON COMMIT DELETE ROWS")
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS usage_incoming AS SELECT {_COLUMN_LIST} FROM usage_log WITH NO DATA"
+        )
+        await conn.execute("TRUNCATE usage_incoming")
         await conn.copy_records_to_table("usage_incoming", records=rows, columns=USAGE_COLUMNS)
-        await conn.execute("INSERT INTO usage_log SELECT * FROM usage_incoming ON CONFLICT (id) DO NOTHING")
+        await conn.execute(_STORE_BATCH)
+
+
+@dataclass(frozen=True, slots=True)
+class MonthCounter:
+    scope: str  # user | key
+    scope_id: str
+    tokens: int
+    cost_usd: Decimal
+    requests: int
+
+
+async def month_counters(pool: asyncpg.Pool, month: date) -> list[MonthCounter]:
+    """Every user's and key's usage in one UTC month (the budget check's view of the database)."""
+    rows = await pool.fetch(
+        "SELECT scope, scope_id, tokens, cost_usd, requests FROM usage_counters WHERE month = $1", month
+    )
+    return [MonthCounter(**dict(r)) for r in rows]
 
 
 async def count_usage(pool: asyncpg.Pool) -> int:
@@ -148,9 +228,193 @@ async def count_usage(pool: asyncpg.Pool) -> int:
 
 
 async def usage_rows(pool: asyncpg.Pool, *, key_id: int | None = None) -> list[dict[str, Any]]:
-    """Usage rows, oldest first (for tests, the CLI and the admin API)."""
+    """Usage rows, oldest first (for tests and the admin API)."""
     if key_id is None:
         rows = await pool.fetch("SELECT * FROM usage_log ORDER BY created_at, id")
     else:
         rows = await pool.fetch("SELECT * FROM usage_log WHERE key_id = $1 ORDER BY created_at, id", key_id)
+    return [dict(r) for r in rows]
+
+
+# --- users (the management API) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    id: UUID
+    email: str
+    firstname: str
+    lastname: str
+    limit_tokens: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_USER_COLUMNS = "id, email, firstname, lastname, limit_tokens, created_at, updated_at"
+
+
+class Conflict(Exception):
+    """A unique value (email, Claude Code token) is already taken; the message names which."""
+
+
+async def create_user(
+    pool: asyncpg.Pool,
+    *,
+    email: str,
+    firstname: str,
+    lastname: str,
+    claudecode_hmac: bytes,
+    key: tuple[str, str],
+    actor_key_id: int | None,
+) -> tuple[UserRow, KeyRow]:
+    """Insert a user and their first gateway key (`key` = (lookup_id, bcrypt hash)) in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO users (email, firstname, lastname, claudecode_key_hmac) VALUES ($1, $2, $3, $4)"
+                f" RETURNING {_USER_COLUMNS}",
+                email,
+                firstname,
+                lastname,
+                claudecode_hmac,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            what = "claudecodeUserKey" if "claudecode" in (exc.constraint_name or "") else "email"
+            raise Conflict(f"a user with this {what} already exists") from None
+        user = UserRow(**dict(row))
+        key_row = await insert_key(conn, lookup_id=key[0], key_hash=key[1], name=email, is_admin=False, user_id=user.id)
+        await _audit(conn, user.id, "created", None, actor_key_id, None, key_row.id)
+    return user, key_row
+
+
+async def _audit(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    action: str,
+    reason: str | None,
+    actor_key_id: int | None,
+    old_key_id: int | None,
+    new_key_id: int | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO key_audit (user_id, action, reason, actor_key_id, old_key_id, new_key_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        user_id,
+        action,
+        reason,
+        actor_key_id,
+        old_key_id,
+        new_key_id,
+    )
+
+
+async def get_user(pool: asyncpg.Pool, user_id: UUID) -> UserRow | None:
+    row = await pool.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL", user_id)
+    return UserRow(**dict(row)) if row else None
+
+
+async def list_users(pool: asyncpg.Pool) -> list[UserRow]:
+    rows = await pool.fetch(f"SELECT {_USER_COLUMNS} FROM users WHERE deleted_at IS NULL ORDER BY created_at, id")
+    return [UserRow(**dict(r)) for r in rows]
+
+
+async def delete_user(pool: asyncpg.Pool, user_id: UUID, *, actor_key_id: int | None) -> list[int] | None:
+    """Soft-delete a user: revoke their keys, free their Claude Code token. Returns revoked key ids (None: no user)."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "UPDATE users SET deleted_at = now(), updated_at = now(), claudecode_key_hmac = NULL"
+            " WHERE id = $1 AND deleted_at IS NULL",
+            user_id,
+        )
+        if not status.endswith(" 1"):
+            return None
+        revoked = await conn.fetch(
+            "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
+        )
+        await _audit(conn, user_id, "deleted", None, actor_key_id, revoked[0]["id"] if revoked else None, None)
+    return [r["id"] for r in revoked]
+
+
+async def regenerate_user_key(
+    pool: asyncpg.Pool, user_id: UUID, *, key: tuple[str, str], reason: str | None, actor_key_id: int | None
+) -> tuple[UserRow, KeyRow, int | None] | None:
+    """Revoke the user's live key and issue a new one, with an audit row. None when the user does not exist."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE users SET updated_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING {_USER_COLUMNS}",
+            user_id,
+        )
+        if row is None:
+            return None
+        old = await conn.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
+        )
+        user = UserRow(**dict(row))
+        new = await insert_key(
+            conn, lookup_id=key[0], key_hash=key[1], name=user.email, is_admin=False, user_id=user_id
+        )
+        await _audit(conn, user_id, "regenerated", reason, actor_key_id, old, new.id)
+    return user, new, old
+
+
+async def increase_token_limit(
+    pool: asyncpg.Pool, user_id: UUID, increment: int, *, default_limit: int, actor_key_id: int | None
+) -> int | None:
+    """Add `increment` to the user's monthly token limit (starting from the default); None: no such user."""
+    async with pool.acquire() as conn, conn.transaction():
+        new_limit = await conn.fetchval(
+            "UPDATE users SET limit_tokens = coalesce(limit_tokens, $2) + $3, updated_at = now()"
+            " WHERE id = $1 AND deleted_at IS NULL RETURNING limit_tokens",
+            user_id,
+            default_limit,
+            increment,
+        )
+        if new_limit is not None:
+            await _audit(conn, user_id, "token_limit_increased", f"+{increment}", actor_key_id, None, None)
+    return None if new_limit is None else int(new_limit)
+
+
+async def users_month_usage(pool: asyncpg.Pool, month: date) -> list[dict[str, Any]]:
+    """Each live user with this month's counters and their key's USD limit (NULL: default)."""
+    rows = await pool.fetch(
+        """
+        SELECT u.id, u.email, u.firstname, u.lastname, u.created_at, u.updated_at, u.limit_tokens,
+               coalesce(c.tokens, 0) AS tokens, coalesce(c.requests, 0) AS requests,
+               coalesce(c.cost_usd, 0) AS cost_usd, k.monthly_limit_usd
+        FROM users u
+        LEFT JOIN usage_counters c ON c.scope = 'user' AND c.scope_id = u.id::text AND c.month = $1
+        LEFT JOIN api_keys k ON k.user_id = u.id AND k.revoked_at IS NULL
+        WHERE u.deleted_at IS NULL
+        ORDER BY u.created_at, u.id
+        """,
+        month,
+    )
+    return [dict(r) for r in rows]
+
+
+async def user_usage_history(
+    pool: asyncpg.Pool, user_id: UUID, *, start: date | None, end: date | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """Usage per UTC day and model for one user, newest day first; `end` is inclusive."""
+    rows = await pool.fetch(
+        """
+        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, alias, provider_model,
+               count(*) AS requests,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
+               sum(cost_usd) AS cost_usd, count(*) - count(cost_usd) AS unpriced_requests
+        FROM usage_log
+        WHERE user_id = $1
+          AND ($2::date IS NULL OR (created_at AT TIME ZONE 'UTC')::date >= $2::date)
+          AND ($3::date IS NULL OR (created_at AT TIME ZONE 'UTC')::date <= $3::date)
+        GROUP BY 1, 2, 3
+        ORDER BY 1 DESC, 2, 3
+        LIMIT $4 OFFSET $5
+        """,
+        user_id,
+        start,
+        end,
+        limit,
+        offset,
+    )
     return [dict(r) for r in rows]

@@ -54,11 +54,6 @@ SERVICE_ACCOUNT = "nobody"  # runs the server when we are root; present on every
 LOG_NAME = "server.log"  # in the data dir
 _START_TIMEOUT_S = 30
 _MAX_SOCKET_PATH = 100  # bytes; sun_path holds 108 on Linux and 104 on macOS, NUL included
-# psql's \gexec runs the CREATE only when the SELECT returns it: "create if missing" in one round trip.
-_CREATE_DATABASE = (
-    f"SELECT 'CREATE DATABASE {DATABASE}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')"
-    "\\gexec\n"
-)
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +78,12 @@ class _Toolchain:
     bin_dir: Path
     account: _Account | None
 
-    def run(
-        self, tool: str, *args: str, as_server: bool = False, stdin_text: str = ""
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, tool: str, *args: str, as_server: bool = False) -> subprocess.CompletedProcess[str]:
         """Run one binary and capture its output; `as_server` switches to the server's account."""
         account = self.account if as_server else None
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
-            input=stdin_text,
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             check=False,
@@ -343,13 +336,21 @@ def _signal_reaches(pid: int) -> bool:
 
 
 def _ensure_database(server: EmbeddedPostgres, tools: _Toolchain) -> None:
-    host = ("-h", str(server.socket_dir), "-p", str(server.port), "-U", SUPERUSER, "-d", "postgres")
-    # Two runs may both find it missing: the loser's CREATE fails, and its second try finds it there.
-    for _ in range(2):
-        done = tools.run("psql", *host, "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", stdin_text=_CREATE_DATABASE)
-        if done.returncode == 0:
-            return
-    raise EmbeddedPostgresError(f"could not create database {DATABASE!r} in {server.data_dir}: {done.stderr.strip()}")
+    # createdb and psql -l rather than SQL text: gateway/db.py is the one module that holds SQL.
+    where = ("-h", str(server.socket_dir), "-p", str(server.port), "-U", SUPERUSER, "-w")
+    if DATABASE in _database_names(tools, where):
+        return
+    done = tools.run("createdb", *where, DATABASE)
+    # A run racing this one may have created it first; then our createdb failed, and that is fine.
+    if done.returncode != 0 and DATABASE not in _database_names(tools, where):
+        raise EmbeddedPostgresError(f"createdb {DATABASE} failed in {server.data_dir}: {done.stderr.strip()}")
+
+
+def _database_names(tools: _Toolchain, where: tuple[str, ...]) -> set[str]:
+    done = tools.run("psql", *where, "-X", "-d", "postgres", "--list", "--tuples-only", "--no-align")
+    if done.returncode != 0:
+        raise EmbeddedPostgresError(f"psql could not list databases: {done.stderr.strip()}")
+    return {line.split("|", 1)[0] for line in done.stdout.splitlines()}  # "name|owner|encoding|..."
 
 
 def _log_tail(data_dir: Path, lines: int = 20) -> str:

@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from uuid import UUID
 
 import bcrypt
 
@@ -25,12 +27,27 @@ KEY_PREFIX = "gw-"
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the key that authenticated the request (repr shows no secret)."""
+    """Who is calling: the key that authenticated the request, its user and their limits (no secret)."""
 
     key_id: int
     lookup_id: str
     name: str
     is_admin: bool
+    user_id: UUID | None = None
+    token_limit: int | None = None  # the user's monthly token limit (None: the configured default)
+    usd_limit: Decimal | None = None  # the key's monthly USD limit (None: the configured default)
+
+    @classmethod
+    def from_row(cls, row: db.KeyRow) -> Principal:
+        return cls(
+            key_id=row.id,
+            lookup_id=row.lookup_id,
+            name=row.name,
+            is_admin=row.is_admin,
+            user_id=row.user_id,
+            token_limit=row.limit_tokens,
+            usd_limit=row.monthly_limit_usd,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +148,7 @@ class KeyCache:
         same_hash = hit is not None and hmac.compare_digest(hit.key_hash, row.key_hash)
         if not same_hash and not await asyncio.to_thread(bcrypt_matches, key, row.key_hash):
             return None
-        principal = Principal(key_id=row.id, lookup_id=row.lookup_id, name=row.name, is_admin=row.is_admin)
+        principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
 
@@ -146,5 +163,61 @@ class KeyCache:
         for fp in [fp for fp, v in self._verified.items() if v.principal.key_id == key_id]:
             del self._verified[fp]
 
+    def evict_user(self, user_id: UUID) -> None:
+        """Forget every cached verdict for one user's keys (their limits or keys changed on this process)."""
+        for fp in [fp for fp, v in self._verified.items() if v.principal.user_id == user_id]:
+            del self._verified[fp]
+
     def __len__(self) -> int:
         return len(self._verified)
+
+
+def claudecode_hmac(secret: bytes, token: str) -> bytes:
+    """The stored form of a Claude Code token: HMAC-SHA256 under the server secret (one indexed lookup)."""
+    return hmac.new(secret, token.encode(), hashlib.sha256).digest()
+
+
+class ClaudeCodeTokens:
+    """Map the token a user's Claude Code sends to that user's live gateway key, cached like KeyCache.
+
+    No bcrypt here: the HMAC is exact and keyed, so the lookup itself is the check. Unknown tokens are
+    remembered briefly too, so a client retrying a wrong token does not cost a query per request.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[bytes], Awaitable[db.KeyRow | None]],
+        secret: bytes,
+        *,
+        ttl_s: float = 10.0,
+        negative_ttl_s: float = 1.0,
+        max_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load, self.secret, self._clock = load, secret, clock
+        self._ttl, self._negative_ttl, self._max = ttl_s, negative_ttl_s, max_size
+        self._known: OrderedDict[bytes, tuple[Principal | None, float]] = OrderedDict()
+
+    async def principal_for(self, token: str) -> Principal | None:
+        fp = fingerprint(token)
+        hit = self._known.get(fp)
+        now = self._clock()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row = await self._load(claudecode_hmac(self.secret, token))
+        principal = Principal.from_row(row) if row is not None else None
+        self._known[fp] = (principal, now + (self._ttl if principal else self._negative_ttl))
+        self._known.move_to_end(fp)
+        while len(self._known) > self._max:
+            self._known.popitem(last=False)
+        return principal
+
+    def evict_user(self, user_id: UUID) -> None:
+        """Forget every cached mapping to one user (called when this process deletes or rekeys them)."""
+        for fp in [fp for fp, (p, _) in self._known.items() if p is not None and p.user_id == user_id]:
+            del self._known[fp]
+
+    def evict_all_unknown(self) -> None:
+        """Forget cached misses (a user was just created on this process: their token must work at once)."""
+        for fp in [fp for fp, (p, _) in self._known.items() if p is None]:
+            del self._known[fp]

@@ -20,9 +20,14 @@ from aiohttp import web
 
 from gateway.dialect import Dialect
 from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai import ChatStreamTranslator, error_to_openai, message_to_chat_completion
+from gateway.dialects.anthropic_to_openai import (
+    CLIENT_STATUSES,
+    ChatStreamTranslator,
+    error_to_openai,
+    message_to_chat_completion,
+)
 from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.stages.usage_log import CLIENT_CLOSED
@@ -253,6 +258,7 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply) -> None:
 
 
 async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
+    assert ex.target is not None
     ex.streamed = True
     ex.status = 200
     options = ex.body.get("stream_options")
@@ -276,10 +282,13 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
             if frames and not await _write_quietly(resp, b"".join(frames)):
                 ex.status = CLIENT_CLOSED
                 return
+        if not translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
+            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
     except GatewayError as err:
         ex.status = err.status_for(ex.dialect)
         log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
         await _write_quietly(resp, sse.data_frame(err.render(Dialect.OPENAI)))
+    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
     await _write_quietly(resp, sse.DONE_FRAME)
     await _eof_quietly(resp)
 

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import bcrypt
 import structlog
 
 from gateway import db
+from gateway.budgets import UsageView, utc_now
 from gateway.config import GatewayConfig
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
-from gateway.keys import KeyCache
+from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
+from gateway.stages.auth import EnvAdminKey
 from gateway.usage import UsageLog
 
 log = structlog.get_logger("gateway")
@@ -28,13 +36,17 @@ PROVIDER_TYPES: dict[str, type[Any]] = {"anthropic": AnthropicProvider}  # `type
 class Services:
     pool: asyncpg.Pool
     key_cache: KeyCache
+    claudecode_tokens: ClaudeCodeTokens
+    usage_view: UsageView
     usage_log: UsageLog
     providers: dict[str, Provider]
     http: aiohttp.ClientSession
+    env_admin: EnvAdminKey | None = None
     embedded: EmbeddedPostgres | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
+        await self.usage_view.close()
         await self.usage_log.close()
         for provider in self.providers.values():
             await provider.aclose()
@@ -50,7 +62,13 @@ def database_url(cfg: GatewayConfig) -> tuple[str, EmbeddedPostgres | None]:
     return embedded.dsn, embedded
 
 
-async def open_services(cfg: GatewayConfig, *, dsn: str | None = None, run_migrations: bool = True) -> Services:
+async def open_services(
+    cfg: GatewayConfig,
+    *,
+    dsn: str | None = None,
+    run_migrations: bool = True,
+    clock: Callable[[], datetime] | None = None,
+) -> Services:
     """Connect to the database (migrating it), open the upstream session and start the usage flusher."""
     embedded = None
     if dsn is None:
@@ -71,14 +89,39 @@ async def open_services(cfg: GatewayConfig, *, dsn: str | None = None, run_migra
         skip_auto_headers=("User-Agent",),
     )
     providers: dict[str, Provider] = {name: PROVIDER_TYPES[p.type](p, http) for name, p in cfg.providers.items()}
+    auth = cfg.auth
     key_cache = KeyCache(
-        lambda lookup_id: db.find_key(pool, lookup_id), ttl_s=cfg.auth.cache_ttl_s, max_size=cfg.auth.cache_size
+        lambda lookup_id: db.find_key(pool, lookup_id), ttl_s=auth.cache_ttl_s, max_size=auth.cache_size
     )
+    secret = auth.claudecode_secret or await db.setting(pool, "claudecode_hmac_secret", secrets.token_hex(32))
+    tokens = ClaudeCodeTokens(
+        lambda token_hmac: db.find_key_by_claudecode_hmac(pool, token_hmac),
+        secret.encode(),
+        ttl_s=auth.cache_ttl_s,
+        max_size=auth.cache_size,
+    )
+    view = UsageView(pool, refresh_s=cfg.budgets.refresh_s, clock=clock or utc_now)
+    await view.refresh()
+    view.start()
     usage_log = UsageLog(
-        pool, cfg.pricing, flush_interval_ms=cfg.usage_log.flush_interval_ms, flush_rows=cfg.usage_log.flush_rows
+        pool, cfg.pricing, view, flush_interval_ms=cfg.usage_log.flush_interval_ms, flush_rows=cfg.usage_log.flush_rows
     )
     usage_log.start()
-    return Services(pool, key_cache, usage_log, providers, http, embedded)
+    env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
+    return Services(pool, key_cache, tokens, view, usage_log, providers, http, env_admin, embedded)
+
+
+async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminKey | None:
+    """GATEWAY_ADMIN_KEY gets a row of its own (named after a hash of the key) to carry its usage rows."""
+    lookup_id = "env-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    row = await db.find_key(pool, lookup_id)
+    if row is None:
+        key_hash = await asyncio.to_thread(lambda: bcrypt.hashpw(key.encode(), bcrypt.gensalt(rounds)).decode())
+        row = await db.insert_key(pool, lookup_id=lookup_id, key_hash=key_hash, name="GATEWAY_ADMIN_KEY", is_admin=True)
+    if row.revoked_at is not None:
+        log.warning("env_admin_key_revoked", key_id=row.id, hint="unset GATEWAY_ADMIN_KEY or set a new one")
+        return None
+    return EnvAdminKey(key=key.encode(), principal=Principal.from_row(row))
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +18,7 @@ import asyncpg
 import structlog
 
 from gateway import db
+from gateway.budgets import Amounts, UsageView, month_of, scopes
 from gateway.config import Price
 from gateway.pipeline import Exchange, Usage
 
@@ -39,6 +39,23 @@ def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
     return total / _MILLION
 
 
+_COLUMN = {name: i for i, name in enumerate(db.USAGE_COLUMNS)}
+_TOKEN_COLUMNS = [_COLUMN[c] for c in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")]
+
+
+def _amounts(batch: list[tuple[Any, ...]]) -> Amounts:
+    """Tokens and cost per (month, scope, id) in a batch of rows, as the usage view counts them."""
+    totals: Amounts = {}
+    at, key, user, cost = _COLUMN["created_at"], _COLUMN["key_id"], _COLUMN["user_id"], _COLUMN["cost_usd"]
+    for row in batch:
+        tokens = sum(row[i] for i in _TOKEN_COLUMNS)
+        for scope in scopes(month_of(row[at]), row[key], row[user]):
+            entry = totals.setdefault(scope, [Decimal(0), Decimal(0)])
+            entry[0] += tokens
+            entry[1] += row[cost] or 0
+    return totals
+
+
 class UsageLog:
     """Batches usage rows off the request path; `record` never waits on the database."""
 
@@ -46,11 +63,12 @@ class UsageLog:
         self,
         pool: asyncpg.Pool | None,
         pricing: Mapping[str, Price],
+        view: UsageView,
         *,
         flush_interval_ms: int = 200,
         flush_rows: int = 500,
     ) -> None:
-        self._pool, self._pricing = pool, pricing
+        self._pool, self._pricing, self._view = pool, pricing, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._rows: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
@@ -67,13 +85,16 @@ class UsageLog:
         assert ex.target is not None and ex.principal is not None
         now_ns = time.perf_counter_ns()
         ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
-        u = ex.usage
+        u, who, when = ex.usage, ex.principal, self._view.clock()
+        cost = cost_usd(self._pricing.get(ex.target.provider_model), u)
+        self._view.recorded(when, who.key_id, who.user_id, u.total, cost)
         self._rows.append(
             (
                 uuid.uuid4(),
-                datetime.now(UTC),
+                when,
                 ex.request_id,
-                ex.principal.key_id,
+                who.key_id,
+                who.user_id,
                 ex.route,
                 ex.target.alias.name,
                 ex.target.alias.provider,
@@ -83,7 +104,7 @@ class UsageLog:
                 u.output_tokens,
                 u.cache_read_tokens,
                 u.cache_write_tokens,
-                cost_usd(self._pricing.get(ex.target.provider_model), u),
+                cost,
                 (now_ns - ex.started_ns) / 1e6,
                 ttfb_ms,
                 ex.streamed,
@@ -114,6 +135,7 @@ class UsageLog:
                 self._rows[:0] = batch  # keep them, oldest first, for the next try
                 log.error("usage_flush_failed", rows=len(batch), error=str(exc))
                 return 0
+            self._view.stored(_amounts(batch))
             self.written += len(batch)
             return len(batch)
 

@@ -160,7 +160,7 @@ async def test_stream_broken_midway_ends_with_error_event_and_is_billed(
     [
         pytest.param({}, "missing API key", id="no-key"),
         pytest.param({"x-api-key": "gw-0123456789abcdef_nope"}, "invalid or revoked", id="unknown-gateway-key"),
-        pytest.param({"Authorization": "Bearer something-else"}, "not a gateway key", id="foreign-token"),
+        pytest.param({"Authorization": "Bearer something-else"}, "neither a gateway key", id="foreign-token"),
         pytest.param({"Authorization": "Basic abc"}, "missing API key", id="wrong-scheme"),
     ],
 )

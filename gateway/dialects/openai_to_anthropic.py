@@ -195,6 +195,9 @@ def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: Translatio
     effort = body.get("reasoning_effort")
     if effort is None or effort in NO_THINKING_EFFORTS:
         return
+    if not opts.thinking_budgets:
+        message = "reasoning_effort: this model does not support reasoning (no thinking budgets); omit reasoning_effort"
+        raise TranslationError(message, "reasoning_effort")
     budget = opts.thinking_budgets.get(effort)
     if budget is None:
         known = ", ".join(opts.thinking_budgets)

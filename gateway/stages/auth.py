@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+from dataclasses import dataclass, field
+
 from gateway.errors import Unauthenticated
-from gateway.keys import KeyCache, lookup_id_of
+from gateway.keys import KeyCache, Principal, lookup_id_of
 from gateway.pipeline import Exchange, Next
 
 
@@ -21,6 +24,14 @@ def presented_credential(headers: object) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class EnvAdminKey:
+    """GATEWAY_ADMIN_KEY: an admin key that lives in the environment (its row in api_keys carries its usage)."""
+
+    key: bytes = field(repr=False)
+    principal: Principal
+
+
 class Authenticate:
     """Refuse with 401 unless the caller presents a valid, unrevoked gateway key.
 
@@ -28,15 +39,17 @@ class Authenticate:
     key-mapping stage when the pipeline has one (`defer_foreign`), and refused here otherwise.
     """
 
-    def __init__(self, keys: KeyCache, *, defer_foreign: bool = True) -> None:
-        self._keys, self._defer_foreign = keys, defer_foreign
+    def __init__(self, keys: KeyCache, *, defer_foreign: bool = True, env_admin: EnvAdminKey | None = None) -> None:
+        self._keys, self._defer_foreign, self._env_admin = keys, defer_foreign, env_admin
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         credential = presented_credential(ex.request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
         ex.credential = credential
-        if lookup_id_of(credential) is not None:
+        if self._env_admin is not None and hmac.compare_digest(credential.encode(), self._env_admin.key):
+            ex.principal = self._env_admin.principal
+        elif lookup_id_of(credential) is not None:
             ex.principal = await self._keys.principal_for(credential)
             if ex.principal is None:
                 raise Unauthenticated("invalid or revoked API key")

@@ -1,0 +1,307 @@
+"""The management API (/v1/user-api-keys): users, their keys and the Claude Code mapping. Admin keys only.
+
+Field names are the original design's contract (camelCase). Errors are `{"error": "..."}`. Plaintext keys
+appear only in the create and regenerate responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import db
+from gateway.budgets import month_of
+from gateway.config import GatewayConfig
+from gateway.dialect import Dialect
+from gateway.errors import GatewayError
+from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
+from gateway.pipeline import Exchange
+from gateway.services import Services
+from gateway.state import AUTH_PIPELINE, CONFIG, REQUEST_ID, SERVICES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey"}
+MAX_HISTORY_PAGE = 1000
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+# --- request parsing ---------------------------------------------------------------------------------
+
+
+async def _body(request: web.Request, allowed: set[str], *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise AdminError(400, "request body must be a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise AdminError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise AdminError(400, "request body must be a JSON object")
+    if unknown := sorted(set(body) - allowed):
+        raise AdminError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise AdminError(400, f"'{name}' is required and must be a non-empty string")
+    if len(value) > max_len:
+        raise AdminError(400, f"'{name}' is longer than {max_len} characters")
+    return value.strip()
+
+
+def _user_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise AdminError(404, f"no user with id {request.match_info['id']!r}") from None
+
+
+def _day(request: web.Request, name: str) -> date | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise AdminError(400, f"'{name}' must be a date like 2026-11-01") from None
+
+
+def _int_query(request: web.Request, name: str, default: int, maximum: int) -> int:
+    value = request.query.get(name, str(default))
+    if not value.isdigit() or int(value) > maximum:
+        raise AdminError(400, f"'{name}' must be an integer from 0 to {maximum}")
+    return int(value)
+
+
+# --- handlers ----------------------------------------------------------------------------------------
+
+
+async def _authenticate(request: web.Request) -> Principal:
+    """Run the pipeline's auth and key-mapping stages on a management request."""
+    ex = Exchange(Dialect.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
+    await request.app[AUTH_PIPELINE](ex)
+    assert ex.principal is not None
+    return ex.principal
+
+
+def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]]) -> Handler:
+    """Authenticate, require an admin key, and answer every failure as {"error": "..."}."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            admin = await _authenticate(request)
+            if not admin.is_admin:
+                raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
+            return await handler(UserKeysApi(request.app[CONFIG], request.app[SERVICES]), request, admin)
+        except AdminError as err:
+            return _json({"error": err.message}, err.status)
+        except GatewayError as err:  # 401 from the auth stages, in this API's error shape
+            return _json({"error": err.message}, err.status_for(Dialect.OPENAI))
+
+    return guarded
+
+
+class UserKeysApi:
+    """Handlers for /v1/user-api-keys, given the running gateway's config and services."""
+
+    def __init__(self, cfg: GatewayConfig, svc: Services) -> None:
+        self._cfg, self._svc = cfg, svc
+        self._hmac_secret: bytes = svc.claudecode_tokens.secret
+
+    def _new_key(self) -> tuple[str, tuple[str, str]]:
+        new = generate_key(self._cfg.auth.bcrypt_rounds)
+        return new.plaintext, (new.lookup_id, new.key_hash)
+
+    async def create(self, request: web.Request, admin: Principal) -> web.Response:
+        body = await _body(request, CREATE_FIELDS)
+        email = _text(body, "email", max_len=254)
+        if not EMAIL.match(email):
+            raise AdminError(400, f"'email' is not an email address: {email!r}")
+        cc_token = _text(body, "claudecodeUserKey", max_len=4096)
+        if cc_token.startswith(KEY_PREFIX):
+            raise AdminError(400, "'claudecodeUserKey' must be the user's Claude Code token, not a gateway key")
+        if len(cc_token) < 8:
+            raise AdminError(400, "'claudecodeUserKey' is too short to be a Claude Code token (8 characters minimum)")
+        plaintext, key = await asyncio.to_thread(self._new_key)
+        try:
+            user, _ = await db.create_user(
+                self._svc.pool,
+                email=email,
+                firstname=_text(body, "firstname"),
+                lastname=_text(body, "lastname"),
+                claudecode_hmac=claudecode_hmac(self._hmac_secret, cc_token),
+                key=key,
+                actor_key_id=admin.key_id,
+            )
+        except db.Conflict as exc:
+            raise AdminError(409, str(exc)) from None
+        self._svc.claudecode_tokens.evict_all_unknown()  # the token may have been refused a moment ago
+        return _json(
+            {**_user(user), "apiKey": plaintext, "claudecodeUserKey": cc_token, "aigatewayUserKey": plaintext}, 201
+        )
+
+    async def delete(self, request: web.Request, admin: Principal) -> web.Response:
+        user_id = _user_id(request)
+        revoked = await db.delete_user(self._svc.pool, user_id, actor_key_id=admin.key_id)
+        if revoked is None:
+            raise AdminError(404, f"no user with id {user_id}")
+        for key_id in revoked:
+            self._svc.key_cache.evict_key(key_id)
+        self._svc.claudecode_tokens.evict_user(user_id)
+        return _json({"success": True})
+
+    async def regenerate(self, request: web.Request, admin: Principal) -> web.Response:
+        user_id = _user_id(request)
+        body = await _body(request, {"reason"}, optional=True)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise AdminError(400, "'reason' must be a string")
+        plaintext, key = await asyncio.to_thread(self._new_key)
+        done = await db.regenerate_user_key(self._svc.pool, user_id, key=key, reason=reason, actor_key_id=admin.key_id)
+        if done is None:
+            raise AdminError(404, f"no user with id {user_id}")
+        user, _, old_key_id = done
+        if old_key_id is not None:
+            self._svc.key_cache.evict_key(old_key_id)
+        self._svc.claudecode_tokens.evict_user(user_id)  # the mapping now leads to the new key
+        # The Claude Code token is stored only as an HMAC: the mapping is kept, its plaintext cannot be shown.
+        return _json({**_user(user), "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext})
+
+    async def increase_token_limit(self, request: web.Request, admin: Principal) -> web.Response:
+        user_id = _user_id(request)
+        body = await _body(request, {"increment"})
+        increment = body.get("increment")
+        if not isinstance(increment, int) or isinstance(increment, bool) or increment <= 0:
+            raise AdminError(400, "'increment' must be a positive integer")
+        if increment > 10**15:
+            raise AdminError(400, "'increment' is too large")
+        new_limit = await db.increase_token_limit(
+            self._svc.pool,
+            user_id,
+            increment,
+            default_limit=self._cfg.budgets.monthly_token_limit,
+            actor_key_id=admin.key_id,
+        )
+        if new_limit is None:
+            raise AdminError(404, f"no user with id {user_id}")
+        self._svc.claudecode_tokens.evict_user(user_id)  # cached principals carry the old limit
+        self._svc.key_cache.evict_user(user_id)
+        return _json({"id": str(user_id), "newLimit": new_limit})
+
+    async def list(self, request: web.Request, admin: Principal) -> web.Response:
+        users = await db.list_users(self._svc.pool)
+        default = self._cfg.budgets.monthly_token_limit
+        return _json(
+            [{**_user(u), "limitToken": u.limit_tokens if u.limit_tokens is not None else default} for u in users]
+        )
+
+    async def usage(self, request: web.Request, admin: Principal) -> web.Response:
+        month = month_of(self._svc.usage_view.clock())
+        rows = await db.users_month_usage(self._svc.pool, month)
+        default_usd = Decimal(str(self._cfg.budgets.monthly_limit_usd))
+        default_tokens = self._cfg.budgets.monthly_token_limit
+        out = []
+        for r in rows:
+            limit_usd = r["monthly_limit_usd"] if r["monthly_limit_usd"] is not None else default_usd
+            limit_tokens = r["limit_tokens"] if r["limit_tokens"] is not None else default_tokens
+            out.append(
+                {
+                    "id": str(r["id"]),
+                    "email": r["email"],
+                    "firstname": r["firstname"],
+                    "lastname": r["lastname"],
+                    "createdAt": _iso(r["created_at"]),
+                    "updatedAt": _iso(r["updated_at"]),
+                    "totalTokens": int(r["tokens"]),
+                    "requestCount": int(r["requests"]),
+                    "totalCostUsd": float(r["cost_usd"]),
+                    "limitUsd": float(limit_usd),
+                    "limitToken": int(limit_tokens),
+                    "overLimit": r["cost_usd"] >= limit_usd or r["tokens"] >= limit_tokens,
+                    "month": month.isoformat()[:7],
+                }
+            )
+        return _json(out)
+
+    async def usage_history(self, request: web.Request, admin: Principal) -> web.Response:
+        user_id = _user_id(request)
+        if await db.get_user(self._svc.pool, user_id) is None:
+            raise AdminError(404, f"no user with id {user_id}")
+        start, end = _day(request, "from"), _day(request, "to")
+        if start and end and start > end:
+            raise AdminError(400, "'from' is after 'to'")
+        limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE) or 1
+        offset = _int_query(request, "offset", 0, 10**9)
+        rows = await db.user_usage_history(self._svc.pool, user_id, start=start, end=end, limit=limit, offset=offset)
+        history = [_history_entry(r) for r in rows]
+        next_offset = offset + limit if len(rows) == limit else None
+        return _json(
+            {"userId": str(user_id), "history": history, "limit": limit, "offset": offset, "nextOffset": next_offset}
+        )
+
+
+def _user(u: db.UserRow) -> dict[str, Any]:
+    return {
+        "id": str(u.id),
+        "email": u.email,
+        "firstname": u.firstname,
+        "lastname": u.lastname,
+        "createdAt": _iso(u.created_at),
+        "updatedAt": _iso(u.updated_at),
+    }
+
+
+def _history_entry(r: dict[str, Any]) -> dict[str, Any]:
+    tokens = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+    return {
+        "date": r["day"].isoformat(),
+        "model": r["alias"],
+        "providerModel": r["provider_model"],
+        "requestCount": int(r["requests"]),
+        "inputTokens": int(r["input_tokens"]),
+        "outputTokens": int(r["output_tokens"]),
+        "cacheReadTokens": int(r["cache_read_tokens"]),
+        "cacheWriteTokens": int(r["cache_write_tokens"]),
+        "totalTokens": sum(int(r[t]) for t in tokens),
+        "costUsd": float(r["cost_usd"]) if r["cost_usd"] is not None else None,
+        "unpricedRequests": int(r["unpriced_requests"]),
+    }
+
+
+def add_routes(app: web.Application) -> None:
+    api = UserKeysApi
+    app.router.add_post("/v1/user-api-keys", admin_only(api.create))
+    app.router.add_get("/v1/user-api-keys", admin_only(api.list))
+    app.router.add_get("/v1/user-api-keys/usage", admin_only(api.usage))
+    app.router.add_delete("/v1/user-api-keys/{id}", admin_only(api.delete))
+    app.router.add_post("/v1/user-api-keys/{id}/regenerate", admin_only(api.regenerate))
+    app.router.add_post("/v1/user-api-keys/{id}/increase-token-limit", admin_only(api.increase_token_limit))
+    app.router.add_get("/v1/user-api-keys/{id}/usage-history", admin_only(api.usage_history))

@@ -1,0 +1,127 @@
+"""The budget check's view of month-to-date usage: database counters plus this process's own recent usage.
+
+The counters in PostgreSQL (usage_counters) are incremented by every process's usage flush. This view
+re-reads them every `refresh_s` seconds and adds what this process recorded since: rows still queued or
+being flushed, and rows flushed after the last read began. So the hot path costs dict lookups, no query,
+yet every process sharing the database sees every other's usage within one refresh interval.
+
+Worst-case overshoot of a limit: the requests already in flight when it is reached (each up to its
+max_tokens), plus what the other processes serve during one refresh interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from gateway import db
+
+log = structlog.get_logger("gateway.budgets")
+
+Scope = tuple[date, str, str]  # (month, "user" | "key", id)
+Amounts = dict[Scope, list[Decimal]]  # scope -> [tokens, cost_usd]
+
+
+def month_of(moment: datetime) -> date:
+    """The first day of `moment`'s UTC calendar month: the key of every monthly counter."""
+    moment = moment.astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def scopes(month: date, key_id: int, user_id: UUID | None) -> list[Scope]:
+    keyed: list[Scope] = [(month, "key", str(key_id))]
+    return [*keyed, (month, "user", str(user_id))] if user_id is not None else keyed
+
+
+class UsageView:
+    """Month-to-date tokens per user and USD per key, as the budget check sees them."""
+
+    def __init__(self, pool: asyncpg.Pool | None, *, refresh_s: float = 2.0, clock: Callable[[], datetime] = utc_now):
+        self._pool, self._refresh_s, self.clock = pool, refresh_s, clock
+        self._snapshot: dict[Scope, list[Decimal]] = {}
+        self._pending: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])  # recorded, not yet stored
+        self._stored: dict[int, Amounts] = {}  # flush number -> amounts stored since the last snapshot began
+        self._flushes = itertools.count(1)
+        self._last_flush = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- what the budget check asks ---
+
+    def tokens_used(self, user_id: UUID) -> int:
+        return int(self._used((month_of(self.clock()), "user", str(user_id)))[0])
+
+    def cost_used(self, key_id: int) -> Decimal:
+        return self._used((month_of(self.clock()), "key", str(key_id)))[1]
+
+    def _used(self, scope: Scope) -> list[Decimal]:
+        base = self._snapshot.get(scope)
+        tokens, cost = (base[0], base[1]) if base else (Decimal(0), Decimal(0))
+        if scope in self._pending:
+            tokens, cost = tokens + self._pending[scope][0], cost + self._pending[scope][1]
+        for amounts in self._stored.values():
+            if scope in amounts:
+                tokens, cost = tokens + amounts[scope][0], cost + amounts[scope][1]
+        return [tokens, cost]
+
+    # --- what the usage log tells it ---
+
+    def recorded(self, when: datetime, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal | None) -> None:
+        for scope in scopes(month_of(when), key_id, user_id):
+            entry = self._pending[scope]
+            entry[0] += tokens
+            entry[1] += cost or 0
+
+    def stored(self, amounts: Amounts) -> None:
+        """A flush committed these amounts: they move from pending to stored until a snapshot includes them."""
+        for scope, (tokens, cost) in amounts.items():
+            entry = self._pending[scope]
+            entry[0] -= tokens
+            entry[1] -= cost
+            if not entry[0] and not entry[1]:
+                del self._pending[scope]
+        self._last_flush = next(self._flushes)
+        self._stored[self._last_flush] = amounts
+
+    # --- the refresh ---
+
+    async def refresh(self) -> None:
+        """Re-read this month's counters; drop local amounts the new snapshot already contains."""
+        if self._pool is None:
+            return
+        flushed_before = self._last_flush
+        month = month_of(self.clock())
+        counters = await db.month_counters(self._pool, month)
+        self._snapshot = {(month, c.scope, c.scope_id): [Decimal(c.tokens), c.cost_usd] for c in counters}
+        for number in [n for n in self._stored if n <= flushed_before]:
+            del self._stored[number]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-view-refresh")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("budget_refresh_failed", error=str(exc))  # keep the last known counters
+            await asyncio.sleep(self._refresh_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
