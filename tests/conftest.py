@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -113,9 +115,9 @@ async def make_gateway(database_url: str, upstream: FakeUpstream, pool: asyncpg.
     """Start a gateway (a real listening server) against the fake upstream and the test database."""
     servers: list[TestServer] = []
 
-    async def start(**overrides: Any) -> TestServer:
+    async def start(*, clock: Callable[[], datetime] | None = None, **overrides: Any) -> TestServer:
         cfg = gateway_config(upstream.url, **overrides)
-        server = TestServer(build_app(cfg, dsn=database_url))
+        server = TestServer(build_app(cfg, dsn=database_url, clock=clock))
         await server.start_server()
         servers.append(server)
         return server
@@ -135,6 +137,31 @@ def make_key(pool: asyncpg.Pool) -> Callable[..., Awaitable[tuple[str, db.KeyRow
     async def create(name: str = "alice", *, admin: bool = False) -> tuple[str, db.KeyRow]:
         new = generate_key(rounds=4)
         row = await db.insert_key(pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name=name, is_admin=admin)
+        return new.plaintext, row
+
+    return create
+
+
+@pytest.fixture
+def make_user(pool: asyncpg.Pool) -> Callable[..., Awaitable[tuple[str, db.KeyRow]]]:
+    """A user with a live gateway key (and optional limits), made directly in the database."""
+
+    async def create(
+        email: str = "user@example.com", *, limit_tokens: int | None = None, limit_usd: float | None = None
+    ) -> tuple[str, db.KeyRow]:
+        user_id = await pool.fetchval(
+            "INSERT INTO users (email, firstname, lastname, limit_tokens) VALUES ($1, 'Test', 'User', $2) RETURNING id",
+            email,
+            limit_tokens,
+        )
+        new = generate_key(rounds=4)
+        row = await db.insert_key(
+            pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name=email, is_admin=False, user_id=user_id
+        )
+        if limit_usd is not None:
+            await pool.execute(
+                "UPDATE api_keys SET monthly_limit_usd = $2 WHERE id = $1", row.id, Decimal(str(limit_usd))
+            )
         return new.plaintext, row
 
     return create
