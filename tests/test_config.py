@@ -1,0 +1,126 @@
+"""gateway.yaml parsing: defaults, interpolation, env overrides, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL: dict[str, Any] = {
+    "providers": {"anthropic": {"base_url": "https://api.anthropic.com", "api_key": "k"}},
+    "models": {"claude-fast": {"provider": "anthropic", "model": "claude-haiku-4-5"}},
+}
+
+
+def with_(**sections: Any) -> dict[str, Any]:
+    return {**MINIMAL, **sections}
+
+
+@pytest.mark.parametrize(
+    "path", [ROOT / "gateway.yaml", *sorted((ROOT / "config").glob("*.yaml"))], ids=lambda p: p.name
+)
+def test_shipped_files_are_valid(path: Path) -> None:
+    env = {"ANTHROPIC_API_KEY": "sk-test", "DATABASE_URL": "postgresql://db/gateway"}
+    cfg = load_config(path, env)
+    assert "claude-fast" in cfg.models
+    assert cfg.unpriced_models() == []
+
+
+def test_defaults_and_interpolation() -> None:
+    raw = with_(server={"port": "${PORT:-8123}"})
+    cfg = parse_config(raw, {})
+    assert cfg.server.port == 8123 and cfg.server.max_body_bytes == 32 * 1024 * 1024
+    assert parse_config(raw, {"PORT": "9000"}).server.port == 9000
+    assert cfg.pipeline == ("auth", "key_mapping", "budget", "route", "usage_log")
+
+
+def test_model_env_override_in_the_shipped_file() -> None:
+    cfg = load_config(ROOT / "gateway.yaml", {"CLAUDE_FAST_MODEL": "claude-haiku-9"})
+    assert cfg.models["claude-fast"].model == "claude-haiku-9"
+    assert cfg.unpriced_models() == ["claude-haiku-9"]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, (True, 100.0, 10_000_000), id="file"),
+        pytest.param({"ENFORCE_BUDGETS": "false"}, (False, 100.0, 10_000_000), id="enforce"),
+        pytest.param({"DEFAULT_MONTHLY_LIMIT_USD": "12.5"}, (True, 12.5, 10_000_000), id="usd"),
+        pytest.param({"DEFAULT_MONTHLY_TOKEN_LIMIT": "77"}, (True, 100.0, 77), id="tokens"),
+    ],
+)
+def test_budget_env_overrides_the_file(env: dict[str, str], expected: tuple[Any, ...]) -> None:
+    raw = with_(budgets={"enforce": True, "monthly_limit_usd": 100, "monthly_token_limit": 10_000_000})
+    b = parse_config(raw, env).budgets
+    assert (b.enforce, b.monthly_limit_usd, b.monthly_token_limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "message"),
+    [
+        pytest.param(with_(serverr={}), {}, "serverr: unknown key", id="unknown-top-level"),
+        pytest.param(with_(server={"prot": 1}), {}, "server.prot: unknown key", id="unknown-nested"),
+        pytest.param(with_(server={"port": "eighty"}), {}, "server.port: expected int", id="wrong-type"),
+        pytest.param(with_(server={"port": 70000}), {}, "server.port: 70000 is not a TCP port", id="port-range"),
+        pytest.param(
+            with_(models={"claude-fast": {"provider": "antropic", "model": "m"}}),
+            {},
+            "models.claude-fast.provider: 'antropic' is not a declared provider (anthropic)",
+            id="missing-provider",
+        ),
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "https://x", "api_key": "${ANTHROPIC_API_KEY}"}}),
+            {},
+            "providers.anthropic.api_key: environment variable ANTHROPIC_API_KEY is not set",
+            id="missing-env",
+        ),
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "ftp://x"}}), {}, "is not an http(s) URL", id="bad-url"
+        ),
+        pytest.param(
+            with_(providers={"a": {"type": "cohere", "base_url": "https://x"}}), {}, "is not a provider type", id="type"
+        ),
+        pytest.param(with_(models={}), {}, "models: declare at least one", id="no-models"),
+        pytest.param(
+            with_(pricing={"m": {"input": 1, "output": 1, "cache_write": 1}}),
+            {},
+            "pricing.m.cache_read: required",
+            id="price",
+        ),
+        pytest.param(with_(budgets={"enforce": "maybe"}), {}, "budgets.enforce: expected true or false", id="bool"),
+        pytest.param(with_(pipeline=["route", "auth"]), {}, "stages must keep the order", id="order"),
+        pytest.param(with_(pipeline=["auth"]), {}, "stage 'route' is required", id="required-stage"),
+        pytest.param(with_(pipeline=["auth", "cache", "route"]), {}, "unknown stage 'cache'", id="unknown-stage"),
+        pytest.param(with_(auth={"admin_key": "short"}), {}, "at least 32 characters", id="admin-key"),
+        pytest.param(with_(logging={"format": "xml"}), {}, "logging.format", id="log-format"),
+        pytest.param(
+            with_(models={"a": {"provider": "anthropic", "model": "m", "thinking_budgets": {"huge": 1}}}),
+            {},
+            "models.a.thinking_budgets.huge: unknown key",
+            id="effort",
+        ),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(raw: dict[str, Any], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml", {})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad, {})
+
+
+def test_provider_api_key_never_appears_in_repr() -> None:
+    cfg = parse_config(with_(providers={"anthropic": {"base_url": "https://x", "api_key": "sk-secret-123"}}), {})
+    assert "sk-secret-123" not in repr(cfg)
