@@ -74,7 +74,16 @@ CASES = (
         0.75,
         "messages_stream",
     ),
-    Case("chat", "/v1/chat/completions", "/v1/chat/completions", "openai_nonstream.json", "openai", False, 0.60, "messages"),
+    Case(
+        "chat",
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "openai_nonstream.json",
+        "openai",
+        False,
+        0.60,
+        "messages",
+    ),
     Case(
         "chat_stream",
         "/v1/chat/completions stream",

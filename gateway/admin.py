@@ -260,9 +260,12 @@ class UserKeysApi:
             raise AdminError(400, "'from' is after 'to'")
         limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE) or 1
         offset = _int_query(request, "offset", 0, 10**9)
-        rows = await db.user_usage_history(self._svc.pool, user_id, start=start, end=end, limit=limit, offset=offset)
-        history = [_history_entry(r) for r in rows]
-        next_offset = offset + limit if len(rows) == limit else None
+        # One row more than the page: a next page is announced only when it has something on it.
+        rows = await db.user_usage_history(
+            self._svc.pool, user_id, start=start, end=end, limit=limit + 1, offset=offset
+        )
+        history = [_history_entry(r) for r in rows[:limit]]
+        next_offset = offset + limit if len(rows) > limit else None
         return _json(
             {"userId": str(user_id), "history": history, "limit": limit, "offset": offset, "nextOffset": next_offset}
         )

@@ -68,6 +68,21 @@ class ModelAlias:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteRule:
+    """A model id that is not an alias: `match` (shell pattern) goes to `alias`, or to `provider` unchanged."""
+
+    match: str
+    alias: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    rules: tuple[RouteRule, ...] = ()
+    default: str | None = None  # alias for any other model id; None: 404 listing the aliases
+
+
+@dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens."""
 
@@ -118,11 +133,19 @@ class GatewayConfig:
     usage_log: UsageLogConfig
     logging: LoggingConfig
     pipeline: tuple[str, ...]
+    routing: RoutingConfig = RoutingConfig()
     source: str = "<defaults>"
 
     def unpriced_models(self) -> list[str]:
         """Provider models an alias routes to that have no price: their cost is recorded as unknown."""
-        return sorted({a.model for a in self.models.values() if a.model not in self.pricing})
+        return sorted({a.model for a in self.models.values() if self.price_for(a.model) is None})
+
+    def price_for(self, model: str) -> Price | None:
+        """The model's price; a dated id (claude-haiku-4-5-20251001) takes its family's (claude-haiku-4-5)."""
+        if model in self.pricing:
+            return self.pricing[model]
+        family = max((m for m in self.pricing if model.startswith(m + "-")), key=len, default=None)
+        return self.pricing[family] if family else None
 
 
 # --- environment interpolation ----------------------------------------------------------------------
@@ -166,7 +189,8 @@ def _section(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        path = f"{where}.{unknown[0]}" if where else str(unknown[0])
+        raise ConfigError(f"{path}: unknown key (allowed: {', '.join(sorted(allowed))})")
     return raw
 
 
@@ -367,6 +391,32 @@ def _logging(raw: Any) -> LoggingConfig:
     return LoggingConfig(format=fmt, level=level)
 
 
+def _routing(raw: Any, models: Mapping[str, ModelAlias], providers: Mapping[str, ProviderConfig]) -> RoutingConfig:
+    s = _section(raw, "routing", {"rules", "default"})
+    rules_raw = s.get("rules") or []
+    if not isinstance(rules_raw, list):
+        raise ConfigError("routing.rules: expected a list of {match, alias | provider}")
+    rules = []
+    for i, rule_raw in enumerate(rules_raw):
+        where = f"routing.rules[{i}]"
+        rule = _section(rule_raw, where, {"match", "alias", "provider"})
+        match = _get(rule, "match", where, str)
+        alias, provider = rule.get("alias"), rule.get("provider")
+        if (alias is None) == (provider is None):
+            raise ConfigError(f"{where}: give exactly one of alias (map to it) or provider (pass through unchanged)")
+        if alias is not None and alias not in models:
+            raise ConfigError(f"{where}.alias: {alias!r} is not a model alias ({', '.join(sorted(models))})")
+        if provider is not None and provider not in providers:
+            raise ConfigError(
+                f"{where}.provider: {provider!r} is not a declared provider ({', '.join(sorted(providers))})"
+            )
+        rules.append(RouteRule(match=match, alias=alias, provider=provider))
+    default = s.get("default")
+    if default is not None and default not in models:
+        raise ConfigError(f"routing.default: {default!r} is not a model alias ({', '.join(sorted(models))})")
+    return RoutingConfig(rules=tuple(rules), default=default)
+
+
 def _pipeline(raw: Any) -> tuple[str, ...]:
     if raw is None:
         return PIPELINE_STAGES
@@ -402,6 +452,7 @@ TOP_LEVEL = {
     "database",
     "providers",
     "models",
+    "routing",
     "pricing",
     "budgets",
     "auth",
@@ -417,11 +468,13 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
     doc = _interpolate_tree(doc, environ, "")
     doc["budgets"] = _budget_env_overrides(doc.get("budgets"), environ)
     providers = _providers(doc.get("providers"))
+    models = _models(doc.get("models"), providers)
     return GatewayConfig(
         server=_server(doc.get("server")),
         database=_database(doc.get("database")),
         providers=providers,
-        models=_models(doc.get("models"), providers),
+        models=models,
+        routing=_routing(doc.get("routing"), models, providers),
         pricing=_pricing(doc.get("pricing")),
         budgets=_budgets(doc.get("budgets")),
         auth=_auth(doc.get("auth")),

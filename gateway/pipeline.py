@@ -104,7 +104,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
         "auth": Authenticate(svc.key_cache, defer_foreign="key_mapping" in cfg.pipeline, env_admin=svc.env_admin),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
         "budget": CheckBudget(svc.usage_view, cfg.budgets),
-        "route": RouteToProvider(cfg.models, svc.providers),
+        "route": RouteToProvider(cfg.models, svc.providers, cfg.routing),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),
     }

@@ -275,7 +275,7 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
         async for chunk in reply.chunks():
             if ex.first_byte_ns is None:
                 ex.first_byte_ns = time.perf_counter_ns()
-            frames = []
+            frames: list[bytes] = []
             for event, data in parser.feed(chunk):
                 _note_stream_event(ex, event, data)
                 frames.extend(sse.data_frame(c) for c in translator.feed(event, _json_object(data)))

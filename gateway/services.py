@@ -104,7 +104,11 @@ async def open_services(
     await view.refresh()
     view.start()
     usage_log = UsageLog(
-        pool, cfg.pricing, view, flush_interval_ms=cfg.usage_log.flush_interval_ms, flush_rows=cfg.usage_log.flush_rows
+        pool,
+        cfg.price_for,
+        view,
+        flush_interval_ms=cfg.usage_log.flush_interval_ms,
+        flush_rows=cfg.usage_log.flush_rows,
     )
     usage_log.start()
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None

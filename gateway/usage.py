@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -62,13 +62,13 @@ class UsageLog:
     def __init__(
         self,
         pool: asyncpg.Pool | None,
-        pricing: Mapping[str, Price],
+        price_for: Callable[[str], Price | None],
         view: UsageView,
         *,
         flush_interval_ms: int = 200,
         flush_rows: int = 500,
     ) -> None:
-        self._pool, self._pricing, self._view = pool, pricing, view
+        self._pool, self._price_for, self._view = pool, price_for, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._rows: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
@@ -86,7 +86,7 @@ class UsageLog:
         now_ns = time.perf_counter_ns()
         ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
         u, who, when = ex.usage, ex.principal, self._view.clock()
-        cost = cost_usd(self._pricing.get(ex.target.provider_model), u)
+        cost = cost_usd(self._price_for(ex.target.provider_model), u)
         self._view.recorded(when, who.key_id, who.user_id, u.total, cost)
         self._rows.append(
             (

@@ -13,6 +13,7 @@ import anthropic
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
+from anthropic.types import Message, MessageParam, ToolParam, ToolResultBlockParam
 
 from gateway import db
 from tests.conftest import UPSTREAM_KEY, flushed_usage
@@ -20,9 +21,9 @@ from tests.fakes.upstream import REPLY_TEXT, FakeUpstream, anthropic_error, anth
 
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
-HI = [{"role": "user", "content": "say hi"}]
+HI: list[MessageParam] = [{"role": "user", "content": "say hi"}]
 FIVE_WORDS = " ".join(REPLY_TEXT.split()[:5])  # the fake replies with its first `chunks` (5) words
-TOOLS: list[Any] = [
+TOOLS: list[ToolParam] = [
     {
         "name": "lookup",
         "description": "Look a word up in the dictionary.",
@@ -42,9 +43,7 @@ async def principal(make_key: MakeKey) -> tuple[str, int]:
 @pytest.fixture
 async def client(gateway: TestServer, principal: tuple[str, int]) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """The SDK as a caller configures it: the gateway's base URL, a gateway key, no retries to hide errors."""
-    async with anthropic.AsyncAnthropic(
-        base_url=str(gateway.make_url("")), api_key=principal[0], max_retries=0
-    ) as sdk:
+    async with anthropic.AsyncAnthropic(base_url=str(gateway.make_url("")), api_key=principal[0], max_retries=0) as sdk:
         yield sdk
 
 
@@ -69,10 +68,14 @@ def thinking_message(model: str) -> dict[str, Any]:
 
 
 async def test_create_maps_the_alias_and_logs_usage(
-    client: anthropic.AsyncAnthropic, gateway: TestServer, upstream: FakeUpstream, principal: tuple[str, int], pool: asyncpg.Pool
+    client: anthropic.AsyncAnthropic,
+    gateway: TestServer,
+    upstream: FakeUpstream,
+    principal: tuple[str, int],
+    pool: asyncpg.Pool,
 ) -> None:
     upstream.usage(input_tokens=11, output_tokens=5)
-    message = await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+    message = await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)
 
     assert message.type == "message" and message.stop_reason == "end_turn"
     assert message.content[0].type == "text" and message.content[0].text == FIVE_WORDS
@@ -93,7 +96,7 @@ async def test_create_maps_the_alias_and_logs_usage(
 
 
 # anthropic 2.x sends `api_key` as `Authorization: Bearer` too; 0.x sent it as `x-api-key`. The gateway takes all.
-CREDENTIAL_STYLES = {
+CREDENTIAL_STYLES: dict[str, Callable[[str], dict[str, Any]]] = {
     "api_key": lambda key: {"api_key": key},
     "auth_token": lambda key: {"auth_token": key},  # Authorization: Bearer, as ANTHROPIC_AUTH_TOKEN does
     "x-api-key-header": lambda key: {"default_headers": {"x-api-key": key}},
@@ -106,7 +109,7 @@ async def test_every_sdk_credential_style_is_accepted_and_never_forwarded(
 ) -> None:
     credentials = CREDENTIAL_STYLES[style](principal[0])
     async with anthropic.AsyncAnthropic(base_url=str(gateway.make_url("")), max_retries=0, **credentials) as sdk:
-        message = await sdk.messages.create(model="claude-fast", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+        message = await sdk.messages.create(model="claude-fast", max_tokens=64, messages=HI)
 
     assert message.content[0].type == "text" and message.content[0].text == FIVE_WORDS
     sent = upstream.requests[-1]
@@ -117,10 +120,14 @@ async def test_every_sdk_credential_style_is_accepted_and_never_forwarded(
 
 
 async def test_stream_accumulates_the_reply_and_reports_final_usage(
-    client: anthropic.AsyncAnthropic, gateway: TestServer, upstream: FakeUpstream, principal: tuple[str, int], pool: asyncpg.Pool
+    client: anthropic.AsyncAnthropic,
+    gateway: TestServer,
+    upstream: FakeUpstream,
+    principal: tuple[str, int],
+    pool: asyncpg.Pool,
 ) -> None:
     upstream.usage(input_tokens=23)
-    async with client.messages.stream(model="claude-fast", max_tokens=64, messages=HI) as stream:  # type: ignore[arg-type]
+    async with client.messages.stream(model="claude-fast", max_tokens=64, messages=HI) as stream:
         deltas = [text async for text in stream.text_stream]
         final = await stream.get_final_message()
 
@@ -138,7 +145,7 @@ async def test_count_tokens_reaches_the_provider_and_is_not_billed(
     client: anthropic.AsyncAnthropic, gateway: TestServer, upstream: FakeUpstream, pool: asyncpg.Pool
 ) -> None:
     upstream.usage(input_tokens=17)
-    count = await client.messages.count_tokens(model="claude-fast", messages=HI)  # type: ignore[arg-type]
+    count = await client.messages.count_tokens(model="claude-fast", messages=HI)
 
     assert count.input_tokens == 17
     sent = upstream.requests[-1]
@@ -154,7 +161,7 @@ async def test_upstream_429_raises_rate_limit_error_with_retry_after(
 ) -> None:
     upstream.enqueue(status=429, body=anthropic_error("rate_limit_error", "slow down"), headers={"retry-after": "7"})
     with pytest.raises(anthropic.RateLimitError) as caught:
-        await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+        await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)
 
     assert caught.value.status_code == 429
     assert caught.value.body == anthropic_error("rate_limit_error", "slow down")
@@ -169,7 +176,7 @@ async def test_upstream_529_raises_overloaded_as_a_server_error(
 ) -> None:
     upstream.enqueue(status=529, body=anthropic_error("overloaded_error", "Overloaded"))
     with pytest.raises(anthropic.InternalServerError) as caught:
-        await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+        await client.messages.create(model="claude-fast", max_tokens=64, messages=HI)
 
     assert caught.value.status_code == 529
     assert "Overloaded" in str(caught.value)
@@ -182,7 +189,7 @@ async def test_stream_refused_with_529_raises_before_any_event(
 ) -> None:
     upstream.enqueue(status=529, body=anthropic_error("overloaded_error", "Overloaded"))
     with pytest.raises(anthropic.APIStatusError) as caught:
-        async with client.messages.stream(model="claude-fast", max_tokens=64, messages=HI) as stream:  # type: ignore[arg-type]
+        async with client.messages.stream(model="claude-fast", max_tokens=64, messages=HI) as stream:
             await stream.get_final_message()
     assert caught.value.status_code == 529
 
@@ -194,7 +201,7 @@ async def test_invalid_key_raises_authentication_error(
         base_url=str(gateway.make_url("")), api_key="gw-0123456789abcdef_" + "x" * 43, max_retries=0
     ) as sdk:
         with pytest.raises(anthropic.AuthenticationError) as caught:
-            await sdk.messages.create(model="claude-fast", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+            await sdk.messages.create(model="claude-fast", max_tokens=64, messages=HI)
 
     assert caught.value.status_code == 401
     assert upstream.requests == []
@@ -205,7 +212,7 @@ async def test_unknown_alias_raises_not_found_naming_the_aliases(
     client: anthropic.AsyncAnthropic, gateway: TestServer, upstream: FakeUpstream, pool: asyncpg.Pool
 ) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
-        await client.messages.create(model="claude-fastt", max_tokens=64, messages=HI)  # type: ignore[arg-type]
+        await client.messages.create(model="claude-fastt", max_tokens=64, messages=HI)
 
     assert caught.value.status_code == 404
     assert "claude-fastt" in str(caught.value) and "claude-fast" in str(caught.value)
@@ -224,7 +231,7 @@ async def test_thinking_block_and_signature_intact(
         model="claude-quality",
         max_tokens=2048,
         thinking={"type": "enabled", "budget_tokens": 1024},
-        messages=HI,  # type: ignore[arg-type]
+        messages=HI,
     )
 
     thinking, text = message.content
@@ -245,7 +252,7 @@ async def test_streamed_thinking_block_and_signature_intact(
         model="claude-quality",
         max_tokens=2048,
         thinking={"type": "enabled", "budget_tokens": 1024},
-        messages=HI,  # type: ignore[arg-type]
+        messages=HI,
     ) as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_message()
@@ -266,7 +273,8 @@ async def test_streamed_thinking_block_and_signature_intact(
 async def test_tool_use_round_trip(
     client: anthropic.AsyncAnthropic, gateway: TestServer, upstream: FakeUpstream, pool: asyncpg.Pool, stream: bool
 ) -> None:
-    ask: list[Any] = [{"role": "user", "content": "please use_tool to look up 'gateway'"}]
+    ask: list[MessageParam] = [{"role": "user", "content": "please use_tool to look up 'gateway'"}]
+    first: Message
     if stream:
         async with client.messages.stream(model="claude-fast", max_tokens=256, tools=TOOLS, messages=ask) as s:
             first = await s.get_final_message()
@@ -278,17 +286,26 @@ async def test_tool_use_round_trip(
     assert call.name == "lookup" and call.input == {"q": "fake"}
     assert upstream.requests[-1].json["tools"] == TOOLS
 
-    result = {"type": "tool_result", "tool_use_id": call.id, "content": "a place between callers and a provider"}
-    follow_up: list[Any] = [
+    result: ToolResultBlockParam = {
+        "type": "tool_result",
+        "tool_use_id": call.id,
+        "content": "a place between callers and a provider",
+    }
+    follow_up: list[MessageParam] = [
         *ask,
-        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "assistant", "content": first.content},  # the SDK takes its reply's blocks back as they are
         {"role": "user", "content": [result]},
     ]
     second = await client.messages.create(model="claude-fast", max_tokens=256, tools=TOOLS, messages=follow_up)
 
     assert second.stop_reason == "end_turn" and second.content[0].type == "text"
     sent = upstream.requests[-1].json
-    assert sent["messages"][1]["content"][-1] == {"type": "tool_use", "id": call.id, "name": "lookup", "input": {"q": "fake"}}
+    assert sent["messages"][1]["content"][-1] == {
+        "type": "tool_use",
+        "id": call.id,
+        "name": "lookup",
+        "input": {"q": "fake"},
+    }
     assert sent["messages"][2]["content"] == [result]
     rows = await flushed_usage(gateway, pool)
     assert [(r["status"], r["streamed"]) for r in rows] == [(200, stream), (200, False)]

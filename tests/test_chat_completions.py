@@ -151,6 +151,39 @@ async def test_create_passes_max_tokens(
     assert sent_body(upstream)["max_tokens"] == max_tokens
 
 
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        pytest.param({"stop": "END"}, {"stop_sequences": ["END"]}, id="stop"),
+        pytest.param({"stop": ["A", "B"]}, {"stop_sequences": ["A", "B"]}, id="stop-list"),
+        pytest.param({"top_p": 0.5}, {"top_p": 0.5}, id="top_p"),
+        pytest.param({"user": "alice@example.com"}, {"metadata": {"user_id": "alice@example.com"}}, id="user"),
+        pytest.param(
+            {"tools": [LOOKUP_TOOL], "tool_choice": {"type": "function", "function": {"name": "lookup"}}},
+            {"tool_choice": {"type": "tool", "name": "lookup"}},
+            id="named-tool",
+        ),
+        pytest.param(
+            {"tools": [LOOKUP_TOOL], "tool_choice": "required", "parallel_tool_calls": False},
+            {"tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
+            id="required-one-at-a-time",
+        ),
+        pytest.param({"tools": [], "tool_choice": "auto"}, {}, id="empty-tools"),
+        pytest.param(
+            {"seed": 7, "frequency_penalty": 0.5, "presence_penalty": 0.1, "store": False, "metadata": {"k": "v"}},
+            {},
+            id="ignored",
+        ),
+    ],
+)
+async def test_create_options_reach_upstream(
+    client: AsyncOpenAI, upstream: FakeUpstream, params: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    await client.chat.completions.create(model="claude-fast", messages=HI, **params)
+    sent = sent_body(upstream)
+    assert {k: v for k, v in sent.items() if k not in ("model", "max_tokens", "messages", "tools")} == expected
+
+
 # --- stream --------------------------------------------------------------------------------------------
 
 
@@ -268,12 +301,31 @@ async def test_streamed_tool_call_round_trip(client: AsyncOpenAI, upstream: Fake
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == REPLY
     assert upstream.requests[1].json["messages"][1:] == [
-        {"role": "assistant", "content": [{"type": "tool_use", "id": opening.id, "name": "lookup", "input": {"q": "fake"}}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": opening.id, "name": "lookup", "input": {"q": "fake"}}],
+        },
         {
             "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": opening.id, "content": [{"type": "text", "text": "42"}]}],
+            "content": [
+                {"type": "tool_result", "tool_use_id": opening.id, "content": [{"type": "text", "text": "42"}]}
+            ],
         },
     ]
+
+
+async def test_sdk_stream_helper_rebuilds_the_same_completion(client: AsyncOpenAI) -> None:
+    """The SDK's own chunk accumulator (`.stream()`) is a strict reader of tool-call deltas."""
+    request: dict[str, Any] = {"model": "claude-fast", "messages": [{"role": "user", "content": "use_tool"}]}
+    whole = await client.chat.completions.create(**request, tools=[LOOKUP_TOOL])
+    async with client.chat.completions.stream(**request, tools=[LOOKUP_TOOL]) as stream:
+        events = [event.type async for event in stream]
+        streamed = await stream.get_final_completion()
+    assert "content.done" in events and "tool_calls.function.arguments.done" in events
+    [got], [want] = streamed.choices, whole.choices
+    assert (got.finish_reason, got.message.content) == (want.finish_reason, want.message.content)
+    [got_call], [want_call] = got.message.tool_calls or [], want.message.tool_calls or []
+    assert (got_call.function.name, got_call.function.arguments) == ("lookup", want_call.function.arguments)
 
 
 # --- images --------------------------------------------------------------------------------------------
@@ -384,7 +436,9 @@ async def test_upstream_errors_reach_the_sdk_as_its_own_exceptions(
             id="broken-tool-arguments",
         ),
         pytest.param({"response_format": {"type": "json_object"}}, "response_format.type", "not supported", id="json"),
-        pytest.param({"reasoning_effort": "medium", "model": "claude-quality"}, "reasoning_effort", "low, high", id="effort"),
+        pytest.param(
+            {"reasoning_effort": "medium", "model": "claude-quality"}, "reasoning_effort", "low, high", id="effort"
+        ),
         pytest.param({"reasoning_effort": "low"}, "reasoning_effort", "does not support", id="effort-no-thinking"),
     ],
 )
@@ -429,7 +483,9 @@ async def test_bad_key_is_authentication_error(
 
 async def test_no_key_is_401_in_openai_shape(gateway: TestServer, upstream: FakeUpstream) -> None:
     # The SDK refuses to send a request without a key, so this one goes out by hand.
-    status, body = await raw_post(gateway, orjson.dumps({"model": "claude-fast", "messages": HI}), {})
+    status, body = await raw_post(
+        gateway, orjson.dumps({"model": "claude-fast", "messages": HI}), {"Content-Type": "application/json"}
+    )
     assert status == 401
     assert body["error"]["type"] == "authentication_error" and body["error"]["code"] == "invalid_api_key"
     assert "missing API key" in body["error"]["message"]
@@ -441,7 +497,9 @@ async def test_no_key_is_401_in_openai_shape(gateway: TestServer, upstream: Fake
     [
         pytest.param(b'{"model": "claude-fast", "messages": [', 400, None, "not valid JSON", id="malformed"),
         pytest.param(b'["claude-fast"]', 400, None, "must be a JSON object", id="array"),
-        pytest.param(b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model", "'model' is required", id="no-model"),
+        pytest.param(
+            b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model", "'model' is required", id="no-model"
+        ),
         pytest.param(b'{"model": "claude-fast"}', 400, "messages", "non-empty list", id="no-messages"),
         pytest.param(
             b'{"model": "claude-fast", "messages": [{"role": "robot", "content": "hi"}]}',
@@ -479,7 +537,10 @@ async def test_reasoning_effort_sets_the_thinking_budget(
     client: AsyncOpenAI, upstream: FakeUpstream, effort: str, budget: int, max_tokens: int
 ) -> None:
     await client.chat.completions.create(
-        model="claude-quality", messages=HI, reasoning_effort=effort, temperature=0.2  # type: ignore[arg-type]
+        model="claude-quality",
+        messages=HI,
+        reasoning_effort=effort,
+        temperature=0.2,  # type: ignore[arg-type]
     )
     sent = sent_body(upstream)
     assert sent["model"] == "claude-sonnet-4-5"

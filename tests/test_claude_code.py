@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from tests.conftest import UPSTREAM_KEY, flushed_usage
-from tests.fakes.upstream import REPLY_TEXT, FakeUpstream
+from tests.fakes.upstream import REPLY_TEXT, FakeUpstream, anthropic_events_for
 
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -131,13 +131,25 @@ def claude() -> str:
     return binary
 
 
-async def run_claude(claude: str, args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
+def claude_env(gateway: TestServer, home: Path, **credential: str) -> dict[str, str]:
+    """Only what a user would set to point Claude Code at the gateway; no other ANTHROPIC_* variable."""
+    return {
+        "HOME": str(home),  # a fresh profile: no login, no settings, no history of the developer's
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANTHROPIC_BASE_URL": str(gateway.make_url("")),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry, update checks or other calls home
+        **credential,
+    }
+
+
+async def run_claude(claude: str, args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str, float]:
     """Run the CLI without blocking the event loop (the gateway under test serves on it); kill it on timeout."""
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         claude,
         *args,
         env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -163,14 +175,8 @@ async def test_claude_code_cli_says_hi_through_the_gateway(
     credential_var: str,
 ) -> None:
     key, row = await make_key("claude-code-user")
-    env = {
-        "HOME": str(tmp_path),  # a fresh profile: no login, no settings, no history of the developer's
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "ANTHROPIC_BASE_URL": str(gateway.make_url("")),
-        credential_var: key,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry, update checks or other calls home
-    }
-    code, out, err, seconds = await run_claude(claude, ["-p", "say hi", "--model", ALIAS], env)
+    env = claude_env(gateway, tmp_path, **{credential_var: key})
+    code, out, err, seconds = await run_claude(claude, ["-p", "say hi", "--model", ALIAS], env, tmp_path)
 
     assert code == 0, f"exit {code} after {seconds:.1f} s\nstdout: {out}\nstderr: {err}"
     assert FIVE_WORDS in out
@@ -188,4 +194,42 @@ async def test_claude_code_cli_says_hi_through_the_gateway(
     assert len(rows) == len(posts)
     assert {(r["key_id"], r["alias"], r["provider_model"], r["status"]) for r in rows} == {
         (row.id, ALIAS, PROVIDER_MODEL, 200)
+    }
+
+
+async def test_claude_code_runs_a_tool_and_sends_its_result_back_through_the_gateway(
+    claude: str, gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # A streamed tool_use (input_json_delta fragments) that Claude Code must reassemble and run.
+    bash = {"command": "echo hi-from-bash", "description": "Print a greeting"}
+    upstream.enqueue(events=anthropic_events_for(tool_use_message("Bash", bash)))
+    args = ["-p", "run echo", "--model", ALIAS, "--allowedTools", "Bash"]
+    code, out, err, seconds = await run_claude(
+        claude, args, claude_env(gateway, tmp_path, ANTHROPIC_AUTH_TOKEN=key), tmp_path
+    )
+
+    assert code == 0, f"exit {code} after {seconds:.1f} s\nstdout: {out}\nstderr: {err}"
+    assert FIVE_WORDS in out  # the fake's default reply to the tool result ends the turn
+    first, second = (r.json for r in upstream.requests if r.method == "POST")
+    assert first["model"] == second["model"] == PROVIDER_MODEL
+    [result] = second["messages"][-1]["content"]
+    assert result["type"] == "tool_result" and result["tool_use_id"] == "toolu_fake_bash"
+    assert result["content"] == "hi-from-bash" and result["is_error"] is False
+    assert [r["status"] for r in await flushed_usage(gateway, pool)] == [200, 200]
+
+
+def tool_use_message(tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
+    """An assistant reply that calls `tool`, as the Messages API sends it."""
+    return {
+        "id": "msg_fake_tool",
+        "type": "message",
+        "role": "assistant",
+        "model": PROVIDER_MODEL,
+        "content": [
+            {"type": "text", "text": "Running it."},
+            {"type": "tool_use", "id": "toolu_fake_bash", "name": tool, "input": tool_input},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 5},
     }

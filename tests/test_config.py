@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,23 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
 def test_provider_api_key_never_appears_in_repr() -> None:
     cfg = parse_config(with_(providers={"anthropic": {"base_url": "https://x", "api_key": "sk-secret-123"}}), {})
     assert "sk-secret-123" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("routing", "message"),
+    [
+        pytest.param({"rules": [{"match": "x*"}]}, "give exactly one of alias", id="neither"),
+        pytest.param({"rules": [{"match": "x*", "alias": "nope"}]}, "routing.rules[0].alias: 'nope'", id="alias"),
+        pytest.param({"rules": [{"match": "x*", "provider": "p"}]}, "routing.rules[0].provider: 'p'", id="provider"),
+        pytest.param({"default": "nope"}, "routing.default: 'nope' is not a model alias", id="default"),
+    ],
+)
+def test_bad_routing(routing: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(with_(routing=routing), {})
+
+
+def test_dated_model_ids_take_their_family_price() -> None:
+    cfg = load_config(ROOT / "gateway.yaml", {})
+    assert cfg.price_for("claude-haiku-4-5-20251001") == cfg.pricing["claude-haiku-4-5"]
+    assert cfg.price_for("claude-haiku-4") is None

@@ -110,7 +110,10 @@ async def test_count_tokens_is_proxied_and_not_billed(
     gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
 ) -> None:
     status, body, _ = await post(
-        gateway, "/v1/messages/count_tokens", {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]}, {"x-api-key": key}
+        gateway,
+        "/v1/messages/count_tokens",
+        {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]},
+        {"x-api-key": key},
     )
     assert status == 200 and body["input_tokens"] > 0
     assert upstream.requests[-1].path == "/v1/messages/count_tokens"

@@ -1,31 +1,60 @@
-"""Stage 4: turn the alias in `model` into a provider and the provider's real model id."""
+"""Stage 4: turn the `model` a caller sent into a provider and the provider's real model id.
+
+An alias from gateway.yaml wins; otherwise `routing.rules` are tried in order (Claude Code sends dated
+`claude-*haiku*` ids for background work), then `routing.default`; anything else is a 404 naming the aliases.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Mapping
 
-from gateway.config import ModelAlias
+from gateway.config import ModelAlias, RoutingConfig
 from gateway.errors import BadRequest, UnknownModel
 from gateway.pipeline import Exchange, Next, Target
 from gateway.providers.base import Provider
 
+MAX_REMEMBERED_IDS = 1024  # distinct non-alias model ids whose route is kept (bounded: ids come from callers)
+
 
 class RouteToProvider:
-    """Resolve `model` against the aliases of gateway.yaml; 404 naming the configured aliases otherwise."""
+    """Resolve `model` against aliases, then routing rules, then the default alias."""
 
-    def __init__(self, aliases: Mapping[str, ModelAlias], providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self, aliases: Mapping[str, ModelAlias], providers: Mapping[str, Provider], routing: RoutingConfig
+    ) -> None:
+        self._providers = providers
         self._targets = {
             name: Target(alias=alias, provider=providers[alias.provider], provider_model=alias.model)
             for name, alias in aliases.items()
         }
+        self._rules = [(re.compile(fnmatch.translate(r.match)), r) for r in routing.rules]
+        self._default = self._targets[routing.default] if routing.default else None
+        self._routed: dict[str, Target] = {}
         self._known = ", ".join(sorted(aliases))
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         model = ex.body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' is required and must be a string naming a model alias", param="model")
-        target = self._targets.get(model)
+        target = self._targets.get(model) or self._routed.get(model) or self._route(model)
         if target is None:
             raise UnknownModel(f"unknown model {model!r}; configured aliases: {self._known}")
         ex.target = target
         await call_next(ex)
+
+    def _route(self, model: str) -> Target | None:
+        target = self._default
+        for pattern, rule in self._rules:
+            if pattern.match(model):
+                if rule.alias is not None:
+                    target = self._targets[rule.alias]
+                else:
+                    assert rule.provider is not None
+                    passthrough = ModelAlias(name=model, provider=rule.provider, model=model)
+                    target = Target(alias=passthrough, provider=self._providers[rule.provider], provider_model=model)
+                break
+        if target is not None and len(self._routed) < MAX_REMEMBERED_IDS:
+            self._routed[model] = target
+        return target

@@ -1,0 +1,238 @@
+"""The processes under test: fake upstream, floor, gateway (and LiteLLM), each a subprocess on loopback.
+
+CPU time and RSS are read from /proc, for the process and every descendant (the workers of
+`gateway serve --workers N` are forked children).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "bench"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+LITELLM_KEY = "sk-master-1234"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says what failed and where its log is."""
+
+
+@dataclass(slots=True)
+class Server:
+    """A running subprocess that answers HTTP on `url`."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    ready_s: float = 0.0  # from spawn to the first 200 from its health route
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and its descendants so far."""
+        return sum(_cpu_seconds(pid) for pid in process_tree(self.proc.pid))
+
+    def worker_rss_mb(self) -> list[float]:
+        """RSS of each serving process: the children when it forked workers, else the process itself."""
+        tree = process_tree(self.proc.pid)
+        workers = tree[1:] or tree
+        return [_rss_bytes(pid) / 2**20 for pid in workers]
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its process group if it has not exited within STOP_TIMEOUT_S."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: start_new_session below
+            self.proc.wait()
+
+
+# --- /proc -------------------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (which may hold spaces): [state, ppid, ...]."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0  # exited between listing and reading
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14 and 15 of stat)
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, root first."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        tree += frontier
+    return tree
+
+
+# --- starting ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(name: str, argv: list[str], port: int, log_dir: Path, *, health: str, env: dict[str, str]) -> Server:
+    """Start `argv` and wait until GET `health` answers 200; `ready_s` says how long that took."""
+    log = log_dir / f"{name}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        _wait_ready(server, port, health)
+    except BaseException:
+        server.stop()
+        raise
+    server.ready_s = time.perf_counter() - started
+    return server
+
+
+def _wait_ready(server: Server, port: int, path: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if (code := server.proc.poll()) is not None:
+            raise BenchError(f"{server.name} exited with status {code} before it was ready:\n{log_tail(server.log)}")
+        if _answers_200(port, path):
+            return
+        time.sleep(0.005)
+    raise BenchError(f"{server.name} was not ready within {READY_TIMEOUT_S:g} s:\n{log_tail(server.log)}")
+
+
+def _answers_200(port: int, path: str) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def start_fake(log_dir: Path) -> Server:
+    """The project's fake upstream (tests/fakes/upstream.py), no latency, five SSE deltas per stream."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port)]
+    env = {"FAKE_LATENCY_MS": "0", "FAKE_CHUNKS": "5", "FAKE_CHUNK_DELAY_MS": "0"}
+    return spawn("fake", argv, port, log_dir, health="/health", env=env)
+
+
+def start_floor(upstream: str, log_dir: Path) -> Server:
+    port = free_port()
+    argv = [sys.executable, str(BENCH_DIR / "floor.py"), "--port", str(port), "--upstream", upstream]
+    return spawn("floor", argv, port, log_dir, health="/health", env={})
+
+
+# --- the gateway -------------------------------------------------------------------------------------
+
+
+def gateway_command() -> list[str]:
+    """The `gateway` console script of this interpreter's environment, else the one on PATH."""
+    beside = Path(sys.executable).parent / "gateway"
+    if beside.exists():
+        return [str(beside)]
+    if found := shutil.which("gateway"):
+        return [found]
+    return [sys.executable, "-m", "gateway.cli"]
+
+
+def write_gateway_config(path: Path, *, dsn: str, upstream: str) -> Path:
+    """The repo's gateway.yaml, pointed at the fake upstream and the bench database, logging warnings only."""
+    doc: dict[str, Any] = yaml.safe_load((REPO / "gateway.yaml").read_text())
+    doc["server"] = {**doc.get("server", {}), "host": "127.0.0.1"}
+    doc["database"] = {**doc.get("database", {}), "url": dsn}
+    provider = doc["providers"]["anthropic"]
+    doc["providers"]["anthropic"] = {**provider, "base_url": upstream, "api_key": "bench-upstream-key"}
+    doc["logging"] = {"format": "json", "level": "warning"}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def create_key(config: Path) -> str:
+    """A real gateway key, made the way an operator makes one (this also migrates the database)."""
+    argv = [*gateway_command(), "keys", "create", "--config", str(config), "--name", "bench", "--quiet"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise BenchError(f"`gateway keys create` failed ({done.returncode}):\n{done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def start_gateway(config: Path, log_dir: Path, *, workers: int = 1, name: str = "gateway") -> Server:
+    port = free_port()
+    argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+    return spawn(name, argv, port, log_dir, health="/health", env={})
+
+
+# --- LiteLLM, for comparison -------------------------------------------------------------------------
+
+
+def litellm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("litellm") is not None
+
+
+def start_litellm(upstream: str, log_dir: Path) -> Server:
+    """A LiteLLM proxy without a database, `claude-fast` routed to the fake (as shared/tools/litellm_config.yaml)."""
+    config = log_dir / "litellm_config.yaml"
+    model = {"model": "anthropic/claude-3-5-haiku-20241022", "api_base": upstream, "api_key": "fake-upstream-key"}
+    doc = {"model_list": [{"model_name": "claude-fast", "litellm_params": model}]}
+    config.write_text(yaml.safe_dump({**doc, "general_settings": {"master_key": LITELLM_KEY}}))
+    beside = Path(sys.executable).parent / "litellm"
+    command = [str(beside)] if beside.exists() else [shutil.which("litellm") or "litellm"]
+    port = free_port()
+    argv = [*command, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    return spawn("litellm", argv, port, log_dir, health="/health/liveliness", env=env)
