@@ -25,7 +25,7 @@ from gateway.errors import (
 )
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange, build_stages, chain
-from gateway.relay import relay
+from gateway.relays import relay
 from gateway.services import open_services
 from gateway.state import AUTH_PIPELINE, CONFIG, PIPELINE, REQUEST_ID, SERVICES
 

@@ -113,7 +113,7 @@ async def test_month_rollover_starts_a_fresh_budget(
     now = [datetime(2026, 1, 31, 23, 59, tzinfo=UTC)]
     server = await make_gateway(clock=lambda: now[0])
     upstream.usage(input_tokens=60, output_tokens=5)
-    key, row = await make_user(limit_tokens=100)
+    key, _row = await make_user(limit_tokens=100)
     assert await spend_until_refused(server, key) == 2
     now[0] = datetime(2026, 2, 1, 0, 1, tzinfo=UTC)
     assert (await call(server, key))[0] == 200
@@ -128,7 +128,7 @@ async def test_cost_counts_cache_tokens_at_their_own_prices(
     gateway: TestServer, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool
 ) -> None:
     upstream.usage(input_tokens=10, output_tokens=5, cache_read_input_tokens=10_000, cache_creation_input_tokens=2_000)
-    key, row = await make_user()
+    key, _row = await make_user()
     assert (await call(gateway, key))[0] == 200
     [usage] = await flushed_usage(gateway, pool)
     # haiku: 10*$1 + 5*$5 + 10000*$0.10 + 2000*$1.25 per million

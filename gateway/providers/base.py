@@ -1,7 +1,7 @@
 """The one small interface every provider adapter implements, and the boundary where aiohttp errors stop.
 
 A provider moves bytes: a request body in; a status, headers and an async iterator of body chunks out.
-Translation between dialects happens outside (gateway/relay.py), so a provider that speaks the caller's
+Translation between dialects happens outside (gateway/relays/), so a provider that speaks the caller's
 dialect relays a stream without re-serialising it.
 """
 

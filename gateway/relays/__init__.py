@@ -1,0 +1,33 @@
+"""The innermost step of the pipeline: call the provider and answer the caller.
+
+One relay per (route, provider dialect) pair, in the table below. Where the caller and the provider speak the
+same dialect, bytes pass through untouched but for the `model` value; otherwise the pure functions in
+gateway/dialects/ translate. A new pairing is one module here plus one line in RELAYS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from gateway.dialect import Dialect
+from gateway.errors import BadRequest
+from gateway.pipeline import Exchange
+from gateway.relays.anthropic_passthrough import relay_anthropic
+from gateway.relays.chat_over_anthropic import relay_chat_over_anthropic
+
+Relay = Callable[[Exchange], Awaitable[None]]
+
+RELAYS: dict[tuple[str, Dialect], Relay] = {
+    ("messages", Dialect.ANTHROPIC): relay_anthropic,
+    ("count_tokens", Dialect.ANTHROPIC): relay_anthropic,
+    ("chat_completions", Dialect.ANTHROPIC): relay_chat_over_anthropic,
+}
+
+
+async def relay(ex: Exchange) -> None:
+    """Send the exchange to its target provider and write the answer to the caller."""
+    assert ex.target is not None
+    handler = RELAYS.get((ex.route, ex.target.provider.dialect))
+    if handler is None:
+        raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
+    await handler(ex)

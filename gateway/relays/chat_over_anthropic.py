@@ -1,0 +1,117 @@
+"""OpenAI Chat Completions caller, Anthropic provider: translate the request, the reply and the stream."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.dialect import Dialect
+from gateway.dialects import sse
+from gateway.dialects.anthropic_to_openai import (
+    CLIENT_STATUSES,
+    ChatStreamTranslator,
+    error_to_openai,
+    message_to_chat_completion,
+)
+from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.pipeline import Exchange
+from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, write_quietly
+from gateway.stages.usage_log import CLIENT_CLOSED
+
+log = structlog.get_logger("gateway.relay")
+
+
+async def relay_chat_over_anthropic(ex: Exchange) -> None:
+    assert ex.target is not None
+    alias = ex.target.alias
+    options = TranslationOptions(
+        provider_model=ex.target.provider_model,
+        default_max_tokens=alias.default_max_tokens,
+        thinking_budgets=alias.thinking_budgets,
+    )
+    try:
+        translated = chat_request_to_anthropic(ex.body, options)
+    except TranslationError as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+    stream = translated.get("stream") is True
+    call = UpstreamCall(path="/v1/messages", query_string="", headers={}, body=orjson.dumps(translated), stream=stream)
+    reply = await send(ex, call)
+    try:
+        if reply.status != 200:
+            await _openai_error(ex, reply)
+        elif stream:
+            await _openai_stream(ex, reply)
+        else:
+            await _openai_whole(ex, reply)
+    finally:
+        reply.release()
+
+
+def _completion_id(ex: Exchange) -> str:
+    return f"chatcmpl-{ex.request_id}"
+
+
+async def _openai_error(ex: Exchange, reply: UpstreamReply) -> None:
+    data = await reply.read()
+    ex.first_byte_ns = time.perf_counter_ns()
+    status, body = error_to_openai(reply.status, data)
+    ex.status = status
+    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
+    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+
+async def _openai_whole(ex: Exchange, reply: UpstreamReply) -> None:
+    message = json_object(await reply.read())
+    ex.first_byte_ns = time.perf_counter_ns()
+    ex.status = 200
+    ex.usage.update_from_anthropic(message.get("usage") or {})
+    body = message_to_chat_completion(
+        message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
+    )
+    ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
+    assert ex.target is not None
+    ex.streamed = True
+    ex.status = 200
+    options = ex.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    translator = ChatStreamTranslator(
+        model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time()), include_usage=include_usage
+    )
+    resp = ex.response = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(ex.request)
+    parser = sse.SSEParser()
+    try:
+        async for chunk in reply.chunks():
+            if ex.first_byte_ns is None:
+                ex.first_byte_ns = time.perf_counter_ns()
+            frames: list[bytes] = []
+            for event, data in parser.feed(chunk):
+                note_anthropic_event(ex, event, data)
+                frames.extend(sse.data_frame(c) for c in translator.feed(event, json_object(data)))
+            if frames and not await write_quietly(resp, b"".join(frames)):
+                ex.status = CLIENT_CLOSED
+                return
+        if not translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
+            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
+    except GatewayError as err:
+        ex.status = err.status_for(ex.dialect)
+        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
+        await write_quietly(resp, sse.data_frame(err.render(Dialect.OPENAI)))
+    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
+    await write_quietly(resp, sse.DONE_FRAME)
+    await eof_quietly(resp)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
