@@ -14,6 +14,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -94,10 +95,10 @@ def _day(request: web.Request, name: str) -> date | None:
         raise AdminError(400, f"'{name}' must be a date like 2026-11-01") from None
 
 
-def _int_query(request: web.Request, name: str, default: int, maximum: int) -> int:
+def _int_query(request: web.Request, name: str, default: int, maximum: int, minimum: int = 0) -> int:
     value = request.query.get(name, str(default))
-    if not value.isdigit() or int(value) > maximum:
-        raise AdminError(400, f"'{name}' must be an integer from 0 to {maximum}")
+    if not value.isdigit() or not minimum <= int(value) <= maximum:
+        raise AdminError(400, f"'{name}' must be an integer from {minimum} to {maximum}")
     return int(value)
 
 
@@ -203,13 +204,16 @@ class UserKeysApi:
             raise AdminError(400, "'increment' must be a positive integer")
         if increment > 10**15:
             raise AdminError(400, "'increment' is too large")
-        new_limit = await db.increase_token_limit(
-            self._svc.pool,
-            user_id,
-            increment,
-            default_limit=self._cfg.budgets.monthly_token_limit,
-            actor_key_id=admin.key_id,
-        )
+        try:
+            new_limit = await db.increase_token_limit(
+                self._svc.pool,
+                user_id,
+                increment,
+                default_limit=self._cfg.budgets.monthly_token_limit,
+                actor_key_id=admin.key_id,
+            )
+        except asyncpg.NumericValueOutOfRangeError:
+            raise AdminError(400, "the new limit would exceed the largest storable limit") from None
         if new_limit is None:
             raise AdminError(404, f"no user with id {user_id}")
         self._svc.claudecode_tokens.evict_user(user_id)  # cached principals carry the old limit
@@ -258,7 +262,7 @@ class UserKeysApi:
         start, end = _day(request, "from"), _day(request, "to")
         if start and end and start > end:
             raise AdminError(400, "'from' is after 'to'")
-        limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE) or 1
+        limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
         offset = _int_query(request, "offset", 0, 10**9)
         # One row more than the page: a next page is announced only when it has something on it.
         rows = await db.user_usage_history(

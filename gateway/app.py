@@ -46,9 +46,11 @@ def dialect_of(request: web.Request) -> Dialect:
     return Dialect.OPENAI
 
 
-def error_response(err: GatewayError, dialect: Dialect) -> web.Response:
+def error_response(err: GatewayError, dialect: Dialect, *, plain: bool = False) -> web.Response:
+    """The error in the caller's dialect, or as the management API's `{"error": "..."}` when `plain`."""
+    body = {"error": err.message} if plain else err.render(dialect)
     return web.Response(
-        body=orjson.dumps(err.render(dialect)),
+        body=orjson.dumps(body),
         status=err.status_for(dialect),
         content_type="application/json",
         headers=err.headers,
@@ -65,7 +67,8 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
         return error_response(err, dialect_of(request))
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path.startswith("/v1/"):
-            return error_response(_http_exception_as_gateway_error(exc), dialect_of(request))
+            plain = request.path.startswith("/v1/user-api-keys")
+            return error_response(_http_exception_as_gateway_error(exc), dialect_of(request), plain=plain)
         raise
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
         log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)

@@ -116,6 +116,7 @@ class KeyCache:
         self._load, self._ttl, self._max, self._clock = load, ttl_s, max_size, clock
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Principal | None]] = {}
+        self._evictions = 0
 
     async def principal_for(self, key: str) -> Principal | None:
         """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked."""
@@ -141,7 +142,12 @@ class KeyCache:
         lookup_id = lookup_id_of(key)
         if lookup_id is None:
             return None
-        row = await self._load(lookup_id)
+        # A revocation on this process while the row was being read evicts a verdict not yet stored: read again.
+        while True:
+            evictions = self._evictions
+            row = await self._load(lookup_id)
+            if evictions == self._evictions:
+                break
         if row is None or row.revoked_at is not None:
             self._verified.pop(fp, None)
             return None
@@ -160,11 +166,13 @@ class KeyCache:
 
     def evict_key(self, key_id: int) -> None:
         """Forget every cached verdict for one key (called when this process revokes it)."""
+        self._evictions += 1
         for fp in [fp for fp, v in self._verified.items() if v.principal.key_id == key_id]:
             del self._verified[fp]
 
     def evict_user(self, user_id: UUID) -> None:
         """Forget every cached verdict for one user's keys (their limits or keys changed on this process)."""
+        self._evictions += 1
         for fp in [fp for fp, v in self._verified.items() if v.principal.user_id == user_id]:
             del self._verified[fp]
 
@@ -197,6 +205,7 @@ class ClaudeCodeTokens:
         self._load, self.secret, self._clock = load, secret, clock
         self._ttl, self._negative_ttl, self._max = ttl_s, negative_ttl_s, max_size
         self._known: OrderedDict[bytes, tuple[Principal | None, float]] = OrderedDict()
+        self._evictions = 0
 
     async def principal_for(self, token: str) -> Principal | None:
         fp = fingerprint(token)
@@ -204,7 +213,12 @@ class ClaudeCodeTokens:
         now = self._clock()
         if hit is not None and hit[1] > now:
             return hit[0]
-        row = await self._load(claudecode_hmac(self.secret, token))
+        token_hmac = claudecode_hmac(self.secret, token)
+        while True:  # as in KeyCache: an eviction during the read means the row may be stale
+            evictions = self._evictions
+            row = await self._load(token_hmac)
+            if evictions == self._evictions:
+                break
         principal = Principal.from_row(row) if row is not None else None
         self._known[fp] = (principal, now + (self._ttl if principal else self._negative_ttl))
         self._known.move_to_end(fp)
@@ -214,10 +228,12 @@ class ClaudeCodeTokens:
 
     def evict_user(self, user_id: UUID) -> None:
         """Forget every cached mapping to one user (called when this process deletes or rekeys them)."""
+        self._evictions += 1
         for fp in [fp for fp, (p, _) in self._known.items() if p is not None and p.user_id == user_id]:
             del self._known[fp]
 
     def evict_all_unknown(self) -> None:
         """Forget cached misses (a user was just created on this process: their token must work at once)."""
+        self._evictions += 1
         for fp in [fp for fp, (p, _) in self._known.items() if p is None]:
             del self._known[fp]
