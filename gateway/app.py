@@ -6,6 +6,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -162,6 +163,16 @@ async def root(request: web.Request) -> web.Response:
     return web.json_response({"service": "ai-gateway", "health": "/health"})
 
 
+def openapi_document() -> Handler:
+    """GET /openapi.json: gateway/openapi.json, read once when the app is built (tests keep it in sync)."""
+    document = Path(__file__).with_name("openapi.json").read_bytes()
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    return serve
+
+
 async def health(request: web.Request) -> web.Response:
     ok = await db.ping(request.app[SERVICES].pool)
     body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
@@ -198,6 +209,7 @@ def build_app(
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/openapi.json", openapi_document())
     admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app

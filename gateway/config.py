@@ -19,7 +19,7 @@ import yaml
 
 PIPELINE_STAGES = ("auth", "key_mapping", "budget", "route", "usage_log")  # the only order they can run in
 REQUIRED_STAGES = frozenset({"auth", "route"})
-PROVIDER_TYPES = frozenset({"anthropic"})
+PROVIDER_TYPES = frozenset({"anthropic", "openai"})
 
 
 class ConfigError(Exception):
@@ -56,6 +56,27 @@ class ProviderConfig:
     base_url: str
     api_key: str = field(repr=False)
     timeouts: Timeouts = Timeouts()
+    retries: Retries = field(default_factory=lambda: Retries())
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How hard to try one deployment before the alias's next one: exponential backoff with full jitter."""
+
+    attempts: int = 3  # tries per deployment, the first included
+    backoff_s: float = 0.5  # first delay; doubles each retry
+    max_backoff_s: float = 8.0
+    budget_s: float = 30.0  # total time a request may spend retrying (Retry-After included), all deployments
+    cooldown_after: int = 3  # consecutive failed requests that put a deployment to rest ...
+    cooldown_s: float = 30.0  # ... for this long (unless every deployment of the alias is resting)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place an alias can be served: a provider and its model id."""
+
+    provider: str
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +86,7 @@ class ModelAlias:
     model: str
     default_max_tokens: int = 4096  # for OpenAI callers that send no max_tokens (Anthropic requires one)
     thinking_budgets: Mapping[str, int] = field(default_factory=dict)  # OpenAI reasoning_effort -> budget
+    fallbacks: tuple[Deployment, ...] = ()  # tried in order when the primary fails (after its retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +299,7 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
     providers = {}
     for name, spec_raw in raw.items():
         where = f"providers.{name}"
-        spec = _section(spec_raw, where, {"type", "base_url", "api_key", "timeouts"})
+        spec = _section(spec_raw, where, {"type", "base_url", "api_key", "timeouts", "retries"})
         kind = _get(spec, "type", where, str, "anthropic")
         if kind not in PROVIDER_TYPES:
             raise ConfigError(f"{where}.type: {kind!r} is not a provider type ({', '.join(sorted(PROVIDER_TYPES))})")
@@ -290,8 +312,38 @@ def _providers(raw: Any) -> dict[str, ProviderConfig]:
             base_url=base_url,
             api_key=_get(spec, "api_key", where, str, ""),
             timeouts=_timeouts(spec.get("timeouts"), f"{where}.timeouts"),
+            retries=_retries(spec.get("retries"), f"{where}.retries"),
         )
     return providers
+
+
+def _retries(raw: Any, where: str) -> Retries:
+    s = _section(raw, where, {"attempts", "backoff_s", "max_backoff_s", "budget_s", "cooldown_after", "cooldown_s"})
+    d = Retries()
+    return Retries(
+        attempts=_positive(_get(s, "attempts", where, int, d.attempts), f"{where}.attempts"),
+        backoff_s=_get(s, "backoff_s", where, float, d.backoff_s),
+        max_backoff_s=_get(s, "max_backoff_s", where, float, d.max_backoff_s),
+        budget_s=_get(s, "budget_s", where, float, d.budget_s),
+        cooldown_after=_positive(_get(s, "cooldown_after", where, int, d.cooldown_after), f"{where}.cooldown_after"),
+        cooldown_s=_get(s, "cooldown_s", where, float, d.cooldown_s),
+    )
+
+
+def _fallbacks(raw: Any, where: str, providers: Mapping[str, ProviderConfig]) -> tuple[Deployment, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of {{provider, model}}")
+    deployments = []
+    for i, item in enumerate(raw):
+        spec = _section(item, f"{where}[{i}]", {"provider", "model"})
+        provider = _get(spec, "provider", f"{where}[{i}]", str)
+        if provider not in providers:
+            known = ", ".join(sorted(providers))
+            raise ConfigError(f"{where}[{i}].provider: {provider!r} is not a declared provider ({known})")
+        deployments.append(Deployment(provider=provider, model=_get(spec, "model", f"{where}[{i}]", str)))
+    return tuple(deployments)
 
 
 def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, ModelAlias]:
@@ -300,7 +352,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
     aliases = {}
     for name, spec_raw in raw.items():
         where = f"models.{name}"
-        spec = _section(spec_raw, where, {"provider", "model", "default_max_tokens", "thinking_budgets"})
+        spec = _section(spec_raw, where, {"provider", "model", "default_max_tokens", "thinking_budgets", "fallbacks"})
         provider = _get(spec, "provider", where, str)
         if provider not in providers:
             known = ", ".join(sorted(providers))
@@ -322,6 +374,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
                 _get(spec, "default_max_tokens", where, int, 4096), f"{where}.default_max_tokens"
             ),
             thinking_budgets=budgets,
+            fallbacks=_fallbacks(spec.get("fallbacks"), f"{where}.fallbacks", providers),
         )
     return aliases
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from gateway.config import GatewayConfig, ModelAlias
+from gateway.config import GatewayConfig, ModelAlias, Retries
 from gateway.dialect import Dialect
 from gateway.keys import Principal
+from gateway.upstream import DeploymentHealth
 
 if TYPE_CHECKING:
     from gateway.providers.base import Provider
@@ -51,11 +52,18 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where the route stage sent the request: the alias, its provider and the real model id."""
+    """Where the route stage sent the request: the alias, its provider and the real model id.
+
+    `fallbacks` are the alias's other deployments, tried in order when this one fails; `health` is shared by
+    every target of the same (provider, model) so a failing deployment rests for all aliases at once.
+    """
 
     alias: ModelAlias
     provider: Provider
     provider_model: str
+    retries: Retries = field(default_factory=Retries)
+    health: DeploymentHealth = field(default_factory=lambda: DeploymentHealth(Retries()))
+    fallbacks: tuple[Target, ...] = ()
 
 
 @dataclass(slots=True)
@@ -104,7 +112,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
         "auth": Authenticate(svc.key_cache, defer_foreign="key_mapping" in cfg.pipeline, env_admin=svc.env_admin),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
         "budget": CheckBudget(svc.usage_view, cfg.budgets),
-        "route": RouteToProvider(cfg.models, svc.providers, cfg.routing),
+        "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),
     }

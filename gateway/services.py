@@ -24,12 +24,16 @@ from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
+from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.stages.auth import EnvAdminKey
 from gateway.usage import UsageLog
 
 log = structlog.get_logger("gateway")
 
-PROVIDER_TYPES: dict[str, type[Any]] = {"anthropic": AnthropicProvider}  # `type:` in gateway.yaml -> adapter
+PROVIDER_TYPES: dict[str, type[Any]] = {  # `type:` in gateway.yaml -> adapter
+    "anthropic": AnthropicProvider,
+    "openai": OpenAICompatProvider,
+}
 
 
 @dataclass

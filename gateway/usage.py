@@ -97,7 +97,7 @@ class UsageLog:
                 who.user_id,
                 ex.route,
                 ex.target.alias.name,
-                ex.target.alias.provider,
+                ex.target.provider.name,
                 ex.target.provider_model,
                 status,
                 u.input_tokens,

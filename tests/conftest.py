@@ -81,7 +81,16 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
 def gateway_config(upstream_url: str, **overrides: Any) -> GatewayConfig:
     """The test config: gateway.yaml's shape, pointed at the fake upstream, with fast bcrypt and flushes."""
     raw: dict[str, Any] = {
-        "providers": {"anthropic": {"type": "anthropic", "base_url": upstream_url, "api_key": UPSTREAM_KEY}},
+        # One attempt: tests that enqueue an upstream error expect to see it; tests/test_upstream_faults.py
+        # turns retries on where it studies them.
+        "providers": {
+            "anthropic": {
+                "type": "anthropic",
+                "base_url": upstream_url,
+                "api_key": UPSTREAM_KEY,
+                "retries": {"attempts": 1},
+            }
+        },
         "models": {
             "claude-fast": {"provider": "anthropic", "model": "claude-haiku-4-5"},
             "claude-quality": {

@@ -135,7 +135,9 @@ async def test_upstream_error_is_relayed_with_status_and_logged(
 async def test_unreachable_upstream_is_502_in_anthropic_shape_with_usage_row(
     make_gateway: GatewayFactory, key: str, pool: asyncpg.Pool
 ) -> None:
-    server = await make_gateway(providers={"anthropic": {"type": "anthropic", "base_url": "http://127.0.0.1:9"}})
+    server = await make_gateway(
+        providers={"anthropic": {"type": "anthropic", "base_url": "http://127.0.0.1:9", "retries": {"attempts": 1}}}
+    )
     status, body, _ = await post(server, "/v1/messages", BODY, {"x-api-key": key})
     assert status == 502
     assert body["type"] == "error" and body["error"]["type"] == "api_error"

@@ -14,6 +14,8 @@ from gateway.errors import BadRequest
 from gateway.pipeline import Exchange
 from gateway.relays.anthropic_passthrough import relay_anthropic
 from gateway.relays.chat_over_anthropic import relay_chat_over_anthropic
+from gateway.relays.messages_over_openai import relay_messages_over_openai
+from gateway.relays.openai_passthrough import relay_openai
 
 Relay = Callable[[Exchange], Awaitable[None]]
 
@@ -21,6 +23,9 @@ RELAYS: dict[tuple[str, Dialect], Relay] = {
     ("messages", Dialect.ANTHROPIC): relay_anthropic,
     ("count_tokens", Dialect.ANTHROPIC): relay_anthropic,
     ("chat_completions", Dialect.ANTHROPIC): relay_chat_over_anthropic,
+    ("chat_completions", Dialect.OPENAI): relay_openai,
+    ("messages", Dialect.OPENAI): relay_messages_over_openai,
+    ("count_tokens", Dialect.OPENAI): relay_messages_over_openai,  # answered with an estimate, never sent up
 }
 
 

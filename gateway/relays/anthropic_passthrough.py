@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.errors import GatewayError
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.relays.common import (
     eof_quietly,
@@ -34,16 +34,15 @@ def _upstream_path(ex: Exchange) -> str:
 
 
 async def relay_anthropic(ex: Exchange) -> None:
-    assert ex.target is not None
+    """Anthropic caller, Anthropic provider: the caller's bytes, `model` patched; the answer as it comes."""
     stream = ex.body.get("stream") is True and ex.route == "messages"
-    call = UpstreamCall(
-        path=_upstream_path(ex),
-        query_string=ex.request.query_string,
-        headers=forwardable_headers(ex.request.headers),
-        body=with_model(ex.raw_body, ex.body, ex.target.provider_model),
-        stream=stream,
-    )
-    reply = await send(ex, call)
+    path, query, headers = _upstream_path(ex), ex.request.query_string, forwardable_headers(ex.request.headers)
+
+    def build(target: Target) -> UpstreamCall:
+        body = with_model(ex.raw_body, ex.body, target.provider_model)
+        return UpstreamCall(path=path, query_string=query, headers=headers, body=body, stream=stream)
+
+    reply = await send(ex, build)
     try:
         if stream and reply.status == 200:
             await _relay_stream(ex, reply)

@@ -19,7 +19,7 @@ from gateway.dialects.anthropic_to_openai import (
 )
 from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
@@ -40,8 +40,12 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
     stream = translated.get("stream") is True
-    call = UpstreamCall(path="/v1/messages", query_string="", headers={}, body=orjson.dumps(translated), stream=stream)
-    reply = await send(ex, call)
+
+    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
+        body = orjson.dumps({**translated, "model": target.provider_model})
+        return UpstreamCall(path="/v1/messages", query_string="", headers={}, body=body, stream=stream)
+
+    reply = await send(ex, build)
     try:
         if reply.status != 200:
             await _openai_error(ex, reply)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.upstream import send_with_fallbacks
 
 # Never forwarded upstream: hop-by-hop headers, framing the gateway redoes, and the caller's credentials.
 _REQUEST_HEADERS_DROPPED = frozenset(
@@ -78,10 +79,17 @@ def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
     return orjson.dumps({**body, "model": model})
 
 
-async def send(ex: Exchange, call: UpstreamCall) -> UpstreamReply:
-    """Send `call` to the exchange's provider (the one place every relay reaches upstream)."""
+async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> UpstreamReply:
+    """The one place every relay reaches upstream: retries and fallbacks (gateway/upstream.py) included.
+
+    `build(target)` makes the call for one deployment (its model id goes in the body), so a fallback to
+    another deployment sends its own model. `ex.target` ends as the deployment that answered.
+    """
     assert ex.target is not None
-    return await ex.target.provider.send(call)
+    if isinstance(build, UpstreamCall):
+        raise TypeError("send(ex, build): pass a function of the target, e.g. lambda t: UpstreamCall(...)")
+    ex.target, reply = await send_with_fallbacks(ex.target, build)
+    return reply
 
 
 def note_anthropic_event(ex: Exchange, event: str, data: bytes) -> None:

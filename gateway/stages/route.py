@@ -10,10 +10,11 @@ import fnmatch
 import re
 from collections.abc import Mapping
 
-from gateway.config import ModelAlias, RoutingConfig
+from gateway.config import ModelAlias, ProviderConfig, RoutingConfig
 from gateway.errors import BadRequest, UnknownModel
 from gateway.pipeline import Exchange, Next, Target
 from gateway.providers.base import Provider
+from gateway.upstream import DeploymentHealth
 
 MAX_REMEMBERED_IDS = 1024  # distinct non-alias model ids whose route is kept (bounded: ids come from callers)
 
@@ -22,17 +23,28 @@ class RouteToProvider:
     """Resolve `model` against aliases, then routing rules, then the default alias."""
 
     def __init__(
-        self, aliases: Mapping[str, ModelAlias], providers: Mapping[str, Provider], routing: RoutingConfig
+        self,
+        aliases: Mapping[str, ModelAlias],
+        providers: Mapping[str, Provider],
+        routing: RoutingConfig,
+        provider_configs: Mapping[str, ProviderConfig],
     ) -> None:
-        self._providers = providers
-        self._targets = {
-            name: Target(alias=alias, provider=providers[alias.provider], provider_model=alias.model)
-            for name, alias in aliases.items()
-        }
+        self._providers, self._configs = providers, provider_configs
+        self._health: dict[tuple[str, str], DeploymentHealth] = {}
+        self._targets = {name: self._target(alias) for name, alias in aliases.items()}
         self._rules = [(re.compile(fnmatch.translate(r.match)), r) for r in routing.rules]
         self._default = self._targets[routing.default] if routing.default else None
         self._routed: dict[str, Target] = {}
         self._known = ", ".join(sorted(aliases))
+
+    def _target(self, alias: ModelAlias) -> Target:
+        fallbacks = tuple(self._deployment(alias, d.provider, d.model) for d in alias.fallbacks)
+        return self._deployment(alias, alias.provider, alias.model, fallbacks)
+
+    def _deployment(self, alias: ModelAlias, provider: str, model: str, fallbacks: tuple[Target, ...] = ()) -> Target:
+        retries = self._configs[provider].retries
+        health = self._health.setdefault((provider, model), DeploymentHealth(retries))
+        return Target(alias, self._providers[provider], model, retries, health, fallbacks)
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         model = ex.body.get("model")
@@ -52,8 +64,7 @@ class RouteToProvider:
                     target = self._targets[rule.alias]
                 else:
                     assert rule.provider is not None
-                    passthrough = ModelAlias(name=model, provider=rule.provider, model=model)
-                    target = Target(alias=passthrough, provider=self._providers[rule.provider], provider_model=model)
+                    target = self._target(ModelAlias(name=model, provider=rule.provider, model=model))
                 break
         if target is not None and len(self._routed) < MAX_REMEMBERED_IDS:
             self._routed[model] = target

@@ -31,7 +31,7 @@ CONFIG: dict[str, Any] = {
 
 def stage(**routing: Any) -> RouteToProvider:
     cfg = parse_config({**CONFIG, "routing": {**CONFIG["routing"], **routing}}, {})
-    return RouteToProvider(cfg.models, {"anthropic": MagicMock(name="anthropic")}, cfg.routing)
+    return RouteToProvider(cfg.models, {"anthropic": MagicMock(name="anthropic")}, cfg.routing, cfg.providers)
 
 
 def exchange(model: Any) -> Exchange:

@@ -1,0 +1,133 @@
+"""Anthropic Messages caller, OpenAI-compatible provider: translate the request, the reply and the stream.
+
+This is what lets Claude Code and the anthropic SDK run on a model behind OpenAI, vLLM, Ollama or LiteLLM.
+`count_tokens` has no Chat Completions counterpart, so it is answered here with an estimate (about four bytes
+of translated JSON per token, marked by the `x-gateway-token-estimate` header) and never reaches the provider:
+Claude Code uses it to judge how full its context is, where an estimate serves and a 404 would not.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.dialect import Dialect
+from gateway.dialects import sse
+from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
+from gateway.dialects.openai_to_anthropic import TranslationError
+from gateway.dialects.openai_to_anthropic_reply import (
+    AnthropicStreamTranslator,
+    Event,
+    chat_completion_to_message,
+    error_to_anthropic,
+)
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.pipeline import Exchange
+from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
+from gateway.relays.common import eof_quietly, json_object, send, write_quietly
+from gateway.stages.usage_log import CLIENT_CLOSED
+
+log = structlog.get_logger("gateway.relay")
+
+STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
+ESTIMATE_HEADER = "x-gateway-token-estimate"
+
+
+async def relay_messages_over_openai(ex: Exchange) -> None:
+    assert ex.target is not None
+    try:
+        translated = messages_request_to_chat(ex.body, provider_model=ex.target.provider_model)
+    except TranslationError as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+    if ex.route == "count_tokens":
+        _estimate_tokens(ex, translated)
+        return
+    stream = translated.get("stream") is True
+    body = orjson.dumps(translated)
+    call = UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
+    reply = await send(ex, call)
+    try:
+        if reply.status != 200:
+            await _anthropic_error(ex, reply)
+        elif stream:
+            await _anthropic_stream(ex, reply)
+        else:
+            await _anthropic_whole(ex, reply)
+    finally:
+        reply.release()
+
+
+def _message_id(ex: Exchange) -> str:
+    return f"msg_{ex.request_id}"
+
+
+def _estimate_tokens(ex: Exchange, translated: dict[str, Any]) -> None:
+    ex.first_byte_ns = time.perf_counter_ns()
+    ex.status = 200
+    body = orjson.dumps({"input_tokens": estimate_input_tokens(translated)})
+    ex.response = web.Response(body=body, content_type="application/json", headers={ESTIMATE_HEADER: "true"})
+
+
+async def _anthropic_error(ex: Exchange, reply: UpstreamReply) -> None:
+    data = await reply.read()
+    ex.first_byte_ns = time.perf_counter_ns()
+    status, body = error_to_anthropic(reply.status, data)
+    ex.status = status
+    headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
+    ex.response = web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+async def _anthropic_whole(ex: Exchange, reply: UpstreamReply) -> None:
+    assert ex.target is not None
+    completion = json_object(await reply.read())
+    ex.first_byte_ns = time.perf_counter_ns()
+    if not completion.get("choices"):
+        raise UpstreamUnreachable(f"{ex.target.provider.name} answered 200 without a chat completion")
+    ex.status = 200
+    message = chat_completion_to_message(completion, message_id=_message_id(ex), model=ex.alias_name)
+    ex.usage.update_from_anthropic(message["usage"])
+    ex.response = web.Response(body=orjson.dumps(message), content_type="application/json")
+
+
+def _frames(events: list[Event]) -> bytes:
+    return b"".join(sse.frame(orjson.dumps(data), name) for name, data in events)
+
+
+async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
+    assert ex.target is not None
+    ex.streamed = True
+    ex.status = 200
+    translator = AnthropicStreamTranslator(message_id=_message_id(ex), model=ex.alias_name)
+    resp = ex.response = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(ex.request)
+    parser = sse.SSEParser()
+    try:
+        async for chunk in reply.chunks():
+            if ex.first_byte_ns is None:
+                ex.first_byte_ns = time.perf_counter_ns()
+            events: list[Event] = []
+            for _, data in parser.feed(chunk):
+                done = data.strip() == b"[DONE]"
+                events += translator.finish() if done else translator.feed(json_object(data))
+            ex.usage.update_from_anthropic(translator.usage)
+            if any(name == "error" for name, _ in events):
+                ex.status = STREAM_ERROR_STATUS
+            if events and not await write_quietly(resp, _frames(events)):
+                ex.status = CLIENT_CLOSED
+                return
+        if not translator.finished:
+            if not translator.saw_finish_reason:  # the body ended cleanly but early
+                raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before a finish_reason")
+            await write_quietly(resp, _frames(translator.finish()))  # a server that never sends [DONE]
+    except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
+        ex.status = err.status_for(ex.dialect)
+        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
+        await write_quietly(resp, sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error"))
+    await eof_quietly(resp)
