@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,9 @@ from gateway.errors import (
     BodyTooLarge,
     GatewayError,
     MethodNotAllowed,
+    RequestTimeout,
     RouteNotFound,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from gateway.models_list import list_models
@@ -62,18 +65,19 @@ def error_response(err: GatewayError, dialect: Dialect, *, plain: bool = False) 
 async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every GatewayError in the caller's dialect; nothing else ever leaves as a traceback."""
     request[REQUEST_ID] = new_request_id(request)
+    plain = request.path.startswith("/v1/user-api-keys")  # the management API's errors are {"error": "..."}
     try:
         return await handler(request)
     except GatewayError as err:
-        return error_response(err, dialect_of(request))
+        return error_response(err, dialect_of(request), plain=plain)
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path.startswith("/v1/"):
-            plain = request.path.startswith("/v1/user-api-keys")
             return error_response(_http_exception_as_gateway_error(exc), dialect_of(request), plain=plain)
         raise
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
         log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)
-        return error_response(GatewayError("internal gateway error; see the gateway log"), dialect_of(request))
+        error = GatewayError("internal gateway error; see the gateway log")
+        return error_response(error, dialect_of(request), plain=plain)
 
 
 def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
@@ -84,10 +88,37 @@ def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
     return RouteNotFound("no such endpoint: the gateway serves /v1/messages, /v1/chat/completions and /v1/models")
 
 
+def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """At most `limit` API requests in progress on this worker; the next gets a clean 503 at once.
+
+    Queueing them instead would only turn overload into timeouts; a 503 lets clients (and a load balancer)
+    retry elsewhere. Probes (/health, /) are never refused.
+    """
+    in_progress = 0
+
+    @web.middleware
+    async def limit_concurrency(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_progress
+        if not request.path.startswith("/v1/"):
+            return await handler(request)
+        if in_progress >= limit:
+            raise ServiceUnavailable(
+                f"the gateway is at its limit of {limit} concurrent requests; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        in_progress += 1
+        try:
+            return await handler(request)
+        finally:
+            in_progress -= 1
+
+    return limit_concurrency
+
+
 # --- the pipeline routes ---------------------------------------------------------------------------
 
 
-async def read_json_body(request: web.Request, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+async def read_json_body(request: web.Request, max_bytes: int, timeout_s: float) -> tuple[bytes, dict[str, Any]]:
     """The request body, parsed once; a clear 4xx for anything that is not one JSON object within the limit."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"request body of {request.content_length} bytes is over the limit of {max_bytes} bytes")
@@ -96,9 +127,12 @@ async def read_json_body(request: web.Request, max_bytes: int) -> tuple[bytes, d
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     if not raw:
         raise BadRequest("request body is empty: send a JSON object")
     try:
@@ -118,7 +152,8 @@ def new_request_id(request: web.Request) -> str:
 def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
-        raw, body = await read_json_body(request, app[CONFIG].server.max_body_bytes)
+        server = app[CONFIG].server
+        raw, body = await read_json_body(request, server.max_body_bytes, server.body_timeout_s)
         ex = Exchange(dialect, route, request, raw, body, request[REQUEST_ID], billable=billable)
         try:
             await app[PIPELINE](ex)
@@ -186,7 +221,10 @@ def build_app(
     cfg: GatewayConfig, *, dsn: str | None = None, clock: Callable[[], datetime] | None = None
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
-    app = web.Application(middlewares=[error_edge], client_max_size=cfg.server.max_body_bytes)
+    app = web.Application(
+        middlewares=[error_edge, concurrency_limit(cfg.server.max_concurrency)],
+        client_max_size=cfg.server.max_body_bytes,
+    )
     app[CONFIG] = cfg
 
     async def services_ctx(app: web.Application) -> Any:
@@ -206,6 +244,7 @@ def build_app(
         "/v1/messages/count_tokens", pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False)
     )
     app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions"))
+    app.router.add_post("/v1/responses", pipeline_handler(Dialect.OPENAI, "responses"))
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)

@@ -32,6 +32,11 @@ class ServerConfig:
     port: int = 8000
     max_body_bytes: int = 32 * 1024 * 1024  # Claude Code sends 78 KB+ per turn; images can be MBs
     workers: int = 1
+    max_concurrency: int = 1000  # requests in progress per worker; beyond it a clean 503
+    body_timeout_s: float = 60.0  # a body must arrive within this (slow clients hold a slot otherwise)
+    max_header_bytes: int = 16384  # per header line; Claude Code's anthropic-beta list is long
+    shutdown_grace_s: float = 30.0  # on SIGTERM, how long in-flight requests and streams may finish
+    auth_failures_per_minute: int = 20  # failed authentications from one address before it gets 429s
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,7 @@ class ModelAlias:
     default_max_tokens: int = 4096  # for OpenAI callers that send no max_tokens (Anthropic requires one)
     thinking_budgets: Mapping[str, int] = field(default_factory=dict)  # OpenAI reasoning_effort -> budget
     fallbacks: tuple[Deployment, ...] = ()  # tried in order when the primary fails (after its retries)
+    auto_cache: bool = False  # add Anthropic cache_control breakpoints to OpenAI-dialect requests (Cursor, Codex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +265,8 @@ def _positive(value: T, path: str) -> T:
 
 
 def _server(raw: Any) -> ServerConfig:
-    s = _section(raw, "server", {"host", "port", "max_body_bytes", "workers"})
+    allowed = {"host", "port", "max_body_bytes", "workers", "max_concurrency", "body_timeout_s", "max_header_bytes"}
+    s = _section(raw, "server", allowed | {"shutdown_grace_s", "auth_failures_per_minute"})
     d = ServerConfig()
     port = _get(s, "port", "server", int, d.port)
     if not 0 <= port <= 65535:
@@ -269,6 +276,18 @@ def _server(raw: Any) -> ServerConfig:
         port=port,
         max_body_bytes=_positive(_get(s, "max_body_bytes", "server", int, d.max_body_bytes), "server.max_body_bytes"),
         workers=_positive(_get(s, "workers", "server", int, d.workers), "server.workers"),
+        max_concurrency=_positive(
+            _get(s, "max_concurrency", "server", int, d.max_concurrency), "server.max_concurrency"
+        ),
+        body_timeout_s=_positive(_get(s, "body_timeout_s", "server", float, d.body_timeout_s), "server.body_timeout_s"),
+        max_header_bytes=_positive(
+            _get(s, "max_header_bytes", "server", int, d.max_header_bytes), "server.max_header_bytes"
+        ),
+        shutdown_grace_s=_get(s, "shutdown_grace_s", "server", float, d.shutdown_grace_s),
+        auth_failures_per_minute=_positive(
+            _get(s, "auth_failures_per_minute", "server", int, d.auth_failures_per_minute),
+            "server.auth_failures_per_minute",
+        ),
     )
 
 
@@ -352,7 +371,8 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
     aliases = {}
     for name, spec_raw in raw.items():
         where = f"models.{name}"
-        spec = _section(spec_raw, where, {"provider", "model", "default_max_tokens", "thinking_budgets", "fallbacks"})
+        allowed = {"provider", "model", "default_max_tokens", "thinking_budgets", "fallbacks", "auto_cache"}
+        spec = _section(spec_raw, where, allowed)
         provider = _get(spec, "provider", where, str)
         if provider not in providers:
             known = ", ".join(sorted(providers))
@@ -375,6 +395,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
             ),
             thinking_budgets=budgets,
             fallbacks=_fallbacks(spec.get("fallbacks"), f"{where}.fallbacks", providers),
+            auto_cache=_get(spec, "auto_cache", where, bool, False),
         )
     return aliases
 

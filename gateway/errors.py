@@ -4,6 +4,8 @@
     ├── BadRequest                  400  invalid_request_error        malformed JSON, missing model, bad fields
     │   └── UnsupportedMediaType    415  invalid_request_error        Content-Type is not application/json
     ├── BodyTooLarge                413  request_too_large            body over server.max_body_bytes
+    ├── RequestTimeout              408  invalid_request_error        body slower than server.body_timeout_s
+    ├── TooManyAuthFailures         429  rate_limit_error             too many failed authentications from one address
     ├── Unauthenticated             401  authentication_error         no key, unknown or revoked key
     ├── Forbidden                   403  permission_error             a user key on an admin endpoint
     ├── UnknownModel                404  not_found_error              model is neither an alias nor a routed id
@@ -74,6 +76,14 @@ class UnsupportedMediaType(BadRequest):
 
 class BodyTooLarge(GatewayError):
     status, anthropic_type, openai_type = 413, "request_too_large", "invalid_request_error"
+
+
+class RequestTimeout(GatewayError):
+    status, anthropic_type, openai_type = 408, "invalid_request_error", "invalid_request_error"
+
+
+class TooManyAuthFailures(GatewayError):
+    status, anthropic_type, openai_type, openai_code = 429, "rate_limit_error", "rate_limit_exceeded", "auth_throttled"
 
 
 class Unauthenticated(GatewayError):

@@ -107,9 +107,15 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
+    from gateway.throttle import AuthThrottle
 
     available: dict[str, Stage] = {
-        "auth": Authenticate(svc.key_cache, defer_foreign="key_mapping" in cfg.pipeline, env_admin=svc.env_admin),
+        "auth": Authenticate(
+            svc.key_cache,
+            defer_foreign="key_mapping" in cfg.pipeline,
+            env_admin=svc.env_admin,
+            throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
+        ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
         "budget": CheckBudget(svc.usage_view, cfg.budgets),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),

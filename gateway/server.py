@@ -72,7 +72,17 @@ def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 def _run_worker(cfg: GatewayConfig, dsn: str, sock: socket.socket) -> None:
     _install_uvloop()
     app = build_app(cfg, dsn=dsn)
-    web.run_app(app, sock=sock, access_log=None, print=None, handle_signals=True, shutdown_timeout=30)
+    web.run_app(
+        app,
+        sock=sock,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=cfg.server.shutdown_grace_s,  # in-flight requests and streams may finish
+        handler_cancellation=True,  # a client gone mid-stream cancels its upstream request at once
+        max_line_size=cfg.server.max_header_bytes,
+        max_field_size=cfg.server.max_header_bytes,
+    )
 
 
 def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = None, workers: int | None = None) -> int:

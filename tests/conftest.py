@@ -105,6 +105,7 @@ def gateway_config(upstream_url: str, **overrides: Any) -> GatewayConfig:
             "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
         },
         "auth": {"bcrypt_rounds": 4, "cache_ttl_s": 10},
+        "server": {"auth_failures_per_minute": 1000},  # tests fail auth on purpose; test_reliability lowers it
         "usage_log": {"flush_interval_ms": 50},
         "logging": {"format": "json", "level": "warning"},
     }

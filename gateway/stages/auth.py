@@ -5,9 +5,10 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from gateway.errors import Unauthenticated
+from gateway.errors import TooManyAuthFailures, Unauthenticated
 from gateway.keys import KeyCache, Principal, lookup_id_of
 from gateway.pipeline import Exchange, Next
+from gateway.throttle import AuthThrottle
 
 
 def presented_credential(headers: object) -> str | None:
@@ -39,10 +40,31 @@ class Authenticate:
     key-mapping stage when the pipeline has one (`defer_foreign`), and refused here otherwise.
     """
 
-    def __init__(self, keys: KeyCache, *, defer_foreign: bool = True, env_admin: EnvAdminKey | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyCache,
+        *,
+        defer_foreign: bool = True,
+        env_admin: EnvAdminKey | None = None,
+        throttle: AuthThrottle | None = None,
+    ) -> None:
         self._keys, self._defer_foreign, self._env_admin = keys, defer_foreign, env_admin
+        self._throttle = throttle or AuthThrottle(20)
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
+        address = ex.request.remote or "unknown"
+        if (wait := self._throttle.retry_after_s(address)) is not None:
+            raise TooManyAuthFailures(
+                f"too many failed authentications from this address; retry in {wait:.0f} s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        try:
+            await self._authenticate(ex, call_next)
+        except Unauthenticated:  # from here or from the key-mapping stage below
+            self._throttle.failed(address)
+            raise
+
+    async def _authenticate(self, ex: Exchange, call_next: Next) -> None:
         credential = presented_credential(ex.request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
