@@ -141,6 +141,8 @@ class AuthConfig:
 class UsageLogConfig:
     flush_interval_ms: int = 200
     flush_rows: int = 500
+    max_queue_rows: int = 50_000  # rows held in memory while the database is away; beyond: the spill dir
+    spill_dir: str = "./.gateway/usage-spill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,11 +448,17 @@ def _admin_key(key: str) -> str:
 
 
 def _usage_log(raw: Any) -> UsageLogConfig:
-    s = _section(raw, "usage_log", {"flush_interval_ms", "flush_rows"})
+    s = _section(raw, "usage_log", {"flush_interval_ms", "flush_rows", "max_queue_rows", "spill_dir"})
     d = UsageLogConfig()
     return UsageLogConfig(
-        flush_interval_ms=_positive(_get(s, "flush_interval_ms", "usage_log", int, d.flush_interval_ms), "usage_log"),
+        flush_interval_ms=_positive(
+            _get(s, "flush_interval_ms", "usage_log", int, d.flush_interval_ms), "usage_log.flush_interval_ms"
+        ),
         flush_rows=_positive(_get(s, "flush_rows", "usage_log", int, d.flush_rows), "usage_log.flush_rows"),
+        max_queue_rows=_positive(
+            _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
+        ),
+        spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
     )
 
 

@@ -20,8 +20,22 @@ SQL_DIR = Path(os.environ.get("GATEWAY_SQL_DIR", Path(__file__).resolve().parent
 MIGRATION_LOCK = 0x6761_7465_7761_79  # pg_advisory_lock key ("gateway"): replicas starting together wait in turn
 
 
+# What "the database is unreachable" looks like from asyncpg: the request path keeps serving from its caches
+# on these, and refuses only what it cannot decide without the database (503, never 500).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
+)
+LOOKUP_TIMEOUT_S = 3.0  # a key lookup that takes longer is treated as the database being away
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+    # timeout: connecting; command_timeout: any statement (a batch COPY included)
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=5, command_timeout=30)
 
 
 # --- migrations --------------------------------------------------------------------------------------
@@ -63,7 +77,7 @@ async def ping(pool: asyncpg.Pool) -> bool:
     try:
         async with pool.acquire(timeout=2) as conn:
             return await conn.fetchval("SELECT 1", timeout=2) == 1
-    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+    except (*UNAVAILABLE, asyncpg.PostgresError):
         return False
 
 
@@ -116,7 +130,7 @@ async def insert_key(
 
 
 async def find_key(pool: asyncpg.Pool, lookup_id: str) -> KeyRow | None:
-    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id)
+    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id, timeout=LOOKUP_TIMEOUT_S)
     return _key(row) if row else None
 
 
@@ -125,6 +139,7 @@ async def find_key_by_claudecode_hmac(pool: asyncpg.Pool, token_hmac: bytes) -> 
     row = await pool.fetchrow(
         _KEY_SELECT + " WHERE u.claudecode_key_hmac = $1 AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
         token_hmac,
+        timeout=LOOKUP_TIMEOUT_S,
     )
     return _key(row) if row else None
 

@@ -16,11 +16,17 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 import bcrypt
+import structlog
 
 from gateway import db
+from gateway.errors import ServiceUnavailable
+
+log = structlog.get_logger("gateway.keys")
+T = TypeVar("T")
 
 KEY_PREFIX = "gw-"
 
@@ -142,12 +148,10 @@ class KeyCache:
         lookup_id = lookup_id_of(key)
         if lookup_id is None:
             return None
-        # A revocation on this process while the row was being read evicts a verdict not yet stored: read again.
-        while True:
-            evictions = self._evictions
-            row = await self._load(lookup_id)
-            if evictions == self._evictions:
-                break
+        try:
+            row = await _read_settled(self, lambda: self._load(lookup_id))
+        except db.UNAVAILABLE as exc:
+            return self._while_database_away(fp, hit, exc)
         if row is None or row.revoked_at is not None:
             self._verified.pop(fp, None)
             return None
@@ -157,6 +161,14 @@ class KeyCache:
         principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
+
+    def _while_database_away(self, fp: bytes, hit: _Verified | None, exc: BaseException) -> Principal | None:
+        """A key verified before keeps working; one never seen cannot be checked: 503, not 401."""
+        if hit is None:
+            raise ServiceUnavailable("cannot verify this key now: the gateway's database is unreachable") from exc
+        log.warning("key_check_from_cache", reason="database unreachable", key=hit.principal.lookup_id)
+        self._remember(fp, _Verified(hit.principal, hit.key_hash, self._clock() + self._ttl))
+        return hit.principal
 
     def _remember(self, fp: bytes, verdict: _Verified) -> None:
         self._verified[fp] = verdict
@@ -178,6 +190,22 @@ class KeyCache:
 
     def __len__(self) -> int:
         return len(self._verified)
+
+
+class _Evicting(Protocol):
+    _evictions: int
+
+
+async def _read_settled(cache: _Evicting, read: Callable[[], Awaitable[T]]) -> T:
+    """Read a row; if this process evicted anything meanwhile (a revocation), read it again.
+
+    Otherwise a read that began before the revocation could put the revoked key back in the cache.
+    """
+    while True:
+        evictions = cache._evictions
+        row = await read()
+        if evictions == cache._evictions:
+            return row
 
 
 def claudecode_hmac(secret: bytes, token: str) -> bytes:
@@ -214,11 +242,13 @@ class ClaudeCodeTokens:
         if hit is not None and hit[1] > now:
             return hit[0]
         token_hmac = claudecode_hmac(self.secret, token)
-        while True:  # as in KeyCache: an eviction during the read means the row may be stale
-            evictions = self._evictions
-            row = await self._load(token_hmac)
-            if evictions == self._evictions:
-                break
+        try:
+            row = await _read_settled(self, lambda: self._load(token_hmac))
+        except db.UNAVAILABLE as exc:
+            if hit is None or hit[0] is None:
+                raise ServiceUnavailable("cannot check this token now: the gateway's database is unreachable") from exc
+            self._known[fp] = (hit[0], now + self._ttl)  # known before: keeps working from the cache
+            return hit[0]
         principal = Principal.from_row(row) if row is not None else None
         self._known[fp] = (principal, now + (self._ttl if principal else self._negative_ttl))
         self._known.move_to_end(fp)

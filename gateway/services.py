@@ -27,6 +27,7 @@ from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.stages.auth import EnvAdminKey
 from gateway.usage import UsageLog
+from gateway.usage_spill import SpillDir
 
 log = structlog.get_logger("gateway")
 
@@ -113,6 +114,8 @@ async def open_services(
         view,
         flush_interval_ms=cfg.usage_log.flush_interval_ms,
         flush_rows=cfg.usage_log.flush_rows,
+        max_queue_rows=cfg.usage_log.max_queue_rows,
+        spill=SpillDir(Path(cfg.usage_log.spill_dir)),
     )
     usage_log.start()
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None

@@ -21,6 +21,7 @@ from gateway import db
 from gateway.budgets import Amounts, UsageView, month_of, scopes
 from gateway.config import Price
 from gateway.pipeline import Exchange, Usage
+from gateway.usage_spill import SpillDir
 
 log = structlog.get_logger("gateway.usage")
 _MILLION = Decimal(1_000_000)
@@ -67,9 +68,13 @@ class UsageLog:
         *,
         flush_interval_ms: int = 200,
         flush_rows: int = 500,
+        max_queue_rows: int = 50_000,
+        spill: SpillDir | None = None,
     ) -> None:
         self._pool, self._price_for, self._view = pool, price_for, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
+        self._max_queue, self._spill = max_queue_rows, spill
+        self.spilled = 0
         self._rows: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -121,29 +126,77 @@ class UsageLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the flusher must outlive any one bad flush; the rows stay queued or on disk
+                log.exception("usage_flusher_error")
 
     async def flush(self) -> int:
         """Write every queued row now; returns how many were written (0 when the database refused)."""
         async with self._flush_lock:
-            if not self._rows or self._pool is None:
+            if self._pool is None:
+                return 0
+            if not self._rows:
+                await self._replay_spilled()
                 return 0
             batch, self._rows = self._rows, []
             try:
                 await db.insert_usage(self._pool, batch)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except db.UNAVAILABLE as exc:
                 self._rows[:0] = batch  # keep them, oldest first, for the next try
-                log.error("usage_flush_failed", rows=len(batch), error=str(exc))
+                log.error("usage_flush_failed", rows=len(batch), queued=len(self._rows), error=str(exc))
+                self._spill_overflow()
+                return 0
+            except asyncpg.PostgresError as exc:  # the database refused the rows themselves: keep them aside
+                self._set_aside(batch, exc)
                 return 0
             self._view.stored(_amounts(batch))
             self.written += len(batch)
+            await self._replay_spilled()
             return len(batch)
 
+    def _spill_overflow(self) -> None:
+        """Past the queue's bound, the oldest rows go to the local spill file (nothing is dropped)."""
+        excess = len(self._rows) - self._max_queue
+        if excess <= 0 or self._spill is None:
+            return
+        oldest, self._rows = self._rows[:excess], self._rows[excess:]
+        path = self._spill.append(oldest)
+        self.spilled += len(oldest)
+        log.warning("usage_spilled", rows=len(oldest), file=str(path))
+
+    def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:
+        if self._spill is None:
+            log.error("usage_rows_rejected", rows=len(batch), error=str(exc))
+            return
+        path = self._spill.append(batch, name=f"usage-rejected-{self._spill.pid}.jsonl")
+        log.error("usage_rows_rejected", rows=len(batch), error=str(exc), kept_in=str(path))
+
+    async def _replay_spilled(self) -> None:
+        """The database answers again: store what was spilled (ours and any dead worker's), then delete it."""
+        if self._spill is None or self._pool is None or not self._spill.has_work():
+            return
+        for path, ours in self._spill.claim():
+            rows = self._spill.read(path)
+            for start in range(0, len(rows), self._flush_rows):
+                chunk = rows[start : start + self._flush_rows]
+                await db.insert_usage(self._pool, chunk)  # ids already stored are skipped
+                if ours:
+                    self._view.stored(_amounts(chunk))
+            path.unlink()
+            log.info("usage_spill_replayed", rows=len(rows), file=str(path))
+
     async def close(self) -> None:
-        """Stop the flusher and write what is left (called on shutdown)."""
+        """Stop the flusher and write what is left (called on shutdown); if the database is away, spill it."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        with contextlib.suppress(*db.UNAVAILABLE):
+            await self.flush()
+        if self._rows and self._spill is not None:
+            path = self._spill.append(self._rows)
+            log.warning("usage_spilled_at_shutdown", rows=len(self._rows), file=str(path))
+            self.spilled += len(self._rows)
+            self._rows = []

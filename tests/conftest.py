@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -121,13 +122,18 @@ GatewayFactory = Callable[..., Awaitable[TestServer]]
 
 
 @pytest.fixture
-async def make_gateway(database_url: str, upstream: FakeUpstream, pool: asyncpg.Pool) -> AsyncIterator[GatewayFactory]:
+async def make_gateway(
+    database_url: str, upstream: FakeUpstream, pool: asyncpg.Pool, tmp_path: Path
+) -> AsyncIterator[GatewayFactory]:
     """Start a gateway (a real listening server) against the fake upstream and the test database."""
     servers: list[TestServer] = []
 
-    async def start(*, clock: Callable[[], datetime] | None = None, **overrides: Any) -> TestServer:
+    async def start(
+        *, clock: Callable[[], datetime] | None = None, dsn: str | None = None, **overrides: Any
+    ) -> TestServer:
+        overrides["usage_log"] = {"spill_dir": str(tmp_path / "spill"), **overrides.get("usage_log", {})}
         cfg = gateway_config(upstream.url, **overrides)
-        server = TestServer(build_app(cfg, dsn=database_url, clock=clock))
+        server = TestServer(build_app(cfg, dsn=dsn or database_url, clock=clock))
         await server.start_server()
         servers.append(server)
         return server

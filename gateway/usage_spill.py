@@ -1,0 +1,108 @@
+"""Usage rows that could not reach PostgreSQL in time, kept on local disk until they can.
+
+When the database is away and the in-memory queue passes its bound, the oldest rows are appended to
+`<spill_dir>/usage-spill-<pid>.jsonl` (one JSON array per line, flushed and fsynced). When a flush succeeds
+again, every spill file in the directory is claimed (renamed, so two workers never replay one file),
+replayed in batches and removed. Rows carry their own ids and the insert skips ids already stored, so a
+replay interrupted halfway and done again writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from gateway.db import USAGE_COLUMNS
+
+Row = tuple[Any, ...]
+_UUIDS = {USAGE_COLUMNS.index("id"), USAGE_COLUMNS.index("user_id")}
+_TIME = USAGE_COLUMNS.index("created_at")
+_COST = USAGE_COLUMNS.index("cost_usd")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal | UUID) or type(value).__name__ == "UUID":  # asyncpg has a UUID type of its own
+        return str(value)
+    raise TypeError(f"cannot spill {type(value).__name__}")
+
+
+def encode(row: Row) -> bytes:
+    return orjson.dumps(row, default=_default) + b"\n"
+
+
+def decode(line: bytes) -> Row:
+    values = orjson.loads(line)
+    for i in _UUIDS:
+        values[i] = UUID(values[i]) if values[i] is not None else None
+    values[_TIME] = datetime.fromisoformat(values[_TIME])
+    values[_COST] = Decimal(values[_COST]) if values[_COST] is not None else None
+    return tuple(values)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SpillDir:
+    def __init__(self, directory: Path, *, pid: int | None = None) -> None:
+        self.directory, self.pid = directory, pid or os.getpid()
+        self.own = directory / f"usage-spill-{self.pid}.jsonl"
+
+    def append(self, rows: Sequence[Row], *, name: str | None = None) -> Path:
+        """Append rows durably (flushed and fsynced before returning)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / name if name else self.own
+        with path.open("ab") as f:
+            f.write(b"".join(encode(r) for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def has_work(self) -> bool:
+        return self.directory.is_dir() and any(self.directory.glob("usage-spill-*"))
+
+    def pending_files(self) -> list[Path]:
+        return sorted(self.directory.glob("usage-spill-*.jsonl")) if self.directory.is_dir() else []
+
+    def claim(self) -> list[tuple[Path, bool]]:
+        """Spill files renamed to names only this process uses, as (claimed path, written by this process).
+
+        Also takes over files a replaying process left behind when it died (its pid no longer runs).
+        """
+        if not self.directory.is_dir():
+            return []
+        replaying = list(self.directory.glob("usage-spill-*.jsonl.replaying-*"))
+        mine_or_orphaned = [
+            p for p in replaying if p.name.endswith(f"-{self.pid}") or not _alive(p.name.split("-")[-1])
+        ]
+        candidates = self.pending_files() + mine_or_orphaned
+        claimed = []
+        for path in candidates:
+            original = path.name.split(".replaying-")[0]
+            target = path.with_name(f"{original}.replaying-{self.pid}")
+            try:
+                path.rename(target)
+            except FileNotFoundError:  # another worker claimed it first
+                continue
+            claimed.append((target, path == self.own))
+        return claimed
+
+    @staticmethod
+    def read(path: Path) -> list[Row]:
+        with path.open("rb") as f:
+            return [decode(line) for line in f if line.strip()]
