@@ -86,7 +86,13 @@ class Bench:
         self.settings, self.db, self.run_dir, self.stack = settings, db, run_dir, stack
         loadgen = "wrk -t1" if settings.use_wrk else "aiohttp loadgen"
         self.results = Results(
-            settings={"duration_s": settings.duration_s, "loadgen": loadgen, "database": db.where, "upstream": "fake"}
+            settings={
+                "gateway": servers.gateway_revision(),
+                "duration_s": settings.duration_s,
+                "loadgen": loadgen,
+                "database": db.where,
+                "upstream": "tests.fakes.upstream, 0 ms, 5 chunks",
+            }
         )
         self.ledger = Ledger()
         self.key = ""
@@ -98,6 +104,14 @@ class Bench:
     # --- the whole run ---------------------------------------------------------------------------------
 
     def run_all(self) -> Results:
+        """Everything, in order; a failure part-way ends the run but keeps what was measured before it."""
+        try:
+            self.run_steps()
+        except BenchError as exc:
+            self.results.error = str(exc)
+        return self.results
+
+    def run_steps(self) -> None:
         fake = self.own(servers.start_fake(self.run_dir))
         self.floor = self.own(servers.start_floor(fake.url, self.run_dir))
         self.config = servers.write_gateway_config(self.run_dir / "gateway.yaml", dsn=self.db.dsn, upstream=fake.url)
@@ -113,7 +127,6 @@ class Bench:
         self.check_usage(baseline)
         if self.settings.litellm:
             self.run_litellm(fake.url)
-        return self.results
 
     def start_timed_gateway(self) -> Server:
         """Start `gateway serve` `startups` times, keeping the last; each start's time to ready is recorded."""
@@ -172,15 +185,16 @@ class Bench:
             progress(f"TTFB {case.title}: gateway {ttfb.gateway_ms:.2f} ms, floor {ttfb.floor_ms:.2f} ms")
 
     def run_scaling(self) -> None:
-        """The c=50 /v1/messages case on one worker, then on N (a second `gateway serve`), back to back."""
+        """The c=50 /v1/messages case on one worker and on N (a second `gateway serve`): one, N, N, one."""
         n = self.settings.workers
         multi = self.own(servers.start_gateway(self.config, self.run_dir, workers=n, name=f"gateway-{n}w"))
         self.warm_up([multi])
         case = CASE_BY_KEY["messages"]
-        one = self.measure(self.gateway, case, TARGET_CONC, self.settings.duration_s)
-        many = self.measure(multi, case, TARGET_CONC, self.settings.duration_s)
-        for run in (one, many):
+        runs = [self.measure(s, case, TARGET_CONC, self.settings.duration_s) for s in (self.gateway, multi, multi)]
+        runs.append(self.measure(self.gateway, case, TARGET_CONC, self.settings.duration_s))
+        for run in runs:
             self.record(run)
+        one, many = [runs[0], runs[3]], runs[1:3]
         self.results.scaling = Scaling(n, one, many, multi.worker_rss_mb(), multi.ready_s)
         multi.stop()
 
@@ -236,9 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"logs and raw figures: {run_dir}")
     try:
         results = execute(settings, run_dir)
-    except BenchError as exc:
+    except BenchError as exc:  # before anything was measured
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     print(render(results))
     print(f"\n(raw figures: {save(results, run_dir)})")
+    if results.error is not None:
+        print(f"\nbench: the run stopped early: {results.error}", file=sys.stderr)
+        return 1
     return 0 if results.usage is None or results.usage.ok else 1

@@ -163,12 +163,19 @@ def _rps_verdicts(results: Results) -> Iterator[Verdict]:
         if gw is None or ref is None:
             continue
         ratio = gw.load.rps / ref.load.rps
-        measured = f"{ratio:.0%} ({gw.load.rps:,.0f} vs {ref.load.rps:,.0f} rps)"
+        measured = (
+            f"{ratio:.0%} ({gw.load.rps:,.0f} vs {ref.load.rps:,.0f} rps; CPU/req floor/gw {_cpu_ratio(ref, gw)})"
+        )
         same = results.run("floor", case.key, TARGET_CONC)
         if case.floor_ref != case.key and same is not None:
             measured += f"; vs floor {case.title}: {_pct(gw.load.rps, same.load.rps)} ({same.load.rps:,.0f} rps)"
         target = f"{case.title} c={TARGET_CONC} ≥ {case.min_ratio:.0%} of floor {_floor_name(case)} rps"
         yield Verdict(target, measured, ratio >= case.min_ratio)
+
+
+def _cpu_ratio(floor: Run, gw: Run) -> str:
+    """Floor CPU per request over the gateway's: the rps ratio both would reach if each had a core to itself."""
+    return _pct(floor.cpu_ms_per_req, gw.cpu_ms_per_req)
 
 
 def _latency_verdicts(results: Results) -> Iterator[Verdict]:
@@ -199,7 +206,9 @@ def _ready_verdict(ready_s: list[float]) -> Verdict:
 
 def _scaling_verdict(s: Scaling) -> Verdict:
     want = MIN_SCALING_PER_WORKER * s.workers
-    measured = f"{s.ratio:.2f}x ({s.many.load.rps:,.0f} vs {s.one.load.rps:,.0f} rps; ready in {s.ready_s:.2f} s)"
+    each = "/".join(f"{r.load.rps:,.0f}" for r in (s.one[0], *s.many, s.one[1]))
+    measured = f"{s.ratio:.2f}x ({s.many_rps:,.0f} vs {s.one_rps:,.0f} rps, mean of 2 each; runs 1-N-N-1: {each})"
+    measured += f"; {s.workers} workers ready in {s.ready_s:.2f} s"
     return Verdict(f"{s.workers} workers ≥ {want:.1f}x one, /v1/messages c={TARGET_CONC}", measured, s.ratio >= want)
 
 

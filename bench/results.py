@@ -22,17 +22,28 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Scaling:
-    """The c=50 /v1/messages case on one worker and on `workers`, run back to back."""
+    """The c=50 /v1/messages case on one worker and on `workers`, in the order one, N, N, one.
+
+    The mirrored order cancels a load that other processes put on the machine and that drifts linearly.
+    """
 
     workers: int
-    one: Run
-    many: Run
+    one: list[Run]
+    many: list[Run]
     rss_mb: list[float]  # per worker
     ready_s: float
 
     @property
+    def one_rps(self) -> float:
+        return sum(r.load.rps for r in self.one) / len(self.one)
+
+    @property
+    def many_rps(self) -> float:
+        return sum(r.load.rps for r in self.many) / len(self.many)
+
+    @property
     def ratio(self) -> float:
-        return self.many.load.rps / self.one.load.rps if self.one.load.rps else 0.0
+        return self.many_rps / self.one_rps if self.one_rps else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,7 @@ class Results:
     scaling: Scaling | None = None
     usage: UsageCheck | None = None
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why the run stopped early, if it did
 
     def run(self, server: str, case: str, conc: int) -> Run | None:
         return next((r for r in self.runs if (r.server, r.case, r.conc) == (server, case, conc)), None)

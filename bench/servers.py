@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ BENCH_DIR = REPO / "bench"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 LITELLM_KEY = "sk-master-1234"
+BUDGET_ENV = ("ENFORCE_BUDGETS", "DEFAULT_MONTHLY_LIMIT_USD", "DEFAULT_MONTHLY_TOKEN_LIMIT")  # would beat the file
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -114,13 +116,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(name: str, argv: list[str], port: int, log_dir: Path, *, health: str, env: dict[str, str]) -> Server:
+def spawn(
+    name: str, argv: list[str], port: int, log_dir: Path, *, health: str, env: dict[str, str], unset: Sequence[str] = ()
+) -> Server:
     """Start `argv` and wait until GET `health` answers 200; `ready_s` says how long that took."""
     log = log_dir / f"{name}.log"
+    child_env = {k: v for k, v in os.environ.items() if k not in unset} | env
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
     try:
@@ -196,6 +201,9 @@ def write_gateway_config(path: Path, *, dsn: str, upstream: str) -> Path:
     provider = doc["providers"]["anthropic"]
     doc["providers"]["anthropic"] = {**provider, "base_url": upstream, "api_key": "bench-upstream-key"}
     doc["logging"] = {"format": "json", "level": "warning"}
+    # Budgets stay enforced (the check runs on every request) with limits no run reaches: the Claude Code
+    # body costs ~$0.02 at the fake's token counts, so the default $100 a month would end a run in 429s.
+    doc["budgets"] = {**doc.get("budgets", {}), "monthly_limit_usd": 10**9, "monthly_token_limit": 10**15}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -212,7 +220,17 @@ def create_key(config: Path) -> str:
 def start_gateway(config: Path, log_dir: Path, *, workers: int = 1, name: str = "gateway") -> Server:
     port = free_port()
     argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-    return spawn(name, argv, port, log_dir, health="/health", env={})
+    return spawn(name, argv, port, log_dir, health="/health", env={}, unset=BUDGET_ENV)
+
+
+def gateway_revision() -> str:
+    """The commit the gateway runs from, `-dirty` when the work tree has changes (others may be editing)."""
+    argv = ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
+        return "unknown"
+    return done.stdout.strip() or "unknown"
 
 
 # --- LiteLLM, for comparison -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
 from gateway.services import Services
-from gateway.state import AUTH_PIPELINE, CONFIG, REQUEST_ID, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,6 +75,8 @@ def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
         raise AdminError(400, f"'{name}' is required and must be a non-empty string")
     if len(value) > max_len:
         raise AdminError(400, f"'{name}' is longer than {max_len} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the INSERT
+        raise AdminError(400, f"'{name}' must not contain NUL characters")
     return value.strip()
 
 
@@ -108,7 +110,7 @@ def _int_query(request: web.Request, name: str, default: int, maximum: int, mini
 async def _authenticate(request: web.Request) -> Principal:
     """Run the pipeline's auth and key-mapping stages on a management request."""
     ex = Exchange(Dialect.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[AUTH_PIPELINE](ex)
+    await request.app[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None
     return ex.principal
 
@@ -121,7 +123,7 @@ def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitabl
             admin = await _authenticate(request)
             if not admin.is_admin:
                 raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
-            return await handler(UserKeysApi(request.app[CONFIG], request.app[SERVICES]), request, admin)
+            return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
         except AdminError as err:
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape
@@ -183,8 +185,8 @@ class UserKeysApi:
         user_id = _user_id(request)
         body = await _body(request, {"reason"}, optional=True)
         reason = body.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise AdminError(400, "'reason' must be a string")
+        if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
+            raise AdminError(400, "'reason' must be a string without NUL characters")
         plaintext, key = await asyncio.to_thread(self._new_key)
         done = await db.regenerate_user_key(self._svc.pool, user_id, key=key, reason=reason, actor_key_id=admin.key_id)
         if done is None:

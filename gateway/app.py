@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -28,10 +29,10 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.models_list import list_models
-from gateway.pipeline import Exchange, build_stages, chain
-from gateway.relays import relay
+from gateway.pipeline import Exchange
+from gateway.runtime import build_runtime, reload_config
 from gateway.services import open_services
-from gateway.state import AUTH_PIPELINE, CONFIG, PIPELINE, REQUEST_ID, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES
 
 log = structlog.get_logger("gateway")
 
@@ -152,11 +153,12 @@ def new_request_id(request: web.Request) -> str:
 def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
-        server = app[CONFIG].server
+        runtime = app[RUNTIME]  # read once: a reload during this request does not change its path
+        server = runtime.config.server
         raw, body = await read_json_body(request, server.max_body_bytes, server.body_timeout_s)
         ex = Exchange(dialect, route, request, raw, body, request[REQUEST_ID], billable=billable)
         try:
-            await app[PIPELINE](ex)
+            await runtime.pipeline(ex)
         finally:
             _log_exchange(ex)
         assert ex.response is not None
@@ -184,8 +186,9 @@ def _log_exchange(ex: Exchange) -> None:
 async def models(request: web.Request) -> web.StreamResponse:
     """GET /v1/models and /v1/models/{id}: the aliases, in the caller's dialect (auth required)."""
     ex = Exchange(dialect_of(request), "models", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[AUTH_PIPELINE](ex)
-    cfg = request.app[CONFIG]
+    runtime = request.app[RUNTIME]
+    await runtime.auth_pipeline(ex)
+    cfg = runtime.config
     body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -218,22 +221,24 @@ async def health(request: web.Request) -> web.Response:
 
 
 def build_app(
-    cfg: GatewayConfig, *, dsn: str | None = None, clock: Callable[[], datetime] | None = None
+    cfg: GatewayConfig,
+    *,
+    dsn: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+    reload_on_sighup: bool = False,
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
     app = web.Application(
         middlewares=[error_edge, concurrency_limit(cfg.server.max_concurrency)],
         client_max_size=cfg.server.max_body_bytes,
     )
-    app[CONFIG] = cfg
 
     async def services_ctx(app: web.Application) -> Any:
         svc = await open_services(cfg, dsn=dsn, clock=clock)
         app[SERVICES] = svc
-        stages = build_stages(cfg, svc)
-        app[PIPELINE] = chain(stages, relay)
-        auth_only = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name in ("auth", "key_mapping")]
-        app[AUTH_PIPELINE] = chain(auth_only, _nothing)
+        app[RUNTIME] = runtime = build_runtime(cfg, svc)
+        if reload_on_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, runtime, svc)
         yield
         await svc.aclose()
 
@@ -252,10 +257,6 @@ def build_app(
     admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app
-
-
-async def _nothing(ex: Exchange) -> None:
-    return None
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -50,7 +50,7 @@ class UsageView:
     """Month-to-date tokens per user and USD per key, as the budget check sees them."""
 
     def __init__(self, pool: asyncpg.Pool | None, *, refresh_s: float = 2.0, clock: Callable[[], datetime] = utc_now):
-        self._pool, self._refresh_s, self.clock = pool, refresh_s, clock
+        self._pool, self.refresh_s, self.clock = pool, refresh_s, clock
         self._snapshot: dict[Scope, list[Decimal]] = {}
         self._pending: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])  # recorded, not yet stored
         self._stored: dict[int, Amounts] = {}  # flush number -> amounts stored since the last snapshot began
@@ -117,7 +117,7 @@ class UsageView:
                 await self.refresh()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning("budget_refresh_failed", error=str(exc))  # keep the last known counters
-            await asyncio.sleep(self._refresh_s)
+            await asyncio.sleep(self.refresh_s)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -367,6 +367,17 @@ def _fallbacks(raw: Any, where: str, providers: Mapping[str, ProviderConfig]) ->
     return tuple(deployments)
 
 
+def _same_provider_type(alias: ModelAlias, providers: Mapping[str, ProviderConfig]) -> None:
+    """A fallback speaks the primary's wire format: the relay chosen for the alias must serve every deployment."""
+    kind = providers[alias.provider].type
+    for i, fallback in enumerate(alias.fallbacks):
+        if providers[fallback.provider].type != kind:
+            raise ConfigError(
+                f"models.{alias.name}.fallbacks[{i}].provider: {fallback.provider!r} is of type "
+                f"{providers[fallback.provider].type!r}, the primary {alias.provider!r} of type {kind!r}"
+            )
+
+
 def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, ModelAlias]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("models: declare at least one model alias")
@@ -399,6 +410,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
             fallbacks=_fallbacks(spec.get("fallbacks"), f"{where}.fallbacks", providers),
             auto_cache=_get(spec, "auto_cache", where, bool, False),
         )
+        _same_provider_type(aliases[str(name)], providers)
     return aliases
 
 

@@ -19,7 +19,7 @@ import structlog
 
 from gateway import db
 from gateway.budgets import UsageView, utc_now
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ProviderConfig
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
 from gateway.providers.anthropic import AnthropicProvider
@@ -48,7 +48,20 @@ class Services:
     http: aiohttp.ClientSession
     env_admin: EnvAdminKey | None = None
     embedded: EmbeddedPostgres | None = None
+    provider_configs: dict[str, ProviderConfig] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def apply_config(self, cfg: GatewayConfig) -> None:
+        """Take a reloaded config's providers, pricing and budget refresh; requests in flight keep theirs."""
+        self.providers = {
+            name: self.providers[name]
+            if name in self.providers and self.provider_configs.get(name) == p
+            else PROVIDER_TYPES[p.type](p, self.http)
+            for name, p in cfg.providers.items()
+        }
+        self.provider_configs = dict(cfg.providers)
+        self.usage_log.price_for = cfg.price_for
+        self.usage_view.refresh_s = cfg.budgets.refresh_s
 
     async def aclose(self) -> None:
         await self.usage_view.close()
@@ -119,7 +132,18 @@ async def open_services(
     )
     usage_log.start()
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
-    return Services(pool, key_cache, tokens, view, usage_log, providers, http, env_admin, embedded)
+    return Services(
+        pool,
+        key_cache,
+        tokens,
+        view,
+        usage_log,
+        providers,
+        http,
+        env_admin,
+        embedded,
+        provider_configs=dict(cfg.providers),
+    )
 
 
 async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminKey | None:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
-from gateway.config import GatewayConfig
-from gateway.pipeline import Exchange
+from gateway.runtime import Runtime
 from gateway.services import Services
 
-CONFIG = web.AppKey("config", GatewayConfig)
 SERVICES = web.AppKey("services", Services)
-PIPELINE = web.AppKey("pipeline", Callable[[Exchange], Awaitable[None]])  # auth -> ... -> relay
-AUTH_PIPELINE = web.AppKey("auth_pipeline", Callable[[Exchange], Awaitable[None]])  # auth and key mapping only
+RUNTIME = web.AppKey("runtime", Runtime)  # the config and the chains built from it; swapped by a reload
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -71,7 +71,7 @@ class UsageLog:
         max_queue_rows: int = 50_000,
         spill: SpillDir | None = None,
     ) -> None:
-        self._pool, self._price_for, self._view = pool, price_for, view
+        self._pool, self.price_for, self._view = pool, price_for, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._max_queue, self._spill = max_queue_rows, spill
         self.spilled = 0
@@ -91,7 +91,7 @@ class UsageLog:
         now_ns = time.perf_counter_ns()
         ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
         u, who, when = ex.usage, ex.principal, self._view.clock()
-        cost = cost_usd(self._price_for(ex.target.provider_model), u)
+        cost = cost_usd(self.price_for(ex.target.provider_model), u)
         self._view.recorded(when, who.key_id, who.user_id, u.total, cost)
         self._rows.append(
             (

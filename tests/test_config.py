@@ -145,3 +145,15 @@ def test_dated_model_ids_take_their_family_price() -> None:
     cfg = load_config(ROOT / "gateway.yaml", {})
     assert cfg.price_for("claude-haiku-4-5-20251001") == cfg.pricing["claude-haiku-4-5"]
     assert cfg.price_for("claude-haiku-4") is None
+
+
+def test_fallbacks_must_share_the_primary_provider_type() -> None:
+    raw = with_(
+        providers={
+            "anthropic": {"base_url": "https://api.anthropic.com"},
+            "local": {"type": "openai", "base_url": "http://127.0.0.1:11434/v1"},
+        },
+        models={"a": {"provider": "anthropic", "model": "m", "fallbacks": [{"provider": "local", "model": "llama"}]}},
+    )
+    with pytest.raises(ConfigError, match=r"models\.a\.fallbacks\[0\]\.provider: 'local' is of type 'openai'"):
+        parse_config(raw, {})

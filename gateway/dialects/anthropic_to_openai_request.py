@@ -65,8 +65,11 @@ def messages_request_to_chat(body: Mapping[str, Any], *, provider_model: str) ->
     for field in ("temperature", "top_p"):
         if body.get(field) is not None:
             out[field] = body[field]
-    if body.get("stop_sequences"):
-        out["stop"] = list(body["stop_sequences"])
+    stop = body.get("stop_sequences")
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise TranslationError("stop_sequences: must be a list of strings", "stop_sequences")
+    if stop:
+        out["stop"] = stop
     _add_tools(out, body)
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping) and isinstance(metadata.get("user_id"), str):

@@ -200,7 +200,7 @@ class AnthropicStreamTranslator:
         if self._started:
             return []
         self._started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self._message_id,
             "type": "message",
             "role": "assistant",
@@ -235,7 +235,7 @@ class AnthropicStreamTranslator:
         events: list[Event] = []
         if ordinal not in self._tool_ids:  # the first fragment of a call carries its id and name
             tool_id = self._tool_ids[ordinal] = call.get("id") or _tool_id(self._message_id, len(self._tool_ids))
-            block = {"type": "tool_use", "id": tool_id, "name": function.get("name") or "", "input": {}}
+            block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": function.get("name") or "", "input": {}}
             events += self._open_block(ordinal, block)
         elif ordinal != self._open:
             return []  # a fragment for a call already closed: servers stream calls one after another

@@ -46,10 +46,9 @@ def with_cache_breakpoints(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def _candidates(out: dict[str, Any]) -> list[dict[str, Any] | None]:
     messages = [m for m in out.get("messages") or [] if isinstance(m, dict)]
-    last = messages[-1:] or [None]
     earlier_users = [m for m in messages[:-1] if m.get("role") == "user"]
     return [
-        _last_cacheable(last[0]),
+        _last_cacheable(messages[-1]) if messages else None,
         _last_cacheable(earlier_users[-1]) if earlier_users else None,
         _last_system_block(out),
         _last_tool(out),

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import orjson
 
-from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai import ANTHROPIC_ERROR_TYPES_TO_OPENAI, error_to_openai
-from gateway.dialects.openai_to_anthropic import (
+from . import sse
+from .anthropic_to_openai import ANTHROPIC_ERROR_TYPES_TO_OPENAI, error_to_openai
+from .openai_to_anthropic import (
     TOOL_CHOICES,
     TranslationError,
     TranslationOptions,
@@ -152,7 +152,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
         out["metadata"] = {"user_id": user}
     if body.get("stream") is not None:
         out["stream"] = body["stream"]
-    include = body.get("include") or []
+    include = _include(body)
     echo = {name: body.get(name, default) for name, default in ECHOED_FIELDS.items()}
     return ResponsesTranslation(out, tools.origins, INCLUDE_REASONING in include, echo)
 
@@ -165,8 +165,10 @@ def _reject_unsupported(body: Mapping[str, Any]) -> None:
         if body.get(name) == refused:
             raise TranslationError(message, name)
     if body.get("top_logprobs"):
-        raise TranslationError("top_logprobs: log probabilities are not available from Anthropic models", "top_logprobs")
-    if "message.output_text.logprobs" in (body.get("include") or []):
+        raise TranslationError(
+            "top_logprobs: log probabilities are not available from Anthropic models", "top_logprobs"
+        )
+    if "message.output_text.logprobs" in _include(body):
         raise TranslationError("include: log probabilities are not available from Anthropic models", "include")
     text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), Mapping) else None
     kind = text_format.get("type") if isinstance(text_format, Mapping) else None
@@ -186,6 +188,8 @@ def _max_tokens(body: Mapping[str, Any], opts: TranslationOptions) -> int:
 def _add_reasoning(out: dict[str, Any], body: Mapping[str, Any], opts: TranslationOptions) -> None:
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, Mapping) else None
+    if effort is not None and not isinstance(effort, str):
+        raise TranslationError(f"reasoning.effort: must be a string, got {effort!r}", "reasoning.effort")
     try:  # the Chat Completions rules for reasoning_effort, reported under this API's name for it
         _add_thinking(out, {"reasoning_effort": effort}, opts)
     except TranslationError as exc:
@@ -198,7 +202,7 @@ def _add_tool_choice(out: dict[str, Any], body: Mapping[str, Any], tools: _Tools
     translated: dict[str, Any] | None = None
     if isinstance(choice, str) and choice in TOOL_CHOICES:
         translated = dict(TOOL_CHOICES[choice])
-    elif isinstance(choice, Mapping) and choice.get("type") in ("function", "custom") and choice.get("name"):
+    elif isinstance(choice, Mapping) and choice.get("type") in ("function", "custom") and _text(choice.get("name")):
         name = str(choice["name"])
         if choice.get("namespace"):
             name = f"{choice['namespace']}{NAMESPACE_SEPARATOR}{name}"
@@ -237,13 +241,16 @@ class _Tools:
         return tools
 
     def add(self, tool: object, where: str, namespace: str | None) -> None:
-        kind = tool.get("type") if isinstance(tool, Mapping) else None
-        if not isinstance(tool, Mapping) or kind in DROPPED_TOOLS:
-            if kind in DROPPED_TOOLS:
-                return
+        if not isinstance(tool, Mapping):
             raise TranslationError(f"{where}: each tool must be an object", where)
+        kind = tool.get("type")
+        if _text(kind) in DROPPED_TOOLS:
+            return
         if kind == "namespace" and namespace is None:
-            for j, inner in enumerate(tool.get("tools") or []):
+            inner_tools = tool.get("tools")
+            if not isinstance(inner_tools, list):
+                raise TranslationError(f"{where}.tools: a namespace's tools must be a list", f"{where}.tools")
+            for j, inner in enumerate(inner_tools):
                 self.add(inner, f"{where}.tools[{j}]", namespace=_name(tool, where))
             return
         if kind not in ("function", "custom"):
@@ -287,7 +294,7 @@ class _Items:
     def __init__(self, tools: Mapping[str, ToolOrigin]) -> None:
         self.system: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
-        self._namespaced = {(o.namespace, o.name): n for n, o in tools.items() if o.namespace}
+        self._namespaced: dict[tuple[object, str], str] = {(o.namespace, o.name): n for n, o in tools.items()}
 
     @classmethod
     def translate(
@@ -309,7 +316,7 @@ class _Items:
 
     def add(self, item: Mapping[str, Any], where: str) -> None:
         kind = item.get("type", "message")
-        handler = self._handlers.get(kind)
+        handler = self._handlers.get(_text(kind) or "")
         if handler is None:
             known = ", ".join(self._handlers)
             message = f"{where}.type: {kind!r} input items are not supported; supported: {known}"
@@ -319,7 +326,7 @@ class _Items:
     def _message(self, item: Mapping[str, Any], where: str) -> None:
         role = item.get("role")
         blocks = _content_blocks(item.get("content"), role == "user", where)
-        if role in SYSTEM_ROLES:
+        if _text(role) in SYSTEM_ROLES:
             self.system.extend(blocks)
         elif role in ("user", "assistant"):
             self._append(str(role), blocks)
@@ -329,14 +336,14 @@ class _Items:
 
     def _function_call(self, item: Mapping[str, Any], where: str) -> None:
         name = _name(item, where)
-        name = self._namespaced.get((item.get("namespace"), name), name)
-        block = {"type": "tool_use", "id": _call_id(item, where), "name": name}
+        name = self._namespaced.get((_text(item.get("namespace")), name), name)
+        block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": name}
         block["input"] = _arguments(item.get("arguments"), f"{where}.arguments")
         self._append("assistant", [block])
 
     def _custom_tool_call(self, item: Mapping[str, Any], where: str) -> None:
         text = item.get("input")
-        block = {"type": "tool_use", "id": _call_id(item, where), "name": _name(item, where)}
+        block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": _name(item, where)}
         block["input"] = {"input": text if isinstance(text, str) else ""}
         self._append("assistant", [block])
 
@@ -373,6 +380,16 @@ class _Items:
     }
 
 
+def _text(value: object) -> str | None:
+    """`value` when it is a string, else None: caller-sent "types" are looked up in tables, and a list is unhashable."""
+    return value if isinstance(value, str) else None
+
+
+def _include(body: Mapping[str, Any]) -> list[Any]:
+    include = body.get("include")
+    return include if isinstance(include, list) else []
+
+
 def _call_id(item: Mapping[str, Any], where: str) -> str:
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not call_id:
@@ -396,10 +413,10 @@ def _content_blocks(content: object, images: bool, where: str) -> list[dict[str,
                 message = f"{part_where}.image_url: uploaded files (file_id) are not supported; send the image inline"
                 raise TranslationError(message, f"{part_where}.image_url")
             blocks.append(_image_block(part["image_url"], f"{part_where}.image_url"))
-        elif kind in TEXT_PARTS and isinstance(part, Mapping):
-            text = part.get(TEXT_PARTS[kind])
+        elif (field_name := TEXT_PARTS.get(_text(kind) or "")) and isinstance(part, Mapping):
+            text = part.get(field_name)
             if not isinstance(text, str):
-                raise TranslationError(f"{part_where}.{TEXT_PARTS[kind]}: must be a string", part_where)
+                raise TranslationError(f"{part_where}.{field_name}: must be a string", part_where)
             if text:
                 blocks.append({"type": "text", "text": text})
         else:
@@ -547,10 +564,12 @@ def custom_input(raw: object) -> str:
     """The text a custom tool gets: the `input` field the model filled (raw JSON text or an object)."""
     if isinstance(raw, str):
         try:
-            raw = orjson.loads(raw) if raw.strip() else {}
+            parsed = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
             return raw
-    value = raw.get("input") if isinstance(raw, Mapping) else None
+    else:
+        parsed = raw
+    value = parsed.get("input") if isinstance(parsed, Mapping) else None
     return value if isinstance(value, str) else ""
 
 

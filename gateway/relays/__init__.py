@@ -16,6 +16,7 @@ from gateway.relays.anthropic_passthrough import relay_anthropic
 from gateway.relays.chat_over_anthropic import relay_chat_over_anthropic
 from gateway.relays.messages_over_openai import relay_messages_over_openai
 from gateway.relays.openai_passthrough import relay_openai
+from gateway.relays.responses_over_anthropic import relay_responses_over_anthropic
 
 Relay = Callable[[Exchange], Awaitable[None]]
 
@@ -24,6 +25,7 @@ RELAYS: dict[tuple[str, Dialect], Relay] = {
     ("count_tokens", Dialect.ANTHROPIC): relay_anthropic,
     ("chat_completions", Dialect.ANTHROPIC): relay_chat_over_anthropic,
     ("chat_completions", Dialect.OPENAI): relay_openai,
+    ("responses", Dialect.ANTHROPIC): relay_responses_over_anthropic,
     ("messages", Dialect.OPENAI): relay_messages_over_openai,
     ("count_tokens", Dialect.OPENAI): relay_messages_over_openai,  # answered with an estimate, never sent up
 }

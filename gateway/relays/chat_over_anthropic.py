@@ -18,6 +18,9 @@ from gateway.dialects.anthropic_to_openai import (
     message_to_chat_completion,
 )
 from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
+from gateway.dialects.prompt_cache import with_cache_breakpoints
+from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
+from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
@@ -35,10 +38,18 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
         default_max_tokens=alias.default_max_tokens,
         thinking_budgets=alias.thinking_budgets,
     )
+    custom: frozenset[str] = frozenset()  # a Responses-shaped body's custom tools, answered as custom calls
     try:
-        translated = chat_request_to_anthropic(ex.body, options)
+        if is_responses_body(ex.body):  # Cursor posts some models' requests in Responses shape, wants Chat back
+            # `store` is ignored on this route, as in Chat Completions bodies: nothing here would be stored.
+            translation = responses_request_to_anthropic({**ex.body, "store": False}, options)
+            translated, custom = translation.request, translation.custom_tools
+        else:
+            translated = chat_request_to_anthropic(ex.body, options)
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
+    if alias.auto_cache:  # OpenAI clients send no cache_control; the alias asks the gateway to add it
+        translated = with_cache_breakpoints(translated)
     stream = translated.get("stream") is True
 
     def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
@@ -50,9 +61,9 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
         if reply.status != 200:
             await _openai_error(ex, reply)
         elif stream:
-            await _openai_stream(ex, reply)
+            await _openai_stream(ex, reply, custom)
         else:
-            await _openai_whole(ex, reply)
+            await _openai_whole(ex, reply, custom)
     finally:
         reply.release()
 
@@ -70,7 +81,7 @@ async def _openai_error(ex: Exchange, reply: UpstreamReply) -> None:
     ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
-async def _openai_whole(ex: Exchange, reply: UpstreamReply) -> None:
+async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
     message = json_object(await reply.read())
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = 200
@@ -78,10 +89,12 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply) -> None:
     body = message_to_chat_completion(
         message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
     )
+    if custom:
+        body = chat_completion_with_custom_calls(body, custom)
     ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
+async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
     assert ex.target is not None
     ex.streamed = True
     ex.status = 200
@@ -95,6 +108,7 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
     )
     await resp.prepare(ex.request)
     parser = sse.SSEParser()
+    held = ChatCustomCalls(custom)
     try:
         async for chunk in reply.chunks():
             if ex.first_byte_ns is None:
@@ -102,7 +116,8 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply) -> None:
             frames: list[bytes] = []
             for event, data in parser.feed(chunk):
                 note_anthropic_event(ex, event, data)
-                frames.extend(sse.data_frame(c) for c in translator.feed(event, json_object(data)))
+                chunks = translator.feed(event, json_object(data))
+                frames.extend(sse.data_frame(c) for c in (held.feed(chunks) if custom else chunks))
             if frames and not await write_quietly(resp, b"".join(frames)):
                 ex.status = CLIENT_CLOSED
                 return

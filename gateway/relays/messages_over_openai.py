@@ -26,7 +26,7 @@ from gateway.dialects.openai_to_anthropic_reply import (
     error_to_anthropic,
 )
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import eof_quietly, json_object, send, write_quietly
@@ -48,9 +48,12 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
         _estimate_tokens(ex, translated)
         return
     stream = translated.get("stream") is True
-    body = orjson.dumps(translated)
-    call = UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
-    reply = await send(ex, call)
+
+    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
+        body = orjson.dumps({**translated, "model": target.provider_model})
+        return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
+
+    reply = await send(ex, build)
     try:
         if reply.status != 200:
             await _anthropic_error(ex, reply)

@@ -19,7 +19,7 @@ from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
 from gateway.errors import GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange
+from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import eof_quietly, json_object, relayed_headers, send, with_model, write_quietly
@@ -36,14 +36,13 @@ async def relay_openai(ex: Exchange) -> None:
     assert ex.target is not None
     stream = ex.body.get("stream") is True
     caller_wants_usage = include_usage(ex.body)
-    call = UpstreamCall(
-        path=CHAT_COMPLETIONS_PATH,
-        query_string="",
-        headers={},  # the caller's OpenAI-Organization/Project would name the caller's account, not ours
-        body=_upstream_body(ex, force_usage=stream and not caller_wants_usage),
-        stream=stream,
-    )
-    reply = await send(ex, call)
+
+    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
+        body = _upstream_body(ex, target.provider_model, force_usage=stream and not caller_wants_usage)
+        # No caller headers: OpenAI-Organization/Project would name the caller's account, not ours.
+        return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
+
+    reply = await send(ex, build)
     try:
         if stream and reply.status == 200:
             await _relay_stream(ex, reply, keep_usage_chunk=caller_wants_usage)
@@ -59,9 +58,7 @@ def include_usage(body: dict[str, Any]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _upstream_body(ex: Exchange, *, force_usage: bool) -> bytes:
-    assert ex.target is not None
-    model = ex.target.provider_model
+def _upstream_body(ex: Exchange, model: str, *, force_usage: bool) -> bytes:
     if not force_usage:
         return with_model(ex.raw_body, ex.body, model)
     options = ex.body.get("stream_options")

@@ -1,0 +1,117 @@
+"""OpenAI Responses caller (POST /v1/responses: Codex CLI, the `openai` SDK), Anthropic provider.
+
+Stateless: every request carries the whole conversation as `input` items; the gateway stores no response.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.dialects import sse
+from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
+from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
+from gateway.dialects.prompt_cache import with_cache_breakpoints
+from gateway.dialects.responses import (
+    ResponseContext,
+    error_to_responses,
+    event_frame,
+    message_to_response,
+    responses_request_to_anthropic,
+)
+from gateway.dialects.responses_stream import ResponsesStreamTranslator
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.pipeline import Exchange, Target
+from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, write_quietly
+from gateway.stages.usage_log import CLIENT_CLOSED
+
+log = structlog.get_logger("gateway.relay")
+
+
+async def relay_responses_over_anthropic(ex: Exchange) -> None:
+    assert ex.target is not None
+    alias = ex.target.alias
+    options = TranslationOptions(
+        provider_model=ex.target.provider_model,
+        default_max_tokens=alias.default_max_tokens,
+        thinking_budgets=alias.thinking_budgets,
+    )
+    try:
+        translation = responses_request_to_anthropic(ex.body, options)
+    except TranslationError as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+    request = with_cache_breakpoints(translation.request) if alias.auto_cache else translation.request
+    stream = request.get("stream") is True
+
+    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
+        body = orjson.dumps({**request, "model": target.provider_model})
+        return UpstreamCall(path="/v1/messages", query_string="", headers={}, body=body, stream=stream)
+
+    ctx = ResponseContext(f"resp_{ex.request_id}", int(time.time()), ex.alias_name, translation)
+    reply = await send(ex, build)
+    try:
+        if reply.status != 200:
+            await _error(ex, reply)
+        elif stream:
+            await _stream(ex, reply, ctx)
+        else:
+            await _whole(ex, reply, ctx)
+    finally:
+        reply.release()
+
+
+async def _error(ex: Exchange, reply: UpstreamReply) -> None:
+    data = await reply.read()
+    ex.first_byte_ns = time.perf_counter_ns()
+    status, body = error_to_responses(reply.status, data)
+    ex.status = status
+    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
+    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
+
+
+async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
+    message = json_object(await reply.read())
+    ex.first_byte_ns = time.perf_counter_ns()
+    ex.status = 200
+    ex.usage.update_from_anthropic(message.get("usage") or {})
+    ex.response = web.Response(body=orjson.dumps(message_to_response(message, ctx)), content_type="application/json")
+
+
+async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
+    ex.streamed = True
+    ex.status = 200
+    translator = ResponsesStreamTranslator(ctx)
+    resp = ex.response = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(ex.request)
+    parser = sse.SSEParser()
+    try:
+        async for chunk in reply.chunks():
+            if ex.first_byte_ns is None:
+                ex.first_byte_ns = time.perf_counter_ns()
+            frames: list[bytes] = []
+            for event, data in parser.feed(chunk):
+                note_anthropic_event(ex, event, data)
+                frames.extend(event_frame(e) for e in translator.feed(event, json_object(data)))
+            if frames and not await write_quietly(resp, b"".join(frames)):
+                ex.status = CLIENT_CLOSED
+                return
+        if not translator.finished:  # the body ended cleanly but early: response.completed would pass it off as whole
+            assert ex.target is not None
+            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
+    except GatewayError as err:
+        ex.status = err.status_for(ex.dialect)
+        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
+        await write_quietly(resp, b"".join(event_frame(e) for e in translator.fail("api_error", err.message)))
+    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
+    await eof_quietly(resp)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()

@@ -1,0 +1,379 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.dialects.openai_to_anthropic_reply import (
+    STOP_REASONS,
+    AnthropicStreamTranslator,
+    Event,
+    chat_completion_to_message,
+    error_to_anthropic,
+    usage_to_anthropic,
+)
+from tests.fakes.upstream import openai_events_for
+
+MSG_ID, MODEL = "msg_abc", "gpt-fast"
+OPENAI_USAGE = {"prompt_tokens": 120, "completion_tokens": 7, "total_tokens": 127}
+ANTHROPIC_USAGE = {
+    "input_tokens": 120,
+    "output_tokens": 7,
+    "cache_read_input_tokens": 0,
+    "cache_creation_input_tokens": 0,
+}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "gateway"}'}}
+
+
+def completion(message: dict[str, Any], finish_reason: str | None = "stop") -> dict[str, Any]:
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-4o-mini",
+        "choices": [choice],
+        "usage": OPENAI_USAGE,
+    }
+
+
+def anthropic_message(content: list[dict[str, Any]], stop_reason: str) -> dict[str, Any]:
+    return {
+        "id": MSG_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": ANTHROPIC_USAGE,
+    }
+
+
+def translate(reply: dict[str, Any]) -> dict[str, Any]:
+    return chat_completion_to_message(reply, message_id=MSG_ID, model=MODEL)
+
+
+# --- whole replies ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "stop_reason"), [*STOP_REASONS.items(), (None, "end_turn"), ("new_one", "end_turn")]
+)
+def test_stop_reason(finish_reason: str | None, stop_reason: str) -> None:
+    reply = translate(completion({"role": "assistant", "content": "hi"}, finish_reason))
+    assert reply["stop_reason"] == stop_reason
+
+
+@pytest.mark.parametrize(
+    ("message", "finish_reason", "content", "stop_reason"),
+    [
+        pytest.param(
+            {"role": "assistant", "content": "Hello"},
+            "stop",
+            [{"type": "text", "text": "Hello"}],
+            "end_turn",
+            id="text",
+        ),
+        pytest.param(
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            "tool_calls",
+            [{"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "gateway"}}],
+            "tool_use",
+            id="tool-call",
+        ),
+        pytest.param(
+            {"role": "assistant", "content": "Checking.", "tool_calls": [CALL, {**CALL, "id": "call_2"}]},
+            "tool_calls",
+            [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "gateway"}},
+                {"type": "tool_use", "id": "call_2", "name": "lookup", "input": {"q": "gateway"}},
+            ],
+            "tool_use",
+            id="text-and-two-calls",
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "now", "arguments": ""}}]},
+            "tool_calls",
+            [{"type": "tool_use", "id": f"toolu_{MSG_ID}_0", "name": "now", "input": {}}],
+            "tool_use",
+            id="call-without-id-or-arguments",
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "lookup", "arguments": "{not json"}}]},
+            "tool_calls",
+            [{"type": "tool_use", "id": "call_1", "name": "lookup", "input": {}}],
+            "tool_use",
+            id="unparseable-arguments",
+        ),
+        pytest.param(
+            {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+            "content_filter",
+            [{"type": "text", "text": "I can't help with that."}],
+            "refusal",
+            id="refusal",
+        ),
+        pytest.param(
+            {"role": "assistant", "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]},
+            "stop",
+            [{"type": "text", "text": "Hello"}],
+            "end_turn",
+            id="content-parts",
+        ),
+        pytest.param({"role": "assistant", "content": ""}, "length", [], "max_tokens", id="empty"),
+    ],
+)
+def test_whole_reply(
+    message: dict[str, Any], finish_reason: str, content: list[dict[str, Any]], stop_reason: str
+) -> None:
+    assert translate(completion(message, finish_reason)) == anthropic_message(content, stop_reason)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        pytest.param(OPENAI_USAGE, ANTHROPIC_USAGE, id="plain"),
+        pytest.param(
+            {"prompt_tokens": 1000, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 900}},
+            {"input_tokens": 100, "output_tokens": 3, "cache_read_input_tokens": 900, "cache_creation_input_tokens": 0},
+            id="cached",
+        ),
+        pytest.param(
+            {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": None},
+            {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            id="null-details",
+        ),
+        pytest.param(
+            None,
+            {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            id="none",
+        ),
+    ],
+)
+def test_usage(usage: dict[str, Any] | None, expected: dict[str, int]) -> None:
+    assert usage_to_anthropic(usage) == expected
+
+
+# --- errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected_type", "message"),
+    [
+        pytest.param(
+            429,
+            {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+            "rate_limit_error",
+            "Rate limit reached",
+            id="openai-429",
+        ),
+        pytest.param(
+            401,
+            {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}},
+            "authentication_error",
+            "Incorrect API key",
+            id="openai-401",
+        ),
+        pytest.param(
+            404, {"error": "model 'llama9' not found"}, "not_found_error", "model 'llama9' not found", id="ollama"
+        ),
+        pytest.param(
+            400, {"detail": "max_tokens is too large"}, "invalid_request_error", "max_tokens is too large", id="fastapi"
+        ),
+        pytest.param(503, b"<html>bad gateway</html>", "api_error", "upstream returned HTTP 503", id="html"),
+        pytest.param(500, {"error": {"message": "boom"}}, "api_error", "boom", id="500"),
+        pytest.param(422, {"message": "bad"}, "invalid_request_error", "bad", id="other-4xx"),
+    ],
+)
+def test_error_to_anthropic(status: int, body: object, expected_type: str, message: str) -> None:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    got_status, got = error_to_anthropic(status, raw)
+    assert got_status == status
+    assert got["type"] == "error" and got["error"]["type"] == expected_type
+    assert got["error"]["message"].startswith(message)
+
+
+# --- streams ------------------------------------------------------------------------------------------
+
+
+def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "choices": [choice], **extra}
+
+
+def usage_chunk(usage: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": usage}
+
+
+def run(chunks: list[dict[str, Any]], *, done: bool = True) -> list[Event]:
+    translator = AnthropicStreamTranslator(message_id=MSG_ID, model=MODEL)
+    events = [event for c in chunks for event in translator.feed(c)]
+    return events + translator.finish() if done else events
+
+
+def ev(name: str, **data: Any) -> Event:
+    return name, {"type": name, **data}
+
+
+MESSAGE_START = ev(
+    "message_start",
+    message={
+        "id": MSG_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    },
+)
+
+
+def test_text_stream_exact_events() -> None:
+    events = run(
+        [
+            chunk({"role": "assistant", "content": ""}, usage=None),
+            chunk({"content": "Hel"}, usage=None),
+            chunk({"content": "lo"}, usage=None),
+            chunk({}, "stop", usage=None),
+            usage_chunk(OPENAI_USAGE),
+        ]
+    )
+    assert events == [
+        MESSAGE_START,
+        ev("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        ev("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hel"}),
+        ev("content_block_delta", index=0, delta={"type": "text_delta", "text": "lo"}),
+        ev("content_block_stop", index=0),
+        ev("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None}, usage=ANTHROPIC_USAGE),
+        ev("message_stop"),
+    ]
+
+
+def test_text_then_two_tool_calls_exact_events() -> None:
+    events = run(
+        [
+            chunk({"role": "assistant", "content": "Checking."}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"q": '}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"a"}'}}]}),
+            chunk({"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    assert events == [
+        MESSAGE_START,
+        ev("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        ev("content_block_delta", index=0, delta={"type": "text_delta", "text": "Checking."}),
+        ev("content_block_stop", index=0),
+        ev(
+            "content_block_start",
+            index=1,
+            content_block={"type": "tool_use", "id": "call_1", "name": "lookup", "input": {}},
+        ),
+        ev("content_block_delta", index=1, delta={"type": "input_json_delta", "partial_json": '{"q": '}),
+        ev("content_block_delta", index=1, delta={"type": "input_json_delta", "partial_json": '"a"}'}),
+        ev("content_block_stop", index=1),
+        ev(
+            "content_block_start",
+            index=2,
+            content_block={"type": "tool_use", "id": "call_2", "name": "now", "input": {}},
+        ),
+        ev("content_block_delta", index=2, delta={"type": "input_json_delta", "partial_json": "{}"}),
+        ev("content_block_stop", index=2),
+        ev(
+            "message_delta",
+            delta={"stop_reason": "tool_use", "stop_sequence": None},
+            usage=usage_to_anthropic(None),  # no usage chunk came
+        ),
+        ev("message_stop"),
+    ]
+
+
+def test_empty_stream_still_opens_and_closes_the_message() -> None:
+    assert run([]) == [
+        MESSAGE_START,
+        ev("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None}, usage=usage_to_anthropic(None)),
+        ev("message_stop"),
+    ]
+
+
+def test_in_stream_error_ends_the_stream() -> None:
+    translator = AnthropicStreamTranslator(message_id=MSG_ID, model=MODEL)
+    translator.feed(chunk({"content": "Hi"}))
+    events = translator.feed({"error": {"message": "The server had an error", "type": "server_error"}})
+    assert events == [ev("error", error={"type": "api_error", "message": "The server had an error"})]
+    assert translator.finished and translator.finish() == [] and translator.feed(chunk({"content": "x"})) == []
+
+
+def test_finish_reason_is_remembered_for_a_stream_without_done() -> None:
+    translator = AnthropicStreamTranslator(message_id=MSG_ID, model=MODEL)
+    translator.feed(chunk({"content": "Hi"}))
+    assert not translator.saw_finish_reason
+    translator.feed(chunk({}, "length"))
+    assert translator.saw_finish_reason and not translator.finished
+    assert translator.finish()[-2][1]["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_usage_on_the_finish_chunk_is_read_too() -> None:  # some servers put usage beside finish_reason
+    events = run([chunk({"content": "Hi"}), chunk({}, "stop", usage=OPENAI_USAGE)])
+    assert events[-2][1]["usage"] == ANTHROPIC_USAGE
+
+
+def assemble(events: list[Event]) -> list[dict[str, Any]]:
+    """The content blocks a strict Anthropic client builds from `events`, checking the order as it goes."""
+    blocks: list[dict[str, Any]] = []
+    json_parts: dict[int, str] = {}
+    open_index = None
+    for name, data in events:
+        if name == "content_block_start":
+            assert open_index is None and data["index"] == len(blocks)
+            open_index = data["index"]
+            blocks.append(dict(data["content_block"]))
+        elif name == "content_block_delta":
+            assert data["index"] == open_index
+            delta = data["delta"]
+            if delta["type"] == "text_delta":
+                blocks[open_index]["text"] += delta["text"]
+            else:
+                json_parts[open_index] = json_parts.get(open_index, "") + delta["partial_json"]
+        elif name == "content_block_stop":
+            assert data["index"] == open_index
+            if open_index in json_parts:
+                blocks[open_index]["input"] = orjson.loads(json_parts[open_index])
+            open_index = None
+    assert open_index is None
+    return blocks
+
+
+@pytest.mark.parametrize("with_tool", [False, True], ids=["text", "tool"])
+def test_stream_and_whole_reply_agree(with_tool: bool) -> None:
+    """The fake upstream's stream for a completion assembles to what the non-stream translation gives."""
+    message: dict[str, Any] = {"role": "assistant", "content": "Hello there, world"}
+    if with_tool:
+        message = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    whole = completion(message, "tool_calls" if with_tool else "stop")
+    translator = AnthropicStreamTranslator(message_id=MSG_ID, model=MODEL)
+    events: list[Event] = []
+    for _, data in openai_events_for(whole, include_usage=True):
+        events += translator.finish() if data == "[DONE]" else translator.feed(data)  # type: ignore[arg-type]
+
+    expected = translate(whole)
+    assert assemble(events) == expected["content"]
+    assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
+    assert events[-2][1]["delta"]["stop_reason"] == expected["stop_reason"]
+    assert events[-2][1]["usage"] == expected["usage"] == translator.usage
