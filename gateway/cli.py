@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -42,6 +44,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     return serve(cfg, host=args.host, port=args.port, workers=args.workers)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Make the running `gateway serve` re-read its config file (sends it SIGHUP)."""
+    from gateway.server import pid_file_path
+
+    cfg = _config(args)  # validate first: a bad file is refused here, before the server sees it
+    path = pid_file_path(cfg)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError):
+        raise UsageError(f"no running gateway found ({path} is missing or unreadable)") from None
+    except ProcessLookupError:
+        raise UsageError(f"the gateway recorded in {path} (pid {pid}) is not running") from None
+    print(f"asked gateway {pid} to reload {cfg.source}")
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -158,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
     command("migrate", cmd_migrate)
+    command("reload", cmd_reload)
 
     config = sub.add_parser("config", help="configuration commands").add_subparsers(dest="sub", required=True)
     check = command("check", cmd_config_check, config)

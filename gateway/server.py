@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -71,7 +72,7 @@ def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 def _run_worker(cfg: GatewayConfig, dsn: str, sock: socket.socket) -> None:
     _install_uvloop()
-    app = build_app(cfg, dsn=dsn)
+    app = build_app(cfg, dsn=dsn, reload_on_sighup=True)
     web.run_app(
         app,
         sock=sock,
@@ -103,14 +104,28 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
     )
     if first_key:
         _print_first_key(first_key, host, sock.getsockname()[1])
+    pid_file = write_pid_file(cfg)
     try:
         if workers == 1:
             _run_worker(cfg, dsn, sock)
             return 0
         return _supervise(cfg, dsn, sock, workers)
     finally:
+        pid_file.unlink(missing_ok=True)
         if embedded is not None and embedded.started:
             embedded.stop()
+
+
+def pid_file_path(cfg: GatewayConfig) -> Path:
+    """Where `gateway serve` records its pid for `gateway reload`: beside the embedded data dir."""
+    return Path(cfg.database.embedded_data_dir).parent / "gateway.pid"
+
+
+def write_pid_file(cfg: GatewayConfig) -> Path:
+    path = pid_file_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{os.getpid()}\n")
+    return path
 
 
 def _supervise(cfg: GatewayConfig, dsn: str, sock: socket.socket, workers: int) -> int:
@@ -141,6 +156,7 @@ def _supervise(cfg: GatewayConfig, dsn: str, sock: socket.socket, workers: int) 
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its own config
     status = 0
     for child in children:
         _, code = os.waitpid(child, 0)
