@@ -21,6 +21,7 @@ from gateway.dialect import Dialect
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
+    Forbidden,
     GatewayError,
     MethodNotAllowed,
     RequestTimeout,
@@ -28,10 +29,12 @@ from gateway.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange
 from gateway.runtime import build_runtime, reload_config
 from gateway.services import open_services
+from gateway.stages.usage_log import CLIENT_CLOSED
 from gateway.state import REQUEST_ID, RUNTIME, SERVICES
 
 log = structlog.get_logger("gateway")
@@ -155,19 +158,32 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
         app = request.app
         runtime = app[RUNTIME]  # read once: a reload during this request does not change its path
         server = runtime.config.server
-        raw, body = await read_json_body(request, server.max_body_bytes, server.body_timeout_s)
-        ex = Exchange(dialect, route, request, raw, body, request[REQUEST_ID], billable=billable)
+        ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
+        status = 500
         try:
+            ex.raw_body, ex.body = await read_json_body(request, server.max_body_bytes, server.body_timeout_s)
             await runtime.pipeline(ex)
+            status = ex.status
+        except GatewayError as err:
+            status = err.status_for(dialect)
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
         finally:
-            _log_exchange(ex)
+            _observe(app[SERVICES].metrics, ex, status)
         assert ex.response is not None
         return ex.response
 
     return handle
 
 
-def _log_exchange(ex: Exchange) -> None:
+def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
+    """One log line and the request metrics for every request on a pipeline route, refused ones included."""
+    seconds = (time.perf_counter_ns() - ex.started_ns) / 1e9
+    alias = ex.target.alias.name if ex.target else "-"  # only routed ids: callers cannot grow the label set
+    metrics.requests.labels(ex.route, alias, str(status)).inc()
+    metrics.latency.labels(ex.route).observe(seconds)
     log.info(
         "request",
         request_id=ex.request_id,
@@ -175,11 +191,11 @@ def _log_exchange(ex: Exchange) -> None:
         key=ex.principal.lookup_id if ex.principal else None,
         alias=ex.alias_name,
         model=ex.target.provider_model if ex.target else None,
-        status=ex.status or None,
+        status=status,
         stream=ex.streamed,
         input_tokens=ex.usage.input_tokens,
         output_tokens=ex.usage.output_tokens,
-        ms=round((time.perf_counter_ns() - ex.started_ns) / 1e6, 2),
+        ms=round(seconds * 1000, 2),
     )
 
 
@@ -191,6 +207,37 @@ async def models(request: web.Request) -> web.StreamResponse:
     cfg = runtime.config
     body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """GET /metrics in Prometheus' text format; an admin key unless metrics.require_admin is false."""
+    runtime = request.app[RUNTIME]
+    if runtime.config.metrics.require_admin:
+        ex = Exchange(Dialect.OPENAI, "metrics", request, b"", {}, request[REQUEST_ID], billable=False)
+        await runtime.auth_pipeline(ex)
+        if ex.principal is None or not ex.principal.is_admin:
+            raise Forbidden("/metrics needs an admin key (or set metrics.port to serve it on a private port)")
+    return _metrics_response(request.app[SERVICES].metrics)
+
+
+def _metrics_response(metrics: Metrics) -> web.Response:
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _serve_metrics_port(cfg: GatewayConfig, metrics: Metrics) -> web.AppRunner | None:
+    """metrics.port: /metrics without auth on a separate (private) listener; every worker binds it."""
+    if not cfg.metrics.port:
+        return None
+    side = web.Application()
+
+    async def scrape(request: web.Request) -> web.Response:
+        return _metrics_response(metrics)
+
+    side.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, cfg.metrics.host, cfg.metrics.port, reuse_port=True).start()
+    return runner
 
 
 # --- probes ------------------------------------------------------------------------------------------
@@ -239,7 +286,10 @@ def build_app(
         app[RUNTIME] = runtime = build_runtime(cfg, svc)
         if reload_on_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, runtime, svc)
+        side = await _serve_metrics_port(cfg, svc.metrics)
         yield
+        if side is not None:
+            await side.cleanup()
         await svc.aclose()
 
     app.cleanup_ctx.append(services_ctx)
@@ -253,6 +303,7 @@ def build_app(
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_document())
     admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route

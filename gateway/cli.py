@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -40,10 +41,14 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the gateway (migrating the database first)."""
+    cfg = _config(args)
+    workers = args.workers or cfg.server.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is first imported: /metrics then sums every worker.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     from gateway.server import serve
 
-    cfg = _config(args)
-    return serve(cfg, host=args.host, port=args.port, workers=args.workers)
+    return serve(cfg, host=args.host, port=args.port, workers=workers)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -146,6 +146,13 @@ class UsageLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    require_admin: bool = True  # GET /metrics on the main port needs an admin key
+    port: int = 0  # >0: also serve /metrics, without auth, on metrics.host:port (keep it private)
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     format: str = "auto"  # json | console | auto (console on a terminal, json otherwise)
     level: str = "info"
@@ -163,6 +170,7 @@ class GatewayConfig:
     usage_log: UsageLogConfig
     logging: LoggingConfig
     pipeline: tuple[str, ...]
+    metrics: MetricsConfig = MetricsConfig()
     routing: RoutingConfig = RoutingConfig()
     source: str = "<defaults>"
 
@@ -474,6 +482,19 @@ def _usage_log(raw: Any) -> UsageLogConfig:
     )
 
 
+def _metrics(raw: Any) -> MetricsConfig:
+    s = _section(raw, "metrics", {"require_admin", "port", "host"})
+    d = MetricsConfig()
+    port = _get(s, "port", "metrics", int, d.port)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics.port: {port} is not a TCP port")
+    return MetricsConfig(
+        require_admin=_get(s, "require_admin", "metrics", bool, d.require_admin),
+        port=port,
+        host=_get(s, "host", "metrics", str, d.host),
+    )
+
+
 def _logging(raw: Any) -> LoggingConfig:
     s = _section(raw, "logging", {"format", "level"})
     fmt = _get(s, "format", "logging", str, "auto")
@@ -552,6 +573,7 @@ TOP_LEVEL = {
     "auth",
     "usage_log",
     "logging",
+    "metrics",
     "pipeline",
 }
 
@@ -575,6 +597,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
         usage_log=_usage_log(doc.get("usage_log")),
         logging=_logging(doc.get("logging")),
         pipeline=_pipeline(doc.get("pipeline")),
+        metrics=_metrics(doc.get("metrics")),
         source=source,
     )
 

@@ -117,7 +117,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
         ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
-        "budget": CheckBudget(svc.usage_view, cfg.budgets),
+        "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),

@@ -20,7 +20,7 @@ from gateway.services import Services
 
 log = structlog.get_logger("gateway.reload")
 
-RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging")
+RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics")
 
 
 @dataclass

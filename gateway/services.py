@@ -16,12 +16,14 @@ import aiohttp
 import asyncpg
 import bcrypt
 import structlog
+from aiohttp import web
 
 from gateway import db
 from gateway.budgets import UsageView, utc_now
 from gateway.config import GatewayConfig, ProviderConfig
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
+from gateway.metrics import Metrics
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
@@ -49,6 +51,7 @@ class Services:
     env_admin: EnvAdminKey | None = None
     embedded: EmbeddedPostgres | None = None
     provider_configs: dict[str, ProviderConfig] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def apply_config(self, cfg: GatewayConfig) -> None:
@@ -70,6 +73,9 @@ class Services:
             await provider.aclose()
         await self.http.close()
         await self.pool.close()
+
+
+SERVICES = web.AppKey("services", Services)  # set on the application at startup
 
 
 def database_url(cfg: GatewayConfig) -> tuple[str, EmbeddedPostgres | None]:
@@ -121,16 +127,19 @@ async def open_services(
     view = UsageView(pool, refresh_s=cfg.budgets.refresh_s, clock=clock or utc_now)
     await view.refresh()
     view.start()
+    metrics = Metrics()
     usage_log = UsageLog(
         pool,
         cfg.price_for,
         view,
+        metrics=metrics,
         flush_interval_ms=cfg.usage_log.flush_interval_ms,
         flush_rows=cfg.usage_log.flush_rows,
         max_queue_rows=cfg.usage_log.max_queue_rows,
         spill=SpillDir(Path(cfg.usage_log.spill_dir)),
     )
     usage_log.start()
+    metrics.before_scrape(lambda: _observe_pool(metrics, pool))
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
     return Services(
         pool,
@@ -143,7 +152,14 @@ async def open_services(
         env_admin,
         embedded,
         provider_configs=dict(cfg.providers),
+        metrics=metrics,
     )
+
+
+def _observe_pool(metrics: Metrics, pool: asyncpg.Pool) -> None:
+    idle = pool.get_idle_size()
+    metrics.db_pool.labels("idle").set(idle)
+    metrics.db_pool.labels("in_use").set(pool.get_size() - idle)
 
 
 async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminKey | None:

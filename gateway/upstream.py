@@ -23,6 +23,7 @@ import structlog
 
 from gateway.config import Retries
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.metrics import Metrics
 from gateway.providers.base import UpstreamCall, UpstreamReply
 
 if TYPE_CHECKING:
@@ -97,7 +98,9 @@ def _order(targets: list[Target]) -> list[Target]:
     return awake + [t for t in targets if t.health.resting()]
 
 
-async def send_with_fallbacks(primary: Target, build: Callable[[Target], UpstreamCall]) -> tuple[Target, UpstreamReply]:
+async def send_with_fallbacks(
+    primary: Target, build: Callable[[Target], UpstreamCall], metrics: Metrics
+) -> tuple[Target, UpstreamReply]:
     """The first good reply from the alias's deployments, and the deployment that gave it.
 
     When every try fails, the last upstream error reply is returned (its status and message reach the
@@ -112,16 +115,21 @@ async def send_with_fallbacks(primary: Target, build: Callable[[Target], Upstrea
                 reply = await target.provider.send(build(target))
             except (UpstreamUnreachable, UpstreamTimeout) as err:
                 last_error, wait = err, backoff_s(target.retries, attempt)
+                metrics.upstream_errors.labels(target.provider.name, type(err).__name__).inc()
             else:
                 if reply.status not in RETRYABLE_STATUSES:
                     target.health.succeeded()
+                    if target is not primary:
+                        metrics.fallbacks.labels(primary.alias.name, target.provider.name).inc()
                     return target, reply
+                metrics.upstream_errors.labels(target.provider.name, str(reply.status)).inc()
                 body = await _read_and_release(reply)
                 last_reply = (target, BufferedReply(reply.status, reply.headers, body))
                 wait = retry_after_s(reply.headers) or backoff_s(target.retries, attempt)
             if attempt + 1 == target.retries.attempts or time.monotonic() + wait > deadline:
                 break
             log.info("upstream_retry", provider=target.provider.name, attempt=attempt + 1, wait_s=round(wait, 3))
+            metrics.upstream_retries.labels(target.provider.name).inc()
             await asyncio.sleep(wait)
         target.health.failed()
         if time.monotonic() >= deadline:

@@ -20,6 +20,7 @@ import structlog
 from gateway import db
 from gateway.budgets import Amounts, UsageView, month_of, scopes
 from gateway.config import Price
+from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Usage
 from gateway.usage_spill import SpillDir
 
@@ -70,7 +71,9 @@ class UsageLog:
         flush_rows: int = 500,
         max_queue_rows: int = 50_000,
         spill: SpillDir | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._pool, self.price_for, self._view = pool, price_for, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._max_queue, self._spill = max_queue_rows, spill
@@ -115,8 +118,26 @@ class UsageLog:
                 ex.streamed,
             )
         )
+        self._observe(ex, u, cost, ttfb_ms)
         if len(self._rows) >= self._flush_rows:
             self._wake.set()
+
+    def _observe(self, ex: Exchange, u: Usage, cost: Decimal | None, ttfb_ms: float | None) -> None:
+        assert ex.target is not None
+        m, alias = self._metrics, ex.target.alias.name
+        for kind, count in (
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_read", u.cache_read_tokens),
+            ("cache_write", u.cache_write_tokens),
+        ):
+            if count:
+                m.tokens.labels(alias, kind).inc(count)
+        if cost:
+            m.cost.labels(alias).inc(float(cost))
+        if ttfb_ms is not None:
+            m.ttfb.labels(ex.route).observe(ttfb_ms / 1000)
+        m.usage_queue.set(len(self._rows))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-log-flusher")
@@ -140,6 +161,7 @@ class UsageLog:
                 await self._replay_spilled()
                 return 0
             batch, self._rows = self._rows, []
+            started = time.perf_counter()
             try:
                 await db.insert_usage(self._pool, batch)
             except db.UNAVAILABLE as exc:
@@ -152,6 +174,8 @@ class UsageLog:
                 return 0
             self._view.stored(_amounts(batch))
             self.written += len(batch)
+            self._metrics.usage_flush.observe(time.perf_counter() - started)
+            self._metrics.usage_queue.set(len(self._rows))
             await self._replay_spilled()
             return len(batch)
 
@@ -163,6 +187,7 @@ class UsageLog:
         oldest, self._rows = self._rows[:excess], self._rows[excess:]
         path = self._spill.append(oldest)
         self.spilled += len(oldest)
+        self._metrics.usage_spilled.inc(len(oldest))
         log.warning("usage_spilled", rows=len(oldest), file=str(path))
 
     def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.services import SERVICES
 from gateway.upstream import send_with_fallbacks
 
 # Never forwarded upstream: hop-by-hop headers, framing the gateway redoes, and the caller's credentials.
@@ -88,7 +89,7 @@ async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> Upstrea
     assert ex.target is not None
     if isinstance(build, UpstreamCall):
         raise TypeError("send(ex, build): pass a function of the target, e.g. lambda t: UpstreamCall(...)")
-    ex.target, reply = await send_with_fallbacks(ex.target, build)
+    ex.target, reply = await send_with_fallbacks(ex.target, build, ex.request.app[SERVICES].metrics)
     return reply
 
 

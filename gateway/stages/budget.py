@@ -12,21 +12,26 @@ from gateway.budgets import UsageView
 from gateway.config import BudgetConfig
 from gateway.errors import BudgetExceeded
 from gateway.keys import Principal
+from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
 
 
 class CheckBudget:
     """Refuse with 429 (in the caller's dialect, with the usage figures) once a monthly limit is reached."""
 
-    def __init__(self, usage: UsageView, budgets: BudgetConfig) -> None:
-        self._usage, self._enforce = usage, budgets.enforce
+    def __init__(self, usage: UsageView, budgets: BudgetConfig, metrics: Metrics | None = None) -> None:
+        self._usage, self._enforce, self._metrics = usage, budgets.enforce, metrics or Metrics()
         self._default_tokens = budgets.monthly_token_limit
         self._default_usd = Decimal(str(budgets.monthly_limit_usd))
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         if self._enforce and ex.billable:
             assert ex.principal is not None
-            self.check(ex.principal)
+            try:
+                self.check(ex.principal)
+            except BudgetExceeded as refused:
+                self._metrics.budget_rejections.labels(refused.code).inc()
+                raise
         await call_next(ex)
 
     def check(self, who: Principal) -> None:
