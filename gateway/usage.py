@@ -169,9 +169,8 @@ class UsageLog:
                 log.error("usage_flush_failed", rows=len(batch), queued=len(self._rows), error=str(exc))
                 self._spill_overflow()
                 return 0
-            except asyncpg.PostgresError as exc:  # the database refused the rows themselves: keep them aside
-                self._set_aside(batch, exc)
-                return 0
+            except asyncpg.PostgresError:  # the database refused some row itself: store the others one by one
+                return await self._store_one_by_one(batch)
             self._view.stored(_amounts(batch))
             self.written += len(batch)
             self._metrics.usage_flush.observe(time.perf_counter() - started)
@@ -189,6 +188,24 @@ class UsageLog:
         self.spilled += len(oldest)
         self._metrics.usage_spilled.inc(len(oldest))
         log.warning("usage_spilled", rows=len(oldest), file=str(path))
+
+    async def _store_one_by_one(self, batch: list[tuple[Any, ...]]) -> int:
+        """A batch PostgreSQL refused: one bad row must not take the others down with it."""
+        assert self._pool is not None
+        stored: list[tuple[Any, ...]] = []
+        for row in batch:
+            try:
+                await db.insert_usage(self._pool, [row])
+            except db.UNAVAILABLE:
+                self._rows[:0] = [r for r in batch if r not in stored]
+                break
+            except asyncpg.PostgresError as exc:
+                self._set_aside([row], exc)
+            else:
+                stored.append(row)
+        self._view.stored(_amounts(stored))
+        self.written += len(stored)
+        return len(stored)
 
     def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:
         if self._spill is None:

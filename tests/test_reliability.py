@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
@@ -149,3 +150,30 @@ async def test_usage_is_recorded_for_a_client_that_disappears(
             break
         await asyncio.sleep(0.05)
     assert [r["status"] for r in rows] == [499]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param(
+            "/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": []}]}]}, id="part-type"
+        ),
+        pytest.param("/v1/chat/completions", {"messages": [{"role": [], "content": "hi"}]}, id="role"),
+        pytest.param(
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": []},
+            id="effort",
+        ),
+        pytest.param("/v1/messages", {"model": "claude-x\u0000y", "max_tokens": 5, "messages": []}, id="nul-in-model"),
+        pytest.param("/v1/messages", {"model": "c" * 300, "max_tokens": 5, "messages": []}, id="long-model"),
+    ],
+)
+async def test_inputs_the_fuzzer_found_get_a_400_not_a_500(
+    gateway: TestServer, key: str, path: str, body: dict[str, Any]
+) -> None:
+    payload = {"model": "claude-fast", **body}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(str(gateway.make_url(path)), json=payload, headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
+        assert r.status == 400, await r.text()

@@ -303,6 +303,7 @@ def without(name: str) -> dict[str, str]:
         pytest.param({**VALID, "firstname": None}, "'firstname' is required", id="firstname-null"),
         pytest.param(without("lastname"), "'lastname' is required", id="lastname-missing"),
         pytest.param({**VALID, "lastname": ["x"]}, "'lastname' is required", id="lastname-list"),
+        pytest.param({**VALID, "firstname": "Ad\x00a"}, "'firstname' must not contain NUL", id="firstname-nul"),
         pytest.param(without("claudecodeUserKey"), "'claudecodeUserKey' is required", id="token-missing"),
         pytest.param({**VALID, "claudecodeUserKey": ""}, "'claudecodeUserKey' is required", id="token-empty"),
         pytest.param({**VALID, "claudecodeUserKey": "short"}, "too short", id="token-too-short"),
@@ -550,6 +551,7 @@ async def test_regenerate_replaces_the_key_keeps_the_mapping_and_records_why(
     [
         pytest.param(b'{"reason": 5}', "'reason' must be a string", id="reason-number"),
         pytest.param(b'{"reason": ["a"]}', "'reason' must be a string", id="reason-list"),
+        pytest.param(b'{"reason": "a\\u0000b"}', "without NUL characters", id="reason-nul"),
         pytest.param(b'{"why": "x"}', "unknown field 'why'", id="unknown-field"),
         pytest.param(b"{oops", "not valid JSON", id="malformed-json"),
         pytest.param(b'["reason"]', "must be a JSON object", id="array"),
@@ -957,3 +959,15 @@ async def test_bad_usage_history_query_is_400(
     status, body = await call(gateway, "GET", f"{API}/{user['id']}/usage-history?{query}", admin)
     assert status == 400
     assert_error(body, fragment)
+
+
+async def test_a_bug_behind_the_management_api_is_a_500_in_its_own_error_shape(
+    gateway: TestServer, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(db, "list_users", broken)
+    status, body = await call(gateway, "GET", API, admin)
+    assert status == 500
+    assert_error(body, "internal gateway error")

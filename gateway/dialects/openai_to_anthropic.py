@@ -193,6 +193,8 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: TranslationOptions) -> None:
     effort = body.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise TranslationError(f"reasoning_effort: expected a string, got {effort!r}", "reasoning_effort")
     if effort is None or effort in NO_THINKING_EFFORTS:
         return
     if not opts.thinking_budgets:
@@ -244,6 +246,8 @@ class _Conversation:
 
     def add(self, i: int, message: Mapping[str, Any]) -> None:
         where, role = f"messages[{i}]", message.get("role")
+        if not isinstance(role, str):
+            raise TranslationError(f"{where}.role: expected a string, got {role!r}", f"{where}.role")
         if role in SYSTEM_ROLES:
             self.system.extend(_content_blocks(message.get("content"), role, where))
         elif role == "user":
@@ -304,7 +308,7 @@ def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None
     if not isinstance(part, Mapping):
         raise TranslationError(f"{where}: content parts must be objects, got {part!r}", where)
     kind, allowed = part.get("type"), CONTENT_PART_TYPES[role]
-    if kind not in allowed:
+    if not isinstance(kind, str) or kind not in allowed:
         supported = ", ".join(sorted(allowed))
         message = f"{where}.type: {kind!r} content parts are not supported in {role} messages; supported: {supported}"
         raise TranslationError(message, f"{where}.type")

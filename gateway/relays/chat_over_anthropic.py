@@ -24,7 +24,7 @@ from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_w
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, write_quietly
+from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, unexpected_shape, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -48,6 +48,8 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
             translated = chat_request_to_anthropic(ex.body, options)
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
+        raise unexpected_shape(exc) from None
     if alias.auto_cache:  # OpenAI clients send no cache_control; the alias asks the gateway to add it
         translated = with_cache_breakpoints(translated)
     stream = translated.get("stream") is True

@@ -11,12 +11,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
+from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.services import SERVICES
 from gateway.upstream import send_with_fallbacks
+
+log = structlog.get_logger("gateway.relay")
 
 # Never forwarded upstream: hop-by-hop headers, framing the gateway redoes, and the caller's credentials.
 _REQUEST_HEADERS_DROPPED = frozenset(
@@ -123,3 +127,9 @@ async def write_quietly(resp: web.StreamResponse, data: bytes) -> bool:
 async def eof_quietly(resp: web.StreamResponse) -> None:
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
+
+
+def unexpected_shape(exc: Exception) -> BadRequest:
+    """A 400 for a request body whose fields have types the translator does not handle (logged: it is our gap)."""
+    log.warning("untranslatable_request", error=repr(exc))
+    return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")

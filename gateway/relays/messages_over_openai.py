@@ -29,7 +29,7 @@ from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, send, write_quietly
+from gateway.relays.common import eof_quietly, json_object, send, unexpected_shape, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -44,6 +44,8 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
         translated = messages_request_to_chat(ex.body, provider_model=ex.target.provider_model)
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
+        raise unexpected_shape(exc) from None
     if ex.route == "count_tokens":
         _estimate_tokens(ex, translated)
         return

@@ -16,6 +16,7 @@ from gateway.pipeline import Exchange, Next, Target
 from gateway.providers.base import Provider
 from gateway.upstream import DeploymentHealth
 
+MAX_MODEL_ID = 256
 MAX_REMEMBERED_IDS = 1024  # distinct non-alias model ids whose route is kept (bounded: ids come from callers)
 
 
@@ -50,6 +51,8 @@ class RouteToProvider:
         model = ex.body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' is required and must be a string naming a model alias", param="model")
+        if len(model) > MAX_MODEL_ID or not model.isprintable():
+            raise BadRequest(f"'model' must be printable and at most {MAX_MODEL_ID} characters", param="model")
         target = self._targets.get(model) or self._routed.get(model) or self._route(model)
         if target is None:
             raise UnknownModel(f"unknown model {model!r}; configured aliases: {self._known}")
