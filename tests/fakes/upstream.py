@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import time
 import uuid
@@ -281,9 +282,17 @@ class FakeUpstream:
     """A fake Anthropic/OpenAI upstream with a FIFO queue of scripted replies (`enqueue`) and a request log."""
 
     def __init__(
-        self, *, chunks: int = 5, latency_s: float = 0.0, chunk_delay_s: float = 0.0, record: bool = True
+        self,
+        *,
+        chunks: int = 5,
+        latency_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
+        record: bool = True,
+        fail_rate: float = 0.0,
     ) -> None:
         self.chunks, self.latency_s, self.chunk_delay_s = chunks, latency_s, chunk_delay_s
+        self.fail_rate = fail_rate  # share of default replies that are a 529 overloaded_error (soak tests)
+        self.hits = 0  # API requests received, counted even when not recorded
         self.usage = FakeUsage()
         self.requests: list[Recorded] = []
         self.url = ""
@@ -303,6 +312,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._route(self._chat_reply))
         app.router.add_get("/v1/models", self._route(self._models_reply))
         app.router.add_get("/health", self._health)
+        app.router.add_get("/_stats", self._stats)
         app.router.add_route("*", "/{tail:.*}", self._no_route)
         return app
 
@@ -336,8 +346,12 @@ class FakeUpstream:
             self.requests.append(Recorded(request.method, request.path, request.query_string, headers, raw))
         return await handler(request)
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.hits})
+
     def _route(self, build: Builder) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
+            self.hits += 1
             call = self._parse(request, await request.read())
             script = self._queue.popleft() if self._queue else self._default_script(request)
             if script.body is None and script.events is None:
@@ -358,6 +372,8 @@ class FakeUpstream:
     def _default_script(self, request: web.Request) -> Scripted:
         latency_ms = request.headers.get("x-fake-latency-ms")
         latency_s = float(latency_ms) / 1000 if latency_ms else self.latency_s
+        if self.fail_rate and random.random() < self.fail_rate:
+            return Scripted(status=529, delay_s=latency_s)
         return Scripted(delay_s=latency_s, chunk_delay_s=self.chunk_delay_s)
 
     def _usage(self, call: _Call, words: int) -> dict[str, int]:
@@ -534,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     epilog = (
         "environment: FAKE_HOST, FAKE_PORT (defaults for --host/--port), FAKE_LATENCY_MS (before the first byte),\n"
-        "FAKE_CHUNK_DELAY_MS (between SSE events), FAKE_CHUNKS (words per reply, default 5)"
+        "FAKE_CHUNK_DELAY_MS (between SSE events), FAKE_CHUNKS (words per reply, default 5),\n"
+        "FAKE_FAIL_RATE (share of replies that are a 529, default 0); GET /_stats counts API requests"
     )
     parser = argparse.ArgumentParser(
         prog="python -m tests.fakes.upstream",
@@ -550,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         latency_s=_env_number("FAKE_LATENCY_MS", 0) / 1000,
         chunk_delay_s=_env_number("FAKE_CHUNK_DELAY_MS", 0) / 1000,
         record=False,
+        fail_rate=_env_number("FAKE_FAIL_RATE", 0),
     )
     url = f"http://{args.host}:{args.port}"
     web.run_app(
