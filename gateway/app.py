@@ -131,8 +131,11 @@ async def read_json_body(request: web.Request, max_bytes: int, timeout_s: float)
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
     try:
-        async with asyncio.timeout(timeout_s):
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout_s):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes") from None
     except TimeoutError:

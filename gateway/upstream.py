@@ -98,6 +98,31 @@ def _order(targets: list[Target]) -> list[Target]:
     return awake + [t for t in targets if t.health.resting()]
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """One try: a good reply, or what went wrong and how long to wait before the next."""
+
+    target: Target
+    reply: UpstreamReply | None = None
+    failed_reply: BufferedReply | None = None
+    error: GatewayError | None = None
+    wait_s: float = 0.0
+
+
+async def _try(target: Target, build: Callable[[Target], UpstreamCall], attempt: int, metrics: Metrics) -> _Outcome:
+    try:
+        reply = await target.provider.send(build(target))
+    except (UpstreamUnreachable, UpstreamTimeout) as err:
+        metrics.upstream_errors.labels(target.provider.name, type(err).__name__).inc()
+        return _Outcome(target, error=err, wait_s=backoff_s(target.retries, attempt))
+    if reply.status not in RETRYABLE_STATUSES:
+        return _Outcome(target, reply=reply)
+    metrics.upstream_errors.labels(target.provider.name, str(reply.status)).inc()
+    failed = BufferedReply(reply.status, reply.headers, await _read_and_release(reply))
+    wait_s = retry_after_s(reply.headers) or backoff_s(target.retries, attempt)
+    return _Outcome(target, failed_reply=failed, wait_s=wait_s)
+
+
 async def send_with_fallbacks(
     primary: Target, build: Callable[[Target], UpstreamCall], metrics: Metrics
 ) -> tuple[Target, UpstreamReply]:
@@ -106,38 +131,38 @@ async def send_with_fallbacks(
     When every try fails, the last upstream error reply is returned (its status and message reach the
     caller), or the last connection error is raised.
     """
+    first = None
+    if not primary.health.resting():  # the common case ends here: one try, a good reply
+        first = await _try(primary, build, 0, metrics)
+        if first.reply is not None:
+            primary.health.succeeded()
+            return primary, first.reply
     deadline = time.monotonic() + primary.retries.budget_s
-    last_reply: tuple[Target, UpstreamReply] | None = None
-    last_error: GatewayError | None = None
+    last = first or _Outcome(primary)
     for target in _order([primary, *primary.fallbacks]):
         for attempt in range(target.retries.attempts):
-            try:
-                reply = await target.provider.send(build(target))
-            except (UpstreamUnreachable, UpstreamTimeout) as err:
-                last_error, wait = err, backoff_s(target.retries, attempt)
-                metrics.upstream_errors.labels(target.provider.name, type(err).__name__).inc()
-            else:
-                if reply.status not in RETRYABLE_STATUSES:
-                    target.health.succeeded()
-                    if target is not primary:
-                        metrics.fallbacks.labels(primary.alias.name, target.provider.name).inc()
-                    return target, reply
-                metrics.upstream_errors.labels(target.provider.name, str(reply.status)).inc()
-                body = await _read_and_release(reply)
-                last_reply = (target, BufferedReply(reply.status, reply.headers, body))
-                wait = retry_after_s(reply.headers) or backoff_s(target.retries, attempt)
-            if attempt + 1 == target.retries.attempts or time.monotonic() + wait > deadline:
+            reuse = first is not None and target is primary and attempt == 0
+            outcome = first if reuse and first else await _try(target, build, attempt, metrics)
+            if outcome.reply is not None:
+                target.health.succeeded()
+                if target is not primary:
+                    metrics.fallbacks.labels(primary.alias.name, target.provider.name).inc()
+                return target, outcome.reply
+            last = outcome if outcome.failed_reply or not last.failed_reply else last
+            if attempt + 1 == target.retries.attempts or time.monotonic() + outcome.wait_s > deadline:
                 break
-            log.info("upstream_retry", provider=target.provider.name, attempt=attempt + 1, wait_s=round(wait, 3))
+            log.info(
+                "upstream_retry", provider=target.provider.name, attempt=attempt + 1, wait_s=round(outcome.wait_s, 3)
+            )
             metrics.upstream_retries.labels(target.provider.name).inc()
-            await asyncio.sleep(wait)
+            await asyncio.sleep(outcome.wait_s)
         target.health.failed()
         if time.monotonic() >= deadline:
             break
-    if last_reply is not None:
-        return last_reply
-    assert last_error is not None
-    raise last_error
+    if last.failed_reply is not None:
+        return last.target, last.failed_reply
+    assert last.error is not None
+    raise last.error
 
 
 async def _read_and_release(reply: UpstreamReply) -> bytes:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -28,17 +31,35 @@ log = structlog.get_logger("gateway.usage")
 _MILLION = Decimal(1_000_000)
 
 
+@functools.lru_cache(maxsize=256)
+def _per_token(price: Price) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """A price as exact decimals per token (input, output, cache write, cache read), computed once per price."""
+    return tuple(Decimal(str(p)) / _MILLION for p in (price.input, price.output, price.cache_write, price.cache_read))  # type: ignore[return-value]
+
+
 def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
     """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price."""
     if price is None:
         return None
-    total = (
-        usage.input_tokens * Decimal(str(price.input))
-        + usage.output_tokens * Decimal(str(price.output))
-        + usage.cache_write_tokens * Decimal(str(price.cache_write))
-        + usage.cache_read_tokens * Decimal(str(price.cache_read))
+    per_input, per_output, per_write, per_read = _per_token(price)
+    return (
+        usage.input_tokens * per_input
+        + usage.output_tokens * per_output
+        + usage.cache_write_tokens * per_write
+        + usage.cache_read_tokens * per_read
     )
-    return total / _MILLION
+
+
+class RowIds:
+    """Usage row ids: a random 64-bit prefix per process and a counter. Unique without a syscall per request
+    (uuid4 reads the OS's randomness each time), and a replayed row keeps the id it was made with."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.randbits(64) << 64
+        self._next = itertools.count()
+
+    def __call__(self) -> uuid.UUID:
+        return uuid.UUID(int=self._prefix | next(self._next))
 
 
 _COLUMN = {name: i for i, name in enumerate(db.USAGE_COLUMNS)}
@@ -74,6 +95,7 @@ class UsageLog:
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._new_id = RowIds()
         self._pool, self.price_for, self._view = pool, price_for, view
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._max_queue, self._spill = max_queue_rows, spill
@@ -98,7 +120,7 @@ class UsageLog:
         self._view.recorded(when, who.key_id, who.user_id, u.total, cost)
         self._rows.append(
             (
-                uuid.uuid4(),
+                self._new_id(),
                 when,
                 ex.request_id,
                 who.key_id,

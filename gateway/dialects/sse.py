@@ -25,6 +25,11 @@ class SSEParser:
         self._buffer = bytearray()  # "\n"-normalised bytes of the event still being received
         self._skip_lf = False  # the last chunk ended in "\r": a "\n" opening the next one ends no further line
 
+    @property
+    def pending(self) -> bool:
+        """Whether part of an event is buffered (the next chunk completes it)."""
+        return bool(self._buffer) or self._skip_lf
+
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
         """Complete events in arrival order: (event name, or "message" if unnamed; data lines joined by "\\n")."""
         if not chunk:
@@ -48,6 +53,22 @@ class SSEParser:
         if start:
             del buffer[:start]
         return events
+
+
+class UsageEventScanner:
+    """The events that carry usage (message_start, message_delta, error) from a stream that is only relayed.
+
+    A relay that forwards bytes untouched need not parse the text deltas between them: a chunk that holds
+    whole events and none of these names is skipped with two substring searches.
+    """
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        if not self._parser.pending and chunk.endswith(b"\n\n") and b"message_" not in chunk and b"error" not in chunk:
+            return []
+        return self._parser.feed(chunk)
 
 
 def _parse_event(block: bytes | bytearray) -> tuple[str, bytes] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import aiohttp
+from multidict import CIMultiDict
 
 from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
@@ -25,14 +26,16 @@ class AnthropicProvider:
         # A stream may stay silent up to `idle`; a non-stream reply may take up to `first_byte` to arrive.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
         self._reply_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        self._own_headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",  # relayed as-is: never decompress and recompress
+            **({"x-api-key": cfg.api_key} if cfg.api_key else {}),
+        }
 
     async def send(self, call: UpstreamCall) -> AiohttpReply:
-        headers = dict(call.headers)
+        headers = CIMultiDict(call.headers)  # case-insensitive: the caller may send Anthropic-Version
         headers.setdefault("anthropic-version", DEFAULT_VERSION)
-        headers["content-type"] = "application/json"
-        headers["accept-encoding"] = "identity"  # relayed as-is: never decompress and recompress
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
+        headers.update(self._own_headers)
         url = self._base_url + call.path + (f"?{call.query_string}" if call.query_string else "")
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):

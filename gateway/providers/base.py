@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol
 import aiohttp
 
 from gateway.dialect import Dialect
-from gateway.errors import UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,19 +46,51 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def upstream_error(provider: str, exc: BaseException) -> GatewayError | None:
+    """The gateway's error for an aiohttp/asyncio failure talking to `provider`, or None if it is not one."""
+    if isinstance(exc, TimeoutError):  # before ClientConnectionError: some timeouts are both
+        return UpstreamTimeout(f"{provider} did not answer within the configured timeout")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamUnreachable(f"{provider} broke off the response: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientResponseError):
+        return UpstreamUnreachable(f"{provider} connection failed: {exc}")
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamUnreachable(f"{provider} request failed: {exc}")
+    return None
+
+
 @contextlib.contextmanager
 def upstream_errors(provider: str) -> Iterator[None]:
     """Map aiohttp/asyncio failures talking to `provider` onto the gateway's errors, keeping the cause."""
     try:
         yield
-    except TimeoutError as exc:  # before ClientConnectionError: some timeouts are both
-        raise UpstreamTimeout(f"{provider} did not answer within the configured timeout") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamUnreachable(f"{provider} broke off the response: {exc}") from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
-        raise UpstreamUnreachable(f"{provider} connection failed: {exc}") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(f"{provider} request failed: {exc}") from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        mapped = upstream_error(provider, exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class _Chunks:
+    """Body chunks as they arrive (`readany`), each read mapped at the boundary; a plain iterator, no generator."""
+
+    def __init__(self, provider: str, content: aiohttp.StreamReader) -> None:
+        self._provider, self._content = provider, content
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            mapped = upstream_error(self._provider, exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class AiohttpReply:
@@ -69,10 +101,8 @@ class AiohttpReply:
         self.status = response.status
         self.headers = response.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        with upstream_errors(self._provider):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._provider, self._response.content)
 
     async def read(self) -> bytes:
         with upstream_errors(self._provider):

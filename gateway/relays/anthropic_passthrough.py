@@ -19,6 +19,7 @@ from gateway.relays.common import (
     forwardable_headers,
     json_object,
     note_anthropic_event,
+    prepare_quietly,
     relayed_headers,
     send,
     with_model,
@@ -36,7 +37,8 @@ def _upstream_path(ex: Exchange) -> str:
 async def relay_anthropic(ex: Exchange) -> None:
     """Anthropic caller, Anthropic provider: the caller's bytes, `model` patched; the answer as it comes."""
     stream = ex.body.get("stream") is True and ex.route == "messages"
-    path, query, headers = _upstream_path(ex), ex.request.query_string, forwardable_headers(ex.request.headers)
+    path, headers = _upstream_path(ex), forwardable_headers(ex.request.headers)
+    query = ex.request.rel_url.raw_query_string  # as sent: `request.query_string` is percent-decoded
 
     def build(target: Target) -> UpstreamCall:
         body = with_model(ex.raw_body, ex.body, target.provider_model)
@@ -70,8 +72,9 @@ async def _relay_stream(ex: Exchange, reply: UpstreamReply) -> None:
     headers["Content-Type"] = reply.headers.get("Content-Type", "text/event-stream")
     headers["Cache-Control"] = "no-cache"
     resp = ex.response = web.StreamResponse(status=200, headers=headers)
-    await resp.prepare(ex.request)
-    parser = sse.SSEParser()
+    if not await prepare_quietly(resp, ex):
+        return
+    scanner = sse.UsageEventScanner()  # usage from the few events that carry it; the rest is only relayed
     try:
         async for chunk in reply.chunks():
             if ex.first_byte_ns is None:
@@ -81,7 +84,7 @@ async def _relay_stream(ex: Exchange, reply: UpstreamReply) -> None:
             except ConnectionResetError:
                 ex.status = CLIENT_CLOSED
                 return
-            for event, data in parser.feed(chunk):
+            for event, data in scanner.feed(chunk):
                 note_anthropic_event(ex, event, data)
     except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
         ex.status = err.status_for(ex.dialect)

@@ -24,7 +24,15 @@ from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_w
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, unexpected_shape, write_quietly
+from gateway.relays.common import (
+    eof_quietly,
+    json_object,
+    note_anthropic_event,
+    prepare_quietly,
+    send,
+    unexpected_shape,
+    write_quietly,
+)
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -108,7 +116,8 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[s
     resp = ex.response = web.StreamResponse(
         status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await resp.prepare(ex.request)
+    if not await prepare_quietly(resp, ex):
+        return
     parser = sse.SSEParser()
     held = ChatCustomCalls(custom)
     try:

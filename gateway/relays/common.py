@@ -18,6 +18,7 @@ from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.services import SERVICES
+from gateway.stages.usage_log import CLIENT_CLOSED
 from gateway.upstream import send_with_fallbacks
 
 log = structlog.get_logger("gateway.relay")
@@ -57,8 +58,20 @@ STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_er
 
 
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The caller's headers that go upstream unchanged (every anthropic-* header among them)."""
-    return {k: v for k, v in headers.items() if k.lower() not in _REQUEST_HEADERS_DROPPED}
+    """The caller's headers that go upstream unchanged (every anthropic-* header among them).
+
+    A header sent as several lines (two `anthropic-beta` lines, say) goes on as one, its values joined with
+    ", " as RFC 9110 section 5.3 allows: keeping only one line would drop betas.
+    """
+    forwarded: dict[str, str] = {}
+    spelling: dict[str, str] = {}  # lower-case name -> the spelling of its first line
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _REQUEST_HEADERS_DROPPED:
+            continue
+        first = spelling.setdefault(lower, name)
+        forwarded[first] = f"{forwarded[first]}, {value}" if first in forwarded else value
+    return forwarded
 
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -68,20 +81,43 @@ def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 # --- the model value, patched in place --------------------------------------------------------------
 
-# Claude Code and the Anthropic SDKs put "model" first (or last): patch those bytes directly; anything
-# else is re-serialised by orjson, which keeps every key, its order and every value.
-_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"')
-_MODEL_LAST = re.compile(rb'[,{]\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*\}\s*\Z')
+# Only the bytes of the model's string value change: whitespace, key order, escapes and number spellings stay
+# the caller's (a provider may cache on the exact prefix, and nothing else is ours to touch). Claude Code and
+# the Anthropic SDKs put "model" first or last, which two anchored patterns find at once; anywhere else, a
+# scan over the body's strings and brackets finds the top-level key (a few ms for megabytes of base64).
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*(' + _STRING + rb")")
+_MODEL_LAST = re.compile(rb'[,{]\s*"model"\s*:\s*(' + _STRING + rb")\s*\}\s*\Z")
+_TOKEN = re.compile(_STRING + rb"|[{}\[\]]")
+_VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 
 
 def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
     """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it."""
     value = orjson.dumps(model)
-    if m := _MODEL_FIRST.match(raw):
-        return raw[: m.start()] + b'{"model":' + value + raw[m.end() :]
-    if m := _MODEL_LAST.search(raw):
-        return raw[: m.start() + 1] + b'"model":' + value + b"}"
-    return orjson.dumps({**body, "model": model})
+    match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
+    spans = [match.span(1)] if match else _top_level_model_values(raw)
+    if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
+        return orjson.dumps({**body, "model": model})
+    for start, end in reversed(spans):  # a duplicated top-level key: each one
+        raw = raw[:start] + value + raw[end:]
+    return raw
+
+
+def _top_level_model_values(raw: bytes) -> list[tuple[int, int]]:
+    """Where the string values of the object's own "model" keys are (nested "model" keys are not the model)."""
+    spans: list[tuple[int, int]] = []
+    depth = 0
+    for token in _TOKEN.finditer(raw):
+        first = raw[token.start()]
+        if first == 0x22:  # a string: a key of the top-level object when at depth 1 and followed by ':'
+            if depth == 1 and token.group() == b'"model"' and (v := _VALUE.match(raw, token.end())):
+                spans.append(v.span(1))
+        elif first in b"{[":
+            depth += 1
+        else:
+            depth -= 1
+    return spans
 
 
 async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> UpstreamReply:
@@ -133,3 +169,13 @@ def unexpected_shape(exc: Exception) -> BadRequest:
     """A 400 for a request body whose fields have types the translator does not handle (logged: it is our gap)."""
     log.warning("untranslatable_request", error=repr(exc))
     return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")
+
+
+async def prepare_quietly(resp: web.StreamResponse, ex: Exchange) -> bool:
+    """Send the stream's status line and headers; False (and status 499) when the caller is already gone."""
+    try:
+        await resp.prepare(ex.request)
+    except ConnectionResetError:
+        ex.status = CLIENT_CLOSED
+        return False
+    return True

@@ -29,7 +29,7 @@ from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, send, unexpected_shape, write_quietly
+from gateway.relays.common import eof_quietly, json_object, prepare_quietly, send, unexpected_shape, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -111,7 +111,8 @@ async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
     resp = ex.response = web.StreamResponse(
         status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await resp.prepare(ex.request)
+    if not await prepare_quietly(resp, ex):
+        return
     parser = sse.SSEParser()
     try:
         async for chunk in reply.chunks():

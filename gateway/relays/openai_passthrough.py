@@ -22,7 +22,15 @@ from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, relayed_headers, send, with_model, write_quietly
+from gateway.relays.common import (
+    eof_quietly,
+    json_object,
+    prepare_quietly,
+    relayed_headers,
+    send,
+    with_model,
+    write_quietly,
+)
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -120,7 +128,8 @@ async def _relay_stream(ex: Exchange, reply: UpstreamReply, *, keep_usage_chunk:
     headers = _headers(reply, "text/event-stream")
     headers["Cache-Control"] = "no-cache"
     resp = ex.response = web.StreamResponse(status=200, headers=headers)
-    await resp.prepare(ex.request)
+    if not await prepare_quietly(resp, ex):
+        return
     parser, watch = sse.SSEParser(), _StreamWatch(ex)
     try:
         async for chunk in reply.chunks():

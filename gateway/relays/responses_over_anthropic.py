@@ -27,7 +27,15 @@ from gateway.dialects.responses_stream import ResponsesStreamTranslator
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.relays.common import eof_quietly, json_object, note_anthropic_event, send, unexpected_shape, write_quietly
+from gateway.relays.common import (
+    eof_quietly,
+    json_object,
+    note_anthropic_event,
+    prepare_quietly,
+    send,
+    unexpected_shape,
+    write_quietly,
+)
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -91,7 +99,8 @@ async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> N
     resp = ex.response = web.StreamResponse(
         status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await resp.prepare(ex.request)
+    if not await prepare_quietly(resp, ex):
+        return
     parser = sse.SSEParser()
     try:
         async for chunk in reply.chunks():
