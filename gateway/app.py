@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import secrets
 import signal
 import time
@@ -29,7 +31,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange
 from gateway.runtime import build_runtime, reload_config
@@ -185,8 +187,8 @@ def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
     """One log line and the request metrics for every request on a pipeline route, refused ones included."""
     seconds = (time.perf_counter_ns() - ex.started_ns) / 1e9
     alias = ex.target.alias.name if ex.target else "-"  # only routed ids: callers cannot grow the label set
-    metrics.requests.labels(ex.route, alias, str(status)).inc()
-    metrics.latency.labels(ex.route).observe(seconds)
+    metrics.requests.inc((ex.route, alias, str(status)))
+    metrics.latency.observe((ex.route,), seconds)
     log.info(
         "request",
         request_id=ex.request_id,
@@ -225,6 +227,15 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 def _metrics_response(metrics: Metrics) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _share_metrics(metrics: Metrics, every_s: float = 2.0) -> None:
+    """With several workers: publish this worker's figures for the one that answers a scrape."""
+    directory = Path(os.environ[SHARE_DIR_ENV])
+    while True:
+        with contextlib.suppress(OSError):
+            metrics.share(directory)
+        await asyncio.sleep(every_s)
 
 
 async def _serve_metrics_port(cfg: GatewayConfig, metrics: Metrics) -> web.AppRunner | None:
@@ -290,7 +301,10 @@ def build_app(
         if reload_on_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, runtime, svc)
         side = await _serve_metrics_port(cfg, svc.metrics)
+        sharing = asyncio.create_task(_share_metrics(svc.metrics)) if os.environ.get(SHARE_DIR_ENV) else None
         yield
+        if sharing is not None:
+            sharing.cancel()
         if side is not None:
             await side.cleanup()
         await svc.aclose()

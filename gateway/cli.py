@@ -43,9 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Start the gateway (migrating the database first)."""
     cfg = _config(args)
     workers = args.workers or cfg.server.workers
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Must be set before prometheus_client is first imported: /metrics then sums every worker.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    if workers > 1 and not os.environ.get("GATEWAY_METRICS_DIR"):
+        # Each worker shares its figures there; whichever answers a scrape adds them all up.
+        os.environ["GATEWAY_METRICS_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     from gateway.server import serve
 
     return serve(cfg, host=args.host, port=args.port, workers=workers)

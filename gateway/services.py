@@ -139,7 +139,9 @@ async def open_services(
         spill=SpillDir(Path(cfg.usage_log.spill_dir)),
     )
     usage_log.start()
-    metrics.before_scrape(lambda: _observe_pool(metrics, pool))
+    metrics.gauge("gateway_usage_queue_rows", lambda: usage_log.pending)
+    metrics.gauge("gateway_db_pool_connections_idle", pool.get_idle_size)
+    metrics.gauge("gateway_db_pool_connections_in_use", lambda: pool.get_size() - pool.get_idle_size())
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
     return Services(
         pool,
@@ -154,12 +156,6 @@ async def open_services(
         provider_configs=dict(cfg.providers),
         metrics=metrics,
     )
-
-
-def _observe_pool(metrics: Metrics, pool: asyncpg.Pool) -> None:
-    idle = pool.get_idle_size()
-    metrics.db_pool.labels("idle").set(idle)
-    metrics.db_pool.labels("in_use").set(pool.get_size() - idle)
 
 
 async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminKey | None:

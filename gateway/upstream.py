@@ -113,11 +113,11 @@ async def _try(target: Target, build: Callable[[Target], UpstreamCall], attempt:
     try:
         reply = await target.provider.send(build(target))
     except (UpstreamUnreachable, UpstreamTimeout) as err:
-        metrics.upstream_errors.labels(target.provider.name, type(err).__name__).inc()
+        metrics.upstream_errors.inc((target.provider.name, type(err).__name__))
         return _Outcome(target, error=err, wait_s=backoff_s(target.retries, attempt))
     if reply.status not in RETRYABLE_STATUSES:
         return _Outcome(target, reply=reply)
-    metrics.upstream_errors.labels(target.provider.name, str(reply.status)).inc()
+    metrics.upstream_errors.inc((target.provider.name, str(reply.status)))
     failed = BufferedReply(reply.status, reply.headers, await _read_and_release(reply))
     wait_s = retry_after_s(reply.headers) or backoff_s(target.retries, attempt)
     return _Outcome(target, failed_reply=failed, wait_s=wait_s)
@@ -146,7 +146,7 @@ async def send_with_fallbacks(
             if outcome.reply is not None:
                 target.health.succeeded()
                 if target is not primary:
-                    metrics.fallbacks.labels(primary.alias.name, target.provider.name).inc()
+                    metrics.fallbacks.inc((primary.alias.name, target.provider.name))
                 return target, outcome.reply
             last = outcome if outcome.failed_reply or not last.failed_reply else last
             if attempt + 1 == target.retries.attempts or time.monotonic() + outcome.wait_s > deadline:
@@ -154,7 +154,7 @@ async def send_with_fallbacks(
             log.info(
                 "upstream_retry", provider=target.provider.name, attempt=attempt + 1, wait_s=round(outcome.wait_s, 3)
             )
-            metrics.upstream_retries.labels(target.provider.name).inc()
+            metrics.upstream_retries.inc((target.provider.name,))
             await asyncio.sleep(outcome.wait_s)
         target.health.failed()
         if time.monotonic() >= deadline:

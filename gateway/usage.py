@@ -154,12 +154,11 @@ class UsageLog:
             ("cache_write", u.cache_write_tokens),
         ):
             if count:
-                m.tokens.labels(alias, kind).inc(count)
+                m.tokens.inc((alias, kind), count)
         if cost:
-            m.cost.labels(alias).inc(float(cost))
+            m.cost.inc((alias,), float(cost))
         if ttfb_ms is not None:
-            m.ttfb.labels(ex.route).observe(ttfb_ms / 1000)
-        m.usage_queue.set(len(self._rows))
+            m.ttfb.observe((ex.route,), ttfb_ms / 1000)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-log-flusher")
@@ -195,8 +194,7 @@ class UsageLog:
                 return await self._store_one_by_one(batch)
             self._view.stored(_amounts(batch))
             self.written += len(batch)
-            self._metrics.usage_flush.observe(time.perf_counter() - started)
-            self._metrics.usage_queue.set(len(self._rows))
+            self._metrics.usage_flush.observe((), time.perf_counter() - started)
             await self._replay_spilled()
             return len(batch)
 
@@ -208,7 +206,7 @@ class UsageLog:
         oldest, self._rows = self._rows[:excess], self._rows[excess:]
         path = self._spill.append(oldest)
         self.spilled += len(oldest)
-        self._metrics.usage_spilled.inc(len(oldest))
+        self._metrics.usage_spilled.inc((), len(oldest))
         log.warning("usage_spilled", rows=len(oldest), file=str(path))
 
     async def _store_one_by_one(self, batch: list[tuple[Any, ...]]) -> int:

@@ -28,7 +28,8 @@ class OpenAICompatProvider:
         t = cfg.timeouts
         # A stream may stay silent up to `idle`; a non-stream reply may take up to `first_byte` to arrive.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
-        self._reply_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        # A whole reply: one timer for the request (sock_read would re-arm a timer on every chunk read).
+        self._reply_timeout = aiohttp.ClientTimeout(total=t.first_byte_s, sock_connect=t.connect_s)
 
     async def send(self, call: UpstreamCall) -> AiohttpReply:
         headers = dict(call.headers)

@@ -30,7 +30,7 @@ class CheckBudget:
             try:
                 self.check(ex.principal)
             except BudgetExceeded as refused:
-                self._metrics.budget_rejections.labels(refused.code).inc()
+                self._metrics.budget_rejections.inc((refused.code,))
                 raise
         await call_next(ex)
 
