@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from typing import ClassVar
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
 from gateway.providers.base import AiohttpReply, UpstreamCall, upstream_errors
 
 DEFAULT_VERSION = "2023-06-01"
+LARGE_BODY = 1024 * 1024
 
 
 class AnthropicProvider:
@@ -37,10 +40,13 @@ class AnthropicProvider:
         headers = CIMultiDict(call.headers)  # case-insensitive: the caller may send Anthropic-Version
         headers.setdefault("anthropic-version", DEFAULT_VERSION)
         headers.update(self._own_headers)
-        url = self._base_url + call.path + (f"?{call.query_string}" if call.query_string else "")
+        # encoded=True: the caller's query goes upstream byte for byte (yarl would re-quote %2F, %7E, ...)
+        url = URL(self._base_url + call.path + (f"?{call.query_string}" if call.query_string else ""), encoded=True)
+        # aiohttp writes a bytes body in one go; past 1 MB (images) a stream keeps the event loop responsive
+        body = io.BytesIO(call.body) if len(call.body) > LARGE_BODY else call.body
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):
-            response = await self._session.post(url, data=call.body, headers=headers, timeout=timeout)
+            response = await self._session.post(url, data=body, headers=headers, timeout=timeout)
         return AiohttpReply(self.name, response)
 
     async def aclose(self) -> None:

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import io
 from typing import ClassVar
 
 import aiohttp
 
 from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
+from gateway.providers.anthropic import LARGE_BODY
 from gateway.providers.base import AiohttpReply, UpstreamCall, upstream_errors
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
@@ -40,7 +42,8 @@ class OpenAICompatProvider:
         url = self._base_url + call.path + (f"?{call.query_string}" if call.query_string else "")
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):
-            response = await self._session.post(url, data=call.body, headers=headers, timeout=timeout)
+            body = io.BytesIO(call.body) if len(call.body) > LARGE_BODY else call.body  # as in anthropic.py
+            response = await self._session.post(url, data=body, headers=headers, timeout=timeout)
         return AiohttpReply(self.name, response)
 
     async def aclose(self) -> None:

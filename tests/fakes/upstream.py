@@ -83,6 +83,7 @@ class Recorded:
     query_string: str
     headers: CIMultiDict[str]
     raw_body: bytes
+    raw_query_string: str = ""  # as it came on the wire; `query_string` is percent-decoded
 
     @property
     def json(self) -> Any:
@@ -343,7 +344,8 @@ class FakeUpstream:
         raw = await request.read()
         if self._record:
             headers = CIMultiDict(request.headers)
-            self.requests.append(Recorded(request.method, request.path, request.query_string, headers, raw))
+            raw_query = request.rel_url.raw_query_string
+            self.requests.append(Recorded(request.method, request.path, request.query_string, headers, raw, raw_query))
         return await handler(request)
 
     async def _stats(self, request: web.Request) -> web.Response:
