@@ -52,7 +52,9 @@ class UsageView:
     def __init__(self, pool: asyncpg.Pool | None, *, refresh_s: float = 2.0, clock: Callable[[], datetime] = utc_now):
         self._pool, self.refresh_s, self.clock = pool, refresh_s, clock
         self._snapshot: dict[Scope, list[Decimal]] = {}
-        self._pending: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])  # recorded, not yet stored
+        # This process's usage the snapshot does not hold yet: recorded (queued or being flushed) or stored
+        # after the snapshot was read. One running total per scope, so a check is two dict lookups.
+        self._local: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])
         self._stored: dict[int, Amounts] = {}  # flush number -> amounts stored since the last snapshot began
         self._flushes = itertools.count(1)
         self._last_flush = 0
@@ -67,31 +69,22 @@ class UsageView:
         return self._used((month_of(self.clock()), "key", str(key_id)))[1]
 
     def _used(self, scope: Scope) -> list[Decimal]:
-        base = self._snapshot.get(scope)
+        base, local = self._snapshot.get(scope), self._local.get(scope)
         tokens, cost = (base[0], base[1]) if base else (Decimal(0), Decimal(0))
-        if scope in self._pending:
-            tokens, cost = tokens + self._pending[scope][0], cost + self._pending[scope][1]
-        for amounts in self._stored.values():
-            if scope in amounts:
-                tokens, cost = tokens + amounts[scope][0], cost + amounts[scope][1]
+        if local:
+            tokens, cost = tokens + local[0], cost + local[1]
         return [tokens, cost]
 
     # --- what the usage log tells it ---
 
     def recorded(self, when: datetime, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal | None) -> None:
         for scope in scopes(month_of(when), key_id, user_id):
-            entry = self._pending[scope]
+            entry = self._local[scope]
             entry[0] += tokens
             entry[1] += cost or 0
 
     def stored(self, amounts: Amounts) -> None:
-        """A flush committed these amounts: they move from pending to stored until a snapshot includes them."""
-        for scope, (tokens, cost) in amounts.items():
-            entry = self._pending[scope]
-            entry[0] -= tokens
-            entry[1] -= cost
-            if not entry[0] and not entry[1]:
-                del self._pending[scope]
+        """A flush committed these amounts: they stay counted locally until a snapshot read after it holds them."""
         self._last_flush = next(self._flushes)
         self._stored[self._last_flush] = amounts
 
@@ -106,7 +99,12 @@ class UsageView:
         counters = await db.month_counters(self._pool, month)
         self._snapshot = {(month, c.scope, c.scope_id): [Decimal(c.tokens), c.cost_usd] for c in counters}
         for number in [n for n in self._stored if n <= flushed_before]:
-            del self._stored[number]
+            for scope, (tokens, cost) in self._stored.pop(number).items():  # now in the snapshot
+                entry = self._local[scope]
+                entry[0] -= tokens
+                entry[1] -= cost
+                if not entry[0] and not entry[1]:
+                    del self._local[scope]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-view-refresh")
