@@ -100,7 +100,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"warning: pricing.{model} is missing: requests to it are logged with an unknown cost", file=sys.stderr)
     if any(not p.api_key for p in cfg.providers.values()):
         missing = ", ".join(n for n, p in cfg.providers.items() if not p.api_key)
-        print(f"warning: no api_key for provider(s) {missing} (set ANTHROPIC_API_KEY)", file=sys.stderr)
+        print(f"warning: no api_key for provider(s) {missing} (providers.NAME.api_key)", file=sys.stderr)
     return 0
 
 

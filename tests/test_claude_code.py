@@ -197,6 +197,47 @@ async def test_claude_code_cli_says_hi_through_the_gateway(
     }
 
 
+@pytest.mark.parametrize("credential_var", ["ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_API_KEY"])
+async def test_claude_code_with_its_own_token_runs_as_the_mapped_user(
+    claude: str,
+    gateway: TestServer,
+    upstream: FakeUpstream,
+    make_key: MakeKey,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+    credential_var: str,
+) -> None:
+    """Issue 5: the token Claude Code already sends, registered as the user's claudecodeUserKey, is that user."""
+    admin, _ = await make_key("ops", admin=True)
+    user = {
+        "email": "ada@example.com",
+        "firstname": "Ada",
+        "lastname": "Lovelace",
+        "claudecodeUserKey": "cc-test-token",
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(str(gateway.make_url("/v1/user-api-keys")), json=user, headers={"x-api-key": admin}) as r,
+    ):
+        assert r.status == 201, await r.text()
+        created = await r.json()
+
+    env = claude_env(gateway, tmp_path, **{credential_var: "cc-test-token"})
+    code, out, err, seconds = await run_claude(claude, ["-p", "say hi", "--model", ALIAS], env, tmp_path)
+
+    assert code == 0, f"exit {code} after {seconds:.1f} s\nstdout: {out}\nstderr: {err}"
+    assert FIVE_WORDS in out
+    posts = [r for r in upstream.requests if r.method == "POST"]
+    assert posts and all(r.headers["x-api-key"] == UPSTREAM_KEY for r in posts)  # the token never goes upstream
+    rows = await flushed_usage(gateway, pool)
+    assert len(rows) == len(posts)
+    assert {str(r["user_id"]) for r in rows} == {created["id"]}
+    live_key = await pool.fetchval(
+        "SELECT id FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL", rows[0]["user_id"]
+    )
+    assert {r["key_id"] for r in rows} == {live_key}
+
+
 async def test_claude_code_runs_a_tool_and_sends_its_result_back_through_the_gateway(
     claude: str, gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:

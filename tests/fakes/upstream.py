@@ -512,7 +512,10 @@ async def _send(request: web.Request, script: Scripted) -> web.StreamResponse:
         if sent == script.reset_after_events:
             _drop_connection(request)
             return resp
-        await resp.write(sse_frame(name, data))  # one write per event, so relays can be seen relaying each one
+        try:
+            await resp.write(sse_frame(name, data))  # one write per event, so relays can be seen relaying each one
+        except ConnectionResetError:  # the gateway hung up (its own caller went away): nothing more to send
+            return resp
     if script.reset_after_events is not None:
         _drop_connection(request)
         return resp
