@@ -8,12 +8,15 @@ dialect relays a stream without re-serialising it.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import aiohttp
+from yarl import URL
 
+from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 
@@ -114,3 +117,36 @@ class AiohttpReply:
             self._response.release()
         else:
             self._response.close()
+
+
+LARGE_BODY = 1024 * 1024  # aiohttp writes a bytes body in one go; past this (images) a stream keeps the loop free
+
+
+class HttpProvider:
+    """What every HTTP adapter shares: the upstream URL, timeouts and one POST; subclasses add headers.
+
+    A stream may stay silent up to `timeouts.idle`; a whole (non-stream) reply may take up to
+    `timeouts.first_byte` and gets one timer for the request (sock_read would re-arm one per chunk read).
+    """
+
+    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
+        self.name = cfg.name
+        self._base_url, self._session = cfg.base_url, session
+        t = cfg.timeouts
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
+        self._reply_timeout = aiohttp.ClientTimeout(total=t.first_byte_s, sock_connect=t.connect_s)
+
+    def headers(self, call: UpstreamCall) -> Mapping[str, str]:
+        raise NotImplementedError
+
+    async def send(self, call: UpstreamCall) -> AiohttpReply:
+        # encoded=True: the caller's query goes upstream byte for byte (yarl would re-quote %2F, %7E, ...)
+        url = URL(self._base_url + call.path + (f"?{call.query_string}" if call.query_string else ""), encoded=True)
+        body = io.BytesIO(call.body) if len(call.body) > LARGE_BODY else call.body
+        timeout = self._stream_timeout if call.stream else self._reply_timeout
+        with upstream_errors(self.name):
+            response = await self._session.post(url, data=body, headers=self.headers(call), timeout=timeout)
+        return AiohttpReply(self.name, response)
+
+    async def aclose(self) -> None:
+        """The session is shared and closed by the app."""
