@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +25,7 @@ from gateway.app import SERVICES
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
 
+ROOT = Path(__file__).resolve().parent.parent
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 MESSAGES = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]}
@@ -213,3 +218,64 @@ async def test_usage_rows_equal_requests_served_after_a_burst(
     assert all(s == 200 for s, _ in statuses)
     assert len(await flushed_usage(gateway, pool)) == 60
     assert await pool.fetchval("SELECT requests FROM usage_counters WHERE scope = 'user'") == 60
+
+
+async def test_two_gateway_serve_processes_share_one_budget(
+    database_url: str, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The same as above with two real `gateway serve` processes (separate interpreters) on one database."""
+    upstream.usage(input_tokens=95, output_tokens=5)  # 100 tokens a request
+    limit = 2_000
+    key, _ = await make_user(limit_tokens=limit)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}
+    procs, bases = [], []
+    for i in range(2):
+        port = _free_port()
+        config = tmp_path / f"gateway-{i}.yaml"
+        config.write_text(
+            f"server: {{port: {port}}}\ndatabase: {{url: '{database_url}'}}\n"
+            f"providers: {{anthropic: {{base_url: '{upstream.url}', api_key: k, retries: {{attempts: 1}}}}}}\n"
+            "models: {claude-fast: {provider: anthropic, model: claude-haiku-4-5}}\n"
+            "budgets: {refresh_s: 0.1}\nusage_log: {flush_interval_ms: 20, spill_dir: '%s/spill-%d'}\n"
+            "logging: {format: json, level: warning}\n" % (tmp_path, i)
+        )
+        cmd = [sys.executable, "-m", "gateway", "--config", str(config), "serve"]
+        procs.append(await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env))
+        bases.append(f"http://127.0.0.1:{port}")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for base in bases:
+                for _ in range(100):
+                    try:
+                        async with s.get(f"{base}/health") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+
+            async def client(base: str, results: list[int]) -> None:
+                for _ in range(60):
+                    async with s.post(f"{base}/v1/messages", json=MESSAGES, headers={"x-api-key": key}) as r:
+                        await r.read()
+                        results.append(r.status)
+                    if r.status == 429:
+                        return
+                    await asyncio.sleep(0.05)
+
+            results: list[int] = []
+            await asyncio.gather(*(client(b, results) for b in (*bases, *bases)))
+        served = results.count(200)
+        other = math.ceil((0.02 + 0.1) * 1.6 * 2 / 0.05)  # as in the in-process test above
+        assert limit // 100 <= served <= limit // 100 + 4 + other
+    finally:
+        for proc in procs:
+            proc.terminate()
+        codes = [await asyncio.wait_for(proc.wait(), 20) for proc in procs]
+    assert codes == [0, 0]
+    assert await db.count_usage(pool) == served  # both flushed everything on SIGTERM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
