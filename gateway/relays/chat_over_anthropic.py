@@ -17,19 +17,19 @@ from gateway.dialects.anthropic_to_openai import (
     error_to_openai,
     message_to_chat_completion,
 )
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
-from gateway.dialects.prompt_cache import with_cache_breakpoints
+from gateway.dialects.openai_to_anthropic import TranslationError, chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange, Target
-from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.pipeline import Exchange
+from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     eof_quietly,
     json_object,
     note_anthropic_event,
     prepare_quietly,
-    send,
+    send_to_anthropic,
+    translation_options,
     unexpected_shape,
     write_quietly,
 )
@@ -40,12 +40,7 @@ log = structlog.get_logger("gateway.relay")
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
-    alias = ex.target.alias
-    options = TranslationOptions(
-        provider_model=ex.target.provider_model,
-        default_max_tokens=alias.default_max_tokens,
-        thinking_budgets=alias.thinking_budgets,
-    )
+    options = translation_options(ex.target)
     custom: frozenset[str] = frozenset()  # a Responses-shaped body's custom tools, answered as custom calls
     try:
         if is_responses_body(ex.body):  # Cursor posts some models' requests in Responses shape, wants Chat back
@@ -58,15 +53,8 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
         raise BadRequest(str(exc), param=exc.param) from None
     except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
         raise unexpected_shape(exc) from None
-    if alias.auto_cache:  # OpenAI clients send no cache_control; the alias asks the gateway to add it
-        translated = with_cache_breakpoints(translated)
     stream = translated.get("stream") is True
-
-    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
-        body = orjson.dumps({**translated, "model": target.provider_model})
-        return UpstreamCall(path="/v1/messages", query_string="", headers={}, body=body, stream=stream)
-
-    reply = await send(ex, build)
+    reply = await send_to_anthropic(ex, translated)
     try:
         if reply.status != 200:
             await _openai_error(ex, reply)

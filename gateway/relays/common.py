@@ -14,6 +14,8 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.dialects.openai_to_anthropic import TranslationOptions
+from gateway.dialects.prompt_cache import with_cache_breakpoints
 from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
@@ -179,3 +181,27 @@ async def prepare_quietly(resp: web.StreamResponse, ex: Exchange) -> bool:
         ex.status = CLIENT_CLOSED
         return False
     return True
+
+
+def translation_options(target: Target) -> TranslationOptions:
+    """What the OpenAI-dialect translators need to know about the alias and deployment they write for."""
+    alias = target.alias
+    return TranslationOptions(
+        provider_model=target.provider_model,
+        default_max_tokens=alias.default_max_tokens,
+        thinking_budgets=alias.thinking_budgets,
+    )
+
+
+async def send_to_anthropic(ex: Exchange, request: dict[str, Any]) -> UpstreamReply:
+    """POST a translated Messages request (cache breakpoints added when the alias opts in), fallbacks included."""
+    assert ex.target is not None
+    if ex.target.alias.auto_cache:  # OpenAI clients send no cache_control; the alias asks the gateway to add it
+        request = with_cache_breakpoints(request)
+    stream = request.get("stream") is True
+
+    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
+        body = orjson.dumps({**request, "model": target.provider_model})
+        return UpstreamCall(path="/v1/messages", query_string="", headers={}, body=body, stream=stream)
+
+    return await send(ex, build)

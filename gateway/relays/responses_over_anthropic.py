@@ -14,8 +14,7 @@ from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
-from gateway.dialects.prompt_cache import with_cache_breakpoints
+from gateway.dialects.openai_to_anthropic import TranslationError
 from gateway.dialects.responses import (
     ResponseContext,
     error_to_responses,
@@ -25,14 +24,15 @@ from gateway.dialects.responses import (
 )
 from gateway.dialects.responses_stream import ResponsesStreamTranslator
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange, Target
-from gateway.providers.base import UpstreamCall, UpstreamReply
+from gateway.pipeline import Exchange
+from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     eof_quietly,
     json_object,
     note_anthropic_event,
     prepare_quietly,
-    send,
+    send_to_anthropic,
+    translation_options,
     unexpected_shape,
     write_quietly,
 )
@@ -43,27 +43,15 @@ log = structlog.get_logger("gateway.relay")
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
-    alias = ex.target.alias
-    options = TranslationOptions(
-        provider_model=ex.target.provider_model,
-        default_max_tokens=alias.default_max_tokens,
-        thinking_budgets=alias.thinking_budgets,
-    )
     try:
-        translation = responses_request_to_anthropic(ex.body, options)
+        translation = responses_request_to_anthropic(ex.body, translation_options(ex.target))
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
     except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
         raise unexpected_shape(exc) from None
-    request = with_cache_breakpoints(translation.request) if alias.auto_cache else translation.request
-    stream = request.get("stream") is True
-
-    def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
-        body = orjson.dumps({**request, "model": target.provider_model})
-        return UpstreamCall(path="/v1/messages", query_string="", headers={}, body=body, stream=stream)
-
+    stream = translation.request.get("stream") is True
     ctx = ResponseContext(f"resp_{ex.request_id}", int(time.time()), ex.alias_name, translation)
-    reply = await send(ex, build)
+    reply = await send_to_anthropic(ex, translation.request)
     try:
         if reply.status != 200:
             await _error(ex, reply)
