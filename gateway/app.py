@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import time
@@ -124,8 +125,29 @@ def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[
 # --- the pipeline routes ---------------------------------------------------------------------------
 
 
-async def read_json_body(request: web.Request, max_bytes: int, timeout_s: float) -> tuple[bytes, dict[str, Any]]:
-    """The request body, parsed once; a clear 4xx for anything that is not one JSON object within the limit."""
+# A body that only passes through (Anthropic caller, Anthropic provider) need not be parsed whole: Claude Code
+# and the Anthropic SDKs put "model" first, and a 78 KB parse is most of what such a request would cost. The
+# sketch holds model and whether "stream": true appears; a relay that needs more calls Exchange.full_body().
+_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*("(?:[^"\\]|\\.)*")\s*,')
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true\b')
+
+
+def body_sketch(raw: bytes) -> dict[str, Any] | None:
+    """{"model", "stream"} of a body that opens with its model, without parsing the rest; None otherwise."""
+    match = _MODEL_FIRST.match(raw)
+    if match is None or not raw.rstrip().endswith(b"}"):
+        return None
+    model = orjson.loads(match.group(1))
+    return {"model": model, "stream": _STREAM_TRUE.search(raw, match.end()) is not None}
+
+
+async def read_json_body(
+    request: web.Request, max_bytes: int, timeout_s: float, *, sketch: bool = False
+) -> tuple[bytes, dict[str, Any], bool]:
+    """The request body, parsed once (or sketched); a clear 4xx for anything that is not a JSON object in the limit.
+
+    Returns (raw bytes, body, whether the body is only a sketch).
+    """
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"request body of {request.content_length} bytes is over the limit of {max_bytes} bytes")
     content_type = request.headers.get("Content-Type", "application/json")
@@ -144,13 +166,15 @@ async def read_json_body(request: web.Request, max_bytes: int, timeout_s: float)
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
     if not raw:
         raise BadRequest("request body is empty: send a JSON object")
+    if sketch and (sketched := body_sketch(raw)) is not None:
+        return raw, sketched, True
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
-    return raw, body
+    return raw, body, False
 
 
 def new_request_id(request: web.Request) -> str:
@@ -166,7 +190,9 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         try:
-            ex.raw_body, ex.body = await read_json_body(request, server.max_body_bytes, server.body_timeout_s)
+            ex.raw_body, ex.body, ex.sketched = await read_json_body(
+                request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
+            )
             await runtime.pipeline(ex)
             status = ex.status
         except GatewayError as err:

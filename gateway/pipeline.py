@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 from aiohttp import web
 
 from gateway.config import GatewayConfig, ModelAlias, Retries
 from gateway.dialect import Dialect
+from gateway.errors import BadRequest
 from gateway.keys import Principal
 from gateway.upstream import DeploymentHealth
 
@@ -86,6 +88,20 @@ class Exchange:
     response: web.StreamResponse | None = None  # what the handler returns; set by the relay
     started_ns: int = field(default_factory=time.perf_counter_ns)
     first_byte_ns: int | None = None
+
+    sketched: bool = False  # body holds only model and stream, read from raw_body without parsing it all
+
+    def full_body(self) -> dict[str, Any]:
+        """The whole parsed body (parsed now if only a sketch was read); 400 when it is not a JSON object."""
+        if self.sketched:
+            try:
+                body = orjson.loads(self.raw_body)
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"request body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+            self.body, self.sketched = body, False
+        return self.body
 
     @property
     def alias_name(self) -> str:

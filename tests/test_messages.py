@@ -242,3 +242,47 @@ async def test_probes(gateway: TestServer) -> None:
             assert r.status == 404 and "error" in await r.json()
         async with s.get(url(gateway, "/v1/messages")) as r:
             assert r.status == 405 and (await r.json())["type"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            b'{"model": "claude-fast", "stream": true}', {"model": "claude-fast", "stream": True}, id="stream"
+        ),
+        pytest.param(b'{"model":"a\\"b","max_tokens":1}', {"model": 'a"b', "stream": False}, id="escaped-model"),
+        pytest.param(b'{"max_tokens": 1, "model": "x"}', None, id="model-not-first"),
+        pytest.param(b'{"model": "x"}', None, id="model-only"),
+        pytest.param(b'{"model": "x", "a": 1', None, id="unclosed"),
+    ],
+)
+def test_body_sketch(raw: bytes, expected: dict[str, Any] | None) -> None:
+    from gateway.app import body_sketch
+
+    assert body_sketch(raw) == expected
+
+
+async def test_a_nested_stream_flag_does_not_make_a_json_reply_a_stream(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    """A sketched body's "stream": true may sit in a nested object; the reply's content type decides."""
+    body = {**BODY, "stream": False, "metadata": {"tool_state": {"stream": True}}}
+    status, answer, headers = await post(gateway, "/v1/messages", body, {"x-api-key": key})
+    assert status == 200 and answer["type"] == "message" and headers["Content-Type"].startswith("application/json")
+    [row] = await flushed_usage(gateway, pool)
+    assert row["output_tokens"] == 5 and row["streamed"] is False
+
+
+async def test_malformed_json_after_a_leading_model_is_refused_upstream_in_anthropic_shape(
+    gateway: TestServer, upstream: FakeUpstream, key: str
+) -> None:
+    """Such a body is not parsed whole by the gateway (only relayed): the provider's 400 reaches the caller."""
+    raw = b'{"model": "claude-fast", "max_tokens": 5, oops}'
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            url(gateway, "/v1/messages"), data=raw, headers={"x-api-key": key, "content-type": "application/json"}
+        ) as r,
+    ):
+        assert r.status == 400
+        assert (await r.json())["type"] == "error"

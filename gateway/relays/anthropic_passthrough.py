@@ -36,17 +36,18 @@ def _upstream_path(ex: Exchange) -> str:
 
 async def relay_anthropic(ex: Exchange) -> None:
     """Anthropic caller, Anthropic provider: the caller's bytes, `model` patched; the answer as it comes."""
-    stream = ex.body.get("stream") is True and ex.route == "messages"
+    stream = ex.body.get("stream") is True and ex.route == "messages"  # picks the upstream timeouts
     path, headers = _upstream_path(ex), forwardable_headers(ex.request.headers)
     query = ex.request.rel_url.raw_query_string  # as sent: `request.query_string` is percent-decoded
 
     def build(target: Target) -> UpstreamCall:
-        body = with_model(ex.raw_body, ex.body, target.provider_model)
+        body = with_model(ex.raw_body, ex.full_body, target.provider_model)
         return UpstreamCall(path=path, query_string=query, headers=headers, body=body, stream=stream)
 
     reply = await send(ex, build)
     try:
-        if stream and reply.status == 200:
+        # The reply says what it is: a sketched body's "stream" flag may come from a nested object.
+        if reply.status == 200 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):
             await _relay_stream(ex, reply)
         else:
             await _relay_whole(ex, reply)

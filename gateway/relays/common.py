@@ -94,13 +94,13 @@ _TOKEN = re.compile(_STRING + rb"|[{}\[\]]")
 _VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 
 
-def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
+def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str) -> bytes:
     """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it."""
     value = orjson.dumps(model)
     match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
     spans = [match.span(1)] if match else _top_level_model_values(raw)
     if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
-        return orjson.dumps({**body, "model": model})
+        return orjson.dumps({**body(), "model": model})
     for start, end in reversed(spans):  # a duplicated top-level key: each one
         raw = raw[:start] + value + raw[end:]
     return raw

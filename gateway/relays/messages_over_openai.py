@@ -41,7 +41,7 @@ ESTIMATE_HEADER = "x-gateway-token-estimate"
 async def relay_messages_over_openai(ex: Exchange) -> None:
     assert ex.target is not None
     try:
-        translated = messages_request_to_chat(ex.body, provider_model=ex.target.provider_model)
+        translated = messages_request_to_chat(ex.full_body(), provider_model=ex.target.provider_model)
     except TranslationError as exc:
         raise BadRequest(str(exc), param=exc.param) from None
     except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's

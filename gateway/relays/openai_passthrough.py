@@ -68,7 +68,7 @@ def include_usage(body: dict[str, Any]) -> bool:
 
 def _upstream_body(ex: Exchange, model: str, *, force_usage: bool) -> bytes:
     if not force_usage:
-        return with_model(ex.raw_body, ex.body, model)
+        return with_model(ex.raw_body, ex.full_body, model)
     options = ex.body.get("stream_options")
     options = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
     return orjson.dumps({**ex.body, "model": model, "stream_options": options})
