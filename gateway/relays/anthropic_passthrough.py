@@ -19,9 +19,9 @@ from gateway.relays.common import (
     forwardable_headers,
     json_object,
     note_anthropic_event,
-    prepare_quietly,
     relayed_headers,
     send,
+    start_stream,
     with_model,
     write_quietly,
 )
@@ -67,13 +67,11 @@ async def _relay_whole(ex: Exchange, reply: UpstreamReply) -> None:
 
 
 async def _relay_stream(ex: Exchange, reply: UpstreamReply) -> None:
-    ex.streamed = True
-    ex.status = 200
     headers = relayed_headers(reply.headers)
     headers["Content-Type"] = reply.headers.get("Content-Type", "text/event-stream")
     headers["Cache-Control"] = "no-cache"
-    resp = ex.response = web.StreamResponse(status=200, headers=headers)
-    if not await prepare_quietly(resp, ex):
+    resp = await start_stream(ex, headers)
+    if resp is None:
         return
     scanner = sse.UsageEventScanner()  # usage from the few events that carry it; the rest is only relayed
     try:

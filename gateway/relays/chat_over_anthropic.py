@@ -27,8 +27,8 @@ from gateway.relays.common import (
     eof_quietly,
     json_object,
     note_anthropic_event,
-    prepare_quietly,
     send_to_anthropic,
+    start_stream,
     translation_options,
     unexpected_shape,
     write_quietly,
@@ -94,17 +94,13 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
 
 async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
     assert ex.target is not None
-    ex.streamed = True
-    ex.status = 200
     options = ex.body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator = ChatStreamTranslator(
         model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time()), include_usage=include_usage
     )
-    resp = ex.response = web.StreamResponse(
-        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    if not await prepare_quietly(resp, ex):
+    resp = await start_stream(ex)
+    if resp is None:
         return
     parser = sse.SSEParser()
     held = ChatCustomCalls(custom)

@@ -173,14 +173,19 @@ def unexpected_shape(exc: Exception) -> BadRequest:
     return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")
 
 
-async def prepare_quietly(resp: web.StreamResponse, ex: Exchange) -> bool:
-    """Send the stream's status line and headers; False (and status 499) when the caller is already gone."""
+EVENT_STREAM = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+async def start_stream(ex: Exchange, headers: Mapping[str, str] = EVENT_STREAM) -> web.StreamResponse | None:
+    """Answer 200 as a stream: send the status line and headers; None (and status 499) if the caller is gone."""
+    ex.streamed, ex.status = True, 200
+    resp = ex.response = web.StreamResponse(status=200, headers=headers)
     try:
         await resp.prepare(ex.request)
     except ConnectionResetError:
         ex.status = CLIENT_CLOSED
-        return False
-    return True
+        return None
+    return resp
 
 
 def translation_options(target: Target) -> TranslationOptions:

@@ -29,7 +29,7 @@ from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, prepare_quietly, send, unexpected_shape, write_quietly
+from gateway.relays.common import eof_quietly, json_object, send, start_stream, unexpected_shape, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -105,13 +105,9 @@ def _frames(events: list[Event]) -> bytes:
 
 async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
     assert ex.target is not None
-    ex.streamed = True
-    ex.status = 200
     translator = AnthropicStreamTranslator(message_id=_message_id(ex), model=ex.alias_name)
-    resp = ex.response = web.StreamResponse(
-        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    if not await prepare_quietly(resp, ex):
+    resp = await start_stream(ex)
+    if resp is None:
         return
     parser = sse.SSEParser()
     try:

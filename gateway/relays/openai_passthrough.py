@@ -25,9 +25,9 @@ from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import (
     eof_quietly,
     json_object,
-    prepare_quietly,
     relayed_headers,
     send,
+    start_stream,
     with_model,
     write_quietly,
 )
@@ -123,12 +123,10 @@ class _StreamWatch:
 
 async def _relay_stream(ex: Exchange, reply: UpstreamReply, *, keep_usage_chunk: bool) -> None:
     assert ex.target is not None
-    ex.streamed = True
-    ex.status = 200
     headers = _headers(reply, "text/event-stream")
     headers["Cache-Control"] = "no-cache"
-    resp = ex.response = web.StreamResponse(status=200, headers=headers)
-    if not await prepare_quietly(resp, ex):
+    resp = await start_stream(ex, headers)
+    if resp is None:
         return
     parser, watch = sse.SSEParser(), _StreamWatch(ex)
     try:

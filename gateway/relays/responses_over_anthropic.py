@@ -30,8 +30,8 @@ from gateway.relays.common import (
     eof_quietly,
     json_object,
     note_anthropic_event,
-    prepare_quietly,
     send_to_anthropic,
+    start_stream,
     translation_options,
     unexpected_shape,
     write_quietly,
@@ -81,13 +81,9 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
 
 
 async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
-    ex.streamed = True
-    ex.status = 200
     translator = ResponsesStreamTranslator(ctx)
-    resp = ex.response = web.StreamResponse(
-        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    if not await prepare_quietly(resp, ex):
+    resp = await start_stream(ex)
+    if resp is None:
         return
     parser = sse.SSEParser()
     try:
