@@ -93,6 +93,7 @@ class ModelAlias:
     thinking_budgets: Mapping[str, int] = field(default_factory=dict)  # OpenAI reasoning_effort -> budget
     fallbacks: tuple[Deployment, ...] = ()  # tried in order when the primary fails (after its retries)
     auto_cache: bool = False  # add Anthropic cache_control breakpoints to OpenAI-dialect requests (Cursor, Codex)
+    structured_outputs: bool = True  # the model has output_config.format; false: a forced tool call stands in
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,13 +394,16 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
     for name, spec_raw in raw.items():
         where = f"models.{name}"
         allowed = {"provider", "model", "default_max_tokens", "thinking_budgets", "fallbacks", "auto_cache"}
+        allowed |= {"structured_outputs"}
         spec = _section(spec_raw, where, allowed)
         provider = _get(spec, "provider", where, str)
         if provider not in providers:
             known = ", ".join(sorted(providers))
             raise ConfigError(f"{where}.provider: {provider!r} is not a declared provider ({known})")
         budgets_raw = _section(
-            spec.get("thinking_budgets"), f"{where}.thinking_budgets", {"minimal", "low", "medium", "high"}
+            spec.get("thinking_budgets"),
+            f"{where}.thinking_budgets",
+            {"minimal", "low", "medium", "high", "xhigh", "max"},
         )
         budgets = {
             effort: _positive(
@@ -417,6 +421,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
             thinking_budgets=budgets,
             fallbacks=_fallbacks(spec.get("fallbacks"), f"{where}.fallbacks", providers),
             auto_cache=_get(spec, "auto_cache", where, bool, False),
+            structured_outputs=_get(spec, "structured_outputs", where, bool, True),
         )
         _same_provider_type(aliases[str(name)], providers)
     return aliases

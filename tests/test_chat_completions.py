@@ -435,9 +435,9 @@ async def test_upstream_errors_reach_the_sdk_as_its_own_exceptions(
             "not valid JSON",
             id="broken-tool-arguments",
         ),
-        pytest.param({"response_format": {"type": "json_object"}}, "response_format.type", "not supported", id="json"),
+        pytest.param({"response_format": {"type": "grammar"}}, "response_format.type", "not supported", id="format"),
         pytest.param(
-            {"reasoning_effort": "medium", "model": "claude-quality"}, "reasoning_effort", "low, high", id="effort"
+            {"reasoning_effort": "ultra", "model": "claude-quality"}, "reasoning_effort", "none, low, high", id="effort"
         ),
         pytest.param({"reasoning_effort": "low"}, "reasoning_effort", "does not support", id="effort-no-thinking"),
     ],

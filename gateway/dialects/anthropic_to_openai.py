@@ -1,6 +1,8 @@
 """Translate Anthropic Messages replies, stream events and errors into OpenAI Chat Completions shapes.
 
 Pure: no I/O. The completion id and the `created` timestamp are passed in, so tests compare whole objects.
+Thinking reaches the caller twice: as `reasoning_content` text, and whole and signed in `thinking_blocks`
+(LiteLLM's field, see gateway/dialects/thinking.py), which the caller sends back on the assistant message.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import orjson
+
+from .structured_output import StreamUnwrapper, unwrap_message
+from .thinking import thinking_blocks_out
 
 # Anthropic stop_reason -> OpenAI finish_reason; anything unknown finishes as "stop".
 FINISH_REASONS: dict[str, str] = {
@@ -79,6 +84,7 @@ def message_to_chat_completion(
     message: Mapping[str, Any], *, model: str, completion_id: str, created: int
 ) -> dict[str, Any]:
     """The OpenAI `chat.completion` object for a complete (non-streamed) Anthropic message."""
+    message = unwrap_message(message)  # the structured-output fallback's tool call is the answer's text
     texts: list[str] = []
     thoughts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
@@ -96,6 +102,8 @@ def message_to_chat_completion(
         reply["tool_calls"] = tool_calls
     if thoughts:
         reply["reasoning_content"] = "".join(thoughts)
+    if signed := thinking_blocks_out(message.get("content") or []):
+        reply["thinking_blocks"] = signed
     finish_reason = FINISH_REASONS.get(message.get("stop_reason") or "", "stop")
     return {
         "id": completion_id,
@@ -148,6 +156,8 @@ class ChatStreamTranslator:
         self._tool_ordinals: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool_calls index
         self._usage = dict.fromkeys(_USAGE_FIELDS, 0)
         self._finished = False
+        self._thinking: dict[int, dict[str, Any]] = {}  # open thinking blocks by index, grown by their deltas
+        self._unwrap = StreamUnwrapper()  # the structured-output fallback's tool call streams as text
 
     @property
     def finished(self) -> bool:
@@ -162,7 +172,7 @@ class ChatStreamTranslator:
     def feed(self, event: str, data: Mapping[str, Any]) -> list[Chunk]:
         """The chunks (possibly none) to send for one Anthropic event; unknown events give none."""
         handler = self._handlers.get(event)
-        return handler(self, data) if handler else []
+        return handler(self, self._unwrap.feed(event, data)) if handler else []
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> Chunk:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -193,6 +203,10 @@ class ChatStreamTranslator:
             call = {"index": ordinal, "id": block["id"], "type": "function"}
             call["function"] = {"name": block["name"], "arguments": ""}
             return [self._chunk({"tool_calls": [call]})]
+        if block.get("type") == "redacted_thinking":  # arrives whole: handed on whole, to be sent back
+            return [self._chunk({"thinking_blocks": thinking_blocks_out([block])})]
+        if block.get("type") == "thinking":
+            self._thinking[int(data.get("index", -1))] = {**block}
         source, target = TEXT_BLOCKS.get(str(block.get("type")), ("", ""))
         return [self._chunk({target: block[source]})] if block.get(source) else []
 
@@ -204,8 +218,17 @@ class ChatStreamTranslator:
                 return []
             call = {"index": ordinal, "function": {"arguments": delta["partial_json"]}}
             return [self._chunk({"tool_calls": [call]})]
+        if (thinking := self._thinking.get(int(data.get("index", -1)))) is not None:
+            for field in ("thinking", "signature"):  # thinking_delta and signature_delta
+                if isinstance(delta.get(field), str):
+                    thinking[field] = thinking.get(field, "") + delta[field]
         source, target = TEXT_DELTAS.get(str(delta.get("type")), ("", ""))  # signature and citation deltas: nothing
         return [self._chunk({target: delta[source]})] if delta.get(source) else []
+
+    def _on_content_block_stop(self, data: Mapping[str, Any]) -> list[Chunk]:
+        # A thinking block goes out whole and signed once complete, as one thinking_blocks entry per chunk.
+        thinking = self._thinking.pop(int(data.get("index", -1)), None)
+        return [self._chunk({"thinking_blocks": thinking_blocks_out([thinking])})] if thinking else []
 
     def _on_message_delta(self, data: Mapping[str, Any]) -> list[Chunk]:
         self._record_usage(data.get("usage") or {})
@@ -231,7 +254,8 @@ class ChatStreamTranslator:
         "message_start": _on_message_start,
         "content_block_start": _on_content_block_start,
         "content_block_delta": _on_content_block_delta,
+        "content_block_stop": _on_content_block_stop,
         "message_delta": _on_message_delta,
         "message_stop": _on_message_stop,
         "error": _on_error,
-    }  # ping and content_block_stop carry nothing an OpenAI client needs
+    }  # ping carries nothing an OpenAI client needs

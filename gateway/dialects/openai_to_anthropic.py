@@ -14,6 +14,9 @@ from typing import Any
 
 import orjson
 
+from .structured_output import StructuredOutputError, apply_structured_output, structured_output
+from .thinking import NO_THINKING_EFFORTS, effort_budget, replay_missing, thinking_blocks_in, without_thinking
+
 # Accepted and dropped: they have no Anthropic counterpart and no effect on the answer's content.
 IGNORED_FIELDS: frozenset[str] = frozenset(
     {
@@ -27,9 +30,9 @@ IGNORED_FIELDS: frozenset[str] = frozenset(
         "metadata",  # OpenAI's stored-completion tags; Anthropic's metadata.user_id comes from `user`
     }
 )
-# Refused with TranslationError unless set to their no-op value (n: 1, logprobs: false, top_logprobs: 0,
-# response_format: {"type": "text"}).
-REJECTED_FIELDS: frozenset[str] = frozenset({"n", "logprobs", "top_logprobs", "response_format"})
+# Refused with TranslationError unless set to their no-op value (n: 1, logprobs: false, top_logprobs: 0).
+# response_format becomes Anthropic structured outputs (gateway/dialects/structured_output.py).
+REJECTED_FIELDS: frozenset[str] = frozenset({"n", "logprobs", "top_logprobs"})
 
 SYSTEM_ROLES: frozenset[str] = frozenset({"system", "developer"})  # hoisted into the top-level `system`
 # OpenAI role -> the Anthropic turn it joins; tool results travel in user turns.
@@ -49,8 +52,8 @@ TOOL_CHOICES: dict[str, dict[str, str]] = {
     "none": {"type": "none"},
     "required": {"type": "any"},
 }
-# reasoning_effort values that mean "do not think" rather than a budget to look up.
-NO_THINKING_EFFORTS: frozenset[str] = frozenset({"none"})
+# Content part keys kept on the Anthropic block as the caller sent them (prompt caching, with its ttl).
+KEPT_PART_FIELDS: tuple[str, ...] = ("cache_control",)
 
 
 class TranslationError(ValueError):
@@ -71,6 +74,7 @@ class TranslationOptions:
     provider_model: str  # the real model id to put in "model"
     default_max_tokens: int  # used when max_tokens / max_completion_tokens are absent
     thinking_budgets: Mapping[str, int]  # reasoning_effort -> thinking budget_tokens
+    structured_outputs: bool = True  # the model has output_config.format; False: a forced tool stands in
 
 
 def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions) -> dict[str, Any]:
@@ -83,6 +87,7 @@ def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions)
     _add_sampling(out, body)
     _add_tools(out, body)
     _add_thinking(out, body, opts)
+    _add_response_format(out, body.get("response_format"), opts, "response_format")
     if body.get("user") is not None:
         out["metadata"] = {"user_id": body["user"]}
     if body.get("stream") is not None:
@@ -99,12 +104,6 @@ def _reject_unsupported(body: Mapping[str, Any]) -> None:
         raise TranslationError(
             "top_logprobs: log probabilities are not available from Anthropic models", "top_logprobs"
         )
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, Mapping) else response_format
-        if kind != "text":
-            message = f"response_format: {kind!r} is not supported; ask for JSON in the prompt"
-            raise TranslationError(message, "response_format.type")
 
 
 def _max_tokens(body: Mapping[str, Any], opts: TranslationOptions) -> int:
@@ -123,12 +122,17 @@ def _add_sampling(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     if body.get("top_p") is not None:
         out["top_p"] = _number(body, "top_p")
     stop = body.get("stop")
-    if isinstance(stop, str):
-        out["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        out["stop_sequences"] = list(stop)
-    elif stop is not None and not isinstance(stop, list):
+    if stop is None:
+        return
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise TranslationError(f"stop: must be a string or a list of strings, got {stop!r}", "stop")
+    # Anthropic refuses a stop sequence without non-whitespace ("\n" is a common OpenAI one): dropped.
+    if kept := [s for s in stops if s.strip()]:
+        out["stop_sequences"] = kept
+    elif stops:
+        message = f"stop: {stop!r} has only empty or whitespace stop sequences, which Anthropic does not accept"
+        raise TranslationError(message, "stop")
 
 
 def _number(body: Mapping[str, Any], field: str) -> float:
@@ -191,18 +195,28 @@ def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _add_response_format(out: dict[str, Any], fmt: object, opts: TranslationOptions, where: str) -> None:
+    try:
+        apply_structured_output(out, structured_output(fmt, native=opts.structured_outputs, where=where), where)
+    except StructuredOutputError as exc:
+        raise TranslationError(str(exc), exc.param) from None
+
+
 def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: TranslationOptions) -> None:
     effort = body.get("reasoning_effort")
     if effort is not None and not isinstance(effort, str):
         raise TranslationError(f"reasoning_effort: expected a string, got {effort!r}", "reasoning_effort")
-    if effort is None or effort in NO_THINKING_EFFORTS:
+    if effort is None or effort in NO_THINKING_EFFORTS or replay_missing(out["messages"]):
+        # Thinking off (or impossible: the last tool-use turn came back without its signed thinking, which the API
+        # would refuse): earlier thinking blocks go too, as the API wants none in a request without thinking.
+        out["messages"] = without_thinking(out["messages"])
         return
     if not opts.thinking_budgets:
         message = "reasoning_effort: this model does not support reasoning (no thinking budgets); omit reasoning_effort"
         raise TranslationError(message, "reasoning_effort")
-    budget = opts.thinking_budgets.get(effort)
+    budget = effort_budget(effort, opts.thinking_budgets)
     if budget is None:
-        known = ", ".join(opts.thinking_budgets)
+        known = ", ".join(["none", *opts.thinking_budgets])
         raise TranslationError(f"reasoning_effort: {effort!r} is not supported; use one of {known}", "reasoning_effort")
     if out.get("tool_choice", {}).get("type") in ("any", "tool"):
         message = "tool_choice: with reasoning_effort set only auto or none are supported (Anthropic extended thinking)"
@@ -242,6 +256,8 @@ class _Conversation:
         for message in conversation.messages:
             if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
+        if not conversation.messages:  # everything was empty or whitespace, which Anthropic refuses
+            raise TranslationError("messages: no message has any non-whitespace content", "messages")
         return conversation.system, conversation.messages
 
     def add(self, i: int, message: Mapping[str, Any]) -> None:
@@ -268,7 +284,8 @@ class _Conversation:
             raise TranslationError(f"{where}.role: unknown role {role!r}; expected one of {known}", f"{where}.role")
 
     def _assistant_blocks(self, i: int, message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-        blocks = _content_blocks(message.get("content"), "assistant", where)  # text before tool calls
+        # Signed thinking first (as the API requires), then text, then tool calls.
+        blocks = [*thinking_blocks_in(message, where), *_content_blocks(message.get("content"), "assistant", where)]
         for j, call in enumerate(_expect_list(message.get("tool_calls") or [], f"{where}.tool_calls")):
             call_where = f"{where}.tool_calls[{j}]"
             if not isinstance(call, Mapping) or call.get("type", "function") != "function":
@@ -296,7 +313,7 @@ def _content_blocks(content: object, role: str, where: str) -> list[dict[str, An
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []  # whitespace-only text is refused
     if not isinstance(content, list):
         message = f"{where}.content: must be a string or a list of content parts"
         raise TranslationError(message, f"{where}.content")
@@ -313,11 +330,18 @@ def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None
         message = f"{where}.type: {kind!r} content parts are not supported in {role} messages; supported: {supported}"
         raise TranslationError(message, f"{where}.type")
     if kind == "image_url":
-        return _image_block(part.get("image_url"), f"{where}.image_url")
-    text = part.get(kind)  # {"type": "text", "text": ...} and {"type": "refusal", "refusal": ...}
-    if not isinstance(text, str):
-        raise TranslationError(f"{where}.{kind}: must be a string", f"{where}.{kind}")
-    return {"type": "text", "text": text} if text else None
+        block = _image_block(part.get("image_url"), f"{where}.image_url")
+    else:
+        text = part.get(kind)  # {"type": "text", "text": ...} and {"type": "refusal", "refusal": ...}
+        if not isinstance(text, str):
+            raise TranslationError(f"{where}.{kind}: must be a string", f"{where}.{kind}")
+        if not text.strip():  # Anthropic refuses empty and whitespace-only text blocks
+            return None
+        block = {"type": "text", "text": text}
+    for name in KEPT_PART_FIELDS:  # the caller's cache breakpoints (and their ttl) stay on their block
+        if isinstance(part.get(name), Mapping):
+            block[name] = dict(part[name])
+    return block
 
 
 def _image_block(image_url: object, where: str) -> dict[str, Any]:
@@ -364,7 +388,7 @@ def _tool_result(call_id: str, message: Mapping[str, Any], where: str) -> dict[s
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     content = message.get("content")
     if isinstance(content, str):
-        if content:
+        if content.strip():
             block["content"] = content
     elif content is not None and (parts := _content_blocks(content, message["role"], where)):
         block["content"] = parts

@@ -5,9 +5,10 @@ tests compare whole objects. The gateway keeps no state: a request that points a
 (`previous_response_id`, `conversation`, `store: true`, ...) is refused, and the caller sends the whole
 conversation as `input` items every time, as Codex does (`store: false`).
 
-What the model thought travels back to the caller only as an opaque `encrypted_content` on reasoning items (when
-`include` asks for "reasoning.encrypted_content"): it is the Anthropic thinking block itself, so a later request
-can hand it back, as Anthropic requires when thinking and tool use meet.
+What the model thought travels back to the caller as an opaque `encrypted_content` on reasoning items whenever
+reasoning is on (OpenAI sends it only when `include` asks for "reasoning.encrypted_content", but a stateless
+gateway has no other way to get it back): it is the Anthropic thinking block itself, so a later request can hand
+it back, as Anthropic requires when thinking and tool use meet.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from .openai_to_anthropic import (
     TOOL_CHOICES,
     TranslationError,
     TranslationOptions,
+    _add_response_format,
     _add_sampling,
     _add_thinking,
     _arguments,
     _image_block,
 )
+from .structured_output import unwrap_message
 
 # Fields that only make sense with state kept between requests: refused (the gateway is stateless).
 STATEFUL_FIELDS: dict[str, str] = {
@@ -135,7 +138,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     tools = _Tools.translate(body.get("tools"))
     system, messages = _Items.translate(body.get("input"), tools.anthropic_names)
     instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
+    if isinstance(instructions, str) and instructions.strip():
         system.insert(0, {"type": "text", "text": instructions})
     elif instructions is not None and not isinstance(instructions, str):
         raise TranslationError("instructions: must be a string", "instructions")
@@ -147,6 +150,8 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
         out["tools"] = tools.anthropic
         _add_tool_choice(out, body, tools)
     _add_reasoning(out, body, opts)
+    text = body.get("text")
+    _add_response_format(out, text.get("format") if isinstance(text, Mapping) else None, opts, "text.format")
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
@@ -154,7 +159,8 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
         out["stream"] = body["stream"]
     include = _include(body)
     echo = {name: body.get(name, default) for name, default in ECHOED_FIELDS.items()}
-    return ResponsesTranslation(out, tools.origins, INCLUDE_REASONING in include, echo)
+    include_reasoning = INCLUDE_REASONING in include or "thinking" in out
+    return ResponsesTranslation(out, tools.origins, include_reasoning, echo)
 
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:
@@ -170,10 +176,6 @@ def _reject_unsupported(body: Mapping[str, Any]) -> None:
         )
     if "message.output_text.logprobs" in _include(body):
         raise TranslationError("include: log probabilities are not available from Anthropic models", "include")
-    text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), Mapping) else None
-    kind = text_format.get("type") if isinstance(text_format, Mapping) else None
-    if kind not in (None, "text"):
-        raise TranslationError(f"text.format: {kind!r} is not supported; ask for JSON in the prompt", "text.format")
 
 
 def _max_tokens(body: Mapping[str, Any], opts: TranslationOptions) -> int:
@@ -351,7 +353,7 @@ class _Items:
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(item, where)}
         output = item.get("output")
         if isinstance(output, str):
-            if output:
+            if output.strip():
                 block["content"] = output
         elif output is not None and (parts := _content_blocks(output, True, f"{where}.output")):
             block["content"] = parts
@@ -400,8 +402,8 @@ def _call_id(item: Mapping[str, Any], where: str) -> str:
 def _content_blocks(content: object, images: bool, where: str) -> list[dict[str, Any]]:
     if content is None:
         return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+    if isinstance(content, str):  # Anthropic refuses empty and whitespace-only text blocks
+        return [{"type": "text", "text": content}] if content.strip() else []
     if not isinstance(content, list):
         raise TranslationError(f"{where}.content: must be a string or a list of content parts", f"{where}.content")
     blocks = []
@@ -417,7 +419,7 @@ def _content_blocks(content: object, images: bool, where: str) -> list[dict[str,
             text = part.get(field_name)
             if not isinstance(text, str):
                 raise TranslationError(f"{part_where}.{field_name}: must be a string", part_where)
-            if text:
+            if text.strip():
                 blocks.append({"type": "text", "text": text})
         else:
             supported = ", ".join([*TEXT_PARTS, *(["input_image"] if images else [])])
@@ -513,6 +515,7 @@ def finished_response(
 def message_to_response(message: Mapping[str, Any], ctx: ResponseContext) -> dict[str, Any]:
     """The Response object for a complete (non-streamed) Anthropic message."""
     output = []
+    message = unwrap_message(message)  # the structured-output fallback's tool call is the answer's text
     for index, block in enumerate(message.get("content") or []):
         if (item := output_item(block, index, ctx)) is not None:
             output.append(item)

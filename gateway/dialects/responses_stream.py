@@ -28,6 +28,7 @@ from .responses import (
     output_item,
     response_object,
 )
+from .structured_output import StreamUnwrapper
 
 Event = dict[str, Any]
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -72,6 +73,7 @@ class ResponsesStreamTranslator:
         self._usage = dict.fromkeys(_USAGE_FIELDS, 0)
         self._stop_reason: str | None = None
         self._finished = False
+        self._unwrap = StreamUnwrapper()  # the structured-output fallback's tool call streams as text
 
     @property
     def finished(self) -> bool:
@@ -85,7 +87,7 @@ class ResponsesStreamTranslator:
     def feed(self, event: str, data: Mapping[str, Any]) -> list[Event]:
         """The events (possibly none) to send for one Anthropic event; unknown events give none."""
         handler = self._handlers.get(event)
-        return handler(self, data) if handler else []
+        return handler(self, self._unwrap.feed(event, data)) if handler else []
 
     def fail(self, anthropic_type: str, message: str) -> list[Event]:
         """response.failed, for an error the stream carried or the gateway met (the upstream broke off)."""

@@ -20,10 +20,12 @@ from gateway.dialects.anthropic_to_openai import (
 from gateway.dialects.openai_to_anthropic import TranslationError, chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
+from gateway.dialects.thinking import thinking_headers
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
+    EVENT_STREAM,
     eof_quietly,
     json_object,
     note_anthropic_event,
@@ -54,14 +56,17 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
     except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
         raise unexpected_shape(exc) from None
     stream = translated.get("stream") is True
+    notes = thinking_headers(ex.body, translated)  # reasoning asked for but sent without thinking: say so
     reply = await send_to_anthropic(ex, translated)
     try:
         if reply.status != 200:
             await _openai_error(ex, reply)
         elif stream:
-            await _openai_stream(ex, reply, custom)
+            await _openai_stream(ex, reply, custom, notes)
         else:
             await _openai_whole(ex, reply, custom)
+        if not ex.streamed and ex.response is not None:
+            ex.response.headers.update(notes)
     finally:
         reply.release()
 
@@ -92,14 +97,16 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
     ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
+async def _openai_stream(
+    ex: Exchange, reply: UpstreamReply, custom: frozenset[str], notes: dict[str, str] | None = None
+) -> None:
     assert ex.target is not None
     options = ex.body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator = ChatStreamTranslator(
         model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time()), include_usage=include_usage
     )
-    resp = await start_stream(ex)
+    resp = await start_stream(ex, {**EVENT_STREAM, **(notes or {})})
     if resp is None:
         return
     parser = sse.SSEParser()

@@ -195,6 +195,7 @@ def translation_options(target: Target) -> TranslationOptions:
         provider_model=target.provider_model,
         default_max_tokens=alias.default_max_tokens,
         thinking_budgets=alias.thinking_budgets,
+        structured_outputs=alias.structured_outputs,
     )
 
 

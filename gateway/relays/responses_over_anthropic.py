@@ -23,10 +23,12 @@ from gateway.dialects.responses import (
     responses_request_to_anthropic,
 )
 from gateway.dialects.responses_stream import ResponsesStreamTranslator
+from gateway.dialects.thinking import thinking_headers
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
+    EVENT_STREAM,
     eof_quietly,
     json_object,
     note_anthropic_event,
@@ -51,14 +53,17 @@ async def relay_responses_over_anthropic(ex: Exchange) -> None:
         raise unexpected_shape(exc) from None
     stream = translation.request.get("stream") is True
     ctx = ResponseContext(f"resp_{ex.request_id}", int(time.time()), ex.alias_name, translation)
+    notes = thinking_headers(ex.body, translation.request)  # reasoning asked for but sent without thinking
     reply = await send_to_anthropic(ex, translation.request)
     try:
         if reply.status != 200:
             await _error(ex, reply)
         elif stream:
-            await _stream(ex, reply, ctx)
+            await _stream(ex, reply, ctx, notes)
         else:
             await _whole(ex, reply, ctx)
+        if not ex.streamed and ex.response is not None:
+            ex.response.headers.update(notes)
     finally:
         reply.release()
 
@@ -80,9 +85,9 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
     ex.response = web.Response(body=orjson.dumps(message_to_response(message, ctx)), content_type="application/json")
 
 
-async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
+async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, notes: dict[str, str]) -> None:
     translator = ResponsesStreamTranslator(ctx)
-    resp = await start_stream(ex)
+    resp = await start_stream(ex, {**EVENT_STREAM, **notes})
     if resp is None:
         return
     parser = sse.SSEParser()

@@ -164,7 +164,16 @@ def test_usage(usage: dict[str, Any], expected: dict[str, Any]) -> None:
                 {"type": "text", "text": "Hi!"},
             ],
             "end_turn",
-            {"role": "assistant", "content": "Hi!", "reasoning_content": "The user greets. Reply politely."},
+            {
+                "role": "assistant",
+                "content": "Hi!",
+                "reasoning_content": "The user greets. Reply politely.",
+                "thinking_blocks": [  # whole and signed, in order, for the caller to send back
+                    {"type": "thinking", "thinking": "The user greets. ", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "xyz"},
+                    {"type": "thinking", "thinking": "Reply politely.", "signature": "sig"},
+                ],
+            },
             "stop",
             id="thinking",
         ),
@@ -319,12 +328,13 @@ TOOL_STREAM = [
     message_delta("tool_use", {"input_tokens": 30, "output_tokens": 60}),
     MESSAGE_STOP,
 ]
+SIG = "EqQBCgIYAhIM"
 THINKING_STREAM = [
     message_start(START_USAGE),
     block_start(0, {"type": "thinking", "thinking": ""}),
     delta(0, type="thinking_delta", thinking="Two plus two "),
     delta(0, type="thinking_delta", thinking="is four."),
-    delta(0, type="signature_delta", signature="EqQBCgIYAhIM"),
+    delta(0, type="signature_delta", signature=SIG),
     block_stop(0),
     block_start(1, {"type": "text", "text": "4"}),
     block_stop(1),
@@ -398,6 +408,7 @@ STREAM_CASES = [
             chunk(ROLE),
             chunk({"reasoning_content": "Two plus two "}),
             chunk({"reasoning_content": "is four."}),
+            chunk({"thinking_blocks": [{"type": "thinking", "thinking": "Two plus two is four.", "signature": SIG}]}),
             chunk({"content": "4"}),
             chunk({}, "length"),
         ],
@@ -464,7 +475,11 @@ def test_stream_usage_takes_latest_non_null_counts() -> None:
         pytest.param(*delta(0, type="citations_delta", citation={}), [], id="citations_delta"),
         pytest.param(*delta(0, type="text_delta", text=""), [], id="empty-text_delta"),
         pytest.param(*delta(5, type="input_json_delta", partial_json="{}"), [], id="json-for-unknown-block"),
-        pytest.param(*block_start(0, {"type": "redacted_thinking", "data": "x"}), [], id="redacted_thinking-start"),
+        pytest.param(
+            *block_start(0, {"type": "redacted_thinking", "data": "x"}),
+            [chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": "x"}]})],
+            id="redacted_thinking-start",
+        ),
         pytest.param("future_event", {"type": "future_event"}, [], id="unknown-event"),
         pytest.param(
             "error",

@@ -273,7 +273,7 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
         pytest.param({"conversation": "conv_1"}, "conversation", "keeps no conversations", id="conversation"),
         pytest.param({"background": True}, "background", "background", id="background"),
         pytest.param({"top_logprobs": 2}, "top_logprobs", "log probabilities", id="top_logprobs"),
-        pytest.param({"text": {"format": {"type": "json_schema"}}}, "text.format", "'json_schema'", id="json-schema"),
+        pytest.param({"text": {"format": {"type": "json_schema"}}}, "text.format.schema", "schema", id="json-schema"),
         pytest.param({"tools": [{"type": "file_search"}]}, "tools[0].type", "'file_search' tools", id="hosted-tool"),
         pytest.param({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "'item_reference'", id="ref"),
         pytest.param(
@@ -287,7 +287,7 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
             {"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "required", id="call_id"
         ),
         pytest.param({"input": []}, "input", "non-empty", id="empty-input"),
-        pytest.param({"reasoning": {"effort": "high"}}, "reasoning.effort", "'high' is not supported", id="effort"),
+        pytest.param({"reasoning": {"effort": "ultra"}}, "reasoning.effort", "'ultra' is not supported", id="effort"),
         pytest.param({"max_output_tokens": 0}, "max_output_tokens", "positive integer", id="max_output_tokens"),
         pytest.param({"tool_choice": {"type": "allowed_tools"}}, "tool_choice", "expected", id="allowed_tools"),
     ],

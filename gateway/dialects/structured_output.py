@@ -1,0 +1,176 @@
+"""OpenAI structured outputs (`response_format`, Responses `text.format`) as Anthropic structured outputs.
+
+Pure: no I/O. Two ways to the same answer, chosen per alias (`structured_outputs:` in gateway.yaml):
+
+- native: the Messages API's `output_config.format` ({"type": "json_schema", "schema": ...}), which constrains
+  the reply's text to the schema (https://platform.claude.com/docs/en/build-with-claude/structured-outputs;
+  anthropic SDK `OutputConfigParam` / `JSONOutputFormatParam`). The API wants `additionalProperties: false` on
+  every object, so it is added where a schema leaves it out (OpenAI's non-strict schemas, LangChain's default).
+- tool: for a model without structured outputs, or a schema the API cannot take (an object that allows extra
+  properties; `json_object`, which has no schema), a tool named `STRUCTURED_OUTPUT_TOOL` whose input schema is
+  the caller's, called by force. The reply translators turn that call back into plain message text, so the caller
+  sees JSON content and `finish_reason: "stop"`, exactly as from OpenAI.
+
+    >>> fmt = {"type": "json_schema", "json_schema": {"name": "A", "schema": {"type": "object"}, "strict": True}}
+    >>> structured_output(fmt, native=True, where="response_format")
+    {'output_config': {'format': {'type': 'json_schema', 'schema': {'type': 'object', 'additionalProperties': False}}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+# Reserved: a caller tool by this name is refused, so a tool_use block with it is always the gateway's own.
+STRUCTURED_OUTPUT_TOOL = "structured_output"
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+# Said to the model when thinking is on: the API allows only tool_choice auto/none then, so the call is asked for.
+THINKING_TOOL_NOTE = f"Give your final answer by calling the {STRUCTURED_OUTPUT_TOOL} tool, and only that way."
+
+
+class StructuredOutputError(ValueError):
+    """The format cannot be expressed; `param` names the field (e.g. "response_format.json_schema.schema")."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def structured_output(fmt: object, *, native: bool, where: str) -> dict[str, Any]:
+    """The Messages request fields for one OpenAI format object: {} for text, `output_config` or a forced tool.
+
+    `fmt` is a Chat `response_format` ({"type": "json_schema", "json_schema": {"schema": ...}}) or a Responses
+    `text.format` ({"type": "json_schema", "schema": ...}); `where` names it in errors.
+    """
+    if fmt is None:
+        return {}
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else fmt
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return _forced_tool(ANY_OBJECT, "a JSON object")
+    if kind != "json_schema" or not isinstance(fmt, Mapping):
+        raise StructuredOutputError(
+            f"{where}.type: {kind!r} is not supported; use text, json_object or json_schema", f"{where}.type"
+        )
+    spec = fmt.get("json_schema") if "json_schema" in fmt else fmt  # Chat nests it; Responses does not
+    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    if not isinstance(schema, Mapping):
+        param = f"{where}.json_schema.schema" if "json_schema" in fmt else f"{where}.schema"
+        raise StructuredOutputError(f"{param}: a JSON schema object is required", param)
+    description = spec.get("description") if isinstance(spec.get("description"), str) else None
+    closed = closed_schema(schema)
+    if native and closed is not None:
+        return {"output_config": {"format": {"type": "json_schema", "schema": closed}}}
+    return _forced_tool(dict(schema), description or f"the answer, as the {spec.get('name') or 'required'} object")
+
+
+def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`schema` with `additionalProperties: false` on every object that leaves it out; None if one allows extras.
+
+    Only the places a schema nests schemas are walked (properties, items, anyOf/allOf, $defs/definitions).
+    """
+    out: dict[str, Any] = dict(schema)
+    if out.get("type") == "object" or "properties" in out:
+        extra = out.setdefault("additionalProperties", False)
+        if extra is not False:
+            return None
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(out.get(key), Mapping):
+            inner = {name: closed_schema(sub) if isinstance(sub, Mapping) else sub for name, sub in out[key].items()}
+            if any(sub is None for sub in inner.values()):
+                return None
+            out[key] = inner
+    for key in ("anyOf", "allOf"):
+        if isinstance(out.get(key), list):
+            subs = [closed_schema(sub) if isinstance(sub, Mapping) else sub for sub in out[key]]
+            if any(sub is None for sub in subs):
+                return None
+            out[key] = subs
+    if isinstance(out.get("items"), Mapping):
+        if (items := closed_schema(out["items"])) is None:
+            return None
+        out["items"] = items
+    return out
+
+
+def _forced_tool(schema: Mapping[str, Any], what: str) -> dict[str, Any]:
+    tool = {"name": STRUCTURED_OUTPUT_TOOL, "description": f"Return {what}.", "input_schema": dict(schema)}
+    return {"tools": [tool], "tool_choice": {"type": "tool", "name": STRUCTURED_OUTPUT_TOOL}}
+
+
+def apply_structured_output(out: dict[str, Any], fields: Mapping[str, Any], where: str) -> None:
+    """Merge `structured_output()`'s fields into a Messages request that may already carry tools.
+
+    With the caller's own tools beside it, the choice becomes "any" (the model may still call theirs); with thinking
+    on it must stay "auto" (the API refuses forced tool use while thinking), so the model is asked in the system
+    prompt instead.
+    """
+    if "output_config" in fields:
+        out["output_config"] = {**out.get("output_config", {}), **fields["output_config"]}
+        return
+    if not fields:
+        return
+    tools = out.get("tools") or []
+    if any(tool.get("name") == STRUCTURED_OUTPUT_TOOL for tool in tools):
+        message = f"tools: {STRUCTURED_OUTPUT_TOOL!r} is reserved for {where}; rename the tool"
+        raise StructuredOutputError(message, "tools")
+    out["tools"] = [*tools, *fields["tools"]]
+    if "thinking" in out:
+        out["tool_choice"] = {"type": "auto"}
+        system = out.get("system") or []
+        out["system"] = [*system, {"type": "text", "text": THINKING_TOOL_NOTE}]
+    elif tools:
+        out["tool_choice"] = {"type": "any"}
+    else:
+        out["tool_choice"] = fields["tool_choice"]
+
+
+# --- replies: the forced call back into text ----------------------------------------------------------------
+
+
+def unwrap_message(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The Anthropic message with a `STRUCTURED_OUTPUT_TOOL` call as a text block of its input, stop end_turn."""
+    content = message.get("content") or []
+    if not any(_is_ours(block) for block in content):
+        return message
+    blocks = [_as_text(block) if _is_ours(block) else block for block in content]
+    others = any(block.get("type") == "tool_use" for block in blocks)
+    stop = message.get("stop_reason")
+    return {**message, "content": blocks, "stop_reason": "end_turn" if stop == "tool_use" and not others else stop}
+
+
+def _is_ours(block: object) -> bool:
+    is_tool_use = isinstance(block, Mapping) and block.get("type") == "tool_use"
+    return is_tool_use and block.get("name") == STRUCTURED_OUTPUT_TOOL  # type: ignore[union-attr]
+
+
+def _as_text(block: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "text", "text": orjson.dumps(block.get("input") or {}).decode()}
+
+
+class StreamUnwrapper:
+    """Rewrites Anthropic stream events so a `STRUCTURED_OUTPUT_TOOL` call streams as text (input_json -> text)."""
+
+    def __init__(self) -> None:
+        self._ours: set[int] = set()  # content block indexes of our tool's calls
+        self._other_tools = False
+
+    def feed(self, event: str, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The event data to translate instead of `data`."""
+        if event == "content_block_start":
+            block = data.get("content_block") or {}
+            if _is_ours(block):
+                self._ours.add(int(data.get("index", -1)))
+                return {**data, "content_block": {"type": "text", "text": ""}}
+            self._other_tools |= block.get("type") == "tool_use"
+        elif event == "content_block_delta" and int(data.get("index", -1)) in self._ours:
+            delta = data.get("delta") or {}
+            return {**data, "delta": {"type": "text_delta", "text": delta.get("partial_json") or ""}}
+        elif event == "message_delta" and self._ours and not self._other_tools:
+            delta = data.get("delta") or {}
+            if delta.get("stop_reason") == "tool_use":
+                return {**data, "delta": {**delta, "stop_reason": "end_turn"}}
+        return data
