@@ -17,7 +17,16 @@ GET /health; anything else is a 404 in Anthropic's error shape. Every request is
 Default replies (nothing queued): `chunks` words of deterministic text, one SSE delta per word. Model
 `fake-error-<status>` (or header `x-fake-status`) answers with that status in the route's error shape.
 With `tools` in the request and "use_tool" in the last user text, the reply calls the first tool with
-{"q": "fake"}. Headers `x-fake-latency-ms` and `x-fake-chunks` override the timing and length per request.
+{"q": "fake"}; "use_tools:N" in any user text makes it call a tool until N tool results have come back.
+Headers `x-fake-latency-ms` and `x-fake-chunks` override the timing and length per request.
+
+POST /v1/messages also behaves as the Messages API does where a translation can go wrong (validate=True, the
+default; rules and their sources in tests/fakes/messages_rules.py): a request the API would refuse gets its 400,
+scripted reply or not. With thinking on, the default reply opens with a thinking block signed by the fake, and
+a signature the fake issued must come back with its thinking text unchanged. With `foreign_signatures = False`
+only signatures it issued (in default or scripted replies, or added to `.signatures`) are accepted at all; the
+default (True) lets the real signatures of captured Claude Code histories through, which the fake cannot verify.
+With output_config.format the reply text is a JSON instance of the schema; a forced tool_choice calls that tool.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.fakes import messages_rules
 
 # (event name, data). An empty name writes a data-only frame (OpenAI); str data is written raw ("[DONE]").
 Event = tuple[str, dict[str, Any] | str]
@@ -261,11 +272,70 @@ def _last_user_text(messages: list[Any]) -> str:
 
 
 def _requested_tool(body: dict[str, Any], *, openai: bool) -> str | None:
-    """The first tool's name when the caller asks for a tool call ("use_tool" in its last user text)."""
+    """The tool to call: the forced one (tool_choice), else the first tool when the caller asks for a call
+    ("use_tool" in its last user text, or "use_tools:N" in any user text with fewer than N results back)."""
     tools = body.get("tools") or []
-    if not tools or "use_tool" not in _last_user_text(body["messages"]):
+    choice = body.get("tool_choice") or {}
+    if not openai and tools and choice.get("type") == "tool":
+        return str(choice["name"])
+    if not tools or not (choice.get("type") == "any" or _wants_tool(body["messages"])):
         return None
     return str(tools[0]["function"]["name"] if openai else tools[0]["name"])
+
+
+def _wants_tool(messages: list[Any]) -> bool:
+    if "use_tool" in _last_user_text(messages) and "use_tools:" not in _last_user_text(messages):
+        return True
+    texts = [_last_user_text([m]) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    rounds = [int(m.group(1)) for text in texts for m in [re.search(r"use_tools:(\d+)", text)] if m]
+    return bool(rounds) and _tool_results(messages) < rounds[0]
+
+
+def _tool_results(messages: list[Any]) -> int:
+    """Tool results sent back so far: Anthropic tool_result blocks and OpenAI role "tool" messages."""
+    count = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        count += message.get("role") == "tool"
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        count += sum(1 for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result")
+    return count
+
+
+def _tool_input(body: dict[str, Any], name: str) -> Any:
+    """{"q": "fake"}, or an instance of the tool's input schema when the call is forced (structured output)."""
+    if (body.get("tool_choice") or {}).get("type") != "tool":
+        return {"q": "fake"}
+    tool = next((t for t in body.get("tools") or [] if t.get("name") == name), {})
+    return messages_rules.instance(tool.get("input_schema") or {})
+
+
+def _reply_text(body: dict[str, Any], words: list[str]) -> str:
+    """The reply's words, or a JSON instance of the schema when output_config.format asks for one."""
+    fmt = (body.get("output_config") or {}).get("format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
+        return orjson.dumps(messages_rules.instance(fmt["schema"])).decode()
+    return "".join(words)
+
+
+def _issued(value: Any) -> set[str]:
+    """Every signature and redacted_thinking data in a scripted reply (body or events), found by walking it."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        if isinstance(value.get("signature"), str) and value["signature"]:
+            found.add(value["signature"])
+        if value.get("type") == "redacted_thinking" and isinstance(value.get("data"), str):
+            found.add(value["data"])
+        values: Any = value.values()
+    elif isinstance(value, list | tuple):
+        values = value
+    else:
+        return found
+    for inner in values:
+        found |= _issued(inner)
+    return found
 
 
 def _missing_field(body: dict[str, Any] | None, required: Sequence[str]) -> str | None:
@@ -290,6 +360,7 @@ class FakeUpstream:
         chunk_delay_s: float = 0.0,
         record: bool = True,
         fail_rate: float = 0.0,
+        validate: bool = True,
     ) -> None:
         self.chunks, self.latency_s, self.chunk_delay_s = chunks, latency_s, chunk_delay_s
         self.fail_rate = fail_rate  # share of default replies that are a 529 overloaded_error (soak tests)
@@ -298,12 +369,17 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.url = ""
         self._record = record  # off when benchmarking, so the log does not grow without bound
+        self.validate = validate  # refuse /v1/messages requests the real API would refuse
+        self.signatures: set[str] = set()  # thinking signatures / redacted data issued by scripted replies
+        self.foreign_signatures = True  # accept signatures the fake did not issue (captured real ones)
         self._queue: deque[Scripted] = deque()
         self._runner: web.AppRunner | None = None
 
     def enqueue(self, **fields: Any) -> None:
         """Queue `Scripted(**fields)` for the next API request, whatever its route (not /health)."""
-        self._queue.append(Scripted(**fields))
+        script = Scripted(**fields)
+        self.signatures.update(_issued(script.body), _issued(script.events))  # the fake "signed" what it scripts
+        self._queue.append(script)
 
     def app(self) -> web.Application:
         """The aiohttp application; `start` serves it, `main` runs it standalone."""
@@ -355,6 +431,8 @@ class FakeUpstream:
         async def handle(request: web.Request) -> web.StreamResponse:
             self.hits += 1
             call = self._parse(request, await request.read())
+            if refusal := self._refusal(request, call):
+                return await _send(request, refusal)
             script = self._queue.popleft() if self._queue else self._default_script(request)
             if script.body is None and script.events is None:
                 script = build(call, script)
@@ -370,6 +448,25 @@ class FakeUpstream:
         body = body if isinstance(body, dict) else None
         chunks = int(request.headers.get("x-fake-chunks", self.chunks))
         return _Call(raw, body, chunks, _forced_status(request, body))
+
+    def _refusal(self, request: web.Request, call: _Call) -> Scripted | None:
+        """The API's 400 for a Messages request it would refuse (left queued replies stay queued)."""
+        if not self.validate or request.path != "/v1/messages" or call.body is None or call.forced_status:
+            return None
+        if self._queue and self._queue[0].status >= 400:  # a scripted failure answers first, as scripted
+            return None
+        found = messages_rules.problem(call.body, self._accepted)
+        return Scripted(status=400, body=anthropic_error("invalid_request_error", found)) if found else None
+
+    def _accepted(self, block: dict[str, Any]) -> bool:
+        key = "data" if block.get("type") == "redacted_thinking" else "signature"
+        signature = block.get(key)
+        if not isinstance(signature, str) or not signature:
+            return False
+        if signature.startswith(messages_rules.SIGNATURE_PREFIX):  # the fake's own: it must verify
+            thinking = block.get("thinking")
+            return isinstance(thinking, str) and signature == messages_rules.sign(thinking)
+        return self.foreign_signatures or signature in self.signatures
 
     def _default_script(self, request: web.Request) -> Scripted:
         latency_ms = request.headers.get("x-fake-latency-ms")
@@ -394,9 +491,14 @@ class FakeUpstream:
             return replace(script, status=400, body=anthropic_error("invalid_request_error", problem))
         assert call.body is not None  # _missing_field refused anything else
         words = _reply_words(call.chunks)
-        content: list[dict[str, Any]] = [{"type": "text", "text": "".join(words)}]
+        content: list[dict[str, Any]] = [{"type": "text", "text": _reply_text(call.body, words)}]
+        if (call.body.get("thinking") or {}).get("type") == "enabled":
+            thought = f"Thinking about turn {len(call.body['messages'])}."
+            content.insert(0, {"type": "thinking", "thinking": thought, "signature": messages_rules.sign(thought)})
         if tool := _requested_tool(call.body, openai=False):
-            content.append({"type": "tool_use", "id": _new_id("toolu_fake_"), "name": tool, "input": {"q": "fake"}})
+            content.append(
+                {"type": "tool_use", "id": _new_id("toolu_fake_"), "name": tool, "input": _tool_input(call.body, tool)}
+            )
         message = {"id": _new_id("msg_fake_"), "type": "message", "role": "assistant", "model": call.body["model"]}
         message |= {"content": content, "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None}
         message["usage"] = self._usage(call, len(words))
