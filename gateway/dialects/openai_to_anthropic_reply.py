@@ -8,6 +8,12 @@ Claude Code parses the event sequence strictly, so the stream translator always 
     (content_block_start, content_block_delta*, content_block_stop)*   one text or tool_use block at a time
     message_delta (stop_reason, cumulative usage)
     message_stop
+
+OpenAI-compatible servers bend the chunk format (Ollama, vLLM and llama.cpp among them): some send each tool
+call whole, several at the same `index` but each with its own `id`; some send `arguments` as a JSON object rather
+than a string; some end a turn that called tools with finish_reason "stop". So a call is keyed by its id as well
+as its index, object arguments are serialised, and a turn that called a tool stops with "tool_use" (the stop
+reason Claude Code and the anthropic SDK look for before running tools).
 """
 
 from __future__ import annotations
@@ -71,10 +77,16 @@ def chat_completion_to_message(completion: Mapping[str, Any], *, message_id: str
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "", DEFAULT_STOP_REASON),
+        "stop_reason": _stop_reason(choice.get("finish_reason"), called_tools=bool(reply.get("tool_calls"))),
         "stop_sequence": None,
         "usage": usage_to_anthropic(completion.get("usage")),
     }
+
+
+def _stop_reason(finish_reason: object, *, called_tools: bool) -> str:
+    """The Anthropic stop_reason: "tool_use" whenever a tool was called and the turn did not run out of tokens."""
+    stop = STOP_REASONS.get(finish_reason if isinstance(finish_reason, str) else "", DEFAULT_STOP_REASON)
+    return "tool_use" if called_tools and stop == DEFAULT_STOP_REASON else stop
 
 
 def _message_text(reply: Mapping[str, Any]) -> str:
@@ -148,9 +160,10 @@ class AnthropicStreamTranslator:
         self._message_id, self._model = message_id, model
         self._started = False
         self._finished = False
-        self._open: str | int | None = None  # the open block: "text", an OpenAI tool_calls index, or None
+        self._open: str | tuple[str, str] | None = None  # the open block: "text", ("tool", tool_use id), or None
         self._next_index = 0  # the Anthropic index the next block gets
-        self._tool_ids: dict[int, str] = {}  # OpenAI tool_calls index -> the tool_use id sent
+        self._tool_ids: dict[object, str] = {}  # OpenAI tool_calls index -> the id of the latest call at it
+        self._tools_called = 0
         self._stop_reason: str | None = None
         self._usage = usage_to_anthropic(None)
 
@@ -191,7 +204,10 @@ class AnthropicStreamTranslator:
             return []
         self._finished = True
         events = self._start() + self._close_block()
-        delta = {"stop_reason": self._stop_reason or DEFAULT_STOP_REASON, "stop_sequence": None}
+        stop = self._stop_reason or DEFAULT_STOP_REASON
+        if self._tools_called and stop == DEFAULT_STOP_REASON:  # finish_reason "stop" after a tool call
+            stop = "tool_use"
+        delta = {"stop_reason": stop, "stop_sequence": None}
         events.append(_event("message_delta", delta=delta, usage=self.usage))
         events.append(_event("message_stop"))
         return events
@@ -232,20 +248,25 @@ class AnthropicStreamTranslator:
     def _tool_call(self, call: Mapping[str, Any]) -> list[Event]:
         ordinal = call.get("index", 0)
         function = call.get("function") or {}
+        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") else None
         events: list[Event] = []
-        if ordinal not in self._tool_ids:  # the first fragment of a call carries its id and name
-            tool_id = self._tool_ids[ordinal] = call.get("id") or _tool_id(self._message_id, len(self._tool_ids))
+        current = self._tool_ids.get(ordinal)
+        if current is None or (call_id is not None and call_id != current):  # a new call: new index, or new id
+            tool_id = self._tool_ids[ordinal] = call_id or _tool_id(self._message_id, self._tools_called)
+            self._tools_called += 1
             block: dict[str, Any] = {"type": "tool_use", "id": tool_id, "name": function.get("name") or "", "input": {}}
-            events += self._open_block(ordinal, block)
-        elif ordinal != self._open:
+            events += self._open_block(("tool", tool_id), block)
+        elif self._open != ("tool", current):
             return []  # a fragment for a call already closed: servers stream calls one after another
         arguments = function.get("arguments")
+        if isinstance(arguments, Mapping):  # a whole JSON object instead of JSON text (Ollama, some vLLM parsers)
+            arguments = orjson.dumps(arguments).decode()
         if isinstance(arguments, str) and arguments:
             delta = {"type": "input_json_delta", "partial_json": arguments}
             events.append(_event("content_block_delta", index=self._next_index - 1, delta=delta))
         return events
 
-    def _open_block(self, kind: str | int, block: dict[str, Any]) -> list[Event]:
+    def _open_block(self, kind: str | tuple[str, str], block: dict[str, Any]) -> list[Event]:
         events = self._close_block()
         self._open = kind
         events.append(_event("content_block_start", index=self._next_index, content_block=block))

@@ -377,3 +377,76 @@ def test_stream_and_whole_reply_agree(with_tool: bool) -> None:
     assert [name for name, _ in events][-2:] == ["message_delta", "message_stop"]
     assert events[-2][1]["delta"]["stop_reason"] == expected["stop_reason"]
     assert events[-2][1]["usage"] == expected["usage"] == translator.usage
+
+
+# --- OpenAI-compatible servers that bend the chunk format (Ollama, vLLM, llama.cpp) -------------------------------
+
+
+def whole_call(call_id: str, name: str, arguments: object, index: int = 0) -> dict[str, Any]:
+    return {
+        "tool_calls": [
+            {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("chunks", "blocks", "stop_reason"),
+    [
+        pytest.param(
+            [
+                chunk(whole_call("call_a", "read", '{"p": "a"}')),
+                chunk(whole_call("call_b", "read", '{"p": "b"}')),
+                chunk({}, "stop"),
+            ],
+            [
+                {"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "a"}},
+                {"type": "tool_use", "id": "call_b", "name": "read", "input": {"p": "b"}},
+            ],
+            "tool_use",
+            id="two-whole-calls-same-index-finish-stop",
+        ),
+        pytest.param(
+            [chunk(whole_call("call_a", "read", {"p": "a"})), chunk({}, "tool_calls")],
+            [{"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "a"}}],
+            "tool_use",
+            id="object-arguments",
+        ),
+        pytest.param(
+            [
+                chunk(whole_call("call_a", "read", '{"p":')),
+                chunk({"tool_calls": [{"index": 0, "id": "call_a", "function": {"arguments": ' "a"}'}}]}),
+                chunk({}, "stop"),
+            ],
+            [{"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "a"}}],
+            "tool_use",
+            id="id-repeated-on-every-fragment",
+        ),
+        pytest.param(
+            [chunk({"content": "Reading."}), chunk(whole_call("call_a", "read", "{}")), chunk({}, "length")],
+            [{"type": "text", "text": "Reading."}, {"type": "tool_use", "id": "call_a", "name": "read", "input": {}}],
+            "max_tokens",
+            id="length-stays-max_tokens",
+        ),
+    ],
+)
+def test_bent_tool_call_streams(chunks: list[dict[str, Any]], blocks: list[dict[str, Any]], stop_reason: str) -> None:
+    events = run(chunks)
+    assert assemble(events) == blocks
+    assert events[-2][1]["delta"]["stop_reason"] == stop_reason
+
+
+@pytest.mark.parametrize(
+    ("arguments", "finish_reason", "stop_reason"),
+    [
+        pytest.param({"p": "a"}, "stop", "tool_use", id="object-arguments-finish-stop"),
+        pytest.param('{"p": "a"}', "tool_calls", "tool_use", id="string-arguments"),
+    ],
+)
+def test_whole_reply_with_tool_calls_stops_for_tool_use(
+    arguments: object, finish_reason: str, stop_reason: str
+) -> None:
+    call = {"id": "call_a", "type": "function", "function": {"name": "read", "arguments": arguments}}
+    message = translate(completion({"role": "assistant", "content": None, "tool_calls": [call]}, finish_reason))
+    assert message["content"] == [{"type": "tool_use", "id": "call_a", "name": "read", "input": {"p": "a"}}]
+    assert message["stop_reason"] == stop_reason
