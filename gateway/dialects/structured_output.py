@@ -136,7 +136,9 @@ def unwrap_message(message: Mapping[str, Any]) -> Mapping[str, Any]:
     content = message.get("content") or []
     if not any(_is_ours(block) for block in content):
         return message
-    blocks = [_as_text(block) if _is_ours(block) else block for block in content]
+    # The call's input is the whole answer: text the model wrote beside it (possible only with thinking on, where the
+    # call is asked for rather than forced) would make the content invalid JSON.
+    blocks = [_as_text(block) if _is_ours(block) else block for block in content if block.get("type") != "text"]
     others = any(block.get("type") == "tool_use" for block in blocks)
     stop = message.get("stop_reason")
     return {**message, "content": blocks, "stop_reason": "end_turn" if stop == "tool_use" and not others else stop}

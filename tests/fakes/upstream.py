@@ -496,6 +496,10 @@ class FakeUpstream:
             thought = f"Thinking about turn {len(call.body['messages'])}."
             content.insert(0, {"type": "thinking", "thinking": thought, "signature": messages_rules.sign(thought)})
         if tool := _requested_tool(call.body, openai=False):
+            if (call.body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+                # A forced call comes with no text before it (the API prefills the turn to force the tool:
+                # https://platform.claude.com/docs/en/agents-and-tools/tool-use/implement-tool-use#forcing-tool-use).
+                content = [b for b in content if b["type"] != "text"]
             content.append(
                 {"type": "tool_use", "id": _new_id("toolu_fake_"), "name": tool, "input": _tool_input(call.body, tool)}
             )
