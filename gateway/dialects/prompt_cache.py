@@ -31,17 +31,42 @@ def with_cache_breakpoints(body: Mapping[str, Any]) -> dict[str, Any]:
 
     In order: the last message (the whole prefix, read back by the next turn), the user message before it (what
     the previous turn wrote, read now), the last system block and the last tool (both survive an edited history).
-    Blocks that already carry cache_control are left alone and count against the four.
+    Blocks that already carry cache_control (the caller's, ttl and all) are left alone and count against the four.
+    A mark added before a caller's one-hour mark gets the one-hour ttl too: the API refuses a longer-lived
+    breakpoint after a shorter one (https://platform.claude.com/docs/en/build-with-claude/prompt-caching,
+    "Mixing different TTLs").
     """
     out = copy.deepcopy(dict(body))
     budget = MAX_BREAKPOINTS - sum(1 for _ in _marked_blocks(out))
-    for block in _candidates(out):
+    if budget <= 0:
+        return out
+    candidates = _candidates(out)  # first: it turns string system/content into blocks, which get positions below
+    order = {id(block): position for position, block in enumerate(_in_prompt_order(out))}
+    long_lived = [
+        order.get(id(b), -1) for b in _marked_blocks(out) if (b.get("cache_control") or {}).get("ttl") == "1h"
+    ]
+    last_long = max(long_lived, default=-1)
+    for block in candidates:
         if budget <= 0:
             break
         if block is not None and "cache_control" not in block:
-            block["cache_control"] = dict(CACHE_CONTROL)
+            before_long = order.get(id(block), last_long) < last_long
+            block["cache_control"] = {**CACHE_CONTROL, "ttl": "1h"} if before_long else dict(CACHE_CONTROL)
             budget -= 1
     return out
+
+
+def _in_prompt_order(out: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every block in the order the API reads the prompt: tools, system, then each message's content."""
+    system = out.get("system")
+    yield from (b for b in [*(out.get("tools") or []), *(system if isinstance(system, list) else [])])
+    for message in out.get("messages") or []:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, Mapping):
+                yield block
+                nested = block.get("content")
+                yield from (b for b in (nested if isinstance(nested, list) else []) if isinstance(b, Mapping))
 
 
 def _candidates(out: dict[str, Any]) -> list[dict[str, Any] | None]:

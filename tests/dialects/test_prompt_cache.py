@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.dialects.prompt_cache import MAX_BREAKPOINTS, with_cache_breakpoints
+from tests.fakes import messages_rules
 
 CC = {"type": "ephemeral"}
 
@@ -154,3 +155,39 @@ def test_never_more_than_anthropic_allows(existing: int) -> None:
 
 def test_nothing_to_mark() -> None:
     assert with_cache_breakpoints(request(messages=[])) == request(messages=[])
+
+
+# --- caller marks with a ttl (issue 17) ------------------------------------------------------------------------
+
+
+def test_caller_marks_are_kept_and_only_the_remaining_breakpoints_are_added() -> None:
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    body = {
+        "system": [{"type": "text", "text": "rules"}],
+        "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a", "cache_control": one_hour}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+            {"role": "user", "content": [{"type": "text", "text": "c", "cache_control": one_hour}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "d"}]},
+            {"role": "user", "content": [{"type": "text", "text": "e"}]},
+        ],
+    }
+    out = with_cache_breakpoints(body)
+    marks = [
+        b.get("cache_control") for b in [*out["tools"], *out["system"], *(m["content"][0] for m in out["messages"])]
+    ]
+    # The caller's two stay as they were; the last message gets the fifth-minute mark; the system block (before a
+    # one-hour mark) gets a one-hour one; the tool would be a fifth mark and gets none.
+    assert marks == [None, one_hour, one_hour, None, one_hour, None, {"type": "ephemeral"}]
+    assert messages_rules.problem({"model": "m", "max_tokens": 1, **out}, lambda _: True) is None
+
+
+def test_a_string_system_before_a_one_hour_mark_gets_one_hour() -> None:
+    one_hour = {"type": "ephemeral", "ttl": "1h"}
+    body = {
+        "system": "rules",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": one_hour}]}],
+    }
+    out = with_cache_breakpoints(body)
+    assert out["system"] == [{"type": "text", "text": "rules", "cache_control": one_hour}]

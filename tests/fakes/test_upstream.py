@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.fakes import messages_rules
 from tests.fakes.upstream import FakeUpstream, anthropic_error, anthropic_events_for
 
 TOOLS = [{"name": "lookup", "description": "look something up", "input_schema": {"type": "object"}}]
@@ -256,3 +257,156 @@ async def test_count_tokens_models_and_health(upstream: FakeUpstream, session: a
         assert "claude-fast" in [m["id"] for m in (await resp.json())["data"]]
     async with session.get(f"{upstream.url}/health") as resp:
         assert await resp.text() == "ok"
+
+
+# --- the Messages API's validation rules (tests/fakes/messages_rules.py) -------------------------------------------
+
+THINK = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
+USE = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}
+RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"}
+
+
+def signed(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": messages_rules.sign(text)}
+
+
+def loop(*assistant: dict[str, Any], result: dict[str, Any] = RESULT) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": list(assistant)},
+        {"role": "user", "content": [result]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        pytest.param({"response_format": {"type": "json_object"}}, "response_format: Extra inputs", id="unknown-field"),
+        pytest.param({"stop_sequences": ["\n"]}, "must contain non-whitespace", id="whitespace-stop"),
+        pytest.param(
+            {"system": [{"type": "text", "text": " "}]}, "system.0: text content blocks must contain", id="ws-system"
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+            "must be non-empty",
+            id="empty-text",
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\n\n"}]},
+            "messages.1.content.0: text content blocks must contain non-whitespace text",
+            id="whitespace-assistant",
+        ),
+        pytest.param(
+            {"messages": loop(USE), **THINK},
+            "Expected `thinking` or `redacted_thinking`, but found `tool_use`",
+            id="tool-use-turn-without-thinking",
+        ),
+        pytest.param(
+            {"messages": loop({**signed("a"), "thinking": "b"}, USE), **THINK},
+            "Invalid `signature` in `thinking` block",
+            id="altered-thinking",
+        ),
+        pytest.param(
+            {"messages": loop({"type": "thinking", "thinking": "a", "signature": ""}, USE)},
+            "Invalid `signature`",
+            id="missing-signature",
+        ),
+        pytest.param(
+            {"messages": loop(USE, result={**RESULT, "tool_use_id": "toolu_2"})},
+            "unexpected `tool_use_id` found in `tool_result` blocks: toolu_2",
+            id="tool-result-id-mismatch",
+        ),
+        pytest.param(
+            {"messages": [*loop(USE)[:2], {"role": "user", "content": "next"}]},
+            "`tool_use` ids were found without `tool_result` blocks immediately after: toolu_1",
+            id="unanswered-tool-use",
+        ),
+        pytest.param(
+            {"thinking": {"type": "enabled", "budget_tokens": 512}, "max_tokens": 2048},
+            "greater than or equal to 1024",
+            id="small-budget",
+        ),
+        pytest.param(
+            {"thinking": {"type": "enabled", "budget_tokens": 1024}}, "must be greater than", id="budget-over-max"
+        ),
+        pytest.param(
+            {**THINK, "tools": TOOLS, "tool_choice": {"type": "any"}}, "forces tool use", id="thinking-with-forced-tool"
+        ),
+        pytest.param(
+            {**THINK, "temperature": 0.2}, "`temperature` may only be set to 1", id="thinking-with-temperature"
+        ),
+        pytest.param(
+            {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+            "'additionalProperties' must be explicitly set to false",
+            id="open-schema",
+        ),
+        pytest.param(
+            {"system": [{"type": "text", "text": f"s{i}", "cache_control": {"type": "ephemeral"}} for i in range(5)]},
+            "A maximum of 4 blocks with cache_control",
+            id="five-cache-marks",
+        ),
+        pytest.param(
+            {
+                "system": [
+                    {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "b", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                ]
+            },
+            "ttl='1h'",
+            id="1h-after-5m",
+        ),
+    ],
+)
+async def test_requests_the_api_refuses_are_refused(
+    upstream: FakeUpstream, session: aiohttp.ClientSession, overrides: dict[str, Any], fragment: str
+) -> None:
+    upstream.foreign_signatures = False
+    upstream.enqueue(body={"scripted": True})  # refused requests never reach a scripted reply
+    async with session.post(f"{upstream.url}/v1/messages", json=messages_request(**overrides)) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["type"] == "invalid_request_error" and fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"messages": loop(signed("I should look."), USE), **THINK, "tools": TOOLS}, id="signed-replay"),
+        pytest.param({"messages": loop(USE), "tools": TOOLS}, id="tool-loop-without-thinking"),
+        pytest.param({"stop_sequences": [" END"], "context_management": {}}, id="known-fields"),
+    ],
+)
+async def test_requests_the_api_accepts_are_answered(
+    upstream: FakeUpstream, session: aiohttp.ClientSession, overrides: dict[str, Any]
+) -> None:
+    upstream.foreign_signatures = False
+    async with session.post(f"{upstream.url}/v1/messages", json=messages_request(**overrides)) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def test_scripted_signatures_count_as_issued(upstream: FakeUpstream, session: aiohttp.ClientSession) -> None:
+    upstream.foreign_signatures = False
+    thinking = {"type": "thinking", "thinking": "hm", "signature": "EqQBscripted"}
+    upstream.enqueue(body={"type": "message", "content": [thinking, USE]})
+    upstream.enqueue(body={"type": "message", "content": []})
+    await (await session.post(f"{upstream.url}/v1/messages", json=messages_request())).read()
+    body = messages_request(messages=loop(thinking, USE), **THINK, tools=TOOLS)
+    async with session.post(f"{upstream.url}/v1/messages", json=body) as resp:
+        assert resp.status == 200
+
+
+async def test_default_reply_thinks_and_fills_the_schema(
+    upstream: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    body = messages_request(**THINK, output_config={"format": {"type": "json_schema", "schema": schema}})
+    async with session.post(f"{upstream.url}/v1/messages", json=body) as resp:
+        reply = await resp.json()
+    thinking, text = reply["content"]
+    assert thinking["signature"] == messages_rules.sign(thinking["thinking"])
+    assert orjson.loads(text["text"]) == {"n": 1}
