@@ -189,6 +189,7 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
         server = runtime.config.server
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
+        refusal: str | None = None  # why a 4xx was the gateway's own answer
         try:
             ex.raw_body, ex.body, ex.sketched = await read_json_body(
                 request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
@@ -197,20 +198,25 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
             status = ex.status
         except GatewayError as err:
             status = err.status_for(dialect)
+            refusal = err.message
             raise
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
             raise
         finally:
-            _observe(app[SERVICES].metrics, ex, status)
+            _observe(app[SERVICES].metrics, ex, status, refusal)
         assert ex.response is not None
         return ex.response
 
     return handle
 
 
-def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
-    """One log line and the request metrics for every request on a pipeline route, refused ones included."""
+def _observe(metrics: Metrics, ex: Exchange, status: int, refusal: str | None = None) -> None:
+    """One log line and the request metrics for every request on a pipeline route, refused ones included.
+
+    A 4xx line says who refused and why: `refused_by="gateway"` with the gateway's message, or
+    `refused_by="upstream"` with the message of the provider's error body (read from the relayed answer).
+    """
     seconds = (time.perf_counter_ns() - ex.started_ns) / 1e9
     alias = ex.target.alias.name if ex.target else "-"  # only routed ids: callers cannot grow the label set
     metrics.requests.inc((ex.route, alias, str(status)))
@@ -227,7 +233,25 @@ def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
         input_tokens=ex.usage.input_tokens,
         output_tokens=ex.usage.output_tokens,
         ms=round(seconds * 1000, 2),
+        **(_refusal_fields(ex, refusal) if 400 <= status < 500 and status != CLIENT_CLOSED else {}),
     )
+
+
+REFUSAL_LOG_CHARS = 500  # an upstream's error message is logged up to this length
+
+
+def _refusal_fields(ex: Exchange, refusal: str | None) -> dict[str, str]:
+    """refused_by and reason for a 4xx: the gateway's own message, or the error message in the upstream's answer."""
+    if refusal is not None:
+        return {"refused_by": "gateway", "reason": refusal[:REFUSAL_LOG_CHARS]}
+    body = getattr(ex.response, "body", None)  # a relayed error answer; None for a stream
+    try:
+        parsed = orjson.loads(body) if isinstance(body, bytes) else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return {"refused_by": "upstream", "reason": str(message or "no error message")[:REFUSAL_LOG_CHARS]}
 
 
 async def models(request: web.Request) -> web.StreamResponse:
