@@ -252,3 +252,108 @@ async def test_langchain_with_structured_output(
     url = str(server.make_url("/v1"))
     llm = ChatOpenAI(model=alias, base_url=url, api_key=key, max_retries=0, http_async_client=http)
     assert await llm.with_structured_output(Person).ainvoke("Who is Ada?") == Person(name="fake", age=1)
+
+
+# --- hostile and careless callers ------------------------------------------------------------------------------
+
+
+def nested_schema(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        pytest.param(
+            {"response_format": "json"}, "response_format.type", "'json' is not supported", id="string-format"
+        ),
+        pytest.param(
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema.schema",
+            "schema object is required",
+            id="schema-missing",
+        ),
+        pytest.param(
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": nested_schema(900)}}},
+            "response_format.json_schema.schema",
+            "nested deeper",
+            id="schema-900-deep",
+        ),
+        pytest.param({"stop": ["", " ", "\n"]}, "stop", "whitespace", id="whitespace-stops"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "\u3000\n"}]},
+            "messages",
+            "non-whitespace",
+            id="ideographic-space",
+        ),
+        pytest.param(
+            {
+                "response_format": {"type": "json_object"},
+                "tools": [{"type": "function", "function": {"name": STRUCTURED_OUTPUT_TOOL}}],
+            },
+            "tools",
+            "reserved",
+            id="reserved-tool-name",
+        ),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_field(
+    client: AsyncOpenAI, upstream: FakeUpstream, fields: dict[str, Any], param: str, fragment: str
+) -> None:
+    import openai
+
+    body: dict[str, Any] = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}], **fields}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(**body)
+    assert caught.value.param == param and fragment in caught.value.message
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "thinking_blocks",
+    [
+        pytest.param("not a list", id="string"),
+        pytest.param([1, None, {"type": "thinking"}, {"type": "redacted_thinking", "data": ""}], id="junk-entries"),
+        pytest.param([{"type": "thinking", "thinking": "\u202e\U0001f600", "signature": None}], id="unsigned-unicode"),
+    ],
+)
+async def test_junk_thinking_blocks_are_ignored_not_fatal(
+    client: AsyncOpenAI, upstream: FakeUpstream, thinking_blocks: Any
+) -> None:
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": thinking_blocks},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "42"},
+    ]
+    raw = await client.chat.completions.with_raw_response.create(
+        model="claude-quality",
+        messages=messages,
+        tools=[LOOKUP],
+        reasoning_effort="low",  # type: ignore[arg-type,list-item]
+    )
+    assert raw.http_response.status_code == 200 and THINKING_HEADER in raw.headers
+    assert all(b["type"] != "thinking" for m in upstream.requests[-1].json["messages"] for b in m["content"])
+
+
+async def test_forged_signature_is_the_upstreams_400(client: AsyncOpenAI, upstream: FakeUpstream) -> None:
+    import openai
+
+    call = {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    forged = {"type": "thinking", "thinking": "I decided.", "signature": SIGNATURE_PREFIX + "0" * 64}
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": [forged]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "42"},
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="claude-quality",
+            messages=messages,
+            tools=[LOOKUP],
+            reasoning_effort="low",  # type: ignore[arg-type,list-item]
+        )
+    assert "Invalid `signature`" in caught.value.message

@@ -26,6 +26,7 @@ import orjson
 # Reserved: a caller tool by this name is refused, so a tool_use block with it is always the gateway's own.
 STRUCTURED_OUTPUT_TOOL = "structured_output"
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+MAX_SCHEMA_DEPTH = 64  # nesting a schema may have; deeper ones are refused (and would exhaust Python's stack)
 # Said to the model when thinking is on: the API allows only tool_choice auto/none then, so the call is asked for.
 THINKING_TOOL_NOTE = f"Give your final answer by calling the {STRUCTURED_OUTPUT_TOOL} tool, and only that way."
 
@@ -57,21 +58,28 @@ def structured_output(fmt: object, *, native: bool, where: str) -> dict[str, Any
         )
     spec = fmt.get("json_schema") if "json_schema" in fmt else fmt  # Chat nests it; Responses does not
     schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    param = f"{where}.json_schema.schema" if where == "response_format" else f"{where}.schema"
     if not isinstance(schema, Mapping):
-        param = f"{where}.json_schema.schema" if "json_schema" in fmt else f"{where}.schema"
         raise StructuredOutputError(f"{param}: a JSON schema object is required", param)
     description = spec.get("description") if isinstance(spec.get("description"), str) else None
-    closed = closed_schema(schema)
+    try:
+        closed = closed_schema(schema)
+    except RecursionError:
+        raise StructuredOutputError(f"{param}: nested deeper than {MAX_SCHEMA_DEPTH} levels", param) from None
     if native and closed is not None:
         return {"output_config": {"format": {"type": "json_schema", "schema": closed}}}
     return _forced_tool(dict(schema), description or f"the answer, as the {spec.get('name') or 'required'} object")
 
 
-def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+def closed_schema(schema: Mapping[str, Any], depth: int = 0) -> dict[str, Any] | None:
     """`schema` with `additionalProperties: false` on every object that leaves it out; None if one allows extras.
 
     Only the places a schema nests schemas are walked (properties, items, anyOf/allOf, $defs/definitions).
+    Raises RecursionError past MAX_SCHEMA_DEPTH levels.
     """
+    if depth > MAX_SCHEMA_DEPTH:
+        raise RecursionError
+    depth += 1
     out: dict[str, Any] = dict(schema)
     if out.get("type") == "object" or "properties" in out:
         extra = out.setdefault("additionalProperties", False)
@@ -79,18 +87,20 @@ def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
             return None
     for key in ("properties", "$defs", "definitions"):
         if isinstance(out.get(key), Mapping):
-            inner = {name: closed_schema(sub) if isinstance(sub, Mapping) else sub for name, sub in out[key].items()}
+            inner = {
+                name: closed_schema(sub, depth) if isinstance(sub, Mapping) else sub for name, sub in out[key].items()
+            }
             if any(sub is None for sub in inner.values()):
                 return None
             out[key] = inner
     for key in ("anyOf", "allOf"):
         if isinstance(out.get(key), list):
-            subs = [closed_schema(sub) if isinstance(sub, Mapping) else sub for sub in out[key]]
+            subs = [closed_schema(sub, depth) if isinstance(sub, Mapping) else sub for sub in out[key]]
             if any(sub is None for sub in subs):
                 return None
             out[key] = subs
     if isinstance(out.get("items"), Mapping):
-        if (items := closed_schema(out["items"])) is None:
+        if (items := closed_schema(out["items"], depth)) is None:
             return None
         out["items"] = items
     return out
