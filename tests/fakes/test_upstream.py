@@ -345,16 +345,6 @@ def loop(*assistant: dict[str, Any], result: dict[str, Any] = RESULT) -> list[di
             "A maximum of 4 blocks with cache_control",
             id="five-cache-marks",
         ),
-        pytest.param(
-            {
-                "system": [
-                    {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
-                    {"type": "text", "text": "b", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
-                ]
-            },
-            "ttl='1h'",
-            id="1h-after-5m",
-        ),
     ],
 )
 async def test_requests_the_api_refuses_are_refused(
