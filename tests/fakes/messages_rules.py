@@ -211,6 +211,14 @@ def _last_tool_turn_thinks(messages: list[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def example(schema: object) -> Any:
+    """`instance(schema)`, or "fake" for a schema too odd to fill (fuzzed requests must not crash the fake)."""
+    try:
+        return instance(schema) if isinstance(schema, Mapping) else "fake"
+    except (TypeError, IndexError, AttributeError, KeyError, ValueError, RecursionError):
+        return "fake"
+
+
 def instance(schema: Mapping[str, Any], root: Mapping[str, Any] | None = None) -> Any:
     """A small value that satisfies `schema` (types, required properties, enums, local $refs, first anyOf)."""
     root = schema if root is None else root

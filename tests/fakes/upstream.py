@@ -309,14 +309,14 @@ def _tool_input(body: dict[str, Any], name: str) -> Any:
     if (body.get("tool_choice") or {}).get("type") != "tool":
         return {"q": "fake"}
     tool = next((t for t in body.get("tools") or [] if t.get("name") == name), {})
-    return messages_rules.instance(tool.get("input_schema") or {})
+    return messages_rules.example(tool.get("input_schema") or {})
 
 
 def _reply_text(body: dict[str, Any], words: list[str]) -> str:
     """The reply's words, or a JSON instance of the schema when output_config.format asks for one."""
     fmt = (body.get("output_config") or {}).get("format")
     if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
-        return orjson.dumps(messages_rules.instance(fmt["schema"])).decode()
+        return orjson.dumps(messages_rules.example(fmt["schema"])).decode()
     return "".join(words)
 
 
