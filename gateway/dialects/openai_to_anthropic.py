@@ -285,7 +285,7 @@ class _Conversation:
 
     def _assistant_blocks(self, i: int, message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
         # Signed thinking first (as the API requires), then text, then tool calls.
-        blocks = [*thinking_blocks_in(message, where), *_content_blocks(message.get("content"), "assistant", where)]
+        blocks = [*thinking_blocks_in(message), *_content_blocks(message.get("content"), "assistant", where)]
         for j, call in enumerate(_expect_list(message.get("tool_calls") or [], f"{where}.tool_calls")):
             call_where = f"{where}.tool_calls[{j}]"
             if not isinstance(call, Mapping) or call.get("type", "function") != "function":

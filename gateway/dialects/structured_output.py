@@ -114,9 +114,9 @@ def _forced_tool(schema: Mapping[str, Any], what: str) -> dict[str, Any]:
 def apply_structured_output(out: dict[str, Any], fields: Mapping[str, Any], where: str) -> None:
     """Merge `structured_output()`'s fields into a Messages request that may already carry tools.
 
-    With the caller's own tools beside it, the choice becomes "any" (the model may still call theirs); with thinking
-    on it must stay "auto" (the API refuses forced tool use while thinking), so the model is asked in the system
-    prompt instead.
+    With the caller's own tools beside it, the choice becomes "any" (the model may still call theirs; a tool the
+    caller named stays forced; "none" forces ours); with thinking on it must stay "auto" (the API refuses forced
+    tool use while thinking), so the model is asked in the system prompt instead.
     """
     if "output_config" in fields:
         out["output_config"] = {**out.get("output_config", {}), **fields["output_config"]}
@@ -128,14 +128,15 @@ def apply_structured_output(out: dict[str, Any], fields: Mapping[str, Any], wher
         message = f"tools: {STRUCTURED_OUTPUT_TOOL!r} is reserved for {where}; rename the tool"
         raise StructuredOutputError(message, "tools")
     out["tools"] = [*tools, *fields["tools"]]
+    caller_choice = out.get("tool_choice") or {}
     if "thinking" in out:
         out["tool_choice"] = {"type": "auto"}
         system = out.get("system") or []
         out["system"] = [*system, {"type": "text", "text": THINKING_TOOL_NOTE}]
-    elif tools:
-        out["tool_choice"] = {"type": "any"}
-    else:
+    elif not tools or caller_choice.get("type") == "none":  # no tool of theirs may be called: force ours
         out["tool_choice"] = fields["tool_choice"]
+    elif caller_choice.get("type") != "tool":  # auto or required: some tool, theirs or ours; a named one stays
+        out["tool_choice"] = {**caller_choice, "type": "any"}
 
 
 # --- replies: the forced call back into text ----------------------------------------------------------------

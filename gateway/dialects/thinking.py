@@ -50,7 +50,7 @@ def effort_budget(effort: str, budgets: Mapping[str, int]) -> int | None:
     return known[0][2] if known else None
 
 
-def thinking_blocks_in(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+def thinking_blocks_in(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The Anthropic thinking blocks a chat assistant message carries back (`thinking_blocks` or
     `reasoning_details`), in order and unchanged; blocks without a signature or data are left out (unverifiable).
     """

@@ -247,10 +247,26 @@ def test_response_format(fields: dict[str, Any], opts: TranslationOptions, expec
     assert messages_rules.problem({"model": "m", **out}, lambda _: True) is None
 
 
-def test_forced_tool_beside_caller_tools_lets_the_model_choose_any() -> None:
-    out = chat_request_to_anthropic(chat(response_format={"type": "json_object"}, tools=[TOOL]), OPTS)
+@pytest.mark.parametrize(
+    ("tool_choice", "parallel", "expected"),
+    [
+        pytest.param(None, None, {"type": "any"}, id="unset-any"),
+        pytest.param("auto", False, {"type": "any", "disable_parallel_tool_use": True}, id="auto-any-no-parallel"),
+        pytest.param("required", None, {"type": "any"}, id="required-any"),
+        pytest.param("none", None, FORCED, id="none-forces-ours"),
+        pytest.param(
+            {"type": "function", "function": {"name": "lookup"}},
+            None,
+            {"type": "tool", "name": "lookup"},
+            id="named-stays",
+        ),
+    ],
+)
+def test_forced_tool_beside_caller_tools(tool_choice: Any, parallel: bool | None, expected: dict[str, Any]) -> None:
+    fields = {"response_format": {"type": "json_object"}, "tools": [TOOL], "tool_choice": tool_choice}
+    out = chat_request_to_anthropic(chat(**fields, parallel_tool_calls=parallel), OPTS)
     assert [t["name"] for t in out["tools"]] == ["lookup", STRUCTURED_OUTPUT_TOOL]
-    assert out["tool_choice"] == {"type": "any"}
+    assert out["tool_choice"] == expected
 
 
 def test_forced_tool_with_thinking_is_asked_for_not_forced() -> None:
