@@ -244,6 +244,14 @@ async def test_responses_parse(client: AsyncOpenAI, alias: str) -> None:
 
 
 @pytest.mark.parametrize("alias", ["claude-fast", "claude-legacy"], ids=["native", "forced-tool"])
+async def test_responses_stream_parse(client: AsyncOpenAI, alias: str) -> None:
+    async with client.responses.stream(model=alias, input="Who is Ada?", text_format=Person, store=False) as stream:
+        response = await stream.get_final_response()
+    assert response.output_parsed == Person(name="fake", age=1)
+    assert [o.type for o in response.output] == ["message"]
+
+
+@pytest.mark.parametrize("alias", ["claude-fast", "claude-legacy"], ids=["native", "forced-tool"])
 async def test_langchain_with_structured_output(
     server: TestServer, key: str, alias: str, http: httpx.AsyncClient
 ) -> None:
