@@ -100,6 +100,8 @@ def replay_missing(messages: list[dict[str, Any]]) -> bool:
 def without_thinking(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`messages` with thinking blocks taken out of assistant turns (a request with thinking off); an assistant
     turn left empty is dropped and the turns around it are merged."""
+    if not any(_has_thinking(m) for m in messages):  # the common case: nothing to copy
+        return messages
     out: list[dict[str, Any]] = []
     for message in messages:
         content = message.get("content")
@@ -113,6 +115,12 @@ def without_thinking(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             out.append(message)
     return out
+
+
+def _has_thinking(message: Mapping[str, Any]) -> bool:
+    content = message.get("content")
+    blocks = content if message.get("role") == "assistant" and isinstance(content, list) else []
+    return any(isinstance(b, Mapping) and b.get("type") in THINKING_BLOCKS for b in blocks)
 
 
 def _blocks(content: object) -> list[Any]:
