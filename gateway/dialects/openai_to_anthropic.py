@@ -128,7 +128,7 @@ def _add_sampling(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise TranslationError(f"stop: must be a string or a list of strings, got {stop!r}", "stop")
     # Anthropic refuses a stop sequence without non-whitespace ("\n" is a common OpenAI one): dropped.
-    if kept := [s for s in stops if s.strip()]:
+    if kept := [s for s in stops if has_text(s)]:
         out["stop_sequences"] = kept
     elif stops:
         message = f"stop: {stop!r} has only empty or whitespace stop sequences, which Anthropic does not accept"
@@ -230,6 +230,14 @@ def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: Translatio
     out.pop("top_p", None)
 
 
+def has_text(text: str) -> bool:
+    """True when `text` has a non-whitespace character (Anthropic refuses empty and whitespace-only text).
+
+    `isspace` stops at the first such character and copies nothing, unlike `strip` (tool results can be MBs).
+    """
+    return bool(text) and not text.isspace()
+
+
 def _expect_list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise TranslationError(f"{where}: must be a list", where)
@@ -313,7 +321,7 @@ def _content_blocks(content: object, role: str, where: str) -> list[dict[str, An
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content.strip() else []  # whitespace-only text is refused
+        return [{"type": "text", "text": content}] if has_text(content) else []  # whitespace-only text is refused
     if not isinstance(content, list):
         message = f"{where}.content: must be a string or a list of content parts"
         raise TranslationError(message, f"{where}.content")
@@ -335,7 +343,7 @@ def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None
         text = part.get(kind)  # {"type": "text", "text": ...} and {"type": "refusal", "refusal": ...}
         if not isinstance(text, str):
             raise TranslationError(f"{where}.{kind}: must be a string", f"{where}.{kind}")
-        if not text.strip():  # Anthropic refuses empty and whitespace-only text blocks
+        if not has_text(text):  # Anthropic refuses empty and whitespace-only text blocks
             return None
         block = {"type": "text", "text": text}
     for name in KEPT_PART_FIELDS:  # the caller's cache breakpoints (and their ttl) stay on their block
@@ -388,7 +396,7 @@ def _tool_result(call_id: str, message: Mapping[str, Any], where: str) -> dict[s
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     content = message.get("content")
     if isinstance(content, str):
-        if content.strip():
+        if has_text(content):
             block["content"] = content
     elif content is not None and (parts := _content_blocks(content, message["role"], where)):
         block["content"] = parts

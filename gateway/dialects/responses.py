@@ -32,6 +32,7 @@ from .openai_to_anthropic import (
     _add_thinking,
     _arguments,
     _image_block,
+    has_text,
 )
 from .structured_output import unwrap_message
 
@@ -138,7 +139,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     tools = _Tools.translate(body.get("tools"))
     system, messages = _Items.translate(body.get("input"), tools.anthropic_names)
     instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions.strip():
+    if isinstance(instructions, str) and has_text(instructions):
         system.insert(0, {"type": "text", "text": instructions})
     elif instructions is not None and not isinstance(instructions, str):
         raise TranslationError("instructions: must be a string", "instructions")
@@ -353,7 +354,7 @@ class _Items:
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(item, where)}
         output = item.get("output")
         if isinstance(output, str):
-            if output.strip():
+            if has_text(output):
                 block["content"] = output
         elif output is not None and (parts := _content_blocks(output, True, f"{where}.output")):
             block["content"] = parts
@@ -403,7 +404,7 @@ def _content_blocks(content: object, images: bool, where: str) -> list[dict[str,
     if content is None:
         return []
     if isinstance(content, str):  # Anthropic refuses empty and whitespace-only text blocks
-        return [{"type": "text", "text": content}] if content.strip() else []
+        return [{"type": "text", "text": content}] if has_text(content) else []
     if not isinstance(content, list):
         raise TranslationError(f"{where}.content: must be a string or a list of content parts", f"{where}.content")
     blocks = []
@@ -419,7 +420,7 @@ def _content_blocks(content: object, images: bool, where: str) -> list[dict[str,
             text = part.get(field_name)
             if not isinstance(text, str):
                 raise TranslationError(f"{part_where}.{field_name}: must be a string", part_where)
-            if text.strip():
+            if has_text(text):
                 blocks.append({"type": "text", "text": text})
         else:
             supported = ", ".join([*TEXT_PARTS, *(["input_image"] if images else [])])

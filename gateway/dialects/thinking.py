@@ -125,7 +125,7 @@ def _has_thinking(message: Mapping[str, Any]) -> bool:
 
 def _blocks(content: object) -> list[Any]:
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content.strip() else []
+        return [{"type": "text", "text": content}] if content and not content.isspace() else []
     return list(content) if isinstance(content, list) else []
 
 
