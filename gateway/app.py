@@ -190,6 +190,8 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         refusal: str | None = None  # why a 4xx was the gateway's own answer
+        # Every line logged while serving it (retries, cool-downs, broken streams) carries the request id.
+        bound = structlog.contextvars.bind_contextvars(request_id=ex.request_id)
         try:
             ex.raw_body, ex.body, ex.sketched = await read_json_body(
                 request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
@@ -205,6 +207,7 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
             raise
         finally:
             _observe(app[SERVICES].metrics, ex, status, refusal)
+            structlog.contextvars.reset_contextvars(**bound)
         assert ex.response is not None
         return ex.response
 

@@ -1,4 +1,5 @@
-"""The per-request log line of a 4xx says who refused (the gateway or the upstream) and why."""
+"""Request logging: a 4xx line says who refused (the gateway or the upstream) and why; every line logged while
+serving a request carries its request id."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import aiohttp
 import structlog
 from aiohttp.test_utils import TestServer
 
-from tests.fakes.upstream import FakeUpstream
+from tests.conftest import GatewayFactory
+from tests.fakes.upstream import FakeUpstream, anthropic_error
 
 
 def request_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,3 +52,17 @@ async def test_success_lines_carry_no_refusal(gateway: TestServer, key: str) -> 
         assert await post(gateway, "/v1/chat/completions", body, key) == 200
     [line] = request_lines(logs)
     assert "refused_by" not in line and "reason" not in line
+
+
+async def test_retry_lines_carry_the_request_id(make_gateway: GatewayFactory, upstream: FakeUpstream, key: str) -> None:
+    retries = {"attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02}
+    server = await make_gateway(
+        providers={"anthropic": {"type": "anthropic", "base_url": upstream.url, "retries": retries}}
+    )
+    upstream.enqueue(status=529, body=anthropic_error("overloaded_error", "busy"))
+    body = {"model": "claude-fast", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]}
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        assert await post(server, "/v1/messages", body, key) == 200
+    [retry] = [line for line in logs if line["event"] == "upstream_retry"]
+    [request] = request_lines(logs)
+    assert retry["request_id"] == request["request_id"]
