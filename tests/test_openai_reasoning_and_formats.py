@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
@@ -175,9 +178,6 @@ async def test_langchain_reasoning_tool_loop(
     server: TestServer, key: str, upstream: FakeUpstream, http: httpx.AsyncClient
 ) -> None:
     """LangChain's ChatOpenAI keeps no thinking_blocks: later turns go without thinking instead of failing."""
-    from langchain_core.messages import HumanMessage, ToolMessage
-    from langchain_openai import ChatOpenAI
-
     llm = ChatOpenAI(
         model="claude-quality",
         base_url=str(server.make_url("/v1")),
@@ -255,8 +255,6 @@ async def test_responses_stream_parse(client: AsyncOpenAI, alias: str) -> None:
 async def test_langchain_with_structured_output(
     server: TestServer, key: str, alias: str, http: httpx.AsyncClient
 ) -> None:
-    from langchain_openai import ChatOpenAI
-
     url = str(server.make_url("/v1"))
     llm = ChatOpenAI(model=alias, base_url=url, api_key=key, max_retries=0, http_async_client=http)
     assert await llm.with_structured_output(Person).ainvoke("Who is Ada?") == Person(name="fake", age=1)
@@ -311,8 +309,6 @@ def nested_schema(depth: int) -> dict[str, Any]:
 async def test_bad_input_is_a_400_naming_the_field(
     client: AsyncOpenAI, upstream: FakeUpstream, fields: dict[str, Any], param: str, fragment: str
 ) -> None:
-    import openai
-
     body: dict[str, Any] = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}], **fields}
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(**body)
@@ -348,8 +344,6 @@ async def test_junk_thinking_blocks_are_ignored_not_fatal(
 
 
 async def test_forged_signature_is_the_upstreams_400(client: AsyncOpenAI, upstream: FakeUpstream) -> None:
-    import openai
-
     call = {"id": "toolu_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
     forged = {"type": "thinking", "thinking": "I decided.", "signature": SIGNATURE_PREFIX + "0" * 64}
     messages = [
