@@ -206,10 +206,8 @@ def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: Translatio
     effort = body.get("reasoning_effort")
     if effort is not None and not isinstance(effort, str):
         raise TranslationError(f"reasoning_effort: expected a string, got {effort!r}", "reasoning_effort")
-    if effort is None or effort in NO_THINKING_EFFORTS or replay_missing(out["messages"]):
-        # Thinking off (or impossible: the last tool-use turn came back without its signed thinking, which the API
-        # would refuse): earlier thinking blocks go too, as the API wants none in a request without thinking.
-        out["messages"] = without_thinking(out["messages"])
+    if effort is None or effort in NO_THINKING_EFFORTS:
+        out["messages"] = without_thinking(out["messages"])  # the API wants no thinking blocks without thinking
         return
     if not opts.thinking_budgets:
         message = "reasoning_effort: this model does not support reasoning (no thinking budgets); omit reasoning_effort"
@@ -218,6 +216,9 @@ def _add_thinking(out: dict[str, Any], body: Mapping[str, Any], opts: Translatio
     if budget is None:
         known = ", ".join(["none", *opts.thinking_budgets])
         raise TranslationError(f"reasoning_effort: {effort!r} is not supported; use one of {known}", "reasoning_effort")
+    if replay_missing(out["messages"]):  # the last tool-use turn came back without its signed thinking: the API
+        out["messages"] = without_thinking(out["messages"])  # would refuse it with thinking on, so think not
+        return
     if out.get("tool_choice", {}).get("type") in ("any", "tool"):
         message = "tool_choice: with reasoning_effort set only auto or none are supported (Anthropic extended thinking)"
         raise TranslationError(message, "tool_choice")

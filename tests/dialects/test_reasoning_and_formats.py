@@ -110,6 +110,14 @@ class _Any:
 ANY = _Any()
 
 
+def test_no_budgets_is_still_a_400_when_there_is_nothing_to_replay() -> None:
+    body = {"messages": tool_loop({}), "tools": [TOOL], "reasoning_effort": "low"}
+    no_budgets = TranslationOptions(provider_model="claude-x", default_max_tokens=4096, thinking_budgets={})
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_anthropic(body, no_budgets)
+    assert caught.value.param == "reasoning_effort"
+
+
 def test_responses_reasoning_items_and_encrypted_content_whenever_reasoning_is_on() -> None:
     body = {"input": "hi", "reasoning": {"effort": "low"}}
     assert responses_request_to_anthropic(body, OPTS).include_reasoning is True
