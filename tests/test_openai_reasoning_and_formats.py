@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from gateway.dialects.structured_output import STRUCTURED_OUTPUT_TOOL
 from gateway.dialects.thinking import THINKING_HEADER
 from tests.conftest import GatewayFactory
-from tests.fakes.messages_rules import SIGNATURE_PREFIX
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.messages_rules import SIGNATURE_PREFIX, sign
+from tests.fakes.upstream import FakeUpstream, anthropic_events_for
 
 LOOKUP = {
     "type": "function",
@@ -128,6 +128,30 @@ async def test_chat_stream_reasoning_tool_loop_replays_thinking_blocks(
         messages += [{"role": "tool", "tool_call_id": c["id"], "content": "42"} for c in message["tool_calls"]]
     assert finish == "stop"
     assert_thinking_replayed(upstream, ROUNDS + 1)
+
+
+async def test_sdk_stream_helper_keeps_thinking_and_redacted_thinking_in_order(
+    client: AsyncOpenAI, upstream: FakeUpstream
+) -> None:
+    thought = "Two lookups: first this one."
+    content = [
+        {"type": "thinking", "thinking": thought, "signature": sign(thought)},
+        {"type": "redacted_thinking", "data": "EmwKredacted"},
+        {"type": "tool_use", "id": "toolu_s1", "name": "lookup", "input": {"q": "a"}},
+    ]
+    message = {"id": "msg_s", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": content}
+    message |= {"stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 9}}
+    upstream.enqueue(events=anthropic_events_for(message))
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "look it up"}]
+    params: dict[str, Any] = {"model": "claude-quality", "tools": [LOOKUP], "reasoning_effort": "low"}
+    async with client.chat.completions.stream(messages=messages, **params) as stream:  # type: ignore[arg-type]
+        completion = await stream.get_final_completion()
+    reply = completion.choices[0].message.model_dump(exclude_none=True)
+    assert [b["type"] for b in reply["thinking_blocks"]] == ["thinking", "redacted_thinking"]
+    messages += [reply, {"role": "tool", "tool_call_id": "toolu_s1", "content": "42"}]
+    await client.chat.completions.create(messages=messages, **params)  # type: ignore[arg-type]
+    replayed = upstream.requests[-1].json["messages"][1]["content"]
+    assert replayed == [content[0], content[1], content[2]]
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])

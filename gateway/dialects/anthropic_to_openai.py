@@ -157,6 +157,7 @@ class ChatStreamTranslator:
         self._usage = dict.fromkeys(_USAGE_FIELDS, 0)
         self._finished = False
         self._thinking: dict[int, dict[str, Any]] = {}  # open thinking blocks by index, grown by their deltas
+        self._thinking_sent = 0  # thinking_blocks entries sent so far: the next one's "index"
         self._unwrap = StreamUnwrapper()  # the structured-output fallback's tool call streams as text
 
     @property
@@ -204,7 +205,7 @@ class ChatStreamTranslator:
             call["function"] = {"name": block["name"], "arguments": ""}
             return [self._chunk({"tool_calls": [call]})]
         if block.get("type") == "redacted_thinking":  # arrives whole: handed on whole, to be sent back
-            return [self._chunk({"thinking_blocks": thinking_blocks_out([block])})]
+            return [self._thinking_chunk(block)]
         if block.get("type") == "thinking":
             self._thinking[int(data.get("index", -1))] = {**block}
         source, target = TEXT_BLOCKS.get(str(block.get("type")), ("", ""))
@@ -228,7 +229,15 @@ class ChatStreamTranslator:
     def _on_content_block_stop(self, data: Mapping[str, Any]) -> list[Chunk]:
         # A thinking block goes out whole and signed once complete, as one thinking_blocks entry per chunk.
         thinking = self._thinking.pop(int(data.get("index", -1)), None)
-        return [self._chunk({"thinking_blocks": thinking_blocks_out([thinking])})] if thinking else []
+        return [self._thinking_chunk(thinking)] if thinking else []
+
+    def _thinking_chunk(self, block: Mapping[str, Any]) -> Chunk:
+        # Each entry carries its place, as tool_calls entries do: the openai SDK's stream helpers merge list deltas
+        # by "index" (and refuse entries without one).
+        [entry] = thinking_blocks_out([block])
+        entry = {"index": self._thinking_sent, **entry}
+        self._thinking_sent += 1
+        return self._chunk({"thinking_blocks": [entry]})
 
     def _on_message_delta(self, data: Mapping[str, Any]) -> list[Chunk]:
         self._record_usage(data.get("usage") or {})

@@ -408,7 +408,13 @@ STREAM_CASES = [
             chunk(ROLE),
             chunk({"reasoning_content": "Two plus two "}),
             chunk({"reasoning_content": "is four."}),
-            chunk({"thinking_blocks": [{"type": "thinking", "thinking": "Two plus two is four.", "signature": SIG}]}),
+            chunk(
+                {
+                    "thinking_blocks": [
+                        {"index": 0, "type": "thinking", "thinking": "Two plus two is four.", "signature": SIG}
+                    ]
+                }
+            ),
             chunk({"content": "4"}),
             chunk({}, "length"),
         ],
@@ -477,7 +483,7 @@ def test_stream_usage_takes_latest_non_null_counts() -> None:
         pytest.param(*delta(5, type="input_json_delta", partial_json="{}"), [], id="json-for-unknown-block"),
         pytest.param(
             *block_start(0, {"type": "redacted_thinking", "data": "x"}),
-            [chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": "x"}]})],
+            [chunk({"thinking_blocks": [{"index": 0, "type": "redacted_thinking", "data": "x"}]})],
             id="redacted_thinking-start",
         ),
         pytest.param("future_event", {"type": "future_event"}, [], id="unknown-event"),
