@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -94,16 +95,45 @@ _TOKEN = re.compile(_STRING + rb"|[{}\[\]]")
 _VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 
 
-def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str) -> bytes:
-    """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it."""
+def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str, *, unique: bool = False) -> bytes:
+    """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it.
+
+    The result always parses (last key wins, as the upstream reads it) to `model`: when a second top-level
+    "model" key would survive the patch, the body is re-serialised from `body()` with the routed value only.
+    `unique`: the edge already proved the body has one top-level "model" key (a sketched body), so the check
+    that costs one skim of the body is skipped.
+    """
     value = orjson.dumps(model)
     match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
     spans = [match.span(1)] if match else _top_level_model_values(raw)
     if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
         return orjson.dumps({**body(), "model": model})
-    for start, end in reversed(spans):  # a duplicated top-level key: each one
-        raw = raw[:start] + value + raw[end:]
-    return raw
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    end = 0
+    for start, stop in spans:  # a duplicated top-level key: each one
+        pieces += (view[end:start], value)
+        end = stop
+    patched = b"".join((*pieces, view[end:]))  # one copy of the body, not one per splice
+    if unique or parsed_model(patched) == model:
+        return patched
+    # Another top-level "model" (escaped, or not a string) outlived the patch: only the routed value may remain.
+    return orjson.dumps({**body(), "model": model})
+
+
+class _ModelOnly(msgspec.Struct):
+    model: Any = None
+
+
+_MODEL_ONLY = msgspec.json.Decoder(_ModelOnly)
+
+
+def parsed_model(raw: bytes) -> Any:
+    """The top-level "model" value as a last-key-wins JSON parser (the upstream's) reads `raw`; None if not JSON."""
+    try:
+        return _MODEL_ONLY.decode(raw).model
+    except msgspec.DecodeError:
+        return None
 
 
 def _top_level_model_values(raw: bytes) -> list[tuple[int, int]]:
