@@ -88,6 +88,13 @@ class UsageView:
         self._last_flush = next(self._flushes)
         self._stored[self._last_flush] = amounts
 
+    def dropped(self, amounts: Amounts) -> None:
+        """Rows the database refused (set aside for an operator): no longer counted by this process."""
+        for scope, (tokens, cost) in amounts.items():
+            entry = self._local[scope]
+            entry[0] -= tokens
+            entry[1] -= cost
+
     # --- the refresh ---
 
     async def refresh(self) -> None:

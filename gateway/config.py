@@ -112,12 +112,22 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens."""
+    """USD per million tokens; web searches in USD per 1,000 searches.
+
+    `cache_write` prices 5-minute cache writes (Anthropic: 1.25x input), `cache_write_1h` 1-hour ones
+    (Anthropic: 2x input, the default when unset).
+    """
 
     input: float
     output: float
     cache_write: float
     cache_read: float
+    cache_write_1h: float | None = None
+    web_search_per_1k: float = 10.0  # Anthropic's list price for its web search tool
+
+    @property
+    def cache_write_1h_price(self) -> float:
+        return self.cache_write_1h if self.cache_write_1h is not None else 2 * self.input
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +436,10 @@ def _pricing(raw: Any) -> dict[str, Price]:
     prices = {}
     for model, spec_raw in (raw or {}).items():
         where = f"pricing.{model}"
-        spec = _section(spec_raw, where, {"input", "output", "cache_write", "cache_read"})
+        optional = {"cache_write_1h", "web_search_per_1k"}
+        spec = _section(spec_raw, where, {"input", "output", "cache_write", "cache_read", *optional})
         values = {k: _get(spec, k, where, float) for k in ("input", "output", "cache_write", "cache_read")}
+        values |= {k: _get(spec, k, where, float) for k in optional if k in spec}
         for key, value in values.items():
             if value < 0:
                 raise ConfigError(f"{where}.{key}: a price cannot be negative")
