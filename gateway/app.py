@@ -137,6 +137,7 @@ class _Rest(msgspec.Struct):
 
     model: Any = msgspec.UNSET
     stream: Any = None
+    max_tokens: Any = None  # what the budget check reserves for the output
 
 
 # msgspec skips the values it is not asked for without building them (a third of orjson's time on the Claude
@@ -145,7 +146,7 @@ _REST = msgspec.json.Decoder(_Rest)
 
 
 def body_sketch(raw: bytes) -> dict[str, Any] | None:
-    """{"model", "stream"} of a body that opens with its model, without building the rest; None otherwise.
+    """{"model", "stream", "max_tokens"} of a body that opens with its model, without building the rest; None otherwise.
 
     The remainder after the first key is decoded too, so a second top-level "model" (duplicated, or spelled
     with escapes such as "mod\\u0065l") is found: the upstream would serve that one while the gateway routed
@@ -160,7 +161,8 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
         return None  # not JSON: the full parse says why
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')
-    return {"model": orjson.loads(match.group(1)), "stream": rest.stream is True}
+    sketch = {"model": orjson.loads(match.group(1)), "stream": rest.stream is True}
+    return sketch | ({"max_tokens": rest.max_tokens} if rest.max_tokens is not None else {})
 
 
 async def read_json_body(

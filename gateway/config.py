@@ -136,6 +136,7 @@ class BudgetConfig:
     monthly_limit_usd: float = 100.0  # per gateway key
     monthly_token_limit: int = 10_000_000  # per user
     refresh_s: float = 2.0  # how often each process re-reads every process's usage counters
+    max_in_flight_per_user: int | None = None  # requests one user may have in progress per process; None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,9 +449,15 @@ def _pricing(raw: Any) -> dict[str, Price]:
 
 
 def _budgets(raw: Any) -> BudgetConfig:
-    s = _section(raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit", "refresh_s"})
+    s = _section(
+        raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit", "refresh_s", "max_in_flight_per_user"}
+    )
     d = BudgetConfig()
+    in_flight = s.get("max_in_flight_per_user")
     return BudgetConfig(
+        max_in_flight_per_user=None
+        if in_flight is None
+        else _positive(_get(s, "max_in_flight_per_user", "budgets", int), "budgets.max_in_flight_per_user"),
         refresh_s=_positive(_get(s, "refresh_s", "budgets", float, d.refresh_s), "budgets.refresh_s"),
         enforce=_get(s, "enforce", "budgets", bool, d.enforce),
         monthly_limit_usd=_get(s, "monthly_limit_usd", "budgets", float, d.monthly_limit_usd),

@@ -279,7 +279,8 @@ class UsageLog:
     async def close(self) -> None:
         """Stop the flusher and write what is left (called on shutdown); if the database is away, spill it."""
         if self._task is not None:
-            self._task.cancel()
+            async with self._flush_lock:  # never cancel the flusher halfway through a write: its batch would be lost
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

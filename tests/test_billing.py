@@ -15,10 +15,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import yaml
 from aiohttp.test_utils import TestServer
 
 from gateway import db
 from gateway.app import SERVICES
+from gateway.config import load_config
 from gateway.usage_spill import SpillDir
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
@@ -217,3 +219,33 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_shutdown_during_a_flush_loses_no_row(
+    gateway: TestServer, make_key: Any, pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Shutdown used to cancel the flusher in the middle of its write, and the batch it held was gone."""
+    key, _ = await make_key()
+    usage_log = gateway.app[SERVICES].usage_log
+    blocker = await asyncpg.connect(database_url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE usage_counters IN EXCLUSIVE MODE")  # the flusher's write now waits
+        assert await post(gateway, key) == 200
+        await asyncio.sleep(0.3)  # the flusher (50 ms interval) is inside its write
+        closing = asyncio.create_task(usage_log.close())
+        await asyncio.sleep(0.1)
+        await blocking.rollback()
+        await asyncio.wait_for(closing, 10)
+    finally:
+        await blocker.close()
+    assert await db.count_usage(pool) == 1
+
+
+def test_compose_waits_longer_than_the_gateway_shutdown_grace() -> None:
+    """Docker's default 10 s before SIGKILL cut long streams off, and their usage rows with them."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    grace = compose["services"]["gateway"]["stop_grace_period"]
+    seconds = float(grace.removesuffix("s"))
+    assert seconds > load_config(ROOT / "gateway.yaml", environ={"ANTHROPIC_API_KEY": "x"}).server.shutdown_grace_s
