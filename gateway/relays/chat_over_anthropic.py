@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialect import Dialect
@@ -23,19 +23,8 @@ from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_w
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import (
-    eof_quietly,
-    json_object,
-    note_anthropic_event,
-    send_to_anthropic,
-    start_stream,
-    translation_options,
-    unexpected_shape,
-    write_quietly,
-)
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.common import json_object, send_to_anthropic, translation_options, unexpected_shape
+from gateway.relays.stream import OutputMeter, relay_stream
 
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
@@ -93,38 +82,45 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
 
 
 async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
-    assert ex.target is not None
     options = ex.body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator = ChatStreamTranslator(
         model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time()), include_usage=include_usage
     )
-    resp = await start_stream(ex)
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    held = ChatCustomCalls(custom)
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                chunks = translator.feed(event, json_object(data))
-                frames.extend(sse.data_frame(c) for c in (held.feed(chunks) if custom else chunks))
-            if frames and not await write_quietly(resp, b"".join(frames)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
-            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
-    except GatewayError as err:
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.data_frame(err.render(Dialect.OPENAI)))
-    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
-    await write_quietly(resp, sse.DONE_FRAME)
-    await eof_quietly(resp)
+    assert ex.target is not None
+    await relay_stream(ex, reply, ChatOverAnthropic(OutputMeter(ex.usage), translator, custom, ex.target.provider.name))
+
+
+class ChatOverAnthropic:
+    """Anthropic's events in, Chat Completions chunks out (custom tool calls held back and answered as such)."""
+
+    statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
+
+    def __init__(self, meter: OutputMeter, translator: ChatStreamTranslator, custom: frozenset[str], provider: str):
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+        self._held = ChatCustomCalls(custom) if custom else None
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        frames: list[bytes] = []
+        for event, data in self._parser.feed(chunk):
+            parsed = json_object(data)
+            self.meter.anthropic_event(event, parsed)
+            chunks = self._translator.feed(event, parsed)
+            frames.extend(sse.data_frame(c) for c in (self._held.feed(chunks) if self._held else chunks))
+        return b"".join(frames)
+
+    def end(self) -> bytes:
+        if not self._translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        return sse.DONE_FRAME
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME
 
 
 def _dumps(obj: Any) -> str:

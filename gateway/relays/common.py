@@ -5,6 +5,7 @@ Each relay module answers one (route, provider dialect) pair; `gateway/relays/__
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Callable, Mapping
@@ -57,7 +58,6 @@ _RESPONSE_HEADERS_DROPPED = frozenset(
         "date",
     }
 )
-STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
 
 
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -165,17 +165,6 @@ async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> Upstrea
     return reply
 
 
-def note_anthropic_event(ex: Exchange, event: str, data: bytes) -> None:
-    """Read usage from the few events that carry it; every other event is only relayed."""
-    if event == "message_start":
-        ex.usage.update_from_anthropic(json_object(data).get("message", {}).get("usage") or {})
-    elif event == "message_delta":
-        ex.usage.update_from_anthropic(json_object(data).get("usage") or {})
-    elif event == "error":
-        error_type = (json_object(data).get("error") or {}).get("type", "api_error")
-        ex.status = STREAM_ERROR_STATUS.get(error_type, 500)
-
-
 def json_object(data: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
@@ -215,6 +204,9 @@ async def start_stream(ex: Exchange, headers: Mapping[str, str] = EVENT_STREAM) 
     except ConnectionResetError:
         ex.status = CLIENT_CLOSED
         return None
+    except asyncio.CancelledError:  # the caller left while the headers were going out
+        ex.status = CLIENT_CLOSED
+        raise
     return resp
 
 

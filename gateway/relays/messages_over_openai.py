@@ -9,10 +9,10 @@ Claude Code uses it to judge how full its context is, where an estimate serves a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialect import Dialect
@@ -29,10 +29,8 @@ from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, send, start_stream, unexpected_shape, write_quietly
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.common import json_object, send, unexpected_shape
+from gateway.relays.stream import OutputMeter, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
@@ -106,30 +104,44 @@ def _frames(events: list[Event]) -> bytes:
 async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
     assert ex.target is not None
     translator = AnthropicStreamTranslator(message_id=_message_id(ex), model=ex.alias_name)
-    resp = await start_stream(ex)
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            events: list[Event] = []
-            for _, data in parser.feed(chunk):
-                done = data.strip() == b"[DONE]"
-                events += translator.finish() if done else translator.feed(json_object(data))
-            ex.usage.update_from_anthropic(translator.usage)
-            if any(name == "error" for name, _ in events):
-                ex.status = STREAM_ERROR_STATUS
-            if events and not await write_quietly(resp, _frames(events)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:
-            if not translator.saw_finish_reason:  # the body ended cleanly but early
-                raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before a finish_reason")
-            await write_quietly(resp, _frames(translator.finish()))  # a server that never sends [DONE]
-    except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error"))
-    await eof_quietly(resp)
+    await relay_stream(ex, reply, MessagesOverOpenAI(OutputMeter(ex.usage), translator, ex.target.provider.name))
+
+
+class MessagesOverOpenAI:
+    """Chat Completions chunks in, Anthropic events out, ending in message_stop."""
+
+    statuses: Mapping[int, int] = {}
+
+    def __init__(self, meter: OutputMeter, translator: AnthropicStreamTranslator, provider: str) -> None:
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        events: list[Event] = []
+        for _, data in self._parser.feed(chunk):
+            if data.strip() == b"[DONE]":
+                events += self._translator.finish()
+                continue
+            parsed = json_object(data)
+            self.meter.openai_delta(parsed.get("choices"))
+            if isinstance(parsed.get("usage"), Mapping):
+                self.meter.final = True
+            events += self._translator.feed(parsed)
+        self.meter.usage.update_from_anthropic(self._translator.usage)
+        if any(name == "error" for name, _ in events):
+            self.meter.error_status = STREAM_ERROR_STATUS
+        return _frames(events)
+
+    def end(self) -> bytes:
+        if self._translator.finished:
+            return b""
+        if not self._translator.saw_finish_reason:  # the body ended cleanly but early
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before a finish_reason")
+        return _frames(self._translator.finish())  # a server that never sends [DONE]
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error")

@@ -6,10 +6,10 @@ Stateless: every request carries the whole conversation as `input` items; the ga
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialects import sse
@@ -26,19 +26,8 @@ from gateway.dialects.responses_stream import ResponsesStreamTranslator
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import (
-    eof_quietly,
-    json_object,
-    note_anthropic_event,
-    send_to_anthropic,
-    start_stream,
-    translation_options,
-    unexpected_shape,
-    write_quietly,
-)
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.common import json_object, send_to_anthropic, translation_options, unexpected_shape
+from gateway.relays.stream import OutputMeter, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
@@ -81,31 +70,39 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
 
 
 async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
-    translator = ResponsesStreamTranslator(ctx)
-    resp = await start_stream(ex)
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                frames.extend(event_frame(e) for e in translator.feed(event, json_object(data)))
-            if frames and not await write_quietly(resp, b"".join(frames)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:  # the body ended cleanly but early: response.completed would pass it off as whole
-            assert ex.target is not None
-            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
-    except GatewayError as err:
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, b"".join(event_frame(e) for e in translator.fail("api_error", err.message)))
-    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
-    await eof_quietly(resp)
+    assert ex.target is not None
+    translator = ResponsesOverAnthropic(OutputMeter(ex.usage), ResponsesStreamTranslator(ctx), ex.target.provider.name)
+    await relay_stream(ex, reply, translator)
+
+
+class ResponsesOverAnthropic:
+    """Anthropic's events in, Responses events out, ending in response.completed (or .failed / .incomplete)."""
+
+    statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
+
+    def __init__(self, meter: OutputMeter, translator: ResponsesStreamTranslator, provider: str) -> None:
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        frames: list[bytes] = []
+        for event, data in self._parser.feed(chunk):
+            parsed = json_object(data)
+            self.meter.anthropic_event(event, parsed)
+            frames.extend(event_frame(e) for e in self._translator.feed(event, parsed))
+        return b"".join(frames)
+
+    def end(self) -> bytes:
+        if not self._translator.finished:  # ended cleanly but early: response.completed would pass it off as whole
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        return b""
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return b"".join(event_frame(e) for e in self._translator.fail("api_error", err.message))
 
 
 def _dumps(obj: Any) -> str:
