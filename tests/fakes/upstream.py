@@ -103,6 +103,9 @@ class Scripted:
     # Abort the connection after this many SSE events, so the chunked body never ends (a mid-stream reset).
     # On a non-stream reply, any value drops the connection before the status line.
     reset_after_events: int | None = None
+    # Keep a stream open this long after its last event before ending the body, as a real upstream may
+    # (a caller that hangs up right after the final event then leaves while the relay still waits).
+    linger_s: float = 0.0
 
 
 @dataclass
@@ -519,6 +522,8 @@ async def _send(request: web.Request, script: Scripted) -> web.StreamResponse:
     if script.reset_after_events is not None:
         _drop_connection(request)
         return resp
+    if script.linger_s > 0:
+        await asyncio.sleep(script.linger_s)
     await resp.write_eof()
     return resp
 
