@@ -3,7 +3,8 @@ own fixtures: the prose (system prompt, tool descriptions, user text) and the JS
 captured Claude Code requests in tests/fixtures/.
 
     pip install tokenizers
-    pip download --no-deps anthropic==0.37.1 -d /tmp/tok && unzip -o /tmp/tok/anthropic-*.whl anthropic/tokenizer.json -d /tmp/tok
+    pip download --no-deps anthropic==0.37.1 -d /tmp/tok
+    unzip -o /tmp/tok/anthropic-*.whl anthropic/tokenizer.json -d /tmp/tok
     python -m bench.output_estimate /tmp/tok/anthropic/tokenizer.json
 
 The reference is the tokenizer the anthropic SDK shipped until 0.38 (Claude 2's; Anthropic counts Claude 3 and
@@ -51,7 +52,8 @@ def main(tokenizer_json: str) -> None:
         errors = [(e - a) / a for e, a in zip(estimated, actual, strict=True)]
         chars = sum(len(t) for t in texts)
         print(
-            f"{kind}: {len(texts)} samples, {chars} chars, {sum(actual)} tokens ({chars / sum(actual):.2f} chars/token);"
+            f"{kind}: {len(texts)} samples, {chars} chars, {sum(actual)} tokens"
+            f" ({chars / sum(actual):.2f} chars/token);"
             f" rule {CHARS_PER_TOKEN} chars/token: total {sum(estimated) / sum(actual) - 1:+.1%},"
             f" per sample median {statistics.median(errors):+.1%}, range {min(errors):+.1%} .. {max(errors):+.1%}"
         )
