@@ -156,13 +156,15 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
     if match is None:
         return None
     try:
-        rest = _REST.decode(b"{" + raw[match.end() :])
+        rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
     except msgspec.DecodeError:
         return None  # not JSON: the full parse says why
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')
     sketch = {"model": orjson.loads(match.group(1)), "stream": rest.stream is True}
-    return sketch | ({"max_tokens": rest.max_tokens} if rest.max_tokens is not None else {})
+    if rest.max_tokens is not None:
+        sketch["max_tokens"] = rest.max_tokens
+    return sketch
 
 
 async def read_json_body(

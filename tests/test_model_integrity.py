@@ -95,6 +95,8 @@ async def test_upstream_parses_the_model_that_was_routed_and_billed(
         assert row is not None
         served = json.loads(call.raw_body)["model"]  # last key wins, as the upstream parses
         assert served == row["provider_model"] == ALIASES[row["alias"]], raw
+        top_level = json.loads(call.raw_body, object_pairs_hook=lambda pairs: pairs)  # every key, duplicates too
+        assert [v for k, v in top_level if k == "model"] == [served], raw  # only the routed value remains
 
     await asyncio.to_thread(property_holds)
 

@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -98,42 +97,25 @@ _VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str, *, unique: bool = False) -> bytes:
     """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it.
 
-    The result always parses (last key wins, as the upstream reads it) to `model`: when a second top-level
-    "model" key would survive the patch, the body is re-serialised from `body()` with the routed value only.
-    `unique`: the edge already proved the body has one top-level "model" key (a sketched body), so the check
-    that costs one skim of the body is skipped.
+    The result holds one top-level "model", the routed one, whatever the caller sent: a body that may hold
+    another (the key twice, or letters written as \\u escapes) is re-serialised from `body()` (parsed once,
+    last key winning) with the routed value only. `unique`: the edge already proved the body has a single
+    top-level "model" (a sketched body), so the check is skipped.
     """
+    if not unique and (raw.count(b'"model"') != 1 or _ESCAPED_LETTER.search(raw)):
+        return orjson.dumps({**body(), "model": model})
     value = orjson.dumps(model)
     match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
     spans = [match.span(1)] if match else _top_level_model_values(raw)
-    if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
+    if len(spans) != 1:  # not a string value where the key is: let the parsed body say what it is
         return orjson.dumps({**body(), "model": model})
+    start, end = spans[0]
     view = memoryview(raw)
-    pieces: list[bytes | memoryview] = []
-    end = 0
-    for start, stop in spans:  # a duplicated top-level key: each one
-        pieces += (view[end:start], value)
-        end = stop
-    patched = b"".join((*pieces, view[end:]))  # one copy of the body, not one per splice
-    if unique or parsed_model(patched) == model:
-        return patched
-    # Another top-level "model" (escaped, or not a string) outlived the patch: only the routed value may remain.
-    return orjson.dumps({**body(), "model": model})
+    return b"".join((view[:start], value, view[end:]))  # one copy of the body, not one per slice
 
 
-class _ModelOnly(msgspec.Struct):
-    model: Any = None
-
-
-_MODEL_ONLY = msgspec.json.Decoder(_ModelOnly)
-
-
-def parsed_model(raw: bytes) -> Any:
-    """The top-level "model" value as a last-key-wins JSON parser (the upstream's) reads `raw`; None if not JSON."""
-    try:
-        return _MODEL_ONLY.decode(raw).model
-    except msgspec.DecodeError:
-        return None
+# A key spelled with an escaped lowercase letter ("mod\u0065l") reads as "model" to every JSON parser.
+_ESCAPED_LETTER = re.compile(rb"\\u00[67]", re.IGNORECASE)
 
 
 def _top_level_model_values(raw: bytes) -> list[tuple[int, int]]:
