@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -17,13 +16,13 @@ from gateway.dialects.anthropic_to_openai import (
     error_to_openai,
     message_to_chat_completion,
 )
-from gateway.dialects.openai_to_anthropic import TranslationError, chat_request_to_anthropic
+from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import json_object, send_to_anthropic, translation_options, unexpected_shape
+from gateway.relays.common import answer, json_object, relay_error, send_to_anthropic, translating, translation_options
 from gateway.relays.stream import OutputMeter, relay_stream
 
 
@@ -31,41 +30,28 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
     options = translation_options(ex.target)
     custom: frozenset[str] = frozenset()  # a Responses-shaped body's custom tools, answered as custom calls
-    try:
+    with translating():
         if is_responses_body(ex.body):  # Cursor posts some models' requests in Responses shape, wants Chat back
             # `store` is ignored on this route, as in Chat Completions bodies: nothing here would be stored.
             translation = responses_request_to_anthropic({**ex.body, "store": False}, options)
             translated, custom = translation.request, translation.custom_tools
         else:
             translated = chat_request_to_anthropic(ex.body, options)
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
-    stream = translated.get("stream") is True
     reply = await send_to_anthropic(ex, translated)
-    try:
-        if reply.status != 200:
-            await _openai_error(ex, reply)
-        elif stream:
-            await _openai_stream(ex, reply, custom)
-        else:
-            await _openai_whole(ex, reply, custom)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=translated.get("stream") is True,
+        error=lambda: relay_error(ex, reply, error_to_openai, _ERROR_HEADERS),
+        streamed=lambda: _openai_stream(ex, reply, custom),
+        whole=lambda: _openai_whole(ex, reply, custom),
+    )
+
+
+_ERROR_HEADERS = frozenset({"retry-after", "request-id"})
 
 
 def _completion_id(ex: Exchange) -> str:
     return f"chatcmpl-{ex.request_id}"
-
-
-async def _openai_error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_openai(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
-    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
 async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
@@ -121,7 +107,3 @@ class ChatOverAnthropic:
 
     def error_frame(self, err: GatewayError) -> bytes:
         return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()

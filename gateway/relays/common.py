@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.dialects.openai_to_anthropic import TranslationOptions
+from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
 from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Target
@@ -172,6 +173,49 @@ def unexpected_shape(exc: Exception) -> BadRequest:
     """A 400 for a request body whose fields have types the translator does not handle (logged: it is our gap)."""
     log.warning("untranslatable_request", error=repr(exc))
     return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")
+
+
+@contextlib.contextmanager
+def translating() -> Iterator[None]:
+    """A request body the translator cannot take is the caller's 400, never a 500."""
+    try:
+        yield
+    except TranslationError as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
+        raise unexpected_shape(exc) from None
+
+
+Answer = Callable[[], Awaitable[None]]
+
+
+async def answer(reply: UpstreamReply, *, stream: bool, error: Answer, streamed: Answer, whole: Answer) -> None:
+    """The one dispatch of a translated relay: an upstream error, a stream or a whole reply; the reply released."""
+    try:
+        if reply.status != 200:
+            await error()
+        elif stream:
+            await streamed()
+        else:
+            await whole()
+    finally:
+        reply.release()
+
+
+ErrorTranslation = Callable[[int, bytes], tuple[int, dict[str, Any]]]
+
+
+async def relay_error(
+    ex: Exchange, reply: UpstreamReply, translate: ErrorTranslation, keep: frozenset[str] = frozenset({"retry-after"})
+) -> None:
+    """An upstream error reply in the caller's dialect: its status (as the dialect reports it) and message kept."""
+    data = await reply.read()
+    ex.first_byte_ns = time.perf_counter_ns()
+    ex.status, body = translate(reply.status, data)
+    headers = {k: v for k, v in reply.headers.items() if k.lower() in keep}
+    ex.response = web.Response(
+        body=orjson.dumps(body), status=ex.status, content_type="application/json", headers=headers
+    )
 
 
 EVENT_STREAM = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}

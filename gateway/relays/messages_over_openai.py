@@ -18,18 +18,17 @@ from aiohttp import web
 from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
-from gateway.dialects.openai_to_anthropic import TranslationError
 from gateway.dialects.openai_to_anthropic_reply import (
     AnthropicStreamTranslator,
     Event,
     chat_completion_to_message,
     error_to_anthropic,
 )
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import json_object, send, unexpected_shape
+from gateway.relays.common import answer, json_object, relay_error, send, translating
 from gateway.relays.stream import OutputMeter, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
@@ -38,12 +37,8 @@ ESTIMATE_HEADER = "x-gateway-token-estimate"
 
 async def relay_messages_over_openai(ex: Exchange) -> None:
     assert ex.target is not None
-    try:
+    with translating():
         translated = messages_request_to_chat(ex.full_body(), provider_model=ex.target.provider_model)
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
     if ex.route == "count_tokens":
         _estimate_tokens(ex, translated)
         return
@@ -54,15 +49,13 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
         return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
 
     reply = await send(ex, build)
-    try:
-        if reply.status != 200:
-            await _anthropic_error(ex, reply)
-        elif stream:
-            await _anthropic_stream(ex, reply)
-        else:
-            await _anthropic_whole(ex, reply)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=stream,
+        error=lambda: relay_error(ex, reply, error_to_anthropic),
+        streamed=lambda: _anthropic_stream(ex, reply),
+        whole=lambda: _anthropic_whole(ex, reply),
+    )
 
 
 def _message_id(ex: Exchange) -> str:
@@ -74,15 +67,6 @@ def _estimate_tokens(ex: Exchange, translated: dict[str, Any]) -> None:
     ex.status = 200
     body = orjson.dumps({"input_tokens": estimate_input_tokens(translated)})
     ex.response = web.Response(body=body, content_type="application/json", headers={ESTIMATE_HEADER: "true"})
-
-
-async def _anthropic_error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_anthropic(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
-    ex.response = web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 async def _anthropic_whole(ex: Exchange, reply: UpstreamReply) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
-from gateway.dialects.openai_to_anthropic import TranslationError
 from gateway.dialects.responses import (
     ResponseContext,
     error_to_responses,
@@ -23,42 +21,29 @@ from gateway.dialects.responses import (
     responses_request_to_anthropic,
 )
 from gateway.dialects.responses_stream import ResponsesStreamTranslator
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import json_object, send_to_anthropic, translation_options, unexpected_shape
+from gateway.relays.common import answer, json_object, relay_error, send_to_anthropic, translating, translation_options
 from gateway.relays.stream import OutputMeter, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
-    try:
+    with translating():
         translation = responses_request_to_anthropic(ex.body, translation_options(ex.target))
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
-    stream = translation.request.get("stream") is True
     ctx = ResponseContext(f"resp_{ex.request_id}", int(time.time()), ex.alias_name, translation)
     reply = await send_to_anthropic(ex, translation.request)
-    try:
-        if reply.status != 200:
-            await _error(ex, reply)
-        elif stream:
-            await _stream(ex, reply, ctx)
-        else:
-            await _whole(ex, reply, ctx)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=translation.request.get("stream") is True,
+        error=lambda: relay_error(ex, reply, error_to_responses, _ERROR_HEADERS),
+        streamed=lambda: _stream(ex, reply, ctx),
+        whole=lambda: _whole(ex, reply, ctx),
+    )
 
 
-async def _error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_responses(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
-    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
+_ERROR_HEADERS = frozenset({"retry-after", "request-id"})
 
 
 async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
@@ -103,7 +88,3 @@ class ResponsesOverAnthropic:
 
     def error_frame(self, err: GatewayError) -> bytes:
         return b"".join(event_frame(e) for e in self._translator.fail("api_error", err.message))
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
