@@ -1,4 +1,5 @@
-"""What every relay shares: header filtering, the model patch, usage from Anthropic events, quiet writes.
+"""What every relay shares: header filtering, the model patch, sending upstream, the reply dispatch and
+error relay, quiet writes. The stream loop itself is gateway/relays/stream.py.
 
 Each relay module answers one (route, provider dialect) pair; `gateway/relays/__init__.py` picks it.
 """

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
+from aiohttp import web
 
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, Usage
@@ -151,7 +152,7 @@ async def relay_stream(
     await eof_quietly(resp)
 
 
-async def _pump(ex: Exchange, reply: UpstreamReply, translator: StreamTranslator, resp: Any) -> bool:
+async def _pump(ex: Exchange, reply: UpstreamReply, translator: StreamTranslator, resp: web.StreamResponse) -> bool:
     """Relay chunk by chunk, as they arrive; False once the caller is gone."""
     async for chunk in reply.chunks():
         if ex.first_byte_ns is None:
