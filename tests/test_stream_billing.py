@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
-from tests.conftest import flushed_usage
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream, anthropic_error
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
@@ -117,6 +117,22 @@ async def test_an_upstream_break_is_billed_for_the_output_relayed(
     await _read_until(gateway, key, route, lambda line, deltas: False)
     row = await _row(gateway, pool)
     assert row["status"] >= 500
+    assert row["usage_estimated"] is True
+    assert 80 <= row["output_tokens"] <= 200
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_an_upstream_gone_silent_is_timed_out_and_billed_for_the_output_relayed(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool, route: Route
+) -> None:
+    provider = {"type": "anthropic", "base_url": upstream.url, "api_key": UPSTREAM_KEY, "retries": {"attempts": 1}}
+    server = await make_gateway(providers={"anthropic": provider | {"timeouts": {"idle": 0.3}}})
+    upstream.chunks = 100
+    upstream.enqueue(stall_after_events=60)
+    key, _ = await make_user()
+    await _read_until(server, key, route, lambda line, deltas: False)
+    row = await _row(server, pool)
+    assert row["status"] == 504
     assert row["usage_estimated"] is True
     assert 80 <= row["output_tokens"] <= 200
 
