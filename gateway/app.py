@@ -156,12 +156,13 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
     if match is None:
         return None
     try:
+        model = orjson.loads(match.group(1))
         rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
-    except msgspec.DecodeError:
-        return None  # not JSON: the full parse says why
+    except (orjson.JSONDecodeError, msgspec.DecodeError):
+        return None  # not JSON (a bad escape, a lone surrogate...): the full parse says why, as a 400
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')
-    sketch = {"model": orjson.loads(match.group(1)), "stream": rest.stream is True}
+    sketch = {"model": model, "stream": rest.stream is True}
     if rest.max_tokens is not None:
         sketch["max_tokens"] = rest.max_tokens
     return sketch

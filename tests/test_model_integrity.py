@@ -107,9 +107,11 @@ async def test_upstream_parses_the_model_that_was_routed_and_billed(
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "model": "claude-opus-4-5"}', id="duplicate"),
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "mod\\u0065l": "claude-opus-4-5"}', id="escaped"),
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "model": null}', id="null"),
+        pytest.param(b'{"model": "claude-fast\\ud800", "max_tokens": 16}', id="lone-surrogate"),
+        pytest.param(b'{"model": "claude-fast\\q", "max_tokens": 16}', id="bad-escape"),
     ],
 )
-async def test_a_second_top_level_model_is_refused_in_anthropic_shape(
+async def test_a_second_or_broken_model_is_refused_in_anthropic_shape(
     gateway: TestServer, upstream: FakeUpstream, key: str, raw: bytes
 ) -> None:
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "Content-Type": "application/json"}
@@ -117,7 +119,7 @@ async def test_a_second_top_level_model_is_refused_in_anthropic_shape(
         assert r.status == 400
         body = await r.json()
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
-    assert "model" in body["error"]["message"]
+    assert "model" in body["error"]["message"] or "not valid JSON" in body["error"]["message"]
     assert upstream.requests == []
 
 
