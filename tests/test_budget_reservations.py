@@ -155,3 +155,16 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_forty_concurrent_requests_against_a_key_usd_limit_overshoot_by_at_most_one(
+    gateway: TestServer, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    """The key's USD budget reserves too, at the price of the model the alias routes to (haiku: 1 / 5 USD)."""
+    _slow_replies(upstream)
+    key, _ = await make_user(limit_usd=0.001)  # one request of ~1,000 input tokens costs ~0.001025 USD
+    statuses = await _burst([str(gateway.make_url("/v1/messages"))], key)
+    rows = await flushed_usage(gateway, pool)
+    cost = sum(r["cost_usd"] for r in rows)
+    print(f"\none process, USD limit 0.001: {statuses.count(200)}/{CONCURRENT} served, {cost} USD")
+    assert statuses.count(200) == 1 and statuses.count(429) == CONCURRENT - 1

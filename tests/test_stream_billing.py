@@ -163,3 +163,46 @@ async def test_a_caller_gone_after_an_in_stream_error_keeps_the_error_status(
     await _read_until(gateway, key, route, lambda line, deltas: b"Overloaded" in line)
     row = await _row(gateway, pool)
     assert row["status"] == route.overloaded
+
+
+# --- the same rule on an OpenAI-compatible provider (vLLM, Ollama, LiteLLM) --------------------------------
+
+OPENAI_ROUTES = [
+    pytest.param(
+        Route(
+            "/v1/chat/completions",
+            {"model": "gpt-fast", "stream": True, "messages": MESSAGES},
+            b'"content":',
+            b"data: [DONE]",
+            502,
+        ),
+        id="chat-passthrough",
+    ),
+    pytest.param(
+        Route(
+            "/v1/messages",
+            {"model": "gpt-fast", "max_tokens": 500, "stream": True, "messages": MESSAGES},
+            b"event: content_block_delta",
+            b"event: message_stop",
+            502,
+        ),
+        id="messages-translated",
+    ),
+]
+
+
+@pytest.mark.parametrize("route", OPENAI_ROUTES)
+async def test_an_openai_provider_stream_cut_by_the_caller_is_billed_for_the_output_relayed(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool, route: Route
+) -> None:
+    provider = {"type": "openai", "base_url": f"{upstream.url}/v1", "api_key": "sk-test", "retries": {"attempts": 1}}
+    server = await make_gateway(
+        providers={"openai": provider}, models={"gpt-fast": {"provider": "openai", "model": "gpt-4o-mini"}}
+    )
+    upstream.chunks = 100
+    upstream.enqueue(chunk_delay_s=0.01)
+    key, _ = await make_user()
+    await _read_until(server, key, route, lambda line, deltas: deltas >= 50)
+    row = await _row(server, pool)
+    assert (row["status"], row["usage_estimated"]) == (499, True)
+    assert 80 <= row["output_tokens"] <= 200
