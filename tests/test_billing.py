@@ -124,8 +124,9 @@ async def test_untrusted_counts_are_clamped_never_credited(
 
 
 async def test_one_row_the_driver_refuses_does_not_take_its_batch_down(
-    gateway: TestServer, make_user: MakeUser, pool: asyncpg.Pool, tmp_path: Path
+    make_gateway: GatewayFactory, make_user: MakeUser, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
+    gateway = await make_gateway(usage_log={"flush_interval_ms": 60_000})  # only this test flushes
     key, _ = await make_user()
     usage_log = gateway.app[SERVICES].usage_log
     await usage_log.flush()

@@ -102,9 +102,9 @@ async def test_a_caller_gone_mid_stream_is_billed_for_the_output_relayed(
     row = await _row(gateway, pool)
     assert row["status"] == 499
     assert row["usage_estimated"] is True
-    # 50+ words of ~6 characters were relayed: at least ~85 tokens at 3.5 characters per token, not the 1 that
-    # message_start reported. Below the 100 the provider would have billed for the whole reply... or near it.
-    assert 80 <= row["output_tokens"] <= 200
+    # 50+ words of ~6 characters were relayed: ~85 tokens at 3.5 characters per token (60 leaves slack), not
+    # the 1 that message_start reported; at most the whole reply's ~170.
+    assert 60 <= row["output_tokens"] <= 200
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -118,7 +118,7 @@ async def test_an_upstream_break_is_billed_for_the_output_relayed(
     row = await _row(gateway, pool)
     assert row["status"] >= 500
     assert row["usage_estimated"] is True
-    assert 80 <= row["output_tokens"] <= 200
+    assert 60 <= row["output_tokens"] <= 200
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -134,7 +134,7 @@ async def test_an_upstream_gone_silent_is_timed_out_and_billed_for_the_output_re
     row = await _row(server, pool)
     assert row["status"] == 504
     assert row["usage_estimated"] is True
-    assert 80 <= row["output_tokens"] <= 200
+    assert 60 <= row["output_tokens"] <= 200
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -205,4 +205,4 @@ async def test_an_openai_provider_stream_cut_by_the_caller_is_billed_for_the_out
     await _read_until(server, key, route, lambda line, deltas: deltas >= 50)
     row = await _row(server, pool)
     assert (row["status"], row["usage_estimated"]) == (499, True)
-    assert 80 <= row["output_tokens"] <= 200
+    assert 60 <= row["output_tokens"] <= 200
