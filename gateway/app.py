@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -127,18 +128,44 @@ def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[
 
 # A body that only passes through (Anthropic caller, Anthropic provider) need not be parsed whole: Claude Code
 # and the Anthropic SDKs put "model" first, and a 78 KB parse is most of what such a request would cost. The
-# sketch holds model and whether "stream": true appears; a relay that needs more calls Exchange.full_body().
-_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*("(?:[^"\\]|\\.)*")\s*,')
-_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true\b')
+# sketch holds model and stream; a relay that needs more calls Exchange.full_body().
+_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*(?=")')
+
+
+class _Rest(msgspec.Struct):
+    """The top-level keys of a body's remainder that the sketch must know; every other value is skipped."""
+
+    model: Any = msgspec.UNSET
+    stream: Any = None
+    max_tokens: Any = None  # what the budget check reserves for the output
+
+
+# msgspec skips the values it is not asked for without building them (a third of orjson's time on the Claude
+# Code body), decodes escaped keys and, like the upstream's parser, lets the last of duplicate keys win.
+_REST = msgspec.json.Decoder(_Rest)
 
 
 def body_sketch(raw: bytes) -> dict[str, Any] | None:
-    """{"model", "stream"} of a body that opens with its model, without parsing the rest; None otherwise."""
+    """{"model", "stream", "max_tokens"} of a body that opens with its model, without building the rest; None otherwise.
+
+    The remainder after the first key is decoded too, so a second top-level "model" (duplicated, or spelled
+    with escapes such as "mod\\u0065l") is found: the upstream would serve that one while the gateway routed
+    and billed the first, so such a body is refused with a 400.
+    """
     match = _MODEL_FIRST.match(raw)
-    if match is None or not raw.rstrip().endswith(b"}"):
+    if match is None:
         return None
-    model = orjson.loads(match.group(1))
-    return {"model": model, "stream": _STREAM_TRUE.search(raw, match.end()) is not None}
+    try:
+        model = orjson.loads(match.group(1))
+        rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
+    except (orjson.JSONDecodeError, msgspec.DecodeError):
+        return None  # not JSON (a bad escape, a lone surrogate...): the full parse says why, as a 400
+    if rest.model is not msgspec.UNSET:
+        raise BadRequest('request body has more than one top-level "model" key; send it once')
+    sketch = {"model": model, "stream": rest.stream is True}
+    if rest.max_tokens is not None:
+        sketch["max_tokens"] = rest.max_tokens
+    return sketch
 
 
 async def read_json_body(

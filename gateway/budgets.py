@@ -5,8 +5,10 @@ re-reads them every `refresh_s` seconds and adds what this process recorded sinc
 being flushed, and rows flushed after the last read began. So the hot path costs dict lookups, no query,
 yet every process sharing the database sees every other's usage within one refresh interval.
 
-Worst-case overshoot of a limit: the requests already in flight when it is reached (each up to its
-max_tokens), plus what the other processes serve during one refresh interval.
+It also holds this process's reservations: what the requests in flight may still cost (an estimate made at
+admission, released when the request's real usage is recorded). The budget check admits a request while
+usage plus the reservations of the requests already in flight is under the limit. The README's *Budgets*
+section states the overshoot this leaves, on one process and across several.
 """
 
 from __future__ import annotations
@@ -59,8 +61,36 @@ class UsageView:
         self._flushes = itertools.count(1)
         self._last_flush = 0
         self._task: asyncio.Task[None] | None = None
+        self._reserved: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])  # scope -> in-flight estimates
 
     # --- what the budget check asks ---
+
+    def tokens_reserved(self, user_id: UUID) -> int:
+        entry = self._reserved.get((month_of(self.clock()), "user", str(user_id)))
+        return int(entry[0]) if entry else 0
+
+    def cost_reserved(self, key_id: int) -> Decimal:
+        entry = self._reserved.get((month_of(self.clock()), "key", str(key_id)))
+        return entry[1] if entry else Decimal(0)
+
+    def reserve(self, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal) -> Amounts:
+        """Hold `tokens` and `cost` against the key's and the user's month until `release` (a request in flight)."""
+        held: Amounts = {}
+        for scope in scopes(month_of(self.clock()), key_id, user_id):
+            entry = self._reserved[scope]
+            entry[0] += tokens
+            entry[1] += cost
+            held[scope] = [Decimal(tokens), cost]
+        return held
+
+    def release(self, held: Amounts) -> None:
+        """The request ended (its real usage already recorded): drop what `reserve` held."""
+        for scope, (tokens, cost) in held.items():
+            entry = self._reserved[scope]
+            entry[0] -= tokens
+            entry[1] -= cost
+            if not entry[0] and not entry[1]:
+                del self._reserved[scope]
 
     def tokens_used(self, user_id: UUID) -> int:
         return int(self._used((month_of(self.clock()), "user", str(user_id)))[0])
@@ -87,6 +117,13 @@ class UsageView:
         """A flush committed these amounts: they stay counted locally until a snapshot read after it holds them."""
         self._last_flush = next(self._flushes)
         self._stored[self._last_flush] = amounts
+
+    def dropped(self, amounts: Amounts) -> None:
+        """Rows the database refused (set aside for an operator): no longer counted by this process."""
+        for scope, (tokens, cost) in amounts.items():
+            entry = self._local[scope]
+            entry[0] -= tokens
+            entry[1] -= cost
 
     # --- the refresh ---
 

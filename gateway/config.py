@@ -113,12 +113,22 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens."""
+    """USD per million tokens; web searches in USD per 1,000 searches.
+
+    `cache_write` prices 5-minute cache writes (Anthropic: 1.25x input), `cache_write_1h` 1-hour ones
+    (Anthropic: 2x input, the default when unset).
+    """
 
     input: float
     output: float
     cache_write: float
     cache_read: float
+    cache_write_1h: float | None = None
+    web_search_per_1k: float = 10.0  # Anthropic's list price for its web search tool
+
+    @property
+    def cache_write_1h_price(self) -> float:
+        return self.cache_write_1h if self.cache_write_1h is not None else 2 * self.input
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,7 @@ class BudgetConfig:
     monthly_limit_usd: float = 100.0  # per gateway key
     monthly_token_limit: int = 10_000_000  # per user
     refresh_s: float = 2.0  # how often each process re-reads every process's usage counters
+    max_in_flight_per_user: int | None = None  # requests one user may have in progress per process; None: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,8 +442,10 @@ def _pricing(raw: Any) -> dict[str, Price]:
     prices = {}
     for model, spec_raw in (raw or {}).items():
         where = f"pricing.{model}"
-        spec = _section(spec_raw, where, {"input", "output", "cache_write", "cache_read"})
+        optional = {"cache_write_1h", "web_search_per_1k"}
+        spec = _section(spec_raw, where, {"input", "output", "cache_write", "cache_read", *optional})
         values = {k: _get(spec, k, where, float) for k in ("input", "output", "cache_write", "cache_read")}
+        values |= {k: _get(spec, k, where, float) for k in optional if k in spec}
         for key, value in values.items():
             if value < 0:
                 raise ConfigError(f"{where}.{key}: a price cannot be negative")
@@ -441,9 +454,15 @@ def _pricing(raw: Any) -> dict[str, Price]:
 
 
 def _budgets(raw: Any) -> BudgetConfig:
-    s = _section(raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit", "refresh_s"})
+    s = _section(
+        raw, "budgets", {"enforce", "monthly_limit_usd", "monthly_token_limit", "refresh_s", "max_in_flight_per_user"}
+    )
     d = BudgetConfig()
+    in_flight = s.get("max_in_flight_per_user")
     return BudgetConfig(
+        max_in_flight_per_user=None
+        if in_flight is None
+        else _positive(_get(s, "max_in_flight_per_user", "budgets", int), "budgets.max_in_flight_per_user"),
         refresh_s=_positive(_get(s, "refresh_s", "budgets", float, d.refresh_s), "budgets.refresh_s"),
         enforce=_get(s, "enforce", "budgets", bool, d.enforce),
         monthly_limit_usd=_get(s, "monthly_limit_usd", "budgets", float, d.monthly_limit_usd),

@@ -181,6 +181,10 @@ USAGE_COLUMNS = (
     "latency_ms",
     "ttfb_ms",
     "streamed",
+    "cache_write_5m_tokens",  # sql/005_billing.sql
+    "cache_write_1h_tokens",
+    "web_search_requests",
+    "usage_estimated",
 )
 _COLUMN_LIST = ", ".join(USAGE_COLUMNS)
 

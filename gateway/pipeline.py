@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+import structlog
 from aiohttp import web
 
 from gateway.config import GatewayConfig, ModelAlias, Retries
@@ -26,15 +28,51 @@ if TYPE_CHECKING:
     from gateway.providers.base import Provider
     from gateway.services import Services
 
+log = structlog.get_logger("gateway.usage")
+
+
+# Upstream usage counts are untrusted: one request cannot consume more than this many tokens of one kind (the
+# largest context windows are 1M tokens), and a count past it would make a usage row the database refuses.
+MAX_COUNT = 10_000_000
+
+
+def usage_count(value: Any, name: str) -> int | None:
+    """An upstream count as a non-negative int no larger than MAX_COUNT; None when absent.
+
+    A negative, absurd or non-numeric count is clamped (never credited to the caller) and logged.
+    """
+    if value is None:
+        return None
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # every count a sane upstream sends
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        count = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    else:
+        count = -1  # not a number at all
+    clamped = min(max(count, 0), MAX_COUNT)
+    if clamped != value:
+        log.warning("usage_count_clamped", field=name, reported=repr(value)[:40], recorded=clamped)
+    return clamped
+
 
 @dataclass(slots=True)
 class Usage:
-    """Tokens one request consumed, as the provider reported them."""
+    """Tokens one request consumed, as the provider reported them (or, where it could not, as estimated).
+
+    `cache_write_tokens` is every cache write; `cache_write_5m_tokens` / `cache_write_1h_tokens` split it by
+    lifetime when the provider says (`usage.cache_creation`), as they are priced differently.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    estimated: bool = False  # output counted from the relayed text: the stream ended before its final usage
 
     @property
     def total(self) -> int:
@@ -42,14 +80,25 @@ class Usage:
 
     def update_from_anthropic(self, usage: Mapping[str, Any]) -> None:
         """Take the counts an Anthropic `usage` object carries (message_start, message_delta or a reply)."""
-        if (v := usage.get("input_tokens")) is not None:
-            self.input_tokens = int(v)
-        if (v := usage.get("output_tokens")) is not None:
-            self.output_tokens = int(v)
-        if (v := usage.get("cache_read_input_tokens")) is not None:
-            self.cache_read_tokens = int(v)
-        if (v := usage.get("cache_creation_input_tokens")) is not None:
-            self.cache_write_tokens = int(v)
+        if (v := usage_count(usage.get("input_tokens"), "input_tokens")) is not None:
+            self.input_tokens = v
+        if (v := usage_count(usage.get("output_tokens"), "output_tokens")) is not None:
+            self.output_tokens = v
+        if (v := usage_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")) is not None:
+            self.cache_read_tokens = v
+        if (v := usage_count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")) is not None:
+            self.cache_write_tokens = v
+        if isinstance(creation := usage.get("cache_creation"), Mapping):
+            self._cache_lifetimes(creation)
+        if isinstance(tools := usage.get("server_tool_use"), Mapping):
+            searches = usage_count(tools.get("web_search_requests"), "web_search_requests")
+            self.web_search_requests = searches if searches is not None else self.web_search_requests
+
+    def _cache_lifetimes(self, creation: Mapping[str, Any]) -> None:
+        five = usage_count(creation.get("ephemeral_5m_input_tokens"), "ephemeral_5m_input_tokens") or 0
+        hour = usage_count(creation.get("ephemeral_1h_input_tokens"), "ephemeral_1h_input_tokens") or 0
+        self.cache_write_5m_tokens, self.cache_write_1h_tokens = five, hour
+        self.cache_write_tokens = max(self.cache_write_tokens, min(five + hour, MAX_COUNT))  # never less than its parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +168,7 @@ class Stage(Protocol):
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
     from gateway.stages.auth import Authenticate
-    from gateway.stages.budget import CheckBudget
+    from gateway.stages.budget import CheckBudget, price_of_requested
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
@@ -133,7 +182,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
         ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
-        "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
+        "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),

@@ -32,21 +32,29 @@ _MILLION = Decimal(1_000_000)
 
 
 @functools.lru_cache(maxsize=256)
-def _per_token(price: Price) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """A price as exact decimals per token (input, output, cache write, cache read), computed once per price."""
-    return tuple(Decimal(str(p)) / _MILLION for p in (price.input, price.output, price.cache_write, price.cache_read))  # type: ignore[return-value]
+def _per_token(price: Price) -> tuple[Decimal, ...]:
+    """A price as exact decimals per token (input, output, 5-minute write, cache read, 1-hour write) and per
+    web search, computed once per price."""
+    per_million = (price.input, price.output, price.cache_write, price.cache_read, price.cache_write_1h_price)
+    return (*(Decimal(str(p)) / _MILLION for p in per_million), Decimal(str(price.web_search_per_1k)) / 1000)
 
 
 def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
-    """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price."""
+    """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price.
+
+    Cache writes the provider did not split by lifetime are priced as 5-minute writes.
+    """
     if price is None:
         return None
-    per_input, per_output, per_write, per_read = _per_token(price)
+    per_input, per_output, per_write, per_read, per_write_1h, per_search = _per_token(price)
+    unsplit_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
     return (
         usage.input_tokens * per_input
         + usage.output_tokens * per_output
-        + usage.cache_write_tokens * per_write
+        + unsplit_writes * per_write
+        + usage.cache_write_1h_tokens * per_write_1h
         + usage.cache_read_tokens * per_read
+        + usage.web_search_requests * per_search
     )
 
 
@@ -138,6 +146,10 @@ class UsageLog:
                 (now_ns - ex.started_ns) / 1e6,
                 ttfb_ms,
                 ex.streamed,
+                u.cache_write_5m_tokens,
+                u.cache_write_1h_tokens,
+                u.web_search_requests,
+                u.estimated,
             )
         )
         self._observe(ex, u, cost, ttfb_ms)
@@ -186,11 +198,10 @@ class UsageLog:
             try:
                 await db.insert_usage(self._pool, batch)
             except db.UNAVAILABLE as exc:
-                self._rows[:0] = batch  # keep them, oldest first, for the next try
-                log.error("usage_flush_failed", rows=len(batch), queued=len(self._rows), error=str(exc))
-                self._spill_overflow()
+                log.error("usage_flush_failed", rows=len(batch), error=str(exc))
+                self._keep(batch)
                 return 0
-            except asyncpg.PostgresError:  # the database refused some row itself: store the others one by one
+            except Exception:  # any row the driver or the database refuses: isolate it
                 return await self._store_one_by_one(batch)
             self._view.stored(_amounts(batch))
             self.written += len(batch)
@@ -198,28 +209,37 @@ class UsageLog:
             await self._replay_spilled()
             return len(batch)
 
-    def _spill_overflow(self) -> None:
-        """Past the queue's bound, the oldest rows go to the local spill file (nothing is dropped)."""
-        excess = len(self._rows) - self._max_queue
-        if excess <= 0 or self._spill is None:
-            return
-        oldest, self._rows = self._rows[:excess], self._rows[excess:]
-        path = self._spill.append(oldest)
-        self.spilled += len(oldest)
-        self._metrics.usage_spilled.inc((), len(oldest))
-        log.warning("usage_spilled", rows=len(oldest), file=str(path))
+    def _keep(self, batch: list[tuple[Any, ...]]) -> None:
+        """Rows a flush could not store go to the local journal at once (one fsync per failed flush), so a
+        crash during a database outage loses at most the rows recorded since the last flush. Only when the
+        journal cannot be written do they wait in memory, up to `max_queue_rows` (beyond, the oldest are lost,
+        and logged)."""
+        if self._spill is not None:
+            try:
+                path = self._spill.append(batch)
+            except OSError as exc:
+                log.error("usage_spill_failed", rows=len(batch), error=str(exc))
+            else:
+                self.spilled += len(batch)
+                self._metrics.usage_spilled.inc((), len(batch))
+                log.warning("usage_spilled", rows=len(batch), file=str(path))
+                return
+        self._rows[:0] = batch
+        if (excess := len(self._rows) - self._max_queue) > 0:
+            del self._rows[:excess]
+            log.error("usage_rows_lost", rows=excess, reason="database and spill directory both unavailable")
 
     async def _store_one_by_one(self, batch: list[tuple[Any, ...]]) -> int:
-        """A batch PostgreSQL refused: one bad row must not take the others down with it."""
+        """A batch that failed for a reason other than an outage: one bad row must not take the others down."""
         assert self._pool is not None
         stored: list[tuple[Any, ...]] = []
-        for row in batch:
+        for i, row in enumerate(batch):
             try:
                 await db.insert_usage(self._pool, [row])
             except db.UNAVAILABLE:
-                self._rows[:0] = [r for r in batch if r not in stored]
+                self._keep(batch[i:])
                 break
-            except asyncpg.PostgresError as exc:
+            except Exception as exc:  # this row alone is refused
                 self._set_aside([row], exc)
             else:
                 stored.append(row)
@@ -228,21 +248,29 @@ class UsageLog:
         return len(stored)
 
     def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:
+        # The view stops counting a row the database will never hold: it must not keep its key at 429.
+        with contextlib.suppress(TypeError, ValueError):  # a row too broken to sum was never counted right
+            self._view.dropped(_amounts(batch))
         if self._spill is None:
-            log.error("usage_rows_rejected", rows=len(batch), error=str(exc))
+            log.error("usage_rows_rejected", rows=len(batch), error=repr(exc))
             return
         path = self._spill.append(batch, name=f"usage-rejected-{self._spill.pid}.jsonl")
-        log.error("usage_rows_rejected", rows=len(batch), error=str(exc), kept_in=str(path))
+        log.error("usage_rows_rejected", rows=len(batch), error=repr(exc), kept_in=str(path))
 
     async def _replay_spilled(self) -> None:
         """The database answers again: store what was spilled (ours and any dead worker's), then delete it."""
         if self._spill is None or self._pool is None or not self._spill.has_work():
             return
+        if not await db.ping(self._pool):  # still away: leave the files unclaimed for any process to replay
+            return
         for path, ours in self._spill.claim():
             rows = self._spill.read(path)
             for start in range(0, len(rows), self._flush_rows):
                 chunk = rows[start : start + self._flush_rows]
-                await db.insert_usage(self._pool, chunk)  # ids already stored are skipped
+                try:
+                    await db.insert_usage(self._pool, chunk)  # ids already stored are skipped
+                except db.UNAVAILABLE:
+                    return  # still away: the claimed file stays ours and is replayed on a later flush
                 if ours:
                     self._view.stored(_amounts(chunk))
             path.unlink()
@@ -251,7 +279,8 @@ class UsageLog:
     async def close(self) -> None:
         """Stop the flusher and write what is left (called on shutdown); if the database is away, spill it."""
         if self._task is not None:
-            self._task.cancel()
+            async with self._flush_lock:  # never cancel the flusher halfway through a write: its batch would be lost
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

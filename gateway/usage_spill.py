@@ -1,8 +1,8 @@
 """Usage rows that could not reach PostgreSQL in time, kept on local disk until they can.
 
-When the database is away and the in-memory queue passes its bound, the oldest rows are appended to
-`<spill_dir>/usage-spill-<pid>.jsonl` (one JSON array per line, flushed and fsynced). When a flush succeeds
-again, every spill file in the directory is claimed (renamed, so two workers never replay one file),
+When a flush fails because the database is away, its rows are appended at once to
+`<spill_dir>/usage-spill-<pid>.jsonl` (one JSON array per line, flushed and fsynced once per flush). When a
+flush succeeds again, every spill file in the directory is claimed (renamed, so two workers never replay one file),
 replayed in batches and removed. Rows carry their own ids and the insert skips ids already stored, so a
 replay interrupted halfway and done again writes nothing twice.
 """
@@ -37,8 +37,18 @@ def encode(row: Row) -> bytes:
     return orjson.dumps(row, default=_default) + b"\n"
 
 
+# Columns added after a row may have been spilled, with the value a row without them means (sql/005_billing.sql).
+_ADDED_DEFAULTS = {
+    "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0,
+    "web_search_requests": 0,
+    "usage_estimated": False,
+}
+
+
 def decode(line: bytes) -> Row:
     values = orjson.loads(line)
+    values += [_ADDED_DEFAULTS[c] for c in USAGE_COLUMNS[len(values) :]]  # a row spilled by an older version
     for i in _UUIDS:
         values[i] = UUID(values[i]) if values[i] is not None else None
     values[_TIME] = datetime.fromisoformat(values[_TIME])
@@ -99,7 +109,7 @@ class SpillDir:
                 path.rename(target)
             except FileNotFoundError:  # another worker claimed it first
                 continue
-            claimed.append((target, path == self.own))
+            claimed.append((target, original == self.own.name))  # ours, even when claimed before
         return claimed
 
     @staticmethod

@@ -251,7 +251,9 @@ async def test_probes(gateway: TestServer) -> None:
         pytest.param(
             b'{"model": "claude-fast", "stream": true}', {"model": "claude-fast", "stream": True}, id="stream"
         ),
-        pytest.param(b'{"model":"a\\"b","max_tokens":1}', {"model": 'a"b', "stream": False}, id="escaped-model"),
+        pytest.param(
+            b'{"model":"a\\"b","max_tokens":1}', {"model": 'a"b', "stream": False, "max_tokens": 1}, id="escaped-model"
+        ),
         pytest.param(b'{"max_tokens": 1, "model": "x"}', None, id="model-not-first"),
         pytest.param(b'{"model": "x"}', None, id="model-only"),
         pytest.param(b'{"model": "x", "a": 1', None, id="unclosed"),

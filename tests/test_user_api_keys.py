@@ -721,6 +721,10 @@ def usage_row(key_id: int, user_id: uuid.UUID, at: datetime, **fields: Any) -> d
         "latency_ms": 12.5,
         "ttfb_ms": None,
         "streamed": False,
+        "cache_write_5m_tokens": 0,  # sql/005_billing.sql
+        "cache_write_1h_tokens": 0,
+        "web_search_requests": 0,
+        "usage_estimated": False,
         **fields,
     }
 

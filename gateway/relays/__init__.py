@@ -2,7 +2,8 @@
 
 One relay per (route, provider dialect) pair, in the table below. Where the caller and the provider speak the
 same dialect, bytes pass through untouched but for the `model` value; otherwise the pure functions in
-gateway/dialects/ translate. A new pairing is one module here plus one line in RELAYS.
+gateway/dialects/ translate. A new pairing is one module here plus one line in RELAYS: its request translation,
+and for streams a StreamTranslator that `relay_stream` (gateway/relays/stream.py) drives.
 """
 
 from __future__ import annotations

@@ -5,29 +5,18 @@ answer comes back untouched; a stream is written chunk by chunk as it arrives wh
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 import orjson
-import structlog
 from aiohttp import web
 
+from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.relays.common import (
-    eof_quietly,
-    forwardable_headers,
-    json_object,
-    note_anthropic_event,
-    relayed_headers,
-    send,
-    start_stream,
-    with_model,
-    write_quietly,
-)
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.common import forwardable_headers, json_object, relayed_headers, send, with_model
+from gateway.relays.stream import OutputMeter, relay_stream
 
 
 def _upstream_path(ex: Exchange) -> str:
@@ -41,7 +30,7 @@ async def relay_anthropic(ex: Exchange) -> None:
     query = ex.request.rel_url.raw_query_string  # as sent: `request.query_string` is percent-decoded
 
     def build(target: Target) -> UpstreamCall:
-        body = with_model(ex.raw_body, ex.full_body, target.provider_model)
+        body = with_model(ex.raw_body, ex.full_body, target.provider_model, unique=ex.sketched)
         return UpstreamCall(path=path, query_string=query, headers=headers, body=body, stream=stream)
 
     reply = await send(ex, build)
@@ -70,23 +59,38 @@ async def _relay_stream(ex: Exchange, reply: UpstreamReply) -> None:
     headers = relayed_headers(reply.headers)
     headers["Content-Type"] = reply.headers.get("Content-Type", "text/event-stream")
     headers["Cache-Control"] = "no-cache"
-    resp = await start_stream(ex, headers)
-    if resp is None:
-        return
-    scanner = sse.UsageEventScanner()  # usage from the few events that carry it; the rest is only relayed
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            try:
-                await resp.write(chunk)  # each chunk as soon as it arrives: no coalescing, no re-serialising
-            except ConnectionResetError:
-                ex.status = CLIENT_CLOSED
-                return
-            for event, data in scanner.feed(chunk):
-                note_anthropic_event(ex, event, data)
-    except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.frame(orjson.dumps(err.render(ex.dialect)), "error"))
-    await eof_quietly(resp)
+    await relay_stream(ex, reply, AnthropicPassthrough(OutputMeter(ex.usage)), headers)
+
+
+class AnthropicPassthrough:
+    """Anthropic's stream, byte for byte: each chunk is written as it arrives (no coalescing, no re-serialising)
+    while its events are read on the side for usage, relayed text and the final message_stop."""
+
+    statuses: Mapping[int, int] = {}
+
+    def __init__(self, meter: OutputMeter) -> None:
+        self.meter = meter
+        self._parser = sse.SSEParser()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        for event, data in self._parser.feed(chunk):
+            if event in _READ:
+                self.meter.anthropic_event(event, json_object(data))
+            elif event == "message_stop":
+                self._finished = True
+        return chunk
+
+    def end(self) -> bytes:
+        return b""
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error")
+
+
+# The events parsed on the side; ping and block starts and stops are only relayed.
+_READ = frozenset({"content_block_delta", "message_start", "message_delta", "error"})

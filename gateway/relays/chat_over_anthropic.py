@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialect import Dialect
@@ -17,71 +16,54 @@ from gateway.dialects.anthropic_to_openai import (
     error_to_openai,
     message_to_chat_completion,
 )
-from gateway.dialects.openai_to_anthropic import TranslationError, chat_request_to_anthropic
+from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.dialects.thinking import thinking_headers
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
-    eof_quietly,
+    answer,
     json_object,
-    note_anthropic_event,
+    relay_error,
     send_to_anthropic,
-    start_stream,
+    translating,
     translation_options,
-    unexpected_shape,
-    write_quietly,
 )
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.stream import OutputMeter, relay_stream
 
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
     options = translation_options(ex.target)
     custom: frozenset[str] = frozenset()  # a Responses-shaped body's custom tools, answered as custom calls
-    try:
+    with translating():
         if is_responses_body(ex.body):  # Cursor posts some models' requests in Responses shape, wants Chat back
             # `store` is ignored on this route, as in Chat Completions bodies: nothing here would be stored.
             translation = responses_request_to_anthropic({**ex.body, "store": False}, options)
             translated, custom = translation.request, translation.custom_tools
         else:
             translated = chat_request_to_anthropic(ex.body, options)
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
-    stream = translated.get("stream") is True
     notes = thinking_headers(ex.body, translated)  # reasoning asked for but sent without thinking: say so
     reply = await send_to_anthropic(ex, translated)
-    try:
-        if reply.status != 200:
-            await _openai_error(ex, reply)
-        elif stream:
-            await _openai_stream(ex, reply, custom, notes)
-        else:
-            await _openai_whole(ex, reply, custom)
-        if not ex.streamed and ex.response is not None:
-            ex.response.headers.update(notes)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=translated.get("stream") is True,
+        error=lambda: relay_error(ex, reply, error_to_openai, _ERROR_HEADERS),
+        streamed=lambda: _openai_stream(ex, reply, custom, notes),
+        whole=lambda: _openai_whole(ex, reply, custom),
+    )
+    if not ex.streamed and ex.response is not None:
+        ex.response.headers.update(notes)
+
+
+_ERROR_HEADERS = frozenset({"retry-after", "request-id"})
 
 
 def _completion_id(ex: Exchange) -> str:
     return f"chatcmpl-{ex.request_id}"
-
-
-async def _openai_error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_openai(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
-    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
 async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
@@ -97,42 +79,44 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
     ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-async def _openai_stream(
-    ex: Exchange, reply: UpstreamReply, custom: frozenset[str], notes: dict[str, str] | None = None
-) -> None:
-    assert ex.target is not None
+async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[str], notes: dict[str, str]) -> None:
     options = ex.body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator = ChatStreamTranslator(
         model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time()), include_usage=include_usage
     )
-    resp = await start_stream(ex, {**EVENT_STREAM, **(notes or {})})
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    held = ChatCustomCalls(custom)
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                chunks = translator.feed(event, json_object(data))
-                frames.extend(sse.data_frame(c) for c in (held.feed(chunks) if custom else chunks))
-            if frames and not await write_quietly(resp, b"".join(frames)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
-            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
-    except GatewayError as err:
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.data_frame(err.render(Dialect.OPENAI)))
-    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
-    await write_quietly(resp, sse.DONE_FRAME)
-    await eof_quietly(resp)
+    assert ex.target is not None
+    chat = ChatOverAnthropic(OutputMeter(ex.usage), translator, custom, ex.target.provider.name)
+    await relay_stream(ex, reply, chat, {**EVENT_STREAM, **notes})
 
 
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+class ChatOverAnthropic:
+    """Anthropic's events in, Chat Completions chunks out (custom tool calls held back and answered as such)."""
+
+    statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
+
+    def __init__(self, meter: OutputMeter, translator: ChatStreamTranslator, custom: frozenset[str], provider: str):
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+        self._held = ChatCustomCalls(custom) if custom else None
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        frames: list[bytes] = []
+        for event, data in self._parser.feed(chunk):
+            parsed = json_object(data)
+            self.meter.anthropic_event(event, parsed)
+            chunks = self._translator.feed(event, parsed)
+            frames.extend(sse.data_frame(c) for c in (self._held.feed(chunks) if self._held else chunks))
+        return b"".join(frames)
+
+    def end(self) -> bytes:
+        if not self._translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        return sse.DONE_FRAME
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME

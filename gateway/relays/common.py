@@ -1,20 +1,23 @@
-"""What every relay shares: header filtering, the model patch, usage from Anthropic events, quiet writes.
+"""What every relay shares: header filtering, the model patch, sending upstream, the reply dispatch and
+error relay, quiet writes. The stream loop itself is gateway/relays/stream.py.
 
 Each relay module answers one (route, provider dialect) pair; `gateway/relays/__init__.py` picks it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.dialects.openai_to_anthropic import TranslationOptions
+from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
 from gateway.errors import BadRequest
 from gateway.pipeline import Exchange, Target
@@ -56,7 +59,6 @@ _RESPONSE_HEADERS_DROPPED = frozenset(
         "date",
     }
 )
-STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
 
 
 def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -94,16 +96,28 @@ _TOKEN = re.compile(_STRING + rb"|[{}\[\]]")
 _VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 
 
-def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str) -> bytes:
-    """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it."""
+def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str, *, unique: bool = False) -> bytes:
+    """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it.
+
+    The result holds one top-level "model", the routed one, whatever the caller sent: a body that may hold
+    another (the key twice, or letters written as \\u escapes) is re-serialised from `body()` (parsed once,
+    last key winning) with the routed value only. `unique`: the edge already proved the body has a single
+    top-level "model" (a sketched body), so the check is skipped.
+    """
+    if not unique and (raw.count(b'"model"') != 1 or _ESCAPED_LETTER.search(raw)):
+        return orjson.dumps({**body(), "model": model})
     value = orjson.dumps(model)
     match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
     spans = [match.span(1)] if match else _top_level_model_values(raw)
-    if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
+    if len(spans) != 1:  # not a string value where the key is: let the parsed body say what it is
         return orjson.dumps({**body(), "model": model})
-    for start, end in reversed(spans):  # a duplicated top-level key: each one
-        raw = raw[:start] + value + raw[end:]
-    return raw
+    start, end = spans[0]
+    view = memoryview(raw)
+    return b"".join((view[:start], value, view[end:]))  # one copy of the body, not one per slice
+
+
+# A key spelled with an escaped lowercase letter ("mod\u0065l") reads as "model" to every JSON parser.
+_ESCAPED_LETTER = re.compile(rb"\\u00[67]", re.IGNORECASE)
 
 
 def _top_level_model_values(raw: bytes) -> list[tuple[int, int]]:
@@ -135,17 +149,6 @@ async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> Upstrea
     return reply
 
 
-def note_anthropic_event(ex: Exchange, event: str, data: bytes) -> None:
-    """Read usage from the few events that carry it; every other event is only relayed."""
-    if event == "message_start":
-        ex.usage.update_from_anthropic(json_object(data).get("message", {}).get("usage") or {})
-    elif event == "message_delta":
-        ex.usage.update_from_anthropic(json_object(data).get("usage") or {})
-    elif event == "error":
-        error_type = (json_object(data).get("error") or {}).get("type", "api_error")
-        ex.status = STREAM_ERROR_STATUS.get(error_type, 500)
-
-
 def json_object(data: bytes) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
@@ -173,6 +176,49 @@ def unexpected_shape(exc: Exception) -> BadRequest:
     return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")
 
 
+@contextlib.contextmanager
+def translating() -> Iterator[None]:
+    """A request body the translator cannot take is the caller's 400, never a 500."""
+    try:
+        yield
+    except TranslationError as exc:
+        raise BadRequest(str(exc), param=exc.param) from None
+    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
+        raise unexpected_shape(exc) from None
+
+
+Answer = Callable[[], Awaitable[None]]
+
+
+async def answer(reply: UpstreamReply, *, stream: bool, error: Answer, streamed: Answer, whole: Answer) -> None:
+    """The one dispatch of a translated relay: an upstream error, a stream or a whole reply; the reply released."""
+    try:
+        if reply.status != 200:
+            await error()
+        elif stream:
+            await streamed()
+        else:
+            await whole()
+    finally:
+        reply.release()
+
+
+ErrorTranslation = Callable[[int, bytes], tuple[int, dict[str, Any]]]
+
+
+async def relay_error(
+    ex: Exchange, reply: UpstreamReply, translate: ErrorTranslation, keep: frozenset[str] = frozenset({"retry-after"})
+) -> None:
+    """An upstream error reply in the caller's dialect: its status (as the dialect reports it) and message kept."""
+    data = await reply.read()
+    ex.first_byte_ns = time.perf_counter_ns()
+    ex.status, body = translate(reply.status, data)
+    headers = {k: v for k, v in reply.headers.items() if k.lower() in keep}
+    ex.response = web.Response(
+        body=orjson.dumps(body), status=ex.status, content_type="application/json", headers=headers
+    )
+
+
 EVENT_STREAM = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
@@ -185,6 +231,9 @@ async def start_stream(ex: Exchange, headers: Mapping[str, str] = EVENT_STREAM) 
     except ConnectionResetError:
         ex.status = CLIENT_CLOSED
         return None
+    except asyncio.CancelledError:  # the caller left while the headers were going out
+        ex.status = CLIENT_CLOSED
+        raise
     return resp
 
 

@@ -9,30 +9,27 @@ Claude Code uses it to judge how full its context is, where an estimate serves a
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
-from gateway.dialects.openai_to_anthropic import TranslationError
 from gateway.dialects.openai_to_anthropic_reply import (
     AnthropicStreamTranslator,
     Event,
     chat_completion_to_message,
     error_to_anthropic,
 )
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import eof_quietly, json_object, send, start_stream, unexpected_shape, write_quietly
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.common import answer, json_object, relay_error, send, translating
+from gateway.relays.stream import OutputMeter, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
@@ -40,12 +37,8 @@ ESTIMATE_HEADER = "x-gateway-token-estimate"
 
 async def relay_messages_over_openai(ex: Exchange) -> None:
     assert ex.target is not None
-    try:
+    with translating():
         translated = messages_request_to_chat(ex.full_body(), provider_model=ex.target.provider_model)
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
     if ex.route == "count_tokens":
         _estimate_tokens(ex, translated)
         return
@@ -56,15 +49,13 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
         return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
 
     reply = await send(ex, build)
-    try:
-        if reply.status != 200:
-            await _anthropic_error(ex, reply)
-        elif stream:
-            await _anthropic_stream(ex, reply)
-        else:
-            await _anthropic_whole(ex, reply)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=stream,
+        error=lambda: relay_error(ex, reply, error_to_anthropic),
+        streamed=lambda: _anthropic_stream(ex, reply),
+        whole=lambda: _anthropic_whole(ex, reply),
+    )
 
 
 def _message_id(ex: Exchange) -> str:
@@ -76,15 +67,6 @@ def _estimate_tokens(ex: Exchange, translated: dict[str, Any]) -> None:
     ex.status = 200
     body = orjson.dumps({"input_tokens": estimate_input_tokens(translated)})
     ex.response = web.Response(body=body, content_type="application/json", headers={ESTIMATE_HEADER: "true"})
-
-
-async def _anthropic_error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_anthropic(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() == "retry-after"}
-    ex.response = web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 async def _anthropic_whole(ex: Exchange, reply: UpstreamReply) -> None:
@@ -106,30 +88,44 @@ def _frames(events: list[Event]) -> bytes:
 async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
     assert ex.target is not None
     translator = AnthropicStreamTranslator(message_id=_message_id(ex), model=ex.alias_name)
-    resp = await start_stream(ex)
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            events: list[Event] = []
-            for _, data in parser.feed(chunk):
-                done = data.strip() == b"[DONE]"
-                events += translator.finish() if done else translator.feed(json_object(data))
-            ex.usage.update_from_anthropic(translator.usage)
-            if any(name == "error" for name, _ in events):
-                ex.status = STREAM_ERROR_STATUS
-            if events and not await write_quietly(resp, _frames(events)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:
-            if not translator.saw_finish_reason:  # the body ended cleanly but early
-                raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before a finish_reason")
-            await write_quietly(resp, _frames(translator.finish()))  # a server that never sends [DONE]
-    except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error"))
-    await eof_quietly(resp)
+    await relay_stream(ex, reply, MessagesOverOpenAI(OutputMeter(ex.usage), translator, ex.target.provider.name))
+
+
+class MessagesOverOpenAI:
+    """Chat Completions chunks in, Anthropic events out, ending in message_stop."""
+
+    statuses: Mapping[int, int] = {}
+
+    def __init__(self, meter: OutputMeter, translator: AnthropicStreamTranslator, provider: str) -> None:
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        events: list[Event] = []
+        for _, data in self._parser.feed(chunk):
+            if data.strip() == b"[DONE]":
+                events += self._translator.finish()
+                continue
+            parsed = json_object(data)
+            self.meter.openai_delta(parsed.get("choices"))
+            if isinstance(parsed.get("usage"), Mapping):
+                self.meter.final = True
+            events += self._translator.feed(parsed)
+        self.meter.usage.update_from_anthropic(self._translator.usage)
+        if any(name == "error" for name, _ in events):
+            self.meter.error_status = STREAM_ERROR_STATUS
+        return _frames(events)
+
+    def end(self) -> bytes:
+        if self._translator.finished:
+            return b""
+        if not self._translator.saw_finish_reason:  # the body ended cleanly but early
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before a finish_reason")
+        return _frames(self._translator.finish())  # a server that never sends [DONE]
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error")

@@ -9,6 +9,7 @@ event by event without it (the events themselves are relayed byte for byte).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -22,16 +23,8 @@ from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import (
-    eof_quietly,
-    json_object,
-    relayed_headers,
-    send,
-    start_stream,
-    with_model,
-    write_quietly,
-)
-from gateway.stages.usage_log import CLIENT_CLOSED
+from gateway.relays.common import json_object, relayed_headers, send, with_model
+from gateway.relays.stream import OutputMeter, relay_stream
 
 log = structlog.get_logger("gateway.relay")
 
@@ -93,65 +86,68 @@ async def _relay_whole(ex: Exchange, reply: UpstreamReply) -> None:
     ex.response = web.Response(body=data, status=reply.status, headers=_headers(reply, "application/json"))
 
 
-class _StreamWatch:
-    """What the relay learns from a stream's events on the side: usage, whether it ended, in-stream errors."""
-
-    def __init__(self, ex: Exchange) -> None:
-        self._ex = ex
-        self.done = False  # [DONE] seen
-        self.finished = False  # a finish_reason seen: the reply is whole
-        self.saw_usage = False
-
-    def note(self, data: bytes) -> bool:
-        """Read one event's data; True when it is the usage-only chunk (no choices, only usage)."""
-        if data.strip() == b"[DONE]":
-            self.done = True
-            return False
-        chunk = json_object(data)
-        if "error" in chunk:
-            self._ex.status = STREAM_ERROR_STATUS
-        choices = chunk.get("choices")
-        if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
-            self.finished = True
-        usage = chunk.get("usage")
-        if not isinstance(usage, dict):
-            return False
-        self.saw_usage = True
-        self._ex.usage.update_from_anthropic(usage_to_anthropic(usage))
-        return not choices
-
-
 async def _relay_stream(ex: Exchange, reply: UpstreamReply, *, keep_usage_chunk: bool) -> None:
     assert ex.target is not None
     headers = _headers(reply, "text/event-stream")
     headers["Cache-Control"] = "no-cache"
-    resp = await start_stream(ex, headers)
-    if resp is None:
-        return
-    parser, watch = sse.SSEParser(), _StreamWatch(ex)
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            frames = []
-            for event, data in parser.feed(chunk):
-                is_usage_chunk = watch.note(data)
-                if not (keep_usage_chunk or is_usage_chunk):
-                    frames.append(sse.frame(data, None if event == "message" else event))
-            out = chunk if keep_usage_chunk else b"".join(frames)  # as received, unless a chunk is held back
-            if out and not await write_quietly(resp, out):
-                ex.status = CLIENT_CLOSED
-                return
-        if not (watch.done or watch.finished):  # the body ended cleanly but early
-            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before it finished")
-    except GatewayError as err:  # the provider broke off mid-stream: say so in-band, the status line is gone
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME)
-    else:
-        if not watch.saw_usage and ex.billable:
-            _warn_no_usage(ex)
-    await eof_quietly(resp)
+    translator = OpenAIPassthrough(OutputMeter(ex.usage), ex, keep_usage_chunk=keep_usage_chunk)
+    await relay_stream(ex, reply, translator, headers)
+
+
+class OpenAIPassthrough:
+    """The provider's chunks, as received, while usage, relayed text and the end are read on the side; the
+    usage-only chunk the gateway asked for is held back (the stream re-framed event by event) unless the
+    caller asked for it too."""
+
+    statuses: Mapping[int, int] = {}
+
+    def __init__(self, meter: OutputMeter, ex: Exchange, *, keep_usage_chunk: bool) -> None:
+        self.meter, self._ex, self._keep_usage_chunk = meter, ex, keep_usage_chunk
+        self._parser = sse.SSEParser()
+        self._done = False  # [DONE] seen
+        self._finish_reason = False  # a finish_reason seen: the reply is whole
+
+    @property
+    def finished(self) -> bool:
+        return self._done or self._finish_reason
+
+    def feed(self, chunk: bytes) -> bytes:
+        frames = []
+        for event, data in self._parser.feed(chunk):
+            is_usage_chunk = self._note(data)
+            if not (self._keep_usage_chunk or is_usage_chunk):
+                frames.append(sse.frame(data, None if event == "message" else event))
+        return chunk if self._keep_usage_chunk else b"".join(frames)  # as received, unless a chunk is held back
+
+    def _note(self, data: bytes) -> bool:
+        """Read one event's data; True when it is the usage-only chunk (no choices, only usage)."""
+        if data.strip() == b"[DONE]":
+            self._done = True
+            return False
+        chunk = json_object(data)
+        if "error" in chunk:
+            self.meter.error_status = STREAM_ERROR_STATUS
+        choices = chunk.get("choices")
+        self.meter.openai_delta(choices)
+        if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+            self._finish_reason = True
+        usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        self.meter.usage.update_from_anthropic(usage_to_anthropic(usage))
+        self.meter.final = True
+        return not choices
+
+    def end(self) -> bytes:
+        if not self.finished:  # the body ended cleanly but early
+            assert self._ex.target is not None
+            raise UpstreamUnreachable(f"{self._ex.target.provider.name} ended the stream before it finished")
+        if not self.meter.final and self._ex.billable:
+            _warn_no_usage(self._ex)
+        return b""
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME
 
 
 def _warn_no_usage(ex: Exchange) -> None:

@@ -6,15 +6,13 @@ Stateless: every request carries the whole conversation as `input` items; the ga
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
-from gateway.dialects.openai_to_anthropic import TranslationError
 from gateway.dialects.responses import (
     ResponseContext,
     error_to_responses,
@@ -24,57 +22,40 @@ from gateway.dialects.responses import (
 )
 from gateway.dialects.responses_stream import ResponsesStreamTranslator
 from gateway.dialects.thinking import thinking_headers
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
-    eof_quietly,
+    answer,
     json_object,
-    note_anthropic_event,
+    relay_error,
     send_to_anthropic,
-    start_stream,
+    translating,
     translation_options,
-    unexpected_shape,
-    write_quietly,
 )
-from gateway.stages.usage_log import CLIENT_CLOSED
-
-log = structlog.get_logger("gateway.relay")
+from gateway.relays.stream import OutputMeter, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
     assert ex.target is not None
-    try:
+    with translating():
         translation = responses_request_to_anthropic(ex.body, translation_options(ex.target))
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
-    stream = translation.request.get("stream") is True
     ctx = ResponseContext(f"resp_{ex.request_id}", int(time.time()), ex.alias_name, translation)
     notes = thinking_headers(ex.body, translation.request)  # reasoning asked for but sent without thinking
     reply = await send_to_anthropic(ex, translation.request)
-    try:
-        if reply.status != 200:
-            await _error(ex, reply)
-        elif stream:
-            await _stream(ex, reply, ctx, notes)
-        else:
-            await _whole(ex, reply, ctx)
-        if not ex.streamed and ex.response is not None:
-            ex.response.headers.update(notes)
-    finally:
-        reply.release()
+    await answer(
+        reply,
+        stream=translation.request.get("stream") is True,
+        error=lambda: relay_error(ex, reply, error_to_responses, _ERROR_HEADERS),
+        streamed=lambda: _stream(ex, reply, ctx, notes),
+        whole=lambda: _whole(ex, reply, ctx),
+    )
+    if not ex.streamed and ex.response is not None:
+        ex.response.headers.update(notes)
 
 
-async def _error(ex: Exchange, reply: UpstreamReply) -> None:
-    data = await reply.read()
-    ex.first_byte_ns = time.perf_counter_ns()
-    status, body = error_to_responses(reply.status, data)
-    ex.status = status
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in ("retry-after", "request-id")}
-    ex.response = web.json_response(body, status=status, headers=headers, dumps=_dumps)
+_ERROR_HEADERS = frozenset({"retry-after", "request-id"})
 
 
 async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
@@ -86,32 +67,36 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
 
 
 async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, notes: dict[str, str]) -> None:
-    translator = ResponsesStreamTranslator(ctx)
-    resp = await start_stream(ex, {**EVENT_STREAM, **notes})
-    if resp is None:
-        return
-    parser = sse.SSEParser()
-    try:
-        async for chunk in reply.chunks():
-            if ex.first_byte_ns is None:
-                ex.first_byte_ns = time.perf_counter_ns()
-            frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                frames.extend(event_frame(e) for e in translator.feed(event, json_object(data)))
-            if frames and not await write_quietly(resp, b"".join(frames)):
-                ex.status = CLIENT_CLOSED
-                return
-        if not translator.finished:  # the body ended cleanly but early: response.completed would pass it off as whole
-            assert ex.target is not None
-            raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
-    except GatewayError as err:
-        ex.status = err.status_for(ex.dialect)
-        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
-        await write_quietly(resp, b"".join(event_frame(e) for e in translator.fail("api_error", err.message)))
-    ex.status = CLIENT_STATUSES.get(ex.status, ex.status)  # an in-stream overloaded_error is a 503, as unstreamed
-    await eof_quietly(resp)
+    assert ex.target is not None
+    translator = ResponsesOverAnthropic(OutputMeter(ex.usage), ResponsesStreamTranslator(ctx), ex.target.provider.name)
+    await relay_stream(ex, reply, translator, {**EVENT_STREAM, **notes})
 
 
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+class ResponsesOverAnthropic:
+    """Anthropic's events in, Responses events out, ending in response.completed (or .failed / .incomplete)."""
+
+    statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
+
+    def __init__(self, meter: OutputMeter, translator: ResponsesStreamTranslator, provider: str) -> None:
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def feed(self, chunk: bytes) -> bytes:
+        frames: list[bytes] = []
+        for event, data in self._parser.feed(chunk):
+            parsed = json_object(data)
+            self.meter.anthropic_event(event, parsed)
+            frames.extend(event_frame(e) for e in self._translator.feed(event, parsed))
+        return b"".join(frames)
+
+    def end(self) -> bytes:
+        if not self._translator.finished:  # ended cleanly but early: response.completed would pass it off as whole
+            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        return b""
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return b"".join(event_frame(e) for e in self._translator.fail("api_error", err.message))

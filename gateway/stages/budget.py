@@ -2,53 +2,127 @@
 
 Two limits, as the original design had them: a monthly token limit per user (`limitToken`) and a monthly
 USD limit per gateway key (`monthlyLimitUsd`). Usage comes from the in-process UsageView, never a query.
+
+A request admitted reserves what it may cost (input estimated from the body's size, plus its max_tokens, at
+its model's price) until its usage row is recorded, and is admitted only while the month's usage plus the
+reservations of the requests already in flight is under the limit: forty concurrent requests no longer all
+pass a check that none of them has yet moved (see the README's *Budgets* section for the bound).
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
-from gateway.budgets import UsageView
-from gateway.config import BudgetConfig
+from gateway.budgets import Amounts, UsageView
+from gateway.config import BudgetConfig, GatewayConfig, Price
 from gateway.errors import BudgetExceeded
 from gateway.keys import Principal
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
 
+BYTES_PER_INPUT_TOKEN = 4  # a request body's JSON bytes per input token; over-reserves prose, fits code/JSON
+DEFAULT_MAX_OUTPUT = 4096  # reserved for a body that names no output limit
+_MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")  # Messages, Chat, Responses
+_MILLION = Decimal(1_000_000)
+
+PriceOf = Callable[[str], Price | None]
+
+
+def price_of_requested(cfg: GatewayConfig) -> PriceOf:
+    """The price of what a requested model id will be routed to (alias, routing rule, then the id itself).
+
+    Budget runs before routing, so it resolves the id the way the route stage does, for the price only.
+    """
+    aliases = {name: alias.model for name, alias in cfg.models.items()}
+    rules = [(rule.match, rule.alias) for rule in cfg.routing.rules]
+
+    def price_of(requested: str) -> Price | None:
+        model = aliases.get(requested)
+        if model is None:
+            alias = next((a for pattern, a in rules if fnmatch.fnmatchcase(requested, pattern)), cfg.routing.default)
+            model = aliases.get(alias or "", requested)
+        return cfg.price_for(model)
+
+    return price_of
+
+
+def reservation(ex: Exchange, price: Price | None) -> tuple[int, Decimal]:
+    """(tokens, USD) a request may cost: input from the body's size, plus the output limit it asks for."""
+    input_tokens = len(ex.raw_body) // BYTES_PER_INPUT_TOKEN
+    output = next((v for f in _MAX_OUTPUT_FIELDS if isinstance(v := ex.body.get(f), int) and v > 0), None)
+    output_tokens = output if output is not None else DEFAULT_MAX_OUTPUT
+    if price is None:
+        return input_tokens + output_tokens, Decimal(0)
+    cost = (input_tokens * Decimal(str(price.input)) + output_tokens * Decimal(str(price.output))) / _MILLION
+    return input_tokens + output_tokens, cost
+
 
 class CheckBudget:
     """Refuse with 429 (in the caller's dialect, with the usage figures) once a monthly limit is reached."""
 
-    def __init__(self, usage: UsageView, budgets: BudgetConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, usage: UsageView, budgets: BudgetConfig, metrics: Metrics | None = None, price_of: PriceOf | None = None
+    ) -> None:
         self._usage, self._enforce, self._metrics = usage, budgets.enforce, metrics or Metrics()
         self._default_tokens = budgets.monthly_token_limit
         self._default_usd = Decimal(str(budgets.monthly_limit_usd))
+        self._price_of: PriceOf = price_of or (lambda model: None)
+        self._max_in_flight = budgets.max_in_flight_per_user
+        self._in_flight: Counter[Any] = Counter()  # user id (or key id for a key without a user) -> requests
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
-        if self._enforce and ex.billable:
-            assert ex.principal is not None
-            try:
-                self.check(ex.principal)
-            except BudgetExceeded as refused:
-                self._metrics.budget_rejections.inc((refused.code,))
-                raise
-        await call_next(ex)
+        if not (self._enforce and ex.billable):
+            await call_next(ex)
+            return
+        who = ex.principal
+        assert who is not None
+        try:
+            self.check(who)
+        except BudgetExceeded as refused:
+            self._metrics.budget_rejections.inc((refused.code,))
+            raise
+        tokens, cost = reservation(ex, self._price_of(ex.alias_name))
+        held: Amounts = self._usage.reserve(who.key_id, who.user_id, tokens, cost)
+        owner = who.user_id or who.key_id
+        self._in_flight[owner] += 1
+        try:
+            await call_next(ex)  # the usage log (inner) records the real usage before the hold is released
+        finally:
+            self._usage.release(held)
+            self._in_flight[owner] -= 1
+            if not self._in_flight[owner]:
+                del self._in_flight[owner]
 
     def check(self, who: Principal) -> None:
+        """Raise BudgetExceeded unless usage plus the reservations already held is under both limits."""
+        if self._max_in_flight is not None and self._in_flight[who.user_id or who.key_id] >= self._max_in_flight:
+            raise BudgetExceeded(
+                f"Too many requests in progress ({self._max_in_flight} at most per user); retry when one ends",
+                code="max_in_flight_per_user",
+                extra={"maxInFlight": self._max_in_flight},
+            )
         if who.user_id is not None:
             limit = who.token_limit if who.token_limit is not None else self._default_tokens
-            used = self._usage.tokens_used(who.user_id)
-            if used >= limit:
+            used, reserved = self._usage.tokens_used(who.user_id), self._usage.tokens_reserved(who.user_id)
+            if used + reserved >= limit:
                 raise BudgetExceeded(
-                    f"Monthly token limit exceeded ({used} / {limit} tokens)",
+                    f"Monthly token limit exceeded ({used} / {limit} tokens){_in_progress(reserved, 'tokens')}",
                     code="monthly_token_limit",
                     extra={"tokensUsed": used, "tokenLimit": limit},
                 )
         limit_usd = who.usd_limit if who.usd_limit is not None else self._default_usd
-        cost = self._usage.cost_used(who.key_id)
-        if cost >= limit_usd:
+        cost, held = self._usage.cost_used(who.key_id), self._usage.cost_reserved(who.key_id)
+        if cost + held >= limit_usd:
             raise BudgetExceeded(
-                f"Monthly budget exceeded ({cost:.2f} / {limit_usd:.2f} USD)",
+                f"Monthly budget exceeded ({cost:.2f} / {limit_usd:.2f} USD){_in_progress(round(held, 2), 'USD')}",
                 code="monthly_budget_limit",
                 extra={"costUsedUsd": float(round(cost, 6)), "costLimitUsd": float(limit_usd)},
             )
+
+
+def _in_progress(reserved: object, unit: str) -> str:
+    return f"; {reserved} {unit} more held by requests in progress" if reserved else ""

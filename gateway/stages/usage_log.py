@@ -25,8 +25,8 @@ class LogUsage:
         except GatewayError as err:
             status = err.status_for(ex.dialect)
             raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # the caller left; a stream's relay has already judged how far it got
+            status = ex.status if ex.streamed else CLIENT_CLOSED
             raise
         finally:
             if ex.billable:

@@ -114,6 +114,11 @@ class Scripted:
     # Abort the connection after this many SSE events, so the chunked body never ends (a mid-stream reset).
     # On a non-stream reply, any value drops the connection before the status line.
     reset_after_events: int | None = None
+    # Keep a stream open this long after its last event before ending the body, as a real upstream may
+    # (a caller that hangs up right after the final event then leaves while the relay still waits).
+    linger_s: float = 0.0
+    # Go silent after this many SSE events (for 30 s, the connection open): a stream the gateway must time out.
+    stall_after_events: int | None = None
 
 
 @dataclass
@@ -618,6 +623,8 @@ async def _send(request: web.Request, script: Scripted) -> web.StreamResponse:
         if sent == script.reset_after_events:
             _drop_connection(request)
             return resp
+        if sent == script.stall_after_events:
+            await asyncio.sleep(30)
         try:
             await resp.write(sse_frame(name, data))  # one write per event, so relays can be seen relaying each one
         except ConnectionResetError:  # the gateway hung up (its own caller went away): nothing more to send
@@ -625,6 +632,8 @@ async def _send(request: web.Request, script: Scripted) -> web.StreamResponse:
     if script.reset_after_events is not None:
         _drop_connection(request)
         return resp
+    if script.linger_s > 0:
+        await asyncio.sleep(script.linger_s)
     await resp.write_eof()
     return resp
 

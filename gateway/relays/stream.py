@@ -1,0 +1,172 @@
+"""The one stream loop every relay uses, and what it counts on the side to bill a stream that broke off.
+
+    relay_stream(ex, reply, translator)
+
+writes the 200 and the stream's headers, feeds each upstream chunk to the (route, provider dialect) pair's
+StreamTranslator and writes what comes back, and owns every way a stream ends:
+
+| how it ends                                   | status in the usage row              | output tokens         |
+| --------------------------------------------- | ------------------------------------ | --------------------- |
+| the provider's end, caller still there        | 200 (or the in-stream error's)       | the provider's count  |
+| caller gone after the stream's final event    | 200 (or the in-stream error's)       | the provider's count  |
+| caller gone before it                         | 499                                  | estimated if missing  |
+| provider broke off, timed out or ended early  | the error's, written in-band         | estimated if missing  |
+
+"Estimated": a stream that ends without the provider's final count is billed for what was relayed (text,
+thinking and tool-input characters, CHARS_PER_TOKEN per token) and its row is marked `usage_estimated`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.pipeline import Exchange, Usage
+from gateway.providers.base import UpstreamReply
+from gateway.relays.common import EVENT_STREAM, eof_quietly, start_stream, write_quietly
+from gateway.stages.usage_log import CLIENT_CLOSED
+
+log = structlog.get_logger("gateway.relay")
+
+# Characters of relayed text per output token, for a stream whose final count never came. Anthropic's guide
+# puts a Claude token at about 3.5 English characters; code and JSON tool input run shorter per token. The
+# lower figure bills a little more rather than less; its error is stated in the README (Reliability).
+CHARS_PER_TOKEN = 3.5
+ANTHROPIC_STREAM_ERROR_STATUS = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500}
+_DELTA_TEXT_FIELDS = ("text", "thinking", "partial_json")  # text_delta, thinking_delta, input_json_delta
+
+
+class OutputMeter:
+    """What a stream reported and relayed: usage as it arrives, relayed characters, an in-stream error status."""
+
+    __slots__ = ("chars", "error_status", "final", "usage")
+
+    def __init__(self, usage: Usage) -> None:
+        self.usage = usage
+        self.chars = 0  # text, thinking and tool-input characters relayed to the caller
+        self.final = False  # the provider's final output count arrived
+        self.error_status: int | None = None  # an error event inside the stream
+
+    def anthropic_event(self, event: str, data: Mapping[str, Any]) -> None:
+        """Read one Anthropic stream event: usage (message_start, message_delta), deltas, an error."""
+        if event == "content_block_delta":
+            self.delta(data.get("delta"))
+        elif event == "message_start":
+            message = data.get("message")
+            self.usage.update_from_anthropic((message.get("usage") if isinstance(message, Mapping) else None) or {})
+        elif event == "message_delta":
+            usage = data.get("usage")
+            if isinstance(usage, Mapping):
+                self.usage.update_from_anthropic(usage)
+                self.final = self.final or usage.get("output_tokens") is not None
+        elif event == "error":
+            error = data.get("error")
+            kind = error.get("type") if isinstance(error, Mapping) else None
+            self.error_status = ANTHROPIC_STREAM_ERROR_STATUS.get(kind if isinstance(kind, str) else "", 500)
+
+    def delta(self, delta: Any) -> None:
+        """Count one Anthropic content_block_delta's text (text, thinking or tool-input JSON)."""
+        if isinstance(delta, Mapping):
+            for name in _DELTA_TEXT_FIELDS:
+                if isinstance(text := delta.get(name), str):
+                    self.chars += len(text)
+                    return
+
+    def openai_delta(self, choices: Any) -> None:
+        """Count one Chat Completions chunk's relayed text: content, reasoning and tool-call arguments."""
+        for choice in choices if isinstance(choices, list) else ():
+            delta = choice.get("delta") if isinstance(choice, Mapping) else None
+            if not isinstance(delta, Mapping):
+                continue
+            for name in ("content", "reasoning_content", "reasoning"):
+                if isinstance(text := delta.get(name), str):
+                    self.chars += len(text)
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping) and isinstance(args := function.get("arguments"), str):
+                    self.chars += len(args)
+
+    def settle(self) -> None:
+        """The stream is over: without the provider's final count, bill at least what was relayed."""
+        if self.final:
+            return
+        self.usage.estimated = True
+        self.usage.output_tokens = max(self.usage.output_tokens, estimate_tokens(self.chars))
+
+
+def estimate_tokens(chars: int) -> int:
+    """Output tokens for `chars` relayed characters (CHARS_PER_TOKEN, rounded up)."""
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+class StreamTranslator(Protocol):
+    """One (route, provider dialect) pair's stream: upstream bytes in, the caller's bytes out.
+
+    `feed` gets each upstream chunk as it arrives (a pass-through returns it unchanged) and tells `meter` what
+    it carried. `finished` turns true once the caller has been sent the stream's final event (message_stop,
+    [DONE], response.completed, or an error event). `end` is called when the upstream body ended cleanly and
+    returns the bytes still owed (it raises UpstreamUnreachable when the stream stopped short); `error_frame`
+    renders a failure in-band, since the status line is already gone.
+    """
+
+    meter: OutputMeter
+    statuses: Mapping[int, int]  # a status as the caller's dialect reports it (Chat/Responses: 529 -> 503)
+
+    @property
+    def finished(self) -> bool: ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+    def error_frame(self, err: GatewayError) -> bytes: ...
+
+
+async def relay_stream(
+    ex: Exchange, reply: UpstreamReply, translator: StreamTranslator, headers: Mapping[str, str] = EVENT_STREAM
+) -> None:
+    """Answer `ex` with the translated stream of `reply`; every ending sets ex.status and settles the usage."""
+    resp = await start_stream(ex, headers)
+    if resp is None:
+        return
+    present, failure, tail = False, None, b""
+    try:
+        present = await _pump(ex, reply, translator, resp)
+        if present:
+            tail = translator.end()
+    except GatewayError as err:  # the provider broke off, timed out or stopped short: say so in-band
+        log.warning("upstream_stream_broken", request_id=ex.request_id, error=err.message)
+        failure, tail = err, translator.error_frame(err)
+    finally:  # also when the caller's disconnect cancels this task: the row must still be right
+        ex.status = _status(ex, translator, gone=not present and failure is None, failure=failure)
+        if ex.billable:
+            translator.meter.settle()
+    if tail:
+        await write_quietly(resp, tail)
+    await eof_quietly(resp)
+
+
+async def _pump(ex: Exchange, reply: UpstreamReply, translator: StreamTranslator, resp: web.StreamResponse) -> bool:
+    """Relay chunk by chunk, as they arrive; False once the caller is gone."""
+    async for chunk in reply.chunks():
+        if ex.first_byte_ns is None:
+            ex.first_byte_ns = time.perf_counter_ns()
+        out = translator.feed(chunk)
+        if out and not await write_quietly(resp, out):
+            return False
+    return True
+
+
+def _status(ex: Exchange, translator: StreamTranslator, *, gone: bool, failure: GatewayError | None) -> int:
+    status = translator.meter.error_status or 200
+    if failure is not None:
+        status = failure.status_for(ex.dialect)
+    elif gone and status == 200 and not translator.finished:
+        status = CLIENT_CLOSED  # gone before the final event; after it, the request was complete
+    return translator.statuses.get(status, status)
