@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -95,31 +96,36 @@ def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
     return RouteNotFound("no such endpoint: the gateway serves /v1/messages, /v1/chat/completions and /v1/models")
 
 
-def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+class ConcurrencyLimit:
     """At most `limit` API requests in progress on this worker; the next gets a clean 503 at once.
 
     Queueing them instead would only turn overload into timeouts; a 503 lets clients (and a load balancer)
-    retry elsewhere. Probes (/health, /) are never refused.
+    retry elsewhere. Model routes take their slot in the handler, after authentication, so callers without
+    a valid key (slow bodies, floods) never hold one; the middleware covers the other /v1/ routes. Probes
+    (/health, /) are never refused.
     """
-    in_progress = 0
 
-    @web.middleware
-    async def limit_concurrency(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_progress
-        if not request.path.startswith("/v1/"):
-            return await handler(request)
-        if in_progress >= limit:
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_progress = limit, 0
+        self.own_slot_paths: set[str] = set()  # routes whose handler takes its slot itself (after auth)
+
+    def __enter__(self) -> None:
+        if self.in_progress >= self.limit:
             raise ServiceUnavailable(
-                f"the gateway is at its limit of {limit} concurrent requests; retry shortly",
+                f"the gateway is at its limit of {self.limit} concurrent requests; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        in_progress += 1
-        try:
-            return await handler(request)
-        finally:
-            in_progress -= 1
+        self.in_progress += 1
 
-    return limit_concurrency
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_progress -= 1
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/") or request.path in self.own_slot_paths:
+            return await handler(request)
+        with self:
+            return await handler(request)
 
 
 # --- the pipeline routes ---------------------------------------------------------------------------
@@ -182,18 +188,29 @@ def new_request_id(request: web.Request) -> str:
     return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(12)
 
 
-def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> Handler:
+def pipeline_handler(
+    dialect: Dialect, route: str, *, billable: bool = True, slots: ConcurrencyLimit | None = None
+) -> Handler:
+    """A model route: authenticate from the headers, then take a slot, then read the body, then the pipeline.
+
+    The order is the defence: a caller without a valid key is refused before any body byte is read and
+    without holding a slot, so slow or huge unauthenticated bodies cost neither memory nor capacity.
+    """
+    slots = slots or ConcurrencyLimit(sys.maxsize)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         runtime = app[RUNTIME]  # read once: a reload during this request does not change its path
-        server = runtime.config.server
+        server, served = runtime.config.server, runtime.served
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         try:
-            ex.raw_body, ex.body, ex.sketched = await read_json_body(
-                request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
-            )
-            await runtime.pipeline(ex)
+            await runtime.auth_pipeline(ex)  # headers only
+            with slots:
+                ex.raw_body, ex.body, ex.sketched = await read_json_body(
+                    request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
+                )
+                await served(ex)
             status = ex.status
         except GatewayError as err:
             status = err.status_for(dialect)
@@ -315,10 +332,8 @@ def build_app(
     reload_on_sighup: bool = False,
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
-    app = web.Application(
-        middlewares=[error_edge, concurrency_limit(cfg.server.max_concurrency)],
-        client_max_size=cfg.server.max_body_bytes,
-    )
+    slots = ConcurrencyLimit(cfg.server.max_concurrency)
+    app = web.Application(middlewares=[error_edge, slots.middleware], client_max_size=cfg.server.max_body_bytes)
 
     async def services_ctx(app: web.Application) -> Any:
         svc = await open_services(cfg, dsn=dsn, clock=clock)
@@ -337,12 +352,14 @@ def build_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.on_response_prepare.append(_add_request_id)
-    app.router.add_post("/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages"))
+    slots.own_slot_paths.update(("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"))
+    app.router.add_post("/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages", slots=slots))
     app.router.add_post(
-        "/v1/messages/count_tokens", pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False)
+        "/v1/messages/count_tokens",
+        pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False, slots=slots),
     )
-    app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions"))
-    app.router.add_post("/v1/responses", pipeline_handler(Dialect.OPENAI, "responses"))
+    app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions", slots=slots))
+    app.router.add_post("/v1/responses", pipeline_handler(Dialect.OPENAI, "responses", slots=slots))
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)

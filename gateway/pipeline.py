@@ -118,6 +118,7 @@ class Stage(Protocol):
 
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
+    from gateway.client_address import ClientAddress
     from gateway.stages.auth import Authenticate
     from gateway.stages.budget import CheckBudget
     from gateway.stages.key_mapping import MapClaudeCodeKey
@@ -125,14 +126,20 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.usage_log import LogUsage
     from gateway.throttle import AuthThrottle
 
+    # One throttle for keys and tokens, counting guesses per (client address, credential)
+    throttle, client_address = (
+        AuthThrottle(cfg.server.auth_failures_per_minute),
+        ClientAddress(cfg.server.trusted_proxies),
+    )
     available: dict[str, Stage] = {
         "auth": Authenticate(
             svc.key_cache,
             defer_foreign="key_mapping" in cfg.pipeline,
             env_admin=svc.env_admin,
-            throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
+            throttle=throttle,
+            client_address=client_address,
         ),
-        "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
+        "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens, throttle=throttle, client_address=client_address),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
