@@ -36,8 +36,8 @@ from gateway.errors import (
 from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange
-from gateway.runtime import build_runtime, reload_config
-from gateway.services import open_services
+from gateway.runtime import Runtime, build_runtime, reload_config
+from gateway.services import Services, open_services
 from gateway.stages.usage_log import CLIENT_CLOSED
 from gateway.state import REQUEST_ID, RUNTIME, SERVICES
 
@@ -229,7 +229,7 @@ def pipeline_handler(
 def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
     """One log line and the request metrics for every request on a pipeline route, refused ones included."""
     seconds = (time.perf_counter_ns() - ex.started_ns) / 1e9
-    alias = ex.target.alias.name if ex.target else "-"  # only routed ids: callers cannot grow the label set
+    alias = metrics.model_label(ex.target.alias.name) if ex.target else "-"  # configured names, else "other"
     metrics.requests.inc((ex.route, alias, str(status)))
     metrics.latency.observe((ex.route,), seconds)
     log.info(
@@ -339,8 +339,9 @@ def build_app(
         svc = await open_services(cfg, dsn=dsn, clock=clock)
         app[SERVICES] = svc
         app[RUNTIME] = runtime = build_runtime(cfg, svc)
+        svc.metrics.allow_models(cfg.models)
         if reload_on_sighup:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, runtime, svc)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, runtime, svc)
         side = await _serve_metrics_port(cfg, svc.metrics)
         sharing = asyncio.create_task(_share_metrics(svc.metrics)) if os.environ.get(SHARE_DIR_ENV) else None
         yield
@@ -368,6 +369,12 @@ def build_app(
     admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app
+
+
+def _reload(runtime: Runtime, svc: Services) -> None:
+    """SIGHUP: reload the config, and let the metrics take its model names as labels."""
+    if reload_config(runtime, svc):
+        svc.metrics.allow_models(runtime.config.models)
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
