@@ -38,7 +38,7 @@ class ClientAddress:
         for hop in reversed(hops):
             address = _parse(hop)
             if not self._is_trusted(address):
-                return str(address) if address is not None else hop
+                return str(address) if address is not None else hop[:64]  # a label; bounded: it keys the throttle
         return peer if not hops else hops[0]  # every hop is a proxy of ours: the first one is the origin
 
     def _is_trusted(self, address: Address | None) -> bool:
