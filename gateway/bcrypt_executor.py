@@ -4,9 +4,11 @@ bcrypt costs ~250 ms of CPU at 12 rounds, on purpose. Run in the loop's shared t
 secrets for one known key prefix took 33 s of CPU and made a never-seen valid key wait 17.8 s. Here:
 
 - at most `workers` checks run at once, on threads of their own (the default pool stays free for the rest);
-- at most `max_queued` wait; a check is queued by `priority` (lower first: the caller passes how many
-  attempts its (client, key prefix) already made this minute), so a first attempt overtakes a guesser's
-  twentieth;
+- a check is ordered by `priority` (lower first: the caller passes how many attempts its (client, key
+  prefix) already made this minute), so a first attempt overtakes a guesser's twentieth; and repeat attempts
+  (priority > 0) may use all threads but one, so a first attempt (a valid key never seen, usually) finds a
+  free thread even while someone guesses at full speed;
+- at most `max_queued` wait;
 - when the queue is full, the least deserving check (the newcomer, or a queued one it outranks) is refused
   with 503 and Retry-After, and logged: a flood costs a bounded amount of CPU and never an unbounded wait.
 """
@@ -50,7 +52,7 @@ class BcryptExecutor:
 
     async def check(self, key: str, key_hash: str, *, priority: int = 0) -> bool:
         """Whether `key` matches `key_hash`; ServiceUnavailable (503) when the queue has no room for it."""
-        if self._running < self._workers and not self._queue:
+        if self._running < self._threads_for(priority) and (not self._queue or priority < self._queue[0][0]):
             self._running += 1
         else:
             await self._wait_turn(priority)  # the finishing check counted this one as running
@@ -83,9 +85,15 @@ class BcryptExecutor:
                 self._next()
             raise
 
+    def _threads_for(self, priority: int) -> int:
+        return self._workers if priority == 0 else max(1, self._workers - 1)
+
     def _next(self) -> None:
-        while self._queue and self._running < self._workers:
-            _, _, turn = heapq.heappop(self._queue)
+        while self._queue:
+            priority, _, turn = self._queue[0]
+            if not turn.done() and self._running >= self._threads_for(priority):
+                return  # the best waiting check may not take the thread left free for first attempts
+            heapq.heappop(self._queue)
             if not turn.done():
                 self._running += 1
                 turn.set_result(None)

@@ -239,6 +239,23 @@ async def test_a_first_attempt_overtakes_a_guessers_queued_checks() -> None:
     assert order.index("first attempt") <= 1  # behind the check already running, at most
 
 
+async def test_repeat_attempts_leave_a_thread_free_for_first_attempts() -> None:
+    executor, hashed = BcryptExecutor(workers=2, max_queued=8), generate_key(rounds=10)
+    done: list[str] = []
+
+    async def check(name: str, priority: int) -> None:
+        await executor.check(hashed.plaintext, hashed.key_hash, priority=priority)
+        done.append(name)
+
+    guesses = [asyncio.create_task(check(f"guess{i}", i + 1)) for i in range(4)]  # a guesser's 2nd to 5th tries
+    await asyncio.sleep(0)
+    assert executor.queued == 3  # one thread for them, one kept free
+    await check("first attempt", 0)  # starts at once on the free thread
+    assert done[0] in ("first attempt", "guess0") and "first attempt" in done[:2]
+    await asyncio.gather(*guesses)
+    executor.shutdown()
+
+
 async def test_a_full_bcrypt_queue_refuses_the_least_deserving_with_503() -> None:
     executor, hashed = BcryptExecutor(workers=1, max_queued=2), generate_key(rounds=8)
     tasks = [asyncio.create_task(executor.check(hashed.plaintext, hashed.key_hash, priority=p)) for p in (5, 5, 5, 0)]
