@@ -360,16 +360,16 @@ async def regenerate_user_key(
 ) -> tuple[UserRow, KeyRow, int | None] | None:
     """Revoke the user's live key and issue `new_key()` (lookup id, hash), with an audit row; None: no such user.
 
-    Serialised per user: the user's row stays locked from before the key is made until the commit, and a
-    concurrent regenerate gets Conflict at once (NOWAIT) rather than a key the other call revokes a moment later.
+    Serialised per user: a concurrent regenerate gets Conflict at once (a transaction-scoped advisory lock per
+    user, tried without waiting) rather than a key the other call revokes a moment later; the user's row stays
+    locked from before the key is made until the commit, so other writers (a delete) wait for it.
     """
     async with pool.acquire() as conn, conn.transaction():
-        try:
-            found = await conn.fetchval(
-                "SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE NOWAIT", user_id
-            )
-        except asyncpg.LockNotAvailableError:
-            raise Conflict("a regenerate for this user is already in progress; retry once it has answered") from None
+        if not await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('regenerate:' || $1::uuid::text, 0))", user_id
+        ):
+            raise Conflict("a regenerate for this user is already in progress; retry once it has answered")
+        found = await conn.fetchval("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", user_id)
         if found is None:
             return None
         key = await new_key()
