@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.hdrs import EXPECT
 
 from gateway import admin, db
 from gateway.config import GatewayConfig
@@ -207,6 +208,8 @@ def pipeline_handler(
         try:
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
+                if EXPECT in request.headers:  # only now invite the body (see continue_after_auth)
+                    await _send_continue(request)
                 ex.raw_body, ex.body, ex.sketched = await read_json_body(
                     request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
                 )
@@ -224,6 +227,24 @@ def pipeline_handler(
         return ex.response
 
     return handle
+
+
+async def continue_after_auth(request: web.Request) -> None:
+    """The model routes' Expect handler: refuse an unknown expectation, but send no 100 Continue yet.
+
+    aiohttp's default answers `Expect: 100-continue` before the handler runs, inviting the body of a caller
+    that has not authenticated; the handler sends it after authentication instead (RFC 9110 10.1.1 lets a
+    server answer with the final status in its place), so a client that waits for it never sends a refused body.
+    """
+    expect = request.headers.get(EXPECT, "")
+    if request.version >= HttpVersion11 and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+async def _send_continue(request: web.Request) -> None:
+    if request.version >= HttpVersion11 and request.headers[EXPECT].lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler does: the response proper has not begun
 
 
 def _observe(metrics: Metrics, ex: Exchange, status: int) -> None:
@@ -354,13 +375,21 @@ def build_app(
     app.cleanup_ctx.append(services_ctx)
     app.on_response_prepare.append(_add_request_id)
     slots.own_slot_paths.update(("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"))
-    app.router.add_post("/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages", slots=slots))
+    expect = continue_after_auth  # no 100 Continue before authentication
+    app.router.add_post(
+        "/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages", slots=slots), expect_handler=expect
+    )
     app.router.add_post(
         "/v1/messages/count_tokens",
         pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False, slots=slots),
+        expect_handler=expect,
     )
-    app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions", slots=slots))
-    app.router.add_post("/v1/responses", pipeline_handler(Dialect.OPENAI, "responses", slots=slots))
+    app.router.add_post(
+        "/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions", slots=slots), expect_handler=expect
+    )
+    app.router.add_post(
+        "/v1/responses", pipeline_handler(Dialect.OPENAI, "responses", slots=slots), expect_handler=expect
+    )
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)

@@ -17,6 +17,7 @@ from typing import Any
 from unittest.mock import patch
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -134,6 +135,32 @@ async def test_an_unauthenticated_body_is_refused_before_it_is_sent(
         status_line = await asyncio.wait_for(reader.readline(), 5)
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 401")
+
+
+async def _expecting(port: int, key: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A request that waits for 100 Continue before its body, as curl does for bodies over 1 KB."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = orjson.dumps(BODY)
+    writer.write(
+        b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        + f"x-api-key: {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer, await asyncio.wait_for(reader.readline(), 5)
+
+
+async def test_100_continue_invites_only_an_authenticated_body(gateway: TestServer, key: str) -> None:
+    reader, writer, first = await _expecting(gateway.port, "gw-0123456789abcdef_wrong")
+    writer.close()
+    assert first.startswith(b"HTTP/1.1 401")  # the final answer instead of 100: the body is never sent
+
+    reader, writer, first = await _expecting(gateway.port, key)
+    assert first == b"HTTP/1.1 100 Continue\r\n"
+    await reader.readline()
+    writer.write(orjson.dumps(BODY))
+    status = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the gateway's peak RSS from /proc")
