@@ -167,10 +167,12 @@ class KeyCache:
             return self._while_database_away(fp, hit, exc)
         if row is None or row.revoked_at is not None:
             self._verified.pop(fp, None)
-            return self._refuse(fp)
+            self._refuse(fp)
+            return None
         same_hash = hit is not None and hmac.compare_digest(hit.key_hash, row.key_hash)
         if not same_hash and not await self._bcrypt.check(key, row.key_hash, priority=priority):
-            return self._refuse(fp)
+            self._refuse(fp)
+            return None
         principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
