@@ -122,7 +122,8 @@ class KeyCache:
         self._load, self._ttl, self._negative_ttl, self._max, self._clock = load, ttl_s, negative_ttl_s, max_size, clock
         self._bcrypt = bcrypt or BcryptExecutor()
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._refused: OrderedDict[bytes, float] = OrderedDict()  # digest -> until when it is refused unchecked
+        # digest -> (until when it is refused unchecked, whether it was a wrong secret for a live key)
+        self._refused: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Principal | None]] = {}
         self._evictions = 0
 
@@ -141,7 +142,7 @@ class KeyCache:
         hit = self._verified.get(fp)
         if hit is not None and hit.expires_at > self._clock():
             return hit.principal
-        if (until := self._refused.get(fp)) is not None and until > self._clock():
+        if (refused := self._refused.get(fp)) is not None and refused[0] > self._clock():
             return None
         # Single flight: fifty requests arriving together with a new key run one bcrypt, not fifty.
         if (pending := self._pending.get(fp)) is not None:
@@ -167,18 +168,23 @@ class KeyCache:
             return self._while_database_away(fp, hit, exc)
         if row is None or row.revoked_at is not None:
             self._verified.pop(fp, None)
-            self._refuse(fp)
+            self._refuse(fp, wrong_secret=False)
             return None
         same_hash = hit is not None and hmac.compare_digest(hit.key_hash, row.key_hash)
         if not same_hash and not await self._bcrypt.check(key, row.key_hash, priority=priority):
-            self._refuse(fp)
+            self._refuse(fp, wrong_secret=True)
             return None
         principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
 
-    def _refuse(self, fp: bytes) -> None:
-        self._refused[fp] = self._clock() + self._negative_ttl
+    def guessed_a_secret(self, key: str) -> bool:
+        """Whether `key` was refused as a wrong secret for a live key (not an unknown or revoked prefix)."""
+        refused = self._refused.get(fingerprint(key))
+        return refused is not None and refused[1]
+
+    def _refuse(self, fp: bytes, *, wrong_secret: bool) -> None:
+        self._refused[fp] = (self._clock() + self._negative_ttl, wrong_secret)
         self._refused.move_to_end(fp)
         while len(self._refused) > self._max:
             self._refused.popitem(last=False)

@@ -126,20 +126,20 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.usage_log import LogUsage
     from gateway.throttle import AuthThrottle
 
-    # One throttle for keys and tokens, counting guesses per (client address, credential)
-    throttle, client_address = (
-        AuthThrottle(cfg.server.auth_failures_per_minute),
-        ClientAddress(cfg.server.trusted_proxies),
-    )
+    # Guesses are counted per (client address, credential); tokens in a table of their own, so a flood of
+    # made-up tokens cannot push key guessers out of theirs.
+    limit, client_address = cfg.server.auth_failures_per_minute, ClientAddress(cfg.server.trusted_proxies)
     available: dict[str, Stage] = {
         "auth": Authenticate(
             svc.key_cache,
             defer_foreign="key_mapping" in cfg.pipeline,
             env_admin=svc.env_admin,
-            throttle=throttle,
+            throttle=AuthThrottle(limit),
             client_address=client_address,
         ),
-        "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens, throttle=throttle, client_address=client_address),
+        "key_mapping": MapClaudeCodeKey(
+            svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
+        ),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status

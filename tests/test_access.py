@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway import bcrypt_executor
+from gateway import bcrypt_executor, throttle
 from gateway.bcrypt_executor import BcryptExecutor
 from gateway.errors import ServiceUnavailable
 from gateway.keys import generate_key, lookup_id_of
@@ -72,6 +72,20 @@ async def test_guesses_behind_the_proxy_never_refuse_another_callers_valid_key(
         assert (await post(mallory, url, bob))[0] == 200  # Bob shares Mallory's address (a NAT): not refused
         status, _, headers = await post(mallory, url, f"gw-{prefix}_guess9")
         assert status == 429 and int(headers["Retry-After"]) > 0  # ... and Mallory is still refused
+
+
+async def test_a_flood_of_made_up_keys_does_not_push_a_guesser_out_of_the_throttle(
+    make_gateway: GatewayFactory, make_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(throttle, "MAX_SUBJECTS", 10)  # a small table, so 50 made-up keys would overflow it
+    server = await make_gateway(server={"auth_failures_per_minute": 3})
+    alice, _ = await make_key("alice")
+    prefix, url = lookup_id_of(alice), str(server.make_url(""))
+    async with client("127.0.0.2") as mallory:
+        assert [(await post(mallory, url, f"gw-{prefix}_guess{i}"))[0] for i in range(4)] == [401] * 3 + [429]
+        made_up = [(await post(mallory, url, f"gw-{i:016x}_x"))[0] for i in range(50)]  # no such keys
+        assert made_up == [401] * 50  # refused, and leave no trace in the table
+        assert (await post(mallory, url, f"gw-{prefix}_guess9"))[0] == 429
 
 
 async def test_forwarded_for_is_ignored_from_a_peer_that_is_not_a_trusted_proxy(

@@ -70,7 +70,11 @@ class Authenticate:
         await call_next(ex)
 
     async def _check(self, ex: Exchange, credential: str, lookup_id: str) -> Principal:
-        """One counted guess: withdrawn when the key proves valid (or could not be checked), kept when it is wrong."""
+        """One counted guess: kept when the secret is wrong for a live key, withdrawn in every other outcome.
+
+        Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
+        cheap indexed miss, then remembered) cannot push a real guesser's record out of it.
+        """
         subject = (self._client_address(ex.request), lookup_id)
         earlier = self._throttle.attempt(subject)
         try:
@@ -79,6 +83,8 @@ class Authenticate:
             self._throttle.withdraw(subject)
             raise
         if principal is None:
+            if not self._keys.guessed_a_secret(credential):  # no such live key: nothing to guess at, no trace
+                self._throttle.withdraw(subject)
             raise Unauthenticated("invalid or revoked API key")
         self._throttle.withdraw(subject)
         return principal
