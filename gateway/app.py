@@ -345,6 +345,14 @@ async def health(request: web.Request) -> web.Response:
 # --- assembly ----------------------------------------------------------------------------------------
 
 
+MODEL_ROUTES = (  # path, caller dialect, route name (metrics, logs), billable
+    ("/v1/messages", Dialect.ANTHROPIC, "messages", True),
+    ("/v1/messages/count_tokens", Dialect.ANTHROPIC, "count_tokens", False),
+    ("/v1/chat/completions", Dialect.OPENAI, "chat_completions", True),
+    ("/v1/responses", Dialect.OPENAI, "responses", True),
+)
+
+
 def build_app(
     cfg: GatewayConfig,
     *,
@@ -374,22 +382,10 @@ def build_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.on_response_prepare.append(_add_request_id)
-    slots.own_slot_paths.update(("/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions", "/v1/responses"))
-    expect = continue_after_auth  # no 100 Continue before authentication
-    app.router.add_post(
-        "/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages", slots=slots), expect_handler=expect
-    )
-    app.router.add_post(
-        "/v1/messages/count_tokens",
-        pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False, slots=slots),
-        expect_handler=expect,
-    )
-    app.router.add_post(
-        "/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions", slots=slots), expect_handler=expect
-    )
-    app.router.add_post(
-        "/v1/responses", pipeline_handler(Dialect.OPENAI, "responses", slots=slots), expect_handler=expect
-    )
+    for path, dialect, route, billable in MODEL_ROUTES:
+        handler = pipeline_handler(dialect, route, billable=billable, slots=slots)
+        app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
+        slots.own_slot_paths.add(path)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)
