@@ -1,4 +1,4 @@
-"""Access under attack, behind a real nginx: authenticate before any work, throttle only the guesser.
+"""Access under attack, behind a real nginx (and HAProxy): authenticate before any work, throttle only the guesser.
 
 Each test is one finding of issue 15 that held on the code before it: a shared-fate throttle, slow and big
 bodies read before authentication, bcrypt as a CPU weapon, upstream secrets echoed, unbounded metric labels.
@@ -28,7 +28,7 @@ from gateway.keys import generate_key, lookup_id_of
 from gateway.server import write_pid_file
 from gateway.usage_spill import SpillDir
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
-from tests.fakes.reverse_proxy import free_port, nginx_in_front
+from tests.fakes.reverse_proxy import free_port, haproxy_in_front, nginx_in_front
 from tests.fakes.upstream import FakeUpstream
 
 JSON = {"Content-Type": "application/json"}
@@ -54,14 +54,15 @@ async def post(
 # --- 1. the throttle refuses the guesser, not the guesser's neighbours ------------------------------------
 
 
+@pytest.mark.parametrize("proxy_in_front", [nginx_in_front, haproxy_in_front], ids=["nginx", "haproxy"])
 async def test_guesses_behind_the_proxy_never_refuse_another_callers_valid_key(
-    make_gateway: GatewayFactory, make_key: Any, tmp_path: Path
+    make_gateway: GatewayFactory, make_key: Any, tmp_path: Path, proxy_in_front: Any
 ) -> None:
     server = await make_gateway(server={"auth_failures_per_minute": 5, **BEHIND_NGINX})
     alice, _ = await make_key("alice")  # never used before: her first request needs a real check
     bob, _ = await make_key("bob")
     prefix = lookup_id_of(alice)
-    async with nginx_in_front(server.port, tmp_path) as url, client("127.0.0.2") as mallory:
+    async with proxy_in_front(server.port, tmp_path) as url, client("127.0.0.2") as mallory:
         # Mallory guesses at Alice's key and claims, in her own X-Forwarded-For, to be Alice's address:
         # nginx appends the real one, and only that is believed.
         spoof = {"X-Forwarded-For": "127.0.0.3"}

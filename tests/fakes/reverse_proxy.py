@@ -1,4 +1,4 @@
-"""A real nginx in front of a gateway, as the README tells operators to run it, started on a free loopback port.
+"""A real nginx (or HAProxy) in front of a gateway, as the README tells operators to run it, on a free loopback port.
 
 Debian's nginx (`/usr/sbin/nginx`; `.ci/run` installs it). The config is generated in the test's tmp_path and
 mirrors the README's: X-Forwarded-For appended, responses unbuffered for event streams, and request bodies
@@ -19,6 +19,23 @@ from pathlib import Path
 import pytest
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.path.exists(p)), None)
+
+HAPROXY_CONFIG = """
+global
+    maxconn 4096
+defaults
+    mode http
+    option forwardfor
+    timeout connect 5s
+    timeout client 60s
+    timeout server 600s
+frontend gateway
+    bind 127.0.0.1:{port}
+    default_backend gateway
+backend gateway
+    server gw1 127.0.0.1:{backend_port}
+"""
 
 CONFIG = """
 daemon off;
@@ -70,20 +87,45 @@ async def nginx_in_front(backend_port: int, tmp_path: Path) -> AsyncIterator[str
     config.write_text(CONFIG.format(tmp=directory, port=port, backend_port=backend_port, user=user))
     proc = await asyncio.create_subprocess_exec(
         NGINX, "-e", str(directory / "error.log"), "-c", str(config), "-p", str(directory),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                if proc.returncode is not None:
-                    raise RuntimeError(f"nginx exited: {(await proc.stderr.read()).decode()}") from None  # type: ignore[union-attr]
-                await asyncio.sleep(0.05)
+        await _wait_listening(port, proc, "nginx")
         yield f"http://127.0.0.1:{port}"
     finally:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def haproxy_in_front(backend_port: int, tmp_path: Path) -> AsyncIterator[str]:
+    """Run HAProxy (`option forwardfor`) proxying to 127.0.0.1:`backend_port`; yields its URL. Skips without it."""
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy; .ci/run does): this test needs it")
+    port = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, backend_port=backend_port))
+    proc = await asyncio.create_subprocess_exec(
+        HAPROXY, "-db", "-f", str(config), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await _wait_listening(port, proc, "haproxy")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def _wait_listening(port: int, proc: asyncio.subprocess.Process, name: str) -> None:
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}") from None
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{name} did not listen on {port}")
