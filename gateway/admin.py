@@ -99,7 +99,8 @@ def _day(request: web.Request, name: str) -> date | None:
 
 def _int_query(request: web.Request, name: str, default: int, maximum: int, minimum: int = 0) -> int:
     value = request.query.get(name, str(default))
-    if not value.isdigit() or not minimum <= int(value) <= maximum:
+    # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses (a 500 before)
+    if not (value.isascii() and value.isdigit() and len(value) <= 12) or not minimum <= int(value) <= maximum:
         raise AdminError(400, f"'{name}' must be an integer from {minimum} to {maximum}")
     return int(value)
 
@@ -187,8 +188,19 @@ class UserKeysApi:
         reason = body.get("reason")
         if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
             raise AdminError(400, "'reason' must be a string without NUL characters")
-        plaintext, key = await asyncio.to_thread(self._new_key)
-        done = await db.regenerate_user_key(self._svc.pool, user_id, key=key, reason=reason, actor_key_id=admin.key_id)
+        plaintext = ""
+
+        async def new_key() -> tuple[str, str]:  # made while the user's row is locked: one regenerate at a time
+            nonlocal plaintext
+            plaintext, key = await asyncio.to_thread(self._new_key)
+            return key
+
+        try:
+            done = await db.regenerate_user_key(
+                self._svc.pool, user_id, new_key=new_key, reason=reason, actor_key_id=admin.key_id
+            )
+        except db.Conflict as exc:
+            raise AdminError(409, str(exc)) from None
         if done is None:
             raise AdminError(404, f"no user with id {user_id}")
         user, _, old_key_id = done

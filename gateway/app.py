@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -17,7 +18,8 @@ from typing import Any
 import msgspec
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.hdrs import EXPECT
 
 from gateway import admin, db
 from gateway.config import GatewayConfig
@@ -36,8 +38,8 @@ from gateway.errors import (
 from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange
-from gateway.runtime import build_runtime, reload_config
-from gateway.services import open_services
+from gateway.runtime import Runtime, build_runtime, reload_config
+from gateway.services import Services, open_services
 from gateway.stages.usage_log import CLIENT_CLOSED
 from gateway.state import REQUEST_ID, RUNTIME, SERVICES
 
@@ -96,31 +98,36 @@ def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
     return RouteNotFound("no such endpoint: the gateway serves /v1/messages, /v1/chat/completions and /v1/models")
 
 
-def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+class ConcurrencyLimit:
     """At most `limit` API requests in progress on this worker; the next gets a clean 503 at once.
 
     Queueing them instead would only turn overload into timeouts; a 503 lets clients (and a load balancer)
-    retry elsewhere. Probes (/health, /) are never refused.
+    retry elsewhere. Model routes take their slot in the handler, after authentication, so callers without
+    a valid key (slow bodies, floods) never hold one; the middleware covers the other /v1/ routes. Probes
+    (/health, /) are never refused.
     """
-    in_progress = 0
 
-    @web.middleware
-    async def limit_concurrency(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_progress
-        if not request.path.startswith("/v1/"):
-            return await handler(request)
-        if in_progress >= limit:
+    def __init__(self, limit: int) -> None:
+        self.limit, self.in_progress = limit, 0
+        self.own_slot_paths: set[str] = set()  # routes whose handler takes its slot itself (after auth)
+
+    def __enter__(self) -> None:
+        if self.in_progress >= self.limit:
             raise ServiceUnavailable(
-                f"the gateway is at its limit of {limit} concurrent requests; retry shortly",
+                f"the gateway is at its limit of {self.limit} concurrent requests; retry shortly",
                 headers={"Retry-After": "1"},
             )
-        in_progress += 1
-        try:
-            return await handler(request)
-        finally:
-            in_progress -= 1
+        self.in_progress += 1
 
-    return limit_concurrency
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_progress -= 1
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1/") or request.path in self.own_slot_paths:
+            return await handler(request)
+        with self:
+            return await handler(request)
 
 
 # --- the pipeline routes ---------------------------------------------------------------------------
@@ -209,28 +216,42 @@ def new_request_id(request: web.Request) -> str:
     return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(12)
 
 
-def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> Handler:
+def pipeline_handler(
+    dialect: Dialect, route: str, *, billable: bool = True, slots: ConcurrencyLimit | None = None
+) -> Handler:
+    """A model route: authenticate from the headers, then take a slot, then read the body, then the pipeline.
+
+    The order is the defence: a caller without a valid key is refused before any body byte is read and
+    without holding a slot, so slow or huge unauthenticated bodies cost neither memory nor capacity.
+    """
+    slots = slots or ConcurrencyLimit(sys.maxsize)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         runtime = app[RUNTIME]  # read once: a reload during this request does not change its path
-        server = runtime.config.server
+        server, served = runtime.config.server, runtime.served
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         refusal: str | None = None  # why a 4xx was the gateway's own answer
         # Every line logged while serving it (retries, cool-downs, broken streams) carries the request id.
         bound = structlog.contextvars.bind_contextvars(request_id=ex.request_id)
         try:
-            ex.raw_body, ex.body, ex.sketched = await read_json_body(
-                request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
-            )
-            await runtime.pipeline(ex)
+            await runtime.auth_pipeline(ex)  # headers only
+            with slots:
+                if EXPECT in request.headers:  # only now invite the body (see continue_after_auth)
+                    await _send_continue(request)
+                ex.raw_body, ex.body, ex.sketched = await read_json_body(
+                    request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
+                )
+                await served(ex)
             status = ex.status
         except GatewayError as err:
             status = err.status_for(dialect)
             refusal = err.message
             raise
         except asyncio.CancelledError:
-            status = CLIENT_CLOSED
+            # A stream's relay settles its own status: a caller gone after the final event was served (200).
+            status = ex.status if ex.streamed and ex.status else CLIENT_CLOSED
             raise
         finally:
             _observe(app[SERVICES].metrics, ex, status, refusal)
@@ -241,6 +262,24 @@ def pipeline_handler(dialect: Dialect, route: str, *, billable: bool = True) -> 
     return handle
 
 
+async def continue_after_auth(request: web.Request) -> None:
+    """The model routes' Expect handler: refuse an unknown expectation, but send no 100 Continue yet.
+
+    aiohttp's default answers `Expect: 100-continue` before the handler runs, inviting the body of a caller
+    that has not authenticated; the handler sends it after authentication instead (RFC 9110 10.1.1 lets a
+    server answer with the final status in its place), so a client that waits for it never sends a refused body.
+    """
+    expect = request.headers.get(EXPECT, "")
+    if request.version >= HttpVersion11 and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+async def _send_continue(request: web.Request) -> None:
+    if request.version >= HttpVersion11 and request.headers[EXPECT].lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own handler does: the response proper has not begun
+
+
 def _observe(metrics: Metrics, ex: Exchange, status: int, refusal: str | None = None) -> None:
     """One log line and the request metrics for every request on a pipeline route, refused ones included.
 
@@ -248,7 +287,7 @@ def _observe(metrics: Metrics, ex: Exchange, status: int, refusal: str | None = 
     `refused_by="upstream"` with the message of the provider's error body (read from the relayed answer).
     """
     seconds = (time.perf_counter_ns() - ex.started_ns) / 1e9
-    alias = ex.target.alias.name if ex.target else "-"  # only routed ids: callers cannot grow the label set
+    alias = metrics.model_label(ex.target.alias.name) if ex.target else "-"  # configured names, else "other"
     metrics.requests.inc((ex.route, alias, str(status)))
     metrics.latency.observe((ex.route,), seconds)
     log.info(
@@ -361,6 +400,14 @@ async def health(request: web.Request) -> web.Response:
 # --- assembly ----------------------------------------------------------------------------------------
 
 
+MODEL_ROUTES = (  # path, caller dialect, route name (metrics, logs), billable
+    ("/v1/messages", Dialect.ANTHROPIC, "messages", True),
+    ("/v1/messages/count_tokens", Dialect.ANTHROPIC, "count_tokens", False),
+    ("/v1/chat/completions", Dialect.OPENAI, "chat_completions", True),
+    ("/v1/responses", Dialect.OPENAI, "responses", True),
+)
+
+
 def build_app(
     cfg: GatewayConfig,
     *,
@@ -369,17 +416,16 @@ def build_app(
     reload_on_sighup: bool = False,
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
-    app = web.Application(
-        middlewares=[error_edge, concurrency_limit(cfg.server.max_concurrency)],
-        client_max_size=cfg.server.max_body_bytes,
-    )
+    slots = ConcurrencyLimit(cfg.server.max_concurrency)
+    app = web.Application(middlewares=[error_edge, slots.middleware], client_max_size=cfg.server.max_body_bytes)
 
     async def services_ctx(app: web.Application) -> Any:
         svc = await open_services(cfg, dsn=dsn, clock=clock)
         app[SERVICES] = svc
         app[RUNTIME] = runtime = build_runtime(cfg, svc)
+        svc.metrics.allow_models(cfg.models)
         if reload_on_sighup:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, runtime, svc)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, runtime, svc)
         side = await _serve_metrics_port(cfg, svc.metrics)
         sharing = asyncio.create_task(_share_metrics(svc.metrics)) if os.environ.get(SHARE_DIR_ENV) else None
         yield
@@ -391,12 +437,10 @@ def build_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.on_response_prepare.append(_add_request_id)
-    app.router.add_post("/v1/messages", pipeline_handler(Dialect.ANTHROPIC, "messages"))
-    app.router.add_post(
-        "/v1/messages/count_tokens", pipeline_handler(Dialect.ANTHROPIC, "count_tokens", billable=False)
-    )
-    app.router.add_post("/v1/chat/completions", pipeline_handler(Dialect.OPENAI, "chat_completions"))
-    app.router.add_post("/v1/responses", pipeline_handler(Dialect.OPENAI, "responses"))
+    for path, dialect, route, billable in MODEL_ROUTES:
+        handler = pipeline_handler(dialect, route, billable=billable, slots=slots)
+        app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
+        slots.own_slot_paths.add(path)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)
@@ -405,6 +449,12 @@ def build_app(
     admin.add_routes(app)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app
+
+
+def _reload(runtime: Runtime, svc: Services) -> None:
+    """SIGHUP: reload the config, and let the metrics take its model names as labels."""
+    if reload_config(runtime, svc):
+        svc.metrics.allow_models(runtime.config.models)
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:

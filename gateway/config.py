@@ -8,6 +8,7 @@ provider (anthropic)`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -36,7 +37,9 @@ class ServerConfig:
     body_timeout_s: float = 60.0  # a body must arrive within this (slow clients hold a slot otherwise)
     max_header_bytes: int = 16384  # per header line; Claude Code's anthropic-beta list is long
     shutdown_grace_s: float = 30.0  # on SIGTERM, how long in-flight requests and streams may finish
-    auth_failures_per_minute: int = 20  # failed authentications from one address before it gets 429s
+    auth_failures_per_minute: int = 20  # failed guesses at one key from one client address before it gets 429s
+    # Reverse proxies whose X-Forwarded-For / Forwarded name the client (CIDRs, e.g. "127.0.0.1/32"); none: the peer
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,7 @@ def _positive(value: T, path: str) -> T:
 
 def _server(raw: Any) -> ServerConfig:
     allowed = {"host", "port", "max_body_bytes", "workers", "max_concurrency", "body_timeout_s", "max_header_bytes"}
-    s = _section(raw, "server", allowed | {"shutdown_grace_s", "auth_failures_per_minute"})
+    s = _section(raw, "server", allowed | {"shutdown_grace_s", "auth_failures_per_minute", "trusted_proxies"})
     d = ServerConfig()
     port = _get(s, "port", "server", int, d.port)
     if not 0 <= port <= 65535:
@@ -310,7 +313,24 @@ def _server(raw: Any) -> ServerConfig:
             _get(s, "auth_failures_per_minute", "server", int, d.auth_failures_per_minute),
             "server.auth_failures_per_minute",
         ),
+        trusted_proxies=_networks(s.get("trusted_proxies"), "server.trusted_proxies"),
     )
+
+
+def _networks(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of CIDRs (or single addresses), each checked with ipaddress; a comma-separated string from the env."""
+    if raw is None:
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{where}: expected a list of CIDRs like 10.0.0.0/8, got {type(raw).__name__}")
+    networks = []
+    for item in items:
+        try:
+            networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1/128)") from None
+    return tuple(networks)
 
 
 def _database(raw: Any) -> DatabaseConfig:

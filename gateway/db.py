@@ -6,7 +6,7 @@ The schema itself lives in numbered files in `sql/`; `migrate()` applies them in
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -355,16 +355,31 @@ async def delete_user(pool: asyncpg.Pool, user_id: UUID, *, actor_key_id: int | 
 
 
 async def regenerate_user_key(
-    pool: asyncpg.Pool, user_id: UUID, *, key: tuple[str, str], reason: str | None, actor_key_id: int | None
+    pool: asyncpg.Pool,
+    user_id: UUID,
+    *,
+    new_key: Callable[[], Awaitable[tuple[str, str]]],
+    reason: str | None,
+    actor_key_id: int | None,
 ) -> tuple[UserRow, KeyRow, int | None] | None:
-    """Revoke the user's live key and issue a new one, with an audit row. None when the user does not exist."""
+    """Revoke the user's live key and issue `new_key()` (lookup id, hash), with an audit row; None: no such user.
+
+    Serialised per user: a concurrent regenerate gets Conflict at once (a transaction-scoped advisory lock per
+    user, tried without waiting) rather than a key the other call revokes a moment later; the user's row stays
+    locked from before the key is made until the commit, so other writers (a delete) wait for it.
+    """
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"UPDATE users SET updated_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING {_USER_COLUMNS}",
-            user_id,
-        )
-        if row is None:
+        if not await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('regenerate:' || $1::uuid::text, 0))", user_id
+        ):
+            raise Conflict("a regenerate for this user is already in progress; retry once it has answered")
+        found = await conn.fetchval("SELECT id FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", user_id)
+        if found is None:
             return None
+        key = await new_key()
+        row = await conn.fetchrow(
+            f"UPDATE users SET updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}", user_id
+        )
         old = await conn.fetchval(
             "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
         )

@@ -22,7 +22,13 @@ may use any socket.
 
 Network: unix socket only, mode 0700, in the data dir. When that path is too long for a socket, the
 socket goes in a private directory under the temp dir. No TCP port is opened, so there is no port to
-collide with, and despite trust auth only the server's account (and root) can connect.
+collide with.
+
+Password: the socket alone would admit every process of the server's account, and as root that account is
+`nobody`, which other daemons share. So the superuser has a generated password (scram-sha-256, no trust
+line in pg_hba.conf), kept in `.<data dir name>.password` beside the data dir, mode 0600, owned by us:
+the server's account cannot read it. A data dir made by an earlier version with trust auth is switched to
+the password on its next start.
 
 Lifecycle: the data dir persists. The first start runs initdb (about 1 s); a later one only starts the
 server (about 0.2 s). A server still running in the data dir from an earlier run is reused as it is
@@ -31,6 +37,7 @@ server (about 0.2 s). A server still running in the data dir from an earlier run
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -43,6 +50,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -77,19 +85,24 @@ class _Toolchain:
 
     bin_dir: Path
     account: _Account | None
+    password: str = field(default="", repr=False)  # the superuser's; clients get it as PGPASSWORD
 
-    def run(self, tool: str, *args: str, as_server: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, tool: str, *args: str, as_server: bool = False, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run one binary and capture its output; `as_server` switches to the server's account."""
         account = self.account if as_server else None
+        env = _child_env() if as_server else {**_child_env(), "PGPASSWORD": self.password}
         return subprocess.run(
             [str(self.bin_dir / tool), *args],
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             check=False,
             timeout=_START_TIMEOUT_S * 2,
             cwd="/",  # our working directory may be closed to the server's account (e.g. under /root)
-            env=_child_env(),
+            env=env,
             user=account.uid if account else None,
             group=account.gid if account else None,
             extra_groups=[] if account else None,
@@ -124,7 +137,8 @@ class EmbeddedPostgres:
     def dsn_for(self, database: str) -> str:
         """The URL of `database` on this server: `postgresql://postgres@/gateway?host=%2Fsrv%2Fpgdata&port=5432`."""
         host = quote(str(self.socket_dir), safe="")
-        return f"postgresql://{SUPERUSER}@/{quote(database, safe='')}?host={host}&port={self.port}"
+        user = f"{SUPERUSER}:{quote(self._tools.password, safe='')}" if self._tools.password else SUPERUSER
+        return f"postgresql://{user}@/{quote(database, safe='')}?host={host}&port={self.port}"
 
     def stop(self) -> None:
         """Stop the server, ending open sessions (fast shutdown); a no-op when it is not running."""
@@ -138,17 +152,53 @@ def start_embedded_postgres(data_dir: Path) -> EmbeddedPostgres:
 
     The database `gateway` is created if missing. The server outlives this process until `stop()`.
     """
-    tools = _Toolchain(_find_bin_dir(), _service_account())
     data_dir = data_dir.expanduser().resolve()  # the canonical path is what postmaster.pid records
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    tools = _Toolchain(_find_bin_dir(), _service_account(), _superuser_password(data_dir))
     if tools.account is not None:
         _let_enter(tools.bin_dir / "postgres", tools.account)
         _let_enter(data_dir, tools.account)
     _ensure_initialized(data_dir, tools)
     _check_owner(data_dir, tools.account)
     server = _attach(data_dir, tools) or _launch(data_dir, tools)
+    _require_password(server, tools)
     _ensure_database(server, tools)
     return server
+
+
+def _superuser_password(data_dir: Path) -> str:
+    """The superuser's password, from `.<data dir>.password` (0600, ours), made on first use."""
+    path = data_dir.with_name(f".{data_dir.name}.password")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)  # ours: keep it that way even if someone loosened it
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def _require_password(server: EmbeddedPostgres, tools: _Toolchain) -> None:
+    """Switch a data dir that still trusts its socket (made by an earlier version) to the password."""
+    hba = server.data_dir / "pg_hba.conf"
+    lines = hba.read_text().splitlines(keepends=True)
+    if not any(_is_trust(line) for line in lines):
+        return
+    where = ("-h", str(server.socket_dir), "-p", str(server.port), "-U", SUPERUSER, "-X", "-q", "-d", "postgres")
+    # On stdin, not argv: another process may read our command line, never our pipe.
+    literal = tools.password.replace("'", "''")
+    done = tools.run("psql", *where, "-v", "ON_ERROR_STOP=1", stdin=f"ALTER ROLE {SUPERUSER} PASSWORD '{literal}';\n")
+    if done.returncode != 0:
+        raise EmbeddedPostgresError(f"could not set the superuser's password in {server.data_dir}: {done.stderr}")
+    hba.write_text("".join(line.replace("trust", "scram-sha-256") if _is_trust(line) else line for line in lines))
+    tools.run("pg_ctl", "reload", "-D", str(server.data_dir), as_server=True)
+    log.warning("embedded postgres: %s trusted its socket; it now requires the generated password", server.data_dir)
+
+
+def _is_trust(line: str) -> bool:
+    fields = line.split("#", 1)[0].split()
+    return bool(fields) and fields[-1] == "trust"
 
 
 def _find_bin_dir() -> Path:
@@ -202,14 +252,29 @@ def _ensure_initialized(data_dir: Path, tools: _Toolchain) -> None:
     try:
         if tools.account is not None:
             os.chown(staging, tools.account.uid, tools.account.gid)
-        args = ("-D", str(staging), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-locale")
-        done = tools.run("initdb", *args, "--no-instructions", as_server=True)
+        args = ("-D", str(staging), "-U", SUPERUSER, "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale")
+        with _password_file_for(tools) as pwfile:
+            done = tools.run("initdb", *args, f"--pwfile={pwfile}", "--no-instructions", as_server=True)
         if done.returncode != 0:
             raise EmbeddedPostgresError(f"initdb failed in {data_dir}: {done.stderr.strip()}")
         _move_into_place(staging, data_dir)
         log.info("embedded postgres: initialized %s", data_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _password_file_for(tools: _Toolchain) -> Iterator[str]:
+    """The password in a 0600 temp file that initdb (as the server's account) can read, removed after."""
+    fd, name = tempfile.mkstemp(prefix="gateway-pg-pw-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(tools.password + "\n")
+        if tools.account is not None:
+            os.chown(name, tools.account.uid, tools.account.gid)
+        yield name
+    finally:
+        os.unlink(name)
 
 
 def _move_into_place(staging: Path, data_dir: Path) -> None:

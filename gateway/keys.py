@@ -23,6 +23,7 @@ import bcrypt
 import structlog
 
 from gateway import db
+from gateway.bcrypt_executor import BcryptExecutor
 from gateway.errors import ServiceUnavailable
 
 log = structlog.get_logger("gateway.keys")
@@ -83,13 +84,6 @@ def lookup_id_of(key: str) -> str | None:
     return lookup_id
 
 
-def bcrypt_matches(key: str, key_hash: str) -> bool:
-    try:
-        return bcrypt.checkpw(key.encode(), key_hash.encode())
-    except ValueError:  # a corrupt hash in the database: treat as no match
-        return False
-
-
 def fingerprint(key: str) -> bytes:
     """Cache key for a presented credential: never keep the plaintext in memory longer than the request."""
     return hashlib.sha256(key.encode()).digest()
@@ -109,6 +103,10 @@ class KeyCache:
     sha256(key), for `ttl_s`. When it expires, the row is read again (no bcrypt: the stored hash is
     compared to the one verified), so a key revoked by another process stops working within `ttl_s`.
     A revocation on this process evicts at once.
+
+    A refused key (unknown prefix, revoked, or a wrong secret) is remembered by the same digest, i.e. by
+    (prefix, secret), for `negative_ttl_s`: a client retrying it costs a dict lookup, not a query and a bcrypt.
+    bcrypt itself runs on `bcrypt`'s few threads (see gateway/bcrypt_executor.py), never the shared pool.
     """
 
     def __init__(
@@ -116,24 +114,40 @@ class KeyCache:
         load: Callable[[str], Awaitable[db.KeyRow | None]],
         *,
         ttl_s: float = 10.0,
+        negative_ttl_s: float = 30.0,
         max_size: int = 10_000,
+        bcrypt: BcryptExecutor | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._load, self._ttl, self._max, self._clock = load, ttl_s, max_size, clock
+        self._load, self._ttl, self._negative_ttl, self._max, self._clock = load, ttl_s, negative_ttl_s, max_size, clock
+        self._bcrypt = bcrypt or BcryptExecutor()
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        # digest -> (until when it is refused unchecked, whether it was a wrong secret for a live key)
+        self._refused: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Principal | None]] = {}
         self._evictions = 0
 
-    async def principal_for(self, key: str) -> Principal | None:
-        """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked."""
+    def cached(self, key: str) -> Principal | None:
+        """The principal of a key verified within `ttl_s`, from memory alone (no I/O, no throttle needed)."""
+        hit = self._verified.get(fingerprint(key))
+        return hit.principal if hit is not None and hit.expires_at > self._clock() else None
+
+    async def principal_for(self, key: str, *, priority: int = 0) -> Principal | None:
+        """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked.
+
+        `priority` orders the bcrypt queue (lower first): the attempts this key's (client, prefix) already made.
+        Raises ServiceUnavailable (503) when the database is away for a never-seen key or bcrypt is saturated.
+        """
         fp = fingerprint(key)
         hit = self._verified.get(fp)
         if hit is not None and hit.expires_at > self._clock():
             return hit.principal
+        if (refused := self._refused.get(fp)) is not None and refused[0] > self._clock():
+            return None
         # Single flight: fifty requests arriving together with a new key run one bcrypt, not fifty.
         if (pending := self._pending.get(fp)) is not None:
             return await asyncio.shield(pending)
-        task = asyncio.ensure_future(self._verify(key, fp, hit))
+        task = asyncio.ensure_future(self._verify(key, fp, hit, priority))
         self._pending[fp] = task
         try:
             return await asyncio.shield(task)
@@ -143,7 +157,7 @@ class KeyCache:
             else:
                 task.add_done_callback(lambda _: self._pending.pop(fp, None))
 
-    async def _verify(self, key: str, fp: bytes, hit: _Verified | None) -> Principal | None:
+    async def _verify(self, key: str, fp: bytes, hit: _Verified | None, priority: int) -> Principal | None:
         now = self._clock()
         lookup_id = lookup_id_of(key)
         if lookup_id is None:
@@ -154,13 +168,26 @@ class KeyCache:
             return self._while_database_away(fp, hit, exc)
         if row is None or row.revoked_at is not None:
             self._verified.pop(fp, None)
+            self._refuse(fp, wrong_secret=False)
             return None
         same_hash = hit is not None and hmac.compare_digest(hit.key_hash, row.key_hash)
-        if not same_hash and not await asyncio.to_thread(bcrypt_matches, key, row.key_hash):
+        if not same_hash and not await self._bcrypt.check(key, row.key_hash, priority=priority):
+            self._refuse(fp, wrong_secret=True)
             return None
         principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
+
+    def guessed_a_secret(self, key: str) -> bool:
+        """Whether `key` was refused as a wrong secret for a live key (not an unknown or revoked prefix)."""
+        refused = self._refused.get(fingerprint(key))
+        return refused is not None and refused[1]
+
+    def _refuse(self, fp: bytes, *, wrong_secret: bool) -> None:
+        self._refused[fp] = (self._clock() + self._negative_ttl, wrong_secret)
+        self._refused.move_to_end(fp)
+        while len(self._refused) > self._max:
+            self._refused.popitem(last=False)
 
     def _while_database_away(self, fp: bytes, hit: _Verified | None, exc: BaseException) -> Principal | None:
         """A key verified before keeps working; one never seen cannot be checked: 503, not 401."""
@@ -234,6 +261,11 @@ class ClaudeCodeTokens:
         self._ttl, self._negative_ttl, self._max = ttl_s, negative_ttl_s, max_size
         self._known: OrderedDict[bytes, tuple[Principal | None, float]] = OrderedDict()
         self._evictions = 0
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token mapped within `ttl_s`, from memory alone (no I/O, no throttle needed)."""
+        hit = self._known.get(fingerprint(token))
+        return hit[0] if hit is not None and hit[1] > self._clock() else None
 
     async def principal_for(self, token: str) -> Principal | None:
         fp = fingerprint(token)

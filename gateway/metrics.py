@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,12 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from gateway.config import ModelAlias
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER = "other"  # the model label of every id that is neither a configured alias nor a provider model
 SHARE_DIR_ENV = "GATEWAY_METRICS_DIR"  # set by `gateway serve --workers N` before forking
 
 
@@ -90,8 +93,21 @@ class Metrics:
         self.usage_spilled = Counters("gateway_usage_spilled_rows", "Usage rows written to the spill dir", ())
         self.usage_flush = Histograms("gateway_usage_flush_seconds", "Time to write a usage batch", (), FLUSH_BUCKETS)
         self.gauges: dict[str, Callable[[], float]] = {}  # name -> reader, summed across workers
+        # Model labels a series may carry: configured aliases and their provider models (`allow_models`). A
+        # pass-through routing rule lets callers pick any model id; each would be a new series, so those are
+        # counted under one "other" label.
+        self.model_labels: frozenset[str] = frozenset()
         self._counters = [v for v in vars(self).values() if isinstance(v, Counters)]
         self._histograms = [v for v in vars(self).values() if isinstance(v, Histograms)]
+
+    def allow_models(self, aliases: Mapping[str, ModelAlias]) -> None:
+        """Take the configured aliases and the provider models they name as the allowed model labels."""
+        models = {a.model for a in aliases.values()} | {d.model for a in aliases.values() for d in a.fallbacks}
+        self.model_labels = frozenset(aliases) | models
+
+    def model_label(self, name: str) -> str:
+        """`name` if it is a configured alias or provider model, else "other" (callers cannot grow the series)."""
+        return name if name in self.model_labels else OTHER
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape (and share) time: usage queue depth, pool connections."""

@@ -167,6 +167,7 @@ class Stage(Protocol):
 
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
+    from gateway.client_address import ClientAddress
     from gateway.stages.auth import Authenticate
     from gateway.stages.budget import CheckBudget, price_of_requested
     from gateway.stages.key_mapping import MapClaudeCodeKey
@@ -174,14 +175,20 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.usage_log import LogUsage
     from gateway.throttle import AuthThrottle
 
+    # Guesses are counted per (client address, credential); tokens in a table of their own, so a flood of
+    # made-up tokens cannot push key guessers out of theirs.
+    limit, client_address = cfg.server.auth_failures_per_minute, ClientAddress(cfg.server.trusted_proxies)
     available: dict[str, Stage] = {
         "auth": Authenticate(
             svc.key_cache,
             defer_foreign="key_mapping" in cfg.pipeline,
             env_admin=svc.env_admin,
-            throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
+            throttle=AuthThrottle(limit),
+            client_address=client_address,
         ),
-        "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
+        "key_mapping": MapClaudeCodeKey(
+            svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
+        ),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status

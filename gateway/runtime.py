@@ -23,21 +23,26 @@ log = structlog.get_logger("gateway.reload")
 RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics")
 
 
-@dataclass
-class Runtime:
-    config: GatewayConfig
-    pipeline: Next  # auth -> key mapping -> budget -> route -> usage log -> relay
-    auth_pipeline: Next  # auth and key mapping only (models list, management API)
-
-
 async def _authenticated(ex: Exchange) -> None:
     return None
 
 
+AUTH_STAGES = ("auth", "key_mapping")  # read headers only: they run before the body is read
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    pipeline: Next  # auth -> key mapping -> budget -> route -> usage log -> relay
+    auth_pipeline: Next  # auth and key mapping only (models list, management API, and first on model routes)
+    served: Next = _authenticated  # the stages after auth and key mapping, then the relay (model routes)
+
+
 def build_runtime(cfg: GatewayConfig, svc: Services) -> Runtime:
     stages = build_stages(cfg, svc)
-    auth_only = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name in ("auth", "key_mapping")]
-    return Runtime(cfg, chain(stages, relay), chain(auth_only, _authenticated))
+    auth_only = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name in AUTH_STAGES]
+    after_auth = [s for name, s in zip(cfg.pipeline, stages, strict=True) if name not in AUTH_STAGES]
+    return Runtime(cfg, chain(stages, relay), chain(auth_only, _authenticated), chain(after_auth, relay))
 
 
 def reload_config(runtime: Runtime, svc: Services, path: Path | str | None = None) -> bool:
@@ -53,5 +58,6 @@ def reload_config(runtime: Runtime, svc: Services, path: Path | str | None = Non
     svc.apply_config(new)
     fresh = build_runtime(new, svc)
     runtime.config, runtime.pipeline, runtime.auth_pipeline = new, fresh.pipeline, fresh.auth_pipeline
+    runtime.served = fresh.served
     log.info("config_reloaded", source=new.source, aliases=sorted(new.models))
     return True

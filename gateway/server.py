@@ -124,7 +124,9 @@ def pid_file_path(cfg: GatewayConfig) -> Path:
 def write_pid_file(cfg: GatewayConfig) -> Path:
     path = pid_file_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{os.getpid()}\n")
+    path.unlink(missing_ok=True)  # O_CREAT's mode applies only to a new file: an old 0644 one is replaced
+    with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:  # 0600: ours alone
+        f.write(f"{os.getpid()}\n")
     return path
 
 

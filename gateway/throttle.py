@@ -1,45 +1,60 @@
-"""Slow down guessing: an address with too many failed authentications in a minute gets 429s for a while.
+"""Slow down guessing: too many unsettled guesses at one credential from one client get 429s for a while.
 
-A sliding window per address, kept in memory per worker and bounded in size; keys are never the reason a
-request is refused here, only the count of recent failures from where it came.
+A guess is counted when it *starts*, so two hundred concurrent wrong keys cannot all reach bcrypt before the
+first failure is known, and it is withdrawn as soon as the credential proves valid. The count is kept per
+(client address, key prefix) for gateway keys and per (client address, token fingerprint) for other
+credentials, so one caller's failures never refuse another caller's credential: a colleague behind the same
+proxy or NAT trying a different key, or a valid key someone else is guessing at from elsewhere, is not
+affected. Kept in memory per worker, bounded in size.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+
+from gateway.errors import TooManyAuthFailures
 
 WINDOW_S = 60.0
-MAX_ADDRESSES = 50_000  # beyond this the quietest addresses are forgotten (memory stays bounded)
+MAX_SUBJECTS = 50_000  # beyond this the quietest (address, credential) pairs are forgotten: memory stays bounded
 
 
 class AuthThrottle:
+    """A sliding one-minute window of attempts per subject, `(client address, credential id)`."""
+
     def __init__(self, failures_per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._limit, self._clock = failures_per_minute, clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._attempts: OrderedDict[Hashable, deque[float]] = OrderedDict()
 
-    def retry_after_s(self, address: str) -> float | None:
-        """Seconds until `address` may try again, or None when it is not throttled."""
-        recent = self._recent(address)
-        if recent is None or len(recent) < self._limit:
-            return None
-        return max(0.0, recent[0] + WINDOW_S - self._clock())
+    def attempt(self, subject: Hashable) -> int:
+        """Count an attempt at `subject`; returns how many were already counted in the window.
 
-    def failed(self, address: str) -> None:
-        recent = self._recent(address)
+        Raises TooManyAuthFailures (429, with Retry-After) instead of counting when the window is full.
+        """
+        now = self._clock()
+        recent = self._attempts.get(subject)
         if recent is None:
-            recent = self._failures[address] = deque(maxlen=self._limit)
-        recent.append(self._clock())
-        self._failures.move_to_end(address)
-        while len(self._failures) > MAX_ADDRESSES:
-            self._failures.popitem(last=False)
+            recent = self._attempts[subject] = deque()
+            while len(self._attempts) > MAX_SUBJECTS:
+                self._attempts.popitem(last=False)
+        else:
+            self._attempts.move_to_end(subject)
+            while recent and recent[0] <= now - WINDOW_S:
+                recent.popleft()
+        if len(recent) >= self._limit:
+            wait = max(1, round(recent[0] + WINDOW_S - now))
+            raise TooManyAuthFailures(
+                f"too many failed authentications with this key from this address; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        recent.append(now)
+        return len(recent) - 1
 
-    def _recent(self, address: str) -> deque[float] | None:
-        recent = self._failures.get(address)
-        if recent is None:
-            return None
-        horizon = self._clock() - WINDOW_S
-        while recent and recent[0] < horizon:
-            recent.popleft()
-        return recent
+    def withdraw(self, subject: Hashable) -> None:
+        """Take back one attempt at `subject` (the credential proved valid, or was never checked)."""
+        recent = self._attempts.get(subject)
+        if recent:
+            recent.pop()
+            if not recent:
+                del self._attempts[subject]

@@ -158,7 +158,8 @@ class UsageLog:
 
     def _observe(self, ex: Exchange, u: Usage, cost: Decimal | None, ttfb_ms: float | None) -> None:
         assert ex.target is not None
-        m, alias = self._metrics, ex.target.alias.name
+        m = self._metrics
+        alias = m.model_label(ex.target.alias.name)  # configured names only, else "other": bounded series
         for kind, count in (
             ("input", u.input_tokens),
             ("output", u.output_tokens),

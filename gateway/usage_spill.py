@@ -77,7 +77,7 @@ class SpillDir:
         """Append rows durably (flushed and fsynced before returning)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / name if name else self.own
-        with path.open("ab") as f:
+        with open(path, "ab", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:  # usage is private
             f.write(b"".join(encode(r) for r in rows))
             f.flush()
             os.fsync(f.fileno())

@@ -36,6 +36,8 @@ def test_defaults_and_interpolation() -> None:
     cfg = parse_config(raw, {})
     assert cfg.server.port == 8123 and cfg.server.max_body_bytes == 32 * 1024 * 1024
     assert parse_config(raw, {"PORT": "9000"}).server.port == 9000
+    proxies = parse_config({**raw, "server": {"trusted_proxies": ["127.0.0.1", "10.1.2.3/8"]}}, {}).server
+    assert proxies.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8") and cfg.server.trusted_proxies == ()
     assert cfg.pipeline == ("auth", "key_mapping", "budget", "route", "usage_log")
 
 
@@ -67,6 +69,15 @@ def test_budget_env_overrides_the_file(env: dict[str, str], expected: tuple[Any,
         pytest.param(with_(server={"prot": 1}), {}, "server.prot: unknown key", id="unknown-nested"),
         pytest.param(with_(server={"port": "eighty"}), {}, "server.port: expected int", id="wrong-type"),
         pytest.param(with_(server={"port": 70000}), {}, "server.port: 70000 is not a TCP port", id="port-range"),
+        pytest.param(
+            with_(server={"trusted_proxies": ["10.0.0.0/8", "nginx.local"]}),
+            {},
+            "server.trusted_proxies: 'nginx.local' is not an address or CIDR",
+            id="trusted-proxy-not-a-cidr",
+        ),
+        pytest.param(
+            with_(server={"trusted_proxies": 10}), {}, "server.trusted_proxies: expected a list", id="trusted-proxies"
+        ),
         pytest.param(
             with_(models={"claude-fast": {"provider": "antropic", "model": "m"}}),
             {},

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from unittest.mock import patch
 
-from gateway import db, keys
+from gateway import bcrypt_executor, db, keys
 from gateway.keys import ClaudeCodeTokens, KeyCache, generate_key, lookup_id_of
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ async def test_bcrypt_runs_once_then_the_row_is_reread_without_bcrypt_after_the_
         return row_for(new)
 
     cache = KeyCache(load, ttl_s=10, clock=clock)
-    with patch.object(keys, "bcrypt_matches", wraps=keys.bcrypt_matches) as checks:
+    with patch.object(bcrypt_executor, "bcrypt_matches", wraps=bcrypt_executor.bcrypt_matches) as checks:
         for _ in range(5):
             assert (await cache.principal_for(new.plaintext)) is not None
         assert checks.call_count == 1 and len(loads) == 1
@@ -72,7 +72,7 @@ async def test_concurrent_first_uses_share_one_bcrypt() -> None:
         return row_for(new)
 
     cache = KeyCache(load)
-    with patch.object(keys, "bcrypt_matches", wraps=keys.bcrypt_matches) as checks:
+    with patch.object(bcrypt_executor, "bcrypt_matches", wraps=bcrypt_executor.bcrypt_matches) as checks:
         results = await asyncio.gather(*(cache.principal_for(new.plaintext) for _ in range(20)))
     assert all(r is not None for r in results) and checks.call_count == 1
 

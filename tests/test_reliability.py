@@ -34,15 +34,19 @@ async def post(
         return r.status, await r.read(), r.headers
 
 
-async def test_repeated_failed_auth_from_one_address_is_slowed_down(
-    make_gateway: GatewayFactory, key: str, upstream: FakeUpstream
+async def test_repeated_failed_guesses_at_one_key_are_slowed_down_but_a_valid_key_is_not(
+    make_gateway: GatewayFactory, make_key: Any, key: str, upstream: FakeUpstream
 ) -> None:
     server = await make_gateway(server={"auth_failures_per_minute": 5})
-    statuses = [(await post(server, "gw-0123456789abcdef_wrong", json=BODY))[0] for _ in range(7)]
+    target, _ = await make_key("target")
+    guess = target.rsplit("_", 1)[0] + "_wrong"  # the key's public prefix, a made-up secret
+    statuses = [(await post(server, guess, json=BODY))[0] for _ in range(7)]
     assert statuses == [401] * 5 + [429] * 2
-    status, body, headers = await post(server, key, json=BODY)  # even a good key waits out the window
+    status, body, headers = await post(server, guess + "-other", json=BODY)
     assert status == 429 and b"too many failed authentications" in body and int(headers["Retry-After"]) > 0
     assert upstream.requests == []
+    status, _, _ = await post(server, key, json=BODY)  # same address, another key: never refused for their guesses
+    assert status == 200
 
 
 async def test_concurrency_beyond_the_limit_gets_a_clean_503(

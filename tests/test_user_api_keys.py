@@ -546,6 +546,20 @@ async def test_regenerate_replaces_the_key_keeps_the_mapping_and_records_why(
     assert new["newApiKey"] not in await every_stored_text(pool)
 
 
+async def test_concurrent_regenerates_never_answer_with_a_key_that_does_not_work(
+    make_gateway: GatewayFactory, admin: dict[str, str]
+) -> None:
+    # Real bcrypt cost for the new key (the lock is held while it is made), so the calls overlap for certain.
+    gateway = await make_gateway(auth={"bcrypt_rounds": 10})
+    user = await create_user(gateway, admin)
+    url = f"{API}/{user['id']}/regenerate"
+    answers = await asyncio.gather(*(call(gateway, "POST", url, admin) for _ in range(4)))
+    keys = [body["newApiKey"] for status, body in answers if status == 200]
+    assert keys and sorted(status for status, _ in answers) == [200] * len(keys) + [409] * (4 - len(keys))
+    assert all("already in progress" in body["error"] for status, body in answers if status == 409)
+    assert [await message(gateway, x_api_key(key)) for key in keys] == [200] * len(keys)
+
+
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
@@ -954,6 +968,11 @@ async def test_usage_history_of_a_user_without_usage_is_empty(gateway: TestServe
         pytest.param("limit=0", "'limit' must be an integer from 1 to 1000", id="limit-zero"),
         pytest.param("offset=-5", "'offset' must be an integer", id="offset-negative"),
         pytest.param("offset=1.5", "'offset' must be an integer", id="offset-fraction"),
+        # str.isdigit() accepts these; int() does not (they were a 500)
+        pytest.param("limit=%C2%B2", "'limit' must be an integer", id="limit-superscript-two"),
+        pytest.param("offset=%E2%91%A0", "'offset' must be an integer", id="offset-circled-one"),
+        pytest.param("limit=%D9%A3", "'limit' must be an integer", id="limit-arabic-indic-three"),
+        pytest.param("offset=" + "9" * 5000, "'offset' must be an integer", id="offset-5000-digits"),
     ],
 )
 async def test_bad_usage_history_query_is_400(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import ProviderConfig
@@ -74,11 +75,30 @@ def upstream_errors(provider: str) -> Iterator[None]:
         raise mapped from exc
 
 
+# The upstream's response headers a caller may see: what it needs to read the body, match a request id in the
+# provider's console, and back off. Everything else (cookies, account and organisation ids, a proxy's debug
+# headers, an echoed credential) stops here.
+RELAYED_HEADERS = frozenset({"content-type", "request-id", "x-request-id", "retry-after", "retry-after-ms"})
+RELAYED_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+REDACTED = b"[redacted]"
+MIN_SECRET_LEN = 12  # a placeholder like "ollama" is no secret, and masking it would edit model output
+
+
+def allowed_headers(headers: Mapping[str, str], secret: str) -> CIMultiDictProxy[str]:
+    """The allowlisted response headers, with the provider's key (`secret`) masked in any value that holds it."""
+    kept: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in RELAYED_HEADERS or lower.startswith(RELAYED_HEADER_PREFIXES):
+            kept.add(name, value.replace(secret, REDACTED.decode()) if secret and secret in value else value)
+    return CIMultiDictProxy(kept)
+
+
 class _Chunks:
     """Body chunks as they arrive (`readany`), each read mapped at the boundary; a plain iterator, no generator."""
 
-    def __init__(self, provider: str, content: aiohttp.StreamReader) -> None:
-        self._provider, self._content = provider, content
+    def __init__(self, provider: str, content: aiohttp.StreamReader, secret: bytes) -> None:
+        self._provider, self._content, self._secret = provider, content, secret
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -93,23 +113,30 @@ class _Chunks:
             raise mapped from exc
         if not chunk:
             raise StopAsyncIteration
+        if self._secret and self._secret in chunk:  # an upstream echoing its credential (memmem: no allocation)
+            return chunk.replace(self._secret, REDACTED)
         return chunk
 
 
 class AiohttpReply:
-    """An aiohttp response behind the UpstreamReply interface; every read maps errors at the boundary."""
+    """An aiohttp response behind the UpstreamReply interface; every read maps errors at the boundary.
 
-    def __init__(self, provider: str, response: aiohttp.ClientResponse) -> None:
-        self._provider, self._response = provider, response
+    Only allowlisted headers pass, and the provider's own key (`secret`) is masked wherever the upstream puts
+    it: in a header, an error body, a stream. A proxy in front of a provider may echo the request it got.
+    """
+
+    def __init__(self, provider: str, response: aiohttp.ClientResponse, secret: str = "") -> None:
+        self._provider, self._response, self._secret = provider, response, secret.encode()
         self.status = response.status
-        self.headers = response.headers
+        self.headers = allowed_headers(response.headers, secret)
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return _Chunks(self._provider, self._response.content)
+        return _Chunks(self._provider, self._response.content, self._secret)
 
     async def read(self) -> bytes:
         with upstream_errors(self._provider):
-            return await self._response.read()
+            body = await self._response.read()
+        return body.replace(self._secret, REDACTED) if self._secret and self._secret in body else body
 
     def release(self) -> None:
         # close(), not release(): a stream cut short must not hand a half-read connection back to the pool
@@ -132,6 +159,7 @@ class HttpProvider:
     def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
         self.name = cfg.name
         self._base_url, self._session = cfg.base_url, session
+        self._secret = cfg.api_key if len(cfg.api_key) >= MIN_SECRET_LEN else ""  # masked in what comes back
         t = cfg.timeouts
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
         self._reply_timeout = aiohttp.ClientTimeout(total=t.first_byte_s, sock_connect=t.connect_s)
@@ -146,7 +174,7 @@ class HttpProvider:
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):
             response = await self._session.post(url, data=body, headers=self.headers(call), timeout=timeout)
-        return AiohttpReply(self.name, response)
+        return AiohttpReply(self.name, response, self._secret)
 
     async def aclose(self) -> None:
         """The session is shared and closed by the app."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from gateway.errors import TooManyAuthFailures, Unauthenticated
+from gateway.client_address import ClientAddress
+from gateway.errors import Unauthenticated
 from gateway.keys import KeyCache, Principal, lookup_id_of
 from gateway.pipeline import Exchange, Next
 from gateway.throttle import AuthThrottle
@@ -34,10 +35,12 @@ class EnvAdminKey:
 
 
 class Authenticate:
-    """Refuse with 401 unless the caller presents a valid, unrevoked gateway key.
+    """Refuse with 401 unless the caller presents a valid, unrevoked gateway key; reads headers only.
 
     A credential that is not shaped like a gateway key (a Claude Code token, say) is left for the
     key-mapping stage when the pipeline has one (`defer_foreign`), and refused here otherwise.
+    A key verified recently is answered from memory; any other check is one guess, counted by `throttle`
+    per (client address, key prefix) before it costs a query or a bcrypt (gateway/throttle.py).
     """
 
     def __init__(
@@ -47,34 +50,41 @@ class Authenticate:
         defer_foreign: bool = True,
         env_admin: EnvAdminKey | None = None,
         throttle: AuthThrottle | None = None,
+        client_address: ClientAddress | None = None,
     ) -> None:
         self._keys, self._defer_foreign, self._env_admin = keys, defer_foreign, env_admin
         self._throttle = throttle or AuthThrottle(20)
+        self._client_address = client_address or ClientAddress()
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
-        address = ex.request.remote or "unknown"
-        if (wait := self._throttle.retry_after_s(address)) is not None:
-            raise TooManyAuthFailures(
-                f"too many failed authentications from this address; retry in {wait:.0f} s",
-                headers={"Retry-After": str(max(1, round(wait)))},
-            )
-        try:
-            await self._authenticate(ex, call_next)
-        except Unauthenticated:  # from here or from the key-mapping stage below
-            self._throttle.failed(address)
-            raise
-
-    async def _authenticate(self, ex: Exchange, call_next: Next) -> None:
         credential = presented_credential(ex.request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
         ex.credential = credential
         if self._env_admin is not None and hmac.compare_digest(credential.encode(), self._env_admin.key):
             ex.principal = self._env_admin.principal
-        elif lookup_id_of(credential) is not None:
-            ex.principal = await self._keys.principal_for(credential)
-            if ex.principal is None:
-                raise Unauthenticated("invalid or revoked API key")
+        elif (lookup_id := lookup_id_of(credential)) is not None:
+            ex.principal = self._keys.cached(credential) or await self._check(ex, credential, lookup_id)
         elif not self._defer_foreign:
             raise Unauthenticated("invalid API key: gateway keys start with 'gw-'")
         await call_next(ex)
+
+    async def _check(self, ex: Exchange, credential: str, lookup_id: str) -> Principal:
+        """One counted guess: kept when the secret is wrong for a live key, withdrawn in every other outcome.
+
+        Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
+        cheap indexed miss, then remembered) cannot push a real guesser's record out of it.
+        """
+        subject = (self._client_address(ex.request), lookup_id)
+        earlier = self._throttle.attempt(subject)
+        try:
+            principal = await self._keys.principal_for(credential, priority=earlier)
+        except BaseException:  # 503 (database away, bcrypt saturated) or a hang-up: no verdict, no count
+            self._throttle.withdraw(subject)
+            raise
+        if principal is None:
+            if not self._keys.guessed_a_secret(credential):  # no such live key: nothing to guess at, no trace
+                self._throttle.withdraw(subject)
+            raise Unauthenticated("invalid or revoked API key")
+        self._throttle.withdraw(subject)
+        return principal
