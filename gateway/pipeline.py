@@ -1,6 +1,6 @@
 """The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
 
-    auth -> key_mapping -> budget -> route -> usage_log -> relay (upstream call, response to the caller)
+    auth -> key_mapping -> budget -> dlp -> route -> usage_log -> relay (upstream call, response to the caller)
 
 `build_stages` is the one place that order is written down; `chain` composes it once at startup.
 """
@@ -118,8 +118,10 @@ class Stage(Protocol):
 
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
+    from gateway.dlp.findings import findings_log
     from gateway.stages.auth import Authenticate
     from gateway.stages.budget import CheckBudget
+    from gateway.stages.dlp import PreventDataLoss
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
@@ -134,6 +136,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
         ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
+        "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),
