@@ -241,7 +241,7 @@ def _secrets() -> list[Detector]:
 
 def _personal(regions: tuple[str, ...]) -> list[Detector]:
     email = r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![A-Za-z0-9-])"  # noqa: E501
-    phone = r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,5}){0,5}(?!\w|[.-]\d)"
+    phone = r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,8}){0,5}(?!\w|[.-]\d)"
     return [
         Detector("email", (b"@",), (_b(email),), valid=_email, around=(64, 256)),
         Detector(
@@ -266,7 +266,7 @@ def _personal(regions: tuple[str, ...]) -> list[Detector]:
             (_b(phone),),
             view=SHAPE,
             valid=_phone(regions),
-            around=(8, 24),
+            around=(8, 32),
         ),
     ]
 
