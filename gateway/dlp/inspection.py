@@ -25,9 +25,18 @@ class Verdict:
     raw_body: bytes | None = None  # set when something was redacted: the bytes to send instead
 
 
-def inspect(body: dict[str, Any], raw: bytes, inspector: Inspector) -> Verdict:
-    """Scan `body` (parsed from `raw`); redact in both when the policy says so. `body` is changed in place."""
+class TextTooLarge(Exception):
+    """The body's scanned strings are longer than the caller's limit."""
+
+
+def inspect(body: dict[str, Any], raw: bytes, inspector: Inspector, max_text: int | None = None) -> Verdict:
+    """Scan `body` (parsed from `raw`); redact in both when the policy says so. `body` is changed in place.
+
+    Raises TooManyCandidates (a flood of one detector's anchors) and, past `max_text` characters, TextTooLarge.
+    """
     fields = prompt_fields(body)
+    if max_text is not None and sum(len(f.text) for f in fields) > max_text:
+        raise TextTooLarge
     hits = inspector.scanner.scan([f.text for f in fields]) if fields else []
     if not hits:
         return Verdict()

@@ -22,6 +22,13 @@ from ahocorasick_rs import BytesAhoCorasick
 from gateway.dlp.detectors import FOLDED, SHAPE_TABLE, TEXT, Detector
 
 SEPARATOR = b"\n\x00\n"
+# Candidates one detector may examine per request. A real prompt has a handful; a flood of anchors ("AKIA" a
+# million times) would cost a core for seconds, so it is refused instead (TooManyCandidates).
+MAX_CANDIDATES = 10_000
+
+
+class TooManyCandidates(Exception):
+    """The texts hold more anchors of one detector than MAX_CANDIDATES; the message names the detector."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +70,38 @@ class Scanner:
             seen = buf if view == TEXT else buf.lower() if view == FOLDED else buf.translate(SHAPE_TABLE)
             for word, start, _ in automaton.find_matches_as_indexes(seen, overlapping=True):
                 at.setdefault(owners[word], []).append(start)
-        taken: list[tuple[int, int]] = []  # spans already found, by a more specific detector
+        taken = _Spans()  # spans already found, by a more specific detector
         hits: list[Hit] = []
         for index in sorted(at):
             detector = self._detectors[index]
+            if len(at[index]) > MAX_CANDIDATES:
+                raise TooManyCandidates(detector.id)
             for start, end, value in _matches(detector, sorted(at[index]), buf):
-                if any(start < e and s < end for s, e in taken) or self._allowed(detector.id, value):
+                if taken.overlaps(start, end) or self._allowed(detector.id, value):
                     continue
-                taken.append((start, end))
+                taken.add(start, end)
                 hits.append(Hit(detector.id, bisect.bisect_right(starts, start) - 1, value))
         return hits
 
     def _allowed(self, detector: str, value: str) -> bool:
         return any(rule.search(value) for rule in self._allow[detector])
+
+
+class _Spans:
+    """Disjoint [start, end) spans, kept sorted: overlap tests in O(log n), so a flood of findings stays linear."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = bisect.bisect_left(self._starts, end)  # spans starting before `end`; the last of them may overlap
+        return i > 0 and self._ends[i - 1] > start
+
+    def add(self, start: int, end: int) -> None:
+        i = bisect.bisect_left(self._starts, start)
+        self._starts.insert(i, start)
+        self._ends.insert(i, end)
 
 
 def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[int, int, str]]:
@@ -92,6 +118,7 @@ def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[i
             matches = [m for p in detector.patterns for m in p.finditer(buf, lo, hi)]
         else:  # the match starts at a known distance from the anchor: one anchored try, no search
             matches = [m for p in detector.patterns if (m := p.match(buf, at - detector.back, hi))]
+            scanned_to = max((m.end() for m in matches), default=scanned_to)  # anchors inside a match are in it
         for match in matches:
             start, end = match.span(detector.group)
             if start < 0 or start in seen:
@@ -106,9 +133,10 @@ def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[i
 def _window(detector: Detector, buf: bytes, at: int) -> tuple[int, int]:
     """The bytes a match around the anchor at `at` may span: its line, cut to the detector's reach."""
     before, after = detector.around
-    lo = max(buf.rfind(b"\n", 0, at) + 1, at - before)
+    start = max(0, at - before)  # every search is bounded: an unbounded one per anchor is quadratic on one long line
+    lo = buf.rfind(b"\n", start, at) + 1 or start
     if detector.reach:
-        text_end = buf.find(SEPARATOR, at)
-        return lo, min(len(buf) if text_end < 0 else text_end, at + detector.reach)
-    line_end = buf.find(b"\n", at)
-    return lo, min(len(buf) if line_end < 0 else line_end, at + after)
+        text_end = buf.find(SEPARATOR, at, at + detector.reach)
+        return lo, min(len(buf), at + detector.reach) if text_end < 0 else text_end
+    line_end = buf.find(b"\n", at, at + after)
+    return lo, min(len(buf), at + after) if line_end < 0 else line_end

@@ -8,17 +8,21 @@ redacted (the request leaves with placeholders) or only recorded. Every finding 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from gateway.config import DlpConfig, ModelAlias, RoutingConfig
 from gateway.dlp.findings import FindingsLog, RequestFacts
-from gateway.dlp.inspection import Verdict, has_duplicate_keys, inspect
+from gateway.dlp.inspection import TextTooLarge, Verdict, has_duplicate_keys, inspect
 from gateway.dlp.policy import Inspector, PolicyBook
-from gateway.errors import BadRequest, Forbidden
+from gateway.dlp.scanner import TooManyCandidates
+from gateway.errors import BadRequest, BodyTooLarge, Forbidden
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
 
 BYPASS_HEADER = "x-gateway-dlp"
+MAX_SCAN_BYTES = 8 * 1024 * 1024  # more body than this (images aside, it is text) is refused rather than let through
+IN_THREAD_BYTES = 512 * 1024  # a body this big is scanned in a worker thread: the event loop keeps serving others
 
 
 class PreventDataLoss:
@@ -39,7 +43,7 @@ class PreventDataLoss:
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         inspector = self._book.for_model(ex.alias_name) if self._book is not None else None
         if inspector is not None and not self._bypassed(ex):
-            self._inspect(ex, inspector)
+            await self._inspect(ex, inspector)
         await call_next(ex)
 
     def _bypassed(self, ex: Exchange) -> bool:
@@ -51,11 +55,19 @@ class PreventDataLoss:
             raise Forbidden(f"{BYPASS_HEADER}: off is not allowed for {role} keys (dlp.bypass_roles: {allowed})")
         return True
 
-    def _inspect(self, ex: Exchange, inspector: Inspector) -> None:
+    async def _inspect(self, ex: Exchange, inspector: Inspector) -> None:
         body = ex.full_body()  # a sketched passthrough body is parsed here, and only here
         if has_duplicate_keys(ex.raw_body, body):
             raise BadRequest("request body has a duplicate key; send each key once")
-        verdict = inspect(body, ex.raw_body, inspector)
+        try:
+            if len(ex.raw_body) <= IN_THREAD_BYTES:
+                verdict = inspect(body, ex.raw_body, inspector)
+            else:
+                verdict = await asyncio.to_thread(inspect, body, ex.raw_body, inspector, MAX_SCAN_BYTES)
+        except TooManyCandidates as flood:
+            raise BadRequest(f"request text has too many {flood} candidates for the data-loss scan") from None
+        except TextTooLarge:
+            raise BodyTooLarge(f"request text is over the data-loss scan limit of {MAX_SCAN_BYTES} bytes") from None
         if verdict.findings:
             self._record(ex, verdict)
         if verdict.blocked is not None:
