@@ -83,7 +83,10 @@ def _jwt(value: str, line: bytes) -> bool:
 def _url_password(value: str, line: bytes) -> bool:
     from detect_secrets.filters import heuristic
 
-    return not heuristic.is_templated_secret(value) and value.strip("*xX.") != "" and not value.startswith("$")
+    # shorter than 6 is a placeholder (user:pw@), and replacing it everywhere would hit unrelated text
+    return (
+        len(value) >= 6 and not heuristic.is_templated_secret(value) and value.strip("*xX.") != "" and value[0] != "$"
+    )
 
 
 # Card networks' IIN ranges (ISO/IEC 7812): a Luhn check alone passes one random digit string in ten (13-digit

@@ -14,10 +14,14 @@ bodies to /v1/chat/completions.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+# A tool input's key names appear in a location only when they read as a plain name: the caller chose them, and
+# a location is stored and shown, so a key that is itself a secret must not end up there.
+PLAIN_NAME = re.compile(r"[A-Za-z_]{1,32}")
 
 
 @dataclass(slots=True)
@@ -94,6 +98,10 @@ def _nested(out: list[Field], parent: dict[str, Any], key: str, where: str) -> N
             if value:
                 out.append(Field(at, container, k, value))
         elif isinstance(value, dict):
-            stack.extend((value, name, f"{at}.{name}") for name in reversed(list(value)))
+            stack.extend((value, name, f"{at}.{_shown(name)}") for name in reversed(list(value)))
         elif isinstance(value, list):
             stack.extend((value, i, f"{at}[{i}]") for i in reversed(range(len(value))))
+
+
+def _shown(name: str) -> str:
+    return name if PLAIN_NAME.fullmatch(name) else "*"
