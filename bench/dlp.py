@@ -7,7 +7,9 @@ Each iteration builds the Exchange the edge would (a /v1/messages body opening w
 by gateway.app.body_sketch, as on the hot path), then runs the stage with a no-op relay; CPU time comes from
 time.process_time(), so other processes on the machine do not count. "on" is the default policy (every secret
 detector redacts, personal data is recorded) enabled for the alias; "off" is the stage with DLP off for it.
-Targets: at most 1 ms more CPU per request for the Claude Code body, 0.1 ms for a small one.
+Targets: at most 1 ms more CPU per request for the Claude Code body, 0.1 ms for a small one. The
+claude_code_redacted case pastes a GitHub token into the body, so the redaction path (placeholders, the raw
+bytes patched and checked by a second parse) is timed too.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from gateway.pipeline import Exchange
 from gateway.stages.dlp import PreventDataLoss
 
 BODIES = Path(__file__).resolve().parent / "bodies"
-TARGETS_MS = {"claude_code": 1.0, "small_messages": 0.1, "small_chat": 0.1}
+TARGETS_MS = {"claude_code": 1.0, "small_messages": 0.1, "small_chat": 0.1}  # issue 22; the redacted case: no target
+TOKEN = "ghp_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"  # well-formed, not real: the redaction path's case
 
 
 class _NoFindings(FindingsLog):
@@ -52,8 +55,11 @@ def _stage(enabled: bool) -> PreventDataLoss:
 def _cases() -> dict[str, tuple[Dialect, str, bytes]]:
     small = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi, how are you?"}]}
     chat = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi, how are you?"}]}
+    claude_code = (BODIES / "claude_code_stream.json").read_bytes()
+    with_token = claude_code.replace(b'"say hi"', f'"say hi, my token is {TOKEN}"'.encode(), 1)
     return {
-        "claude_code": (Dialect.ANTHROPIC, "messages", (BODIES / "claude_code_stream.json").read_bytes()),
+        "claude_code": (Dialect.ANTHROPIC, "messages", claude_code),
+        "claude_code_redacted": (Dialect.ANTHROPIC, "messages", with_token),
         "small_messages": (Dialect.ANTHROPIC, "messages", orjson.dumps(small)),
         "small_chat": (Dialect.OPENAI, "chat_completions", orjson.dumps(chat)),
     }
@@ -104,11 +110,12 @@ def report(figures: dict[str, tuple[float, float]]) -> tuple[str, bool]:
     ok = True
     sizes = {name: len(raw) for name, (_, _, raw) in _cases().items()}
     for name, (off, on) in figures.items():
-        target = TARGETS_MS[name] * 1000
-        passed = on - off <= target
+        target = TARGETS_MS.get(name, 0) * 1000
+        passed = not target or on - off <= target
         ok &= passed
-        verdict = "PASS" if passed else "MISS"
-        lines.append(f"| {name} | {sizes[name]} B | {off:.1f} | {on:.1f} | {on - off:.1f} | {target:.0f} | {verdict} |")
+        verdict = ("PASS" if passed else "MISS") if target else ""
+        shown = f"{target:.0f}" if target else "-"
+        lines.append(f"| {name} | {sizes[name]} B | {off:.1f} | {on:.1f} | {on - off:.1f} | {shown} | {verdict} |")
     return "\n".join(lines), ok
 
 
