@@ -195,3 +195,42 @@ async def test_findings_are_counted_in_metrics(
     async with aiohttp.ClientSession() as s, s.get(metrics_url, headers={"x-api-key": admin_key}) as r:
         text = await r.text()
     assert 'gateway_dlp_findings_total{action="redact",detector="aws_access_key"} 1.0' in text
+
+
+async def test_count_tokens_is_scanned_too(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("block"))
+    key, _ = await make_key()
+    status, answer = await post(gateway, "/v1/messages/count_tokens", ROUTES["messages"][1], key)
+    assert status == 400 and b"aws_access_key" in answer
+    assert upstream.requests == []  # the body would have left the company to be counted
+
+
+async def test_a_flood_of_candidates_is_refused_not_scanned_for_seconds(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("audit"))
+    key, _ = await make_key()
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": "AKIA " * 10_001}]}
+    status, answer = await post(gateway, "/v1/chat/completions", body, key)
+    assert status == 400
+    assert "too many aws_access_key candidates" in orjson.loads(answer)["error"]["message"]
+
+
+async def test_big_bodies_are_scanned_in_a_thread_and_text_over_the_limit_is_refused(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.stages import dlp
+
+    monkeypatch.setattr(dlp, "IN_THREAD_BYTES", 1000)
+    monkeypatch.setattr(dlp, "MAX_SCAN_BYTES", 50_000)
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    filler = "lorem ipsum " * 2000  # 24 KB: over the thread threshold, under the limit
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": f"{filler} {AWS_KEY}"}]}
+    assert (await post(gateway, "/v1/messages", body, key))[0] == 200
+    assert PLACEHOLDER.encode() in upstream.requests[-1].raw_body
+    body["messages"][0]["content"] = filler * 3  # 72 KB of text
+    status, answer = await post(gateway, "/v1/messages", body, key)
+    assert status == 413 and b"data-loss scan limit" in answer
