@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -62,14 +63,14 @@ class FindingsLog:
             )
             for f in findings
         ]
-        task = asyncio.create_task(self._write(rows, facts))
+        task = asyncio.create_task(self._write(rows, facts, sorted({f.detector for f in findings})))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def flush(self) -> None:
         await asyncio.gather(*self._pending, return_exceptions=True)
 
-    async def _write(self, rows: list[tuple[object, ...]], facts: RequestFacts) -> None:
+    async def _write(self, rows: Sequence[Sequence[object]], facts: RequestFacts, detectors: list[str]) -> None:
         try:
             await db.insert_dlp_findings(self._pool, rows)
         except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
@@ -77,7 +78,7 @@ class FindingsLog:
             log.warning(
                 "dlp_findings_not_stored",
                 request_id=facts.request_id,
-                detectors=sorted({r[5] for r in rows}),
+                detectors=detectors,
                 error=repr(exc),
             )
 
