@@ -157,3 +157,12 @@ def test_a_flood_of_one_detectors_anchors_is_refused() -> None:
     with pytest.raises(TooManyCandidates, match="aws_access_key"):
         scanner.scan(["AKIA " * (MAX_CANDIDATES + 1)])
     assert len(scanner.scan([f"{KEY} " * 100])) == 100  # below the cap: every one found
+
+
+def test_multibyte_text_keeps_findings_in_the_right_string() -> None:
+    scanner = Scanner(detectors_for(["aws_access_key", "email"]), {})
+    texts = ["🙂" * 50 + "é", f"ü {KEY} ✓", "日本語 jane@corp-mail.io", "\u202e" + KEY[::-1]]
+    assert [(h.detector, h.text, h.value) for h in scanner.scan(texts)] == [
+        ("aws_access_key", 1, KEY),
+        ("email", 2, "jane@corp-mail.io"),
+    ]
