@@ -289,6 +289,60 @@ class UserKeysApi:
         )
 
 
+async def dlp_findings(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+    """GET /v1/dlp-findings: what the DLP stage found (never the values), newest first, one page at a time.
+
+    Query: from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
+    """
+    from gateway.dlp import ACTIONS, DETECTOR_IDS
+
+    start, end = _day(request, "from"), _day(request, "to")
+    if start and end and start > end:
+        raise AdminError(400, "'from' is after 'to'")
+    user_id = None
+    if (raw_user := request.query.get("userId")) is not None:
+        try:
+            user_id = uuid.UUID(raw_user)
+        except ValueError:
+            raise AdminError(400, f"'userId' is not a user id: {raw_user!r}") from None
+    detector, action = request.query.get("detector"), request.query.get("action")
+    if detector is not None and detector not in DETECTOR_IDS:
+        raise AdminError(400, f"'detector' must be one of {', '.join(DETECTOR_IDS)}")
+    if action is not None and action not in ACTIONS[:-1]:
+        raise AdminError(400, "'action' must be one of block, redact, audit")
+    limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
+    offset = _int_query(request, "offset", 0, 10**9)
+    rows = await db.dlp_findings(
+        request.app[SERVICES].pool,
+        start=start,
+        end=end,
+        user_id=user_id,
+        detector=detector,
+        action=action,
+        limit=limit + 1,
+        offset=offset,
+    )
+    findings = [_finding(r) for r in rows[:limit]]
+    next_offset = offset + limit if len(rows) > limit else None
+    return _json({"findings": findings, "limit": limit, "offset": offset, "nextOffset": next_offset})
+
+
+def _finding(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "createdAt": _iso(r["created_at"]),
+        "requestId": r["request_id"],
+        "keyId": r["key_id"],
+        "userId": str(r["user_id"]) if r["user_id"] else None,
+        "route": r["route"],
+        "model": r["alias"],
+        "detector": r["detector"],
+        "action": r["action"],
+        "location": r["location"],
+        "occurrences": r["occurrences"],
+    }
+
+
 def _user(u: db.UserRow) -> dict[str, Any]:
     return {
         "id": str(u.id),
@@ -326,3 +380,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/user-api-keys/{id}/regenerate", admin_only(api.regenerate))
     app.router.add_post("/v1/user-api-keys/{id}/increase-token-limit", admin_only(api.increase_token_limit))
     app.router.add_get("/v1/user-api-keys/{id}/usage-history", admin_only(api.usage_history))
+    app.router.add_get("/v1/dlp-findings", admin_only(dlp_findings))

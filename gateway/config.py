@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-PIPELINE_STAGES = ("auth", "key_mapping", "budget", "route", "usage_log")  # the only order they can run in
+PIPELINE_STAGES = ("auth", "key_mapping", "budget", "dlp", "route", "usage_log")  # the only order they can run in
 REQUIRED_STAGES = frozenset({"auth", "route"})
 PROVIDER_TYPES = frozenset({"anthropic", "openai"})
 
@@ -174,6 +174,37 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorRule:
+    """One DLP detector's handling: `action` (block | redact | audit | off; None: inherit) and allowlist regexes."""
+
+    action: str | None = None
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DlpPolicy:
+    """An alias's DLP settings over the section's: on or off (None: the section's `enabled`), detector rules."""
+
+    enabled: bool | None = None
+    detectors: Mapping[str, DetectorRule] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DlpConfig:
+    """gateway.yaml `dlp:`: off by default; README "Data-loss prevention" explains each key."""
+
+    enabled: bool = False  # for every alias without its own `enabled`
+    bypass_roles: tuple[str, ...] = ()  # roles that may send `x-gateway-dlp: off` (admin | user)
+    national_ids: tuple[str, ...] = ()  # countries whose national id numbers are looked for
+    phone_regions: tuple[str, ...] = ("US",)  # how numbers without +country code are read
+    detectors: Mapping[str, DetectorRule] = field(default_factory=dict)
+    aliases: Mapping[str, DlpPolicy] = field(default_factory=dict)
+
+    def any_enabled(self) -> bool:
+        return self.enabled or any(p.enabled for p in self.aliases.values())
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     server: ServerConfig
     database: DatabaseConfig
@@ -187,6 +218,7 @@ class GatewayConfig:
     pipeline: tuple[str, ...]
     metrics: MetricsConfig = MetricsConfig()
     routing: RoutingConfig = RoutingConfig()
+    dlp: DlpConfig = DlpConfig()
     source: str = "<defaults>"
 
     def unpriced_models(self) -> list[str]:
@@ -591,6 +623,68 @@ def _pipeline(raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _dlp_rules(raw: Any, where: str) -> dict[str, DetectorRule]:
+    from gateway.dlp import ACTIONS, DETECTOR_IDS
+
+    rules = {}
+    for detector, spec_raw in _section(raw, where, set(DETECTOR_IDS)).items():
+        path = f"{where}.{detector}"
+        spec = _section(spec_raw, path, {"action", "allow"})
+        action = spec.get("action")
+        if action is not None and action not in ACTIONS:
+            raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(ACTIONS)}")
+        allow = spec.get("allow") or []
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise ConfigError(f"{path}.allow: expected a list of regular expressions")
+        for i, pattern in enumerate(allow):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"{path}.allow[{i}]: {pattern!r} is not a regular expression ({exc})") from None
+        rules[str(detector)] = DetectorRule(action=action, allow=tuple(allow))
+    return rules
+
+
+def _dlp_list(
+    spec: dict[str, Any], key: str, allowed: tuple[str, ...] | None, default: tuple[str, ...]
+) -> tuple[str, ...]:
+    value = spec.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"dlp.{key}: expected a list of names")
+    for item in value:
+        if allowed is not None and item not in allowed:
+            raise ConfigError(f"dlp.{key}: {item!r} is not one of {', '.join(allowed)}")
+        if allowed is None and not re.fullmatch(r"[A-Z]{2}", item):
+            raise ConfigError(f"dlp.{key}: {item!r} is not a two-letter region code such as US or GB")
+    return tuple(value)
+
+
+def _dlp(raw: Any, models: Mapping[str, ModelAlias], pipeline: tuple[str, ...]) -> DlpConfig:
+    from gateway.dlp import NATIONAL_ID_COUNTRIES
+
+    allowed = {"enabled", "bypass_roles", "national_ids", "phone_regions", "detectors", "aliases"}
+    s = _section(raw, "dlp", allowed)
+    aliases = {}
+    for name, spec_raw in _section(s.get("aliases"), "dlp.aliases", set(models)).items():
+        spec = _section(spec_raw, f"dlp.aliases.{name}", {"enabled", "detectors"})
+        enabled = _get(spec, "enabled", f"dlp.aliases.{name}", bool, True) if "enabled" in spec else None
+        rules = _dlp_rules(spec.get("detectors"), f"dlp.aliases.{name}.detectors")
+        aliases[str(name)] = DlpPolicy(enabled=enabled, detectors=rules)
+    dlp = DlpConfig(
+        enabled=_get(s, "enabled", "dlp", bool, False),
+        bypass_roles=_dlp_list(s, "bypass_roles", ("admin", "user"), ()),
+        national_ids=_dlp_list(s, "national_ids", NATIONAL_ID_COUNTRIES, ()),
+        phone_regions=_dlp_list(s, "phone_regions", None, ("US",)),
+        detectors=_dlp_rules(s.get("detectors"), "dlp.detectors"),
+        aliases=aliases,
+    )
+    if dlp.any_enabled() and "dlp" not in pipeline:
+        raise ConfigError("dlp: enabled, but `pipeline:` leaves out the dlp stage (add it between budget and route)")
+    return dlp
+
+
 # The original design's variables win over whatever gateway.yaml says, so ops can change a limit without a file.
 BUDGET_ENV = {
     "ENFORCE_BUDGETS": "enforce",
@@ -619,6 +713,7 @@ TOP_LEVEL = {
     "logging",
     "metrics",
     "pipeline",
+    "dlp",
 }
 
 
@@ -642,6 +737,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
         logging=_logging(doc.get("logging")),
         pipeline=_pipeline(doc.get("pipeline")),
         metrics=_metrics(doc.get("metrics")),
+        dlp=_dlp(doc.get("dlp"), models, _pipeline(doc.get("pipeline"))),
         source=source,
     )
 

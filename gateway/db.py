@@ -452,3 +452,59 @@ async def user_usage_history(
         offset,
     )
     return [dict(r) for r in rows]
+
+
+# --- data-loss prevention findings -----------------------------------------------------------------------
+
+DLP_FINDING_COLUMNS = (
+    "request_id",
+    "key_id",
+    "user_id",
+    "route",
+    "alias",
+    "detector",
+    "action",
+    "location",
+    "occurrences",
+)
+
+
+async def insert_dlp_findings(pool: asyncpg.Pool, rows: Sequence[Sequence[Any]]) -> None:
+    """Store one request's findings (tuples in DLP_FINDING_COLUMNS order); never a found value."""
+    async with pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
+        await conn.copy_records_to_table("dlp_findings", records=rows, columns=DLP_FINDING_COLUMNS)
+
+
+async def dlp_findings(
+    pool: asyncpg.Pool,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    user_id: UUID | None = None,
+    detector: str | None = None,
+    action: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Findings, newest first, filtered by UTC day range (inclusive), user, detector and action."""
+    rows = await pool.fetch(
+        """
+        SELECT id, created_at, request_id, key_id, user_id, route, alias, detector, action, location, occurrences
+        FROM dlp_findings
+        WHERE ($1::date IS NULL OR created_at >= $1::date::timestamp AT TIME ZONE 'UTC')
+          AND ($2::date IS NULL OR created_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC')
+          AND ($3::uuid IS NULL OR user_id = $3)
+          AND ($4::text IS NULL OR detector = $4)
+          AND ($5::text IS NULL OR action = $5)
+        ORDER BY created_at DESC, id DESC
+        LIMIT $6 OFFSET $7
+        """,
+        start,
+        end,
+        user_id,
+        detector,
+        action,
+        limit,
+        offset,
+    )
+    return [dict(r) for r in rows]

@@ -90,6 +90,9 @@ class Metrics:
         self.budget_rejections = Counters(
             "gateway_budget_rejections", "Requests refused by a monthly limit", ("limit",)
         )
+        self.dlp_findings = Counters(
+            "gateway_dlp_findings", "Sensitive values found in requests (block, redact, audit)", ("detector", "action")
+        )
         self.usage_spilled = Counters("gateway_usage_spilled_rows", "Usage rows written to the spill dir", ())
         self.usage_flush = Histograms("gateway_usage_flush_seconds", "Time to write a usage batch", (), FLUSH_BUCKETS)
         self.gauges: dict[str, Callable[[], float]] = {}  # name -> reader, summed across workers

@@ -1,6 +1,6 @@
 """The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
 
-    auth -> key_mapping -> budget -> route -> usage_log -> relay (upstream call, response to the caller)
+    auth -> key_mapping -> budget -> dlp -> route -> usage_log -> relay (upstream call, response to the caller)
 
 `build_stages` is the one place that order is written down; `chain` composes it once at startup.
 """
@@ -139,6 +139,9 @@ class Exchange:
     first_byte_ns: int | None = None
 
     sketched: bool = False  # body holds only model and stream, read from raw_body without parsing it all
+    # The edge's sketch proved raw_body holds one top-level "model"; stays true when the body is parsed later
+    # (the DLP stage does), so the relay can still patch the model in place instead of re-serialising.
+    single_model: bool = False
 
     def full_body(self) -> dict[str, Any]:
         """The whole parsed body (parsed now if only a sketch was read); 400 when it is not a JSON object."""
@@ -149,7 +152,7 @@ class Exchange:
                 raise BadRequest(f"request body is not valid JSON: {exc}") from None
             if not isinstance(body, dict):
                 raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
-            self.body, self.sketched = body, False
+            self.body, self.sketched, self.single_model = body, False, True
         return self.body
 
     @property
@@ -168,8 +171,10 @@ class Stage(Protocol):
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
     from gateway.client_address import ClientAddress
+    from gateway.dlp.findings import findings_log
     from gateway.stages.auth import Authenticate
     from gateway.stages.budget import CheckBudget, price_of_requested
+    from gateway.stages.dlp import PreventDataLoss
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
@@ -190,6 +195,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
         ),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
+        "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),

@@ -30,7 +30,7 @@ async def relay_anthropic(ex: Exchange) -> None:
     query = ex.request.rel_url.raw_query_string  # as sent: `request.query_string` is percent-decoded
 
     def build(target: Target) -> UpstreamCall:
-        body = with_model(ex.raw_body, ex.full_body, target.provider_model, unique=ex.sketched)
+        body = with_model(ex.raw_body, ex.full_body, target.provider_model, unique=ex.sketched or ex.single_model)
         return UpstreamCall(path=path, query_string=query, headers=headers, body=body, stream=stream)
 
     reply = await send(ex, build)

@@ -47,6 +47,7 @@ _REQUEST_HEADERS_DROPPED = frozenset(
         "cookie",
     }
 )
+_GATEWAY_HEADER_PREFIX = "x-gateway-"  # the gateway's own controls (x-gateway-dlp): meant for it, not the provider
 _RESPONSE_HEADERS_DROPPED = frozenset(
     {
         "content-length",
@@ -71,7 +72,7 @@ def forwardable_headers(headers: Mapping[str, str]) -> dict[str, str]:
     spelling: dict[str, str] = {}  # lower-case name -> the spelling of its first line
     for name, value in headers.items():
         lower = name.lower()
-        if lower in _REQUEST_HEADERS_DROPPED:
+        if lower in _REQUEST_HEADERS_DROPPED or lower.startswith(_GATEWAY_HEADER_PREFIX):
             continue
         first = spelling.setdefault(lower, name)
         forwarded[first] = f"{forwarded[first]}, {value}" if first in forwarded else value

@@ -1,0 +1,107 @@
+"""Which strings of a request body the caller wrote, and where they are, for all three request shapes.
+
+    Messages   system (string or text blocks); messages[i].content: string, text blocks, tool_result content,
+               tool_use input (every string in it), document blocks with a text source
+    Chat       messages[i].content: string or parts of type text; assistant tool_calls[j].function.arguments
+    Responses  instructions; input: string, message items (input_text / output_text parts), function_call
+               arguments, function_call_output output, custom tool calls' input and output
+
+Never scanned: image, audio and file parts (bytes, not words), thinking and redacted_thinking blocks (signed:
+a changed byte makes Anthropic refuse the request), tool definitions and model settings (the client's, not
+the caller's). One walker serves every route: the shapes do not collide, and Cursor posts Responses-shaped
+bodies to /v1/chat/completions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+# A tool input's key names appear in a location only when they read as a plain name: the caller chose them, and
+# a location is stored and shown, so a key that is itself a secret must not end up there.
+PLAIN_NAME = re.compile(r"[A-Za-z_]{1,32}")
+
+
+@dataclass(slots=True)
+class Field:
+    """One string the caller wrote: `parent[key]` in the parsed body, at `location` (e.g. messages[3].content[1])."""
+
+    location: str
+    parent: Any  # dict or list
+    key: Any  # str or int
+    text: str
+
+
+def prompt_fields(body: dict[str, Any]) -> list[Field]:
+    """Every caller-written string of `body`, in body order (so placeholders number the same turn after turn)."""
+    out: list[Field] = []
+    _content(out, body, "system", "system")
+    _content(out, body, "instructions", "instructions")
+    for i, message in _items(body.get("messages")):
+        where = f"messages[{i}]"
+        _content(out, message, "content", f"{where}.content")
+        for j, call in _items(message.get("tool_calls")):
+            function = call.get("function")
+            if isinstance(function, dict):
+                _string(out, function, "arguments", f"{where}.tool_calls[{j}].function.arguments")
+    _content(out, body, "input", "input")
+    return out
+
+
+def _items(value: Any) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _string(out: list[Field], parent: Any, key: Any, where: str) -> None:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    if isinstance(value, str) and value:
+        out.append(Field(where, parent, key, value))
+
+
+def _content(out: list[Field], parent: dict[str, Any], key: str, where: str) -> None:
+    """A content value: a string, or a list of blocks / parts / Responses input items."""
+    value = parent.get(key)
+    if isinstance(value, str):
+        _string(out, parent, key, where)
+        return
+    for j, block in _items(value):
+        _block(out, block, f"{where}[{j}]")
+
+
+def _block(out: list[Field], block: dict[str, Any], where: str) -> None:
+    kind = block.get("type")
+    if kind in TEXT_PARTS:
+        _string(out, block, "text", where)
+    elif kind == "tool_result":
+        _content(out, block, "content", f"{where}.content")
+    elif kind in ("tool_use", "custom_tool_call"):
+        _nested(out, block, "input", f"{where}.input")
+    elif kind == "document" and isinstance(source := block.get("source"), dict) and source.get("type") == "text":
+        _string(out, source, "data", f"{where}.source.data")
+    elif kind == "function_call":
+        _string(out, block, "arguments", f"{where}.arguments")
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        _content(out, block, "output", f"{where}.output")
+    elif kind in (None, "message") and "content" in block:  # a Responses input message item
+        _content(out, block, "content", f"{where}.content")
+
+
+def _nested(out: list[Field], parent: dict[str, Any], key: str, where: str) -> None:
+    """Every string inside a JSON value (a tool call's input), walked with a stack: depth costs no recursion."""
+    stack: list[tuple[Any, Any, str]] = [(parent, key, where)]
+    while stack:
+        container, k, at = stack.pop()
+        value = container[k]
+        if isinstance(value, str):
+            if value:
+                out.append(Field(at, container, k, value))
+        elif isinstance(value, dict):
+            stack.extend((value, name, f"{at}.{_shown(name)}") for name in reversed(list(value)))
+        elif isinstance(value, list):
+            stack.extend((value, i, f"{at}[{i}]") for i in reversed(range(len(value))))
+
+
+def _shown(name: str) -> str:
+    return name if PLAIN_NAME.fullmatch(name) else "*"

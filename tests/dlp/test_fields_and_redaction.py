@@ -1,0 +1,168 @@
+"""Which strings are scanned in each request shape, and how placeholders replace values (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.dlp.detectors import detectors_for
+from gateway.dlp.fields import prompt_fields
+from gateway.dlp.redaction import placeholders, redact_fields, redact_raw
+from gateway.dlp.scanner import MAX_CANDIDATES, Hit, Scanner, TooManyCandidates
+
+KEY = "AKIAZ3MSJV4WWNKWW5FG"
+IMAGE = {"type": "base64", "media_type": "image/png", "data": KEY}  # a value inside image bytes is not words
+
+CASES = [
+    pytest.param(
+        {"system": [{"type": "text", "text": "s"}], "messages": [{"role": "user", "content": "m"}]},
+        ["system[0]", "messages[0].content"],
+        id="messages-system-and-string",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": IMAGE},
+                        {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "out"}]},
+                        {"type": "document", "source": {"type": "text", "data": "doc"}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": KEY, "signature": "sig"},
+                        {"type": "tool_use", "id": "t", "name": "bash", "input": {"cmd": "ls", "env": ["A=1"]}},
+                    ],
+                },
+            ]
+        },
+        [
+            "messages[0].content[1].content[0]",
+            "messages[0].content[2].source.data",
+            "messages[1].content[1].input.cmd",
+            "messages[1].content[1].input.env[0]",
+        ],
+        id="messages-blocks",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}]},
+                {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1}'}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "result"},
+            ]
+        },
+        ["messages[0].content[0]", "messages[1].tool_calls[0].function.arguments", "messages[2].content"],
+        id="chat",
+    ),
+    pytest.param(
+        {
+            "instructions": "be brief",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "q"}, {"type": "input_image"}]},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": "42"},
+                {"type": "reasoning", "encrypted_content": KEY},
+            ],
+        },
+        ["instructions", "input[0].content[0]", "input[1].arguments", "input[2].output"],
+        id="responses",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "locations"), CASES)
+def test_prompt_fields(body: dict[str, Any], locations: list[str]) -> None:
+    assert [f.location for f in prompt_fields(body)] == locations
+
+
+def test_a_secret_as_a_key_name_stays_out_of_the_location() -> None:
+    body = {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": {KEY: "v", "a b": "w"}}]}]}
+    locations = [f.location for f in prompt_fields(body)]
+    assert all(KEY not in loc for loc in locations) and len(locations) == 2
+
+
+def test_a_deep_tool_input_needs_no_recursion() -> None:
+    value: Any = "x"
+    for _ in range(5000):
+        value = [value]
+    body = {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": {"v": value}}]}]}
+    assert [f.text for f in prompt_fields(body)] == ["x"]
+
+
+def test_placeholders_are_stable_typed_and_numbered_per_detector() -> None:
+    hits = [
+        Hit("email", 0, "a@corp.io"),
+        Hit("email", 0, "b@corp.io"),
+        Hit("email", 1, "a@corp.io"),
+        Hit("jwt", 1, "j"),
+    ]
+    assert placeholders(hits) == {
+        "a@corp.io": "[REDACTED:email:1]",
+        "b@corp.io": "[REDACTED:email:2]",
+        "j": "[REDACTED:jwt:1]",
+    }
+
+
+def test_raw_redaction_keeps_every_other_byte() -> None:
+    raw = b'{ "model":"m",\n  "messages": [{"role":"user","content":"key AKIAZ3MSJV4WWNKWW5FG \\u00e9"}] }'
+    body = orjson.loads(raw)
+    fields = prompt_fields(body)
+    mapping = {KEY: "[REDACTED:aws_access_key:1]"}
+    redact_fields(fields, mapping)
+    assert redact_raw(raw, mapping, body) == raw.replace(KEY.encode(), b"[REDACTED:aws_access_key:1]")
+
+
+def test_raw_redaction_falls_back_to_equal_json_when_a_value_is_also_in_a_signed_block() -> None:
+    body = {"messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": KEY, "signature": "s"}]}]}
+    body["messages"].append({"role": "user", "content": KEY})
+    raw = orjson.dumps(body)
+    parsed = orjson.loads(raw)
+    mapping = {KEY: "[REDACTED:aws_access_key:1]"}
+    redact_fields(prompt_fields(parsed), mapping)
+    sent = orjson.loads(redact_raw(raw, mapping, parsed))
+    assert sent["messages"][0]["content"][0]["thinking"] == KEY  # the signature still matches
+    assert sent["messages"][1]["content"] == "[REDACTED:aws_access_key:1]"
+
+
+@pytest.mark.parametrize(
+    ("detector", "text", "found"),
+    [
+        ("payment_card", "order 4111 1111 1111 1112 failed", False),  # Luhn fails
+        ("payment_card", "ts=1795392989773 took 4 ms", False),  # a millisecond timestamp, no card network
+        ("iban", "GB82 WEST 1234 5698 7654 33", False),  # mod 97 fails
+        ("phone", "released 2026-11-29, ip 192.168.100.200", False),
+        ("email", "see logo@2x.png and @decorator", False),
+        ("secret_assignment", "password = os.environ['DB_PASSWORD_VALUE1']", False),  # an indirect reference
+        ("secret_assignment", "token: ${VAULT_TOKEN_ABC123}", False),  # a template
+        ("aws_access_key", "AKIAIOSFODNN7EXAMPLE from the AWS docs", False),  # built-in allowlist
+        ("url_credentials", "https://user:pw@host", False),  # too short to be a password
+    ],
+)
+def test_near_misses_are_not_findings(detector: str, text: str, found: bool) -> None:
+    from gateway.dlp.policy import BUILTIN_ALLOW
+
+    allow = {d: [re.compile(p) for p in rules] for d, rules in BUILTIN_ALLOW.items()}
+    assert bool(Scanner(detectors_for([detector]), allow).scan([text])) is found
+
+
+def test_a_flood_of_one_detectors_anchors_is_refused() -> None:
+    scanner = Scanner(detectors_for(["aws_access_key"]), {})
+    with pytest.raises(TooManyCandidates, match="aws_access_key"):
+        scanner.scan(["AKIA " * (MAX_CANDIDATES + 1)])
+    assert len(scanner.scan([f"{KEY} " * 100])) == 100  # below the cap: every one found
+
+
+def test_multibyte_text_keeps_findings_in_the_right_string() -> None:
+    scanner = Scanner(detectors_for(["aws_access_key", "email"]), {})
+    texts = ["🙂" * 50 + "é", f"ü {KEY} ✓", "日本語 jane@corp-mail.io", "\u202e" + KEY[::-1]]
+    assert [(h.detector, h.text, h.value) for h in scanner.scan(texts)] == [
+        ("aws_access_key", 1, KEY),
+        ("email", 2, "jane@corp-mail.io"),
+    ]
