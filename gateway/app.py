@@ -18,7 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import admin, db
+from gateway import admin, console, db, me
 from gateway.config import GatewayConfig
 from gateway.dialect import Dialect
 from gateway.errors import (
@@ -349,6 +349,8 @@ def build_app(
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_document())
     admin.add_routes(app)
+    me.add_routes(app)
+    console.add_routes(app, cfg)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route
     return app
 

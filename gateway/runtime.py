@@ -8,7 +8,8 @@ needing a restart, and the rest of the new file still applies).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -20,7 +21,7 @@ from gateway.services import Services
 
 log = structlog.get_logger("gateway.reload")
 
-RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics")
+RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Runtime:
     config: GatewayConfig
     pipeline: Next  # auth -> key mapping -> budget -> route -> usage log -> relay
     auth_pipeline: Next  # auth and key mapping only (models list, management API)
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # when `config` was read (console)
 
 
 async def _authenticated(ex: Exchange) -> None:
@@ -53,5 +55,6 @@ def reload_config(runtime: Runtime, svc: Services, path: Path | str | None = Non
     svc.apply_config(new)
     fresh = build_runtime(new, svc)
     runtime.config, runtime.pipeline, runtime.auth_pipeline = new, fresh.pipeline, fresh.auth_pipeline
+    runtime.loaded_at = fresh.loaded_at
     log.info("config_reloaded", source=new.source, aliases=sorted(new.models))
     return True

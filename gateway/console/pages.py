@@ -1,0 +1,199 @@
+"""The console's pages (GET): overview, users, a user, keys, audit log, config, and a user's own page.
+
+Usage figures come from the daily rollups (usage_daily) and the month counters, never from a scan of usage_log;
+only a user's recent requests read usage_log, by index, 20 rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from gateway import db
+from gateway.budgets import month_of
+from gateway.config import GatewayConfig
+from gateway.console import charts
+from gateway.console.session import Visitor, page
+from gateway.services import SERVICES, Services
+from gateway.state import RUNTIME
+
+PAGE_SIZE = 25
+MAX_PAGE = 100_000
+
+
+def _ctx(request: web.Request) -> tuple[GatewayConfig, Services, date]:
+    svc = request.config_dict[SERVICES]
+    return request.config_dict[RUNTIME].config, svc, month_of(svc.usage_view.clock())
+
+
+def next_month(month: date) -> date:
+    return (month + timedelta(days=32)).replace(day=1)
+
+
+def month_days(month: date, today: date) -> list[date]:
+    """Every day of `month` up to `today` (all of it for a past month)."""
+    last = min(today, next_month(month) - timedelta(days=1))
+    return [month + timedelta(days=i) for i in range((last - month).days + 1)]
+
+
+def _fill_days(rows: list[dict[str, Any]], days: list[date]) -> list[dict[str, Any]]:
+    """One row per day, zeros where the rollup has none (a chart's x axis without holes)."""
+    by_day = {r["day"]: r for r in rows}
+    zero = {"requests": 0, "errors": 0, "tokens": 0, "cost_usd": Decimal(0), "unpriced": 0, "estimated": 0}
+    return [by_day.get(d, {**zero, "day": d}) for d in days]
+
+
+def _limits(cfg: GatewayConfig) -> dict[str, Any]:
+    return {
+        "default_tokens": cfg.budgets.monthly_token_limit,
+        "default_usd": Decimal(str(cfg.budgets.monthly_limit_usd)),
+    }
+
+
+def _page_number(request: web.Request) -> int:
+    value = request.query.get("page", "1")
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise web.HTTPBadRequest(text=f"'page' must be a whole number from 1 to {MAX_PAGE}")
+    return int(value)
+
+
+@page(admin=True)
+async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """This month: totals, spend per day, per model and route, top users, users near limits, errors and latency."""
+    cfg, svc, month = _ctx(request)
+    today = svc.usage_view.clock().date()
+    start, end = month, next_month(month)
+    days = month_days(month, today)
+    daily = _fill_days(await db.usage_by_day(svc.pool, start, end), days)
+    latency = await db.latency_by_day(svc.pool, start, end)
+    health = [
+        {
+            **r,
+            "error_rate": r["errors"] / r["requests"] if r["requests"] else None,
+            "p50": charts.percentile_ms(latency[r["day"]], 0.5) if r["day"] in latency else None,
+            "p95": charts.percentile_ms(latency[r["day"]], 0.95) if r["day"] in latency else None,
+        }
+        for r in reversed(daily)
+    ]
+    context = {
+        "who": who,
+        "month": month,
+        "totals": await db.usage_totals(svc.pool, start, end),
+        "spend_chart": charts.spend_per_day(daily, f"Spend per day, {month:%B %Y} (USD)"),
+        "by_model": await db.usage_by(svc.pool, "provider_model", start, end),
+        "by_route": await db.usage_by(svc.pool, "route", start, end),
+        "top_users": await db.top_users(svc.pool, month, **_limits(cfg)),
+        "near_limit": await db.users_near_limit(svc.pool, month, **_limits(cfg)),
+        "health": health,
+    }
+    return aiohttp_jinja2.render_template("overview.html", request, context)
+
+
+@page(admin=True)
+async def users(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """Users with this month's usage; ?q= searches email and name, ?page= pages."""
+    cfg, svc, month = _ctx(request)
+    search = request.query.get("q", "").strip()[:200].replace("\x00", "")
+    number = _page_number(request)
+    rows, total = await db.find_users(
+        svc.pool, month, search=search, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, **_limits(cfg)
+    )
+    pages = max(1, -(-total // PAGE_SIZE))
+    context = {"who": who, "rows": rows, "total": total, "q": search, "page": number, "pages": pages, "month": month}
+    return aiohttp_jinja2.render_template("users.html", request, context)
+
+
+def user_id_of(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound(text="no such user") from None
+
+
+@page(admin=True)
+async def user(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """One user: month figures and limits, daily usage per model, recent requests, audit trail, actions."""
+    cfg, svc, month = _ctx(request)
+    user_id = user_id_of(request)
+    found = await db.get_user(svc.pool, user_id)
+    if found is None:
+        raise web.HTTPNotFound(text="no such user")
+    context = {"who": who, "user": found, **await user_usage(svc, cfg, month, found)}
+    context["recent"] = await db.recent_usage(svc.pool, user_id)
+    context["audit"], _ = await db.audit_page(svc.pool, user_id=user_id, limit=50)
+    return aiohttp_jinja2.render_template("user.html", request, context)
+
+
+async def user_usage(svc: Services, cfg: GatewayConfig, month: date, found: db.UserRow) -> dict[str, Any]:
+    """A user's month: counters against limits, and the chart and table of daily tokens per model."""
+    today = svc.usage_view.clock().date()
+    days = month_days(month, today)
+    counter = await db.month_counter(svc.pool, month, "user", str(found.id))
+    key = await db.user_live_key(svc.pool, found.id)
+    key_counter = await db.month_counter(svc.pool, month, "key", str(key.id)) if key else None
+    by_model = await db.usage_by(svc.pool, "provider_model", month, next_month(month), user_id=found.id, by_day=True)
+    default_usd = Decimal(str(cfg.budgets.monthly_limit_usd))
+    return {
+        "month": month,
+        "counter": counter,
+        "limit_tokens": found.limit_tokens if found.limit_tokens is not None else cfg.budgets.monthly_token_limit,
+        "key": key,
+        "key_cost": key_counter["cost_usd"] if key_counter else Decimal(0),
+        "limit_usd": key.monthly_limit_usd if key and key.monthly_limit_usd is not None else default_usd,
+        "daily_rows": list(reversed(by_model)),
+        "chart": charts.tokens_per_day_by_model(by_model, days, f"Tokens per day by model, {month:%B %Y}"),
+    }
+
+
+@page(admin=True)
+async def keys(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """Gateway keys that belong to no user: admin and service keys."""
+    _, svc, _ = _ctx(request)
+    context = {"who": who, "keys": await db.service_keys(svc.pool)}
+    return aiohttp_jinja2.render_template("keys.html", request, context)
+
+
+@page(admin=True)
+async def audit(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """Every management action, newest first: what, on whom, by which key, why."""
+    _, svc, _ = _ctx(request)
+    number = _page_number(request)
+    rows, total = await db.audit_page(svc.pool, limit=PAGE_SIZE * 2, offset=(number - 1) * PAGE_SIZE * 2)
+    pages = max(1, -(-total // (PAGE_SIZE * 2)))
+    context = {"who": who, "rows": rows, "total": total, "page": number, "pages": pages}
+    return aiohttp_jinja2.render_template("audit.html", request, context)
+
+
+@page(admin=True)
+async def config(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """The configuration in force (read-only): aliases, routing rules, prices, budgets, when it was loaded."""
+    runtime = request.config_dict[RUNTIME]
+    cfg = runtime.config
+    context = {"who": who, "cfg": cfg, "loaded_at": runtime.loaded_at, "unpriced": cfg.unpriced_models()}
+    return aiohttp_jinja2.render_template("config.html", request, context)
+
+
+@page(admin=False)
+async def me(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """A caller's own month: usage against their limits and their daily usage per model."""
+    cfg, svc, month = _ctx(request)
+    context: dict[str, Any] = {"who": who, "month": month}
+    found = await db.get_user(svc.pool, who.user_id) if who.user_id else None
+    if found is not None:
+        context |= {"user": found, **await user_usage(svc, cfg, month, found)}
+    else:  # an admin or service key: its own usage
+        today = svc.usage_view.clock().date()
+        rows = await db.key_usage_by_day(svc.pool, who.key_id, month, next_month(month))
+        counter = await db.month_counter(svc.pool, month, "key", str(who.key_id))
+        context |= {
+            "user": None,
+            "counter": counter,
+            "daily_rows": list(reversed(rows)),
+            "chart": charts.tokens_per_day_by_model(rows, month_days(month, today), f"Tokens per day, {month:%B %Y}"),
+        }
+    return aiohttp_jinja2.render_template("me.html", request, context)
