@@ -721,13 +721,31 @@ async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | N
     return True
 
 
-async def live_key(pool: asyncpg.Pool, key_id: int) -> KeyRow | None:
-    """The key with this id unless it is revoked or its user deleted (a console session's check on each page)."""
+async def start_console_session(pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int) -> None:
+    """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        await conn.execute(
+            "INSERT INTO console_sessions (id_hash, key_id, expires_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))",
+            id_hash,
+            key_id,
+            float(max_age_s),
+        )
+
+
+async def console_session_key(pool: asyncpg.Pool, id_hash: bytes) -> KeyRow | None:
+    """The key of a live console session: not signed out, not expired, the key not revoked, its user not deleted."""
     row = await pool.fetchrow(
-        _KEY_SELECT + " WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.user_id IS NULL OR u.deleted_at IS NULL)",
-        key_id,
+        _KEY_SELECT + " JOIN console_sessions s ON s.key_id = k.id WHERE s.id_hash = $1 AND s.expires_at > now()"
+        " AND k.revoked_at IS NULL AND (k.user_id IS NULL OR u.deleted_at IS NULL)",
+        id_hash,
     )
     return _key(row) if row else None
+
+
+async def end_console_session(pool: asyncpg.Pool, id_hash: bytes) -> None:
+    await pool.execute("DELETE FROM console_sessions WHERE id_hash = $1", id_hash)
 
 
 async def month_counter(pool: asyncpg.Pool, month: date, scope: str, scope_id: str) -> dict[str, Any]:

@@ -51,6 +51,16 @@ UNION ALL
 SELECT 'key:' || g.id, g.created_at, g.action, g.reason, g.actor_key_id, NULL::uuid, g.target_key_id
 FROM gateway_audit g;
 
+-- Console sign-ins. The cookie carries a random session id (encrypted); only its SHA-256 is stored, and signing
+-- out deletes the row, so a copied cookie is worthless after sign-out, expiry or the key's revocation.
+CREATE TABLE console_sessions (
+    id_hash     bytea       PRIMARY KEY,
+    key_id      bigint      NOT NULL REFERENCES api_keys (id),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
+
 -- Rollups of the usage already stored before this migration.
 INSERT INTO usage_daily (day, key_id, user_id, route, alias, provider_model, requests, errors, input_tokens,
                          output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced, estimated)

@@ -58,7 +58,7 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def _template_globals(request: web.Request) -> dict[str, Any]:
     session = await aiohttp_session.get_session(request)
-    return {"flash": session.pop("flash", None), "path": request.path, "csrf": session.get("csrf", "")}
+    return {"flash": session.pop("flash", None), "path": request.path, "who": None}
 
 
 def _money(value: Any) -> str:

@@ -1,9 +1,10 @@
 """Console sign-in: an admin (or user) key exchanged once for an encrypted session cookie, CSRF tokens, guards.
 
 The key is posted once in a form, checked by the same auth stages as any API call (throttle included), and never
-stored: the session (encrypted and signed with Fernet by aiohttp-session, HttpOnly, SameSite=Strict, Secure over
-TLS, ending `console.session_max_age_s` after sign-in) holds only the key's id. Every page re-reads that key, so a
-revoked key or a deleted user ends the session at once. Every form carries the session's CSRF token; a POST without
+stored: the cookie (encrypted and signed with Fernet by aiohttp-session, HttpOnly, SameSite=Strict, Secure over
+TLS) holds a random session id whose SHA-256 is a row in console_sessions, ending `console.session_max_age_s` after
+sign-in. Every page reads that row with its key, so signing out, a revoked key or a deleted user ends the session
+at once, and a copied cookie is worthless after any of them. Every form carries the session's CSRF token; a POST without
 it gets 403 (SameSite=Strict already keeps other sites' forms from sending the cookie; the token is the second
 lock, and the only one for browsers without SameSite).
 """
@@ -16,6 +17,7 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 import aiohttp_jinja2
@@ -109,10 +111,10 @@ async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> 
 async def visitor(request: web.Request) -> Visitor | None:
     """The signed-in visitor, or None (no session, an expired one, or its key revoked since)."""
     session = await aiohttp_session.get_session(request)
-    key_id = session.get("key_id")
-    if not isinstance(key_id, int):
+    sid = session.get("sid")
+    if not isinstance(sid, str):
         return None
-    row = await db.live_key(request.config_dict[SERVICES].pool, key_id)
+    row = await db.console_session_key(request.config_dict[SERVICES].pool, _hash(sid))
     if row is None:
         session.invalidate()
         return None
@@ -157,20 +159,30 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     except GatewayError as err:
         context = {"csrf": csrf_token(session), "error": err.message}
         return aiohttp_jinja2.render_template("sign_in.html", request, context, status=err.status_for(Dialect.OPENAI))
-    session = await aiohttp_session.new_session(request)  # a new session id on sign-in: no fixation
-    session["key_id"] = principal.key_id
+    sid = secrets.token_urlsafe(32)
+    max_age = request.config_dict[RUNTIME].config.console.session_max_age_s
+    await db.start_console_session(request.config_dict[SERVICES].pool, _hash(sid), principal.key_id, max_age)
+    session = await aiohttp_session.new_session(request)  # a new cookie on sign-in: no fixation
+    session["sid"] = sid
     csrf_token(session)
     raise web.HTTPSeeOther("/console/" if principal.is_admin else "/console/me")
 
 
+@dataclass(frozen=True, slots=True)
+class _PostedKey:
+    """What the auth stages read of a request (its address and headers), with the posted key as the header.
+
+    A stand-in, because aiohttp cannot clone a request whose body (the form) was read.
+    """
+
+    remote: str | None
+    headers: CIMultiDict[str]
+
+
 async def _authenticate(request: web.Request, key: str) -> Principal:
     """The auth stages (throttle, bcrypt once, Claude Code token mapping) run on the posted key as a header."""
-    headers = CIMultiDict(request.headers)
-    headers.popall("x-api-key", None)
-    headers["Authorization"] = f"Bearer {key}"
-    ex = Exchange(
-        Dialect.OPENAI, "console", request.clone(headers=headers), b"", {}, request[REQUEST_ID], billable=False
-    )
+    stand_in = _PostedKey(request.remote, CIMultiDict({"Authorization": f"Bearer {key}"}))
+    ex = Exchange(Dialect.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False)
     await request.config_dict[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None
     return ex.principal
@@ -180,5 +192,11 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     """POST /console/sign-out: forget the session (CSRF-checked, so no other site can sign anyone out)."""
     session = await aiohttp_session.get_session(request)
     await check_csrf(request, session)
+    if isinstance(sid := session.get("sid"), str):
+        await db.end_console_session(request.config_dict[SERVICES].pool, _hash(sid))
     session.invalidate()
     raise web.HTTPSeeOther(SIGN_IN)
+
+
+def _hash(sid: str) -> bytes:
+    return hashlib.sha256(sid.encode()).digest()
