@@ -590,7 +590,7 @@ async def users_near_limit(
     """Users at or over `ratio` of their token limit or of their key's USD limit this month, fullest first."""
     sql = f"""
         SELECT * FROM ({_USERS_MONTH}) m
-        WHERE m.tokens >= $4 * m.limit_tokens OR m.key_cost_usd >= $4 * m.limit_usd
+        WHERE m.tokens >= $4::numeric * m.limit_tokens OR m.key_cost_usd >= $4::numeric * m.limit_usd
         ORDER BY greatest(m.tokens / nullif(m.limit_tokens, 0)::numeric, m.key_cost_usd / nullif(m.limit_usd, 0))
                  DESC NULLS FIRST, m.email
         LIMIT 100

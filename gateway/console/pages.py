@@ -79,6 +79,7 @@ async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
             "p95": charts.percentile_ms(latency[r["day"]], 0.95) if r["day"] in latency else None,
         }
         for r in reversed(daily)
+        if r["requests"]
     ]
     context = {
         "who": who,
