@@ -61,15 +61,26 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
 
--- Rollups of the usage already stored before this migration.
-INSERT INTO usage_daily (day, key_id, user_id, route, alias, provider_model, requests, errors, input_tokens,
-                         output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced, estimated)
-SELECT (created_at AT TIME ZONE 'UTC')::date, key_id, max(user_id::text)::uuid, route, alias, provider_model,
-       count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens),
-       sum(cache_read_tokens), sum(cache_write_tokens), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd),
-       count(*) FILTER (WHERE (to_jsonb(usage_log) ->> 'usage_estimated')::boolean)
-FROM usage_log
-GROUP BY 1, 2, 4, 5, 6;
+-- Rollups of the usage already stored before this migration. `usage_estimated` is counted where that column
+-- exists (it comes with the billing-estimates migration); dynamic SQL, so this file runs either way.
+DO $$
+DECLARE
+    estimated text := CASE WHEN EXISTS (
+        SELECT 1 FROM information_schema.columns
+        WHERE table_schema = current_schema() AND table_name = 'usage_log' AND column_name = 'usage_estimated'
+    ) THEN 'count(*) FILTER (WHERE usage_estimated)' ELSE '0' END;
+BEGIN
+    EXECUTE format($sql$
+        INSERT INTO usage_daily (day, key_id, user_id, route, alias, provider_model, requests, errors, input_tokens,
+                                 output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced, estimated)
+        SELECT (created_at AT TIME ZONE 'UTC')::date, key_id, max(user_id::text)::uuid, route, alias, provider_model,
+               count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens),
+               sum(cache_read_tokens), sum(cache_write_tokens), coalesce(sum(cost_usd), 0),
+               count(*) - count(cost_usd), %s
+        FROM usage_log
+        GROUP BY 1, 2, 4, 5, 6
+    $sql$, estimated);
+END $$;
 
 INSERT INTO usage_latency_daily (day, bucket, requests)
 SELECT (created_at AT TIME ZONE 'UTC')::date,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -10,6 +11,10 @@ import pygal
 from pygal.style import Style
 
 from gateway.db import LATENCY_BOUNDS_MS
+
+# pygal appends an import hook to sys.meta_path for its map plugins (pygal.maps.*, unused here). The hook has no
+# find_spec, so every import that fails anywhere in the process would then raise an ImportWarning: take it out.
+sys.meta_path[:] = [finder for finder in sys.meta_path if type(finder).__name__ != "PluginImportFixer"]
 
 # Dark enough on white for WCAG AA (4.5:1) text; series colours are told apart by the legend and the table
 # beside each chart, not by colour alone.

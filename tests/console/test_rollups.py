@@ -142,3 +142,31 @@ async def test_the_migration_rolls_up_usage_stored_before_it(database_url: str, 
 )
 def test_percentile_from_histogram(histogram: list[int], fraction: float, expected: float | None) -> None:
     assert percentile_ms(histogram, fraction) == expected
+
+
+async def test_estimated_rows_are_counted_where_usage_log_has_the_column(
+    pool: asyncpg.Pool, make_user: MakeUser
+) -> None:
+    """With `usage_estimated` on usage_log (the billing-estimates migration), the rollup counts the true ones.
+
+    Done in one rolled-back transaction, so the shared test database keeps its schema.
+    """
+    _, key = await make_user("ada@example.com")
+    rows = [usage_row(key), usage_row(key), usage_row(key)]
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("ALTER TABLE usage_log ADD COLUMN usage_estimated boolean NOT NULL DEFAULT false")
+            await conn.execute(
+                f"CREATE TEMP TABLE usage_incoming ON COMMIT DROP AS SELECT {db._COLUMN_LIST} FROM usage_log"
+                " WITH NO DATA"
+            )
+            await conn.copy_records_to_table("usage_incoming", records=rows, columns=db.USAGE_COLUMNS)
+            await conn.execute(db._STORE_BATCH)
+            await conn.execute("UPDATE usage_log SET usage_estimated = true WHERE id = $1", rows[0][0])
+            await conn.execute(db._ROLL_UP_BATCH)
+            estimated, requests = await conn.fetchrow("SELECT estimated, requests FROM usage_daily")
+        finally:
+            await tx.rollback()
+    assert (estimated, requests) == (1, 3)
