@@ -38,6 +38,7 @@ from gateway.state import REQUEST_ID, RUNTIME
 
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
+MAX_FORM_BYTES = 64 * 1024
 SECRET_SETTING = "console_session_secret"  # gateway_settings row: one secret for every worker and replica
 
 
@@ -99,7 +100,12 @@ def csrf_token(session: aiohttp_session.Session) -> str:
 
 
 async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> web.MultiDictProxy[str | bytes]:  # type: ignore[type-arg]
-    """The posted form, once its `csrf` field matches the session's token; 403 otherwise."""
+    """The posted form, once its `csrf` field matches the session's token; 403 otherwise (413 for a huge body).
+
+    Console forms are small, and sign-in is open to anyone: a body over MAX_FORM_BYTES is refused before it is read.
+    """
+    if request.content_length is None or request.content_length > MAX_FORM_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length or 0)
     form = await request.post()
     sent = form.get("csrf")
     expected = session.get("csrf")

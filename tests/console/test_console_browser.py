@@ -151,6 +151,12 @@ async def test_admin_signs_in_manages_a_user_and_signs_out(
     near = await page.inner_text("#near-h + .table-wrap")
     assert "grace@example.com" in near and "edsger@example.com" not in near  # grace is over her 60,000 tokens
     await shots.take(page, "overview")
+    await page.get_by_role("link", name="grace@example.com").first.click()
+    grace_tokens = await pool.fetchval(
+        "SELECT tokens FROM usage_counters WHERE scope = 'user' AND scope_id = $1", str(users[0].user_id)
+    )
+    assert await page.inner_text("[data-testid=month-tokens]") == f"{grace_tokens:,} of 60,000"
+    await shots.take(page, "user")
 
     # Create a user: the key is shown once and works at once.
     await page.get_by_role("link", name="Users").click()
@@ -168,7 +174,7 @@ async def test_admin_signs_in_manages_a_user_and_signs_out(
     # Her page: regenerate with a reason; the old key stops working, the new one works.
     await page.goto(str(gateway.make_url("/console/users?q=lovelace")))
     await page.get_by_role("link", name="ada@example.com").click()
-    await shots.take(page, "user")
+    await shots.take(page, "user-new")
     await page.fill("#reason", "laptop lost")
     await page.get_by_role("button", name="Regenerate").click()
     second_key = await page.input_value("[data-testid=new-key]")

@@ -189,3 +189,43 @@ async def test_me_errors_in_the_callers_dialect(gateway: TestServer, http: aioht
         url(gateway, "/v1/me/usage?from=2020-01-01&to=2026-01-01"), headers={"Authorization": f"Bearer {key}"}
     ) as resp:
         assert resp.status == 400
+
+
+async def test_a_huge_sign_in_body_is_refused_unread(gateway: TestServer, http: aiohttp.ClientSession) -> None:
+    async with http.get(url(gateway, "/console/sign-in")) as page:
+        token = CSRF.search(await page.text())
+    assert token
+    form = {"csrf": token.group(1), "key": "gw-" + "a" * 200_000}
+    async with http.post(url(gateway, "/console/sign-in"), data=form) as resp:
+        assert resp.status == 413
+
+
+async def test_search_text_is_not_a_pattern_and_odd_input_is_a_4xx(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, make_user: MakeKey
+) -> None:
+    admin, _ = await make_key("ops", admin=True)
+    await make_user("a_b@example.com")
+    await make_user("axb@example.com")
+    await sign_in(http, gateway, admin)
+    async with http.get(url(gateway, "/console/users"), params={"q": "a_b"}) as page:
+        text = await page.text()
+    assert "a_b@example.com" in text and "axb@example.com" not in text  # `_` matched literally
+    for path, status in [
+        ("/console/users?page=0", 400),
+        ("/console/users?page=²", 400),
+        ("/console/users?q=%00%F0%9F%92%A5", 200),
+        ("/console/users/not-a-uuid", 404),
+        ("/console/users/00000000-0000-0000-0000-000000000000", 404),
+        ("/console/audit?page=99999", 200),
+    ]:
+        async with http.get(url(gateway, path)) as resp:
+            assert resp.status == status, path
+    csrf = await csrf_of(http, gateway, "/console/users")
+    for form in ({"email": "nope", "firstname": "a", "lastname": "b"}, {"email": "x@example.com"}):
+        async with http.post(url(gateway, "/console/users"), data={"csrf": csrf, **form}) as resp:
+            assert resp.status == 400
+    async with http.post(
+        url(gateway, "/console/users"),
+        data={"csrf": csrf, "email": "a_b@example.com", "firstname": "a", "lastname": "b"},
+    ) as resp:
+        assert resp.status == 409

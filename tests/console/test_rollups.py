@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from gateway import db
-from gateway.console.charts import percentile_ms
+from gateway.console.charts import percentile_ms, tokens_per_day_by_model
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -170,3 +170,11 @@ async def test_estimated_rows_are_counted_where_usage_log_has_the_column(
         finally:
             await tx.rollback()
     assert (estimated, requests) == (1, 3)
+
+
+def test_chart_labels_from_callers_are_escaped() -> None:
+    """A pass-through routing rule lets a caller choose the model id that becomes a series name."""
+    svg = tokens_per_day_by_model(
+        [{"day": date(2026, 11, 1), "name": "<script>alert(1)</script>", "tokens": 5}], [date(2026, 11, 1)], "t"
+    )
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
