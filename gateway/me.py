@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import db
 from gateway.budgets import month_of
 from gateway.dialect import Dialect
-from gateway.errors import BadRequest, GatewayError
+from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
 from gateway.keys import Principal
 from gateway.pipeline import Exchange
 from gateway.services import SERVICES
@@ -44,7 +44,10 @@ async def _caller(request: web.Request) -> Principal:
 def _guarded(handler: Any) -> Any:
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request, await _caller(request))
+            try:
+                return await handler(request, await _caller(request))
+            except db.UNAVAILABLE:  # a known key (from the cache) but no counters to read: 503, not 500
+                raise ServiceUnavailable("the gateway cannot reach its database; retry shortly") from None
         except GatewayError as err:  # in the shape the caller's SDK reads: Anthropic's with x-api-key
             dialect = _dialect(request)
             body = orjson.dumps(err.render(dialect))

@@ -14,9 +14,11 @@ from typing import Any
 
 import aiohttp_jinja2
 import aiohttp_session
+import asyncpg
 import jinja2
 from aiohttp import web
 
+from gateway import db
 from gateway.config import GatewayConfig
 from gateway.console import actions, pages
 from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
@@ -41,6 +43,10 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     """HTTP errors as console pages (redirects pass through), every answer with the security headers."""
     try:
         response = await handler(request)
+    except (*db.UNAVAILABLE, asyncpg.PostgresConnectionError):
+        context = {"status": 503, "reason": "Service Unavailable", "who": request.get(VISITOR)}
+        context["message"] = "The gateway cannot reach its database right now; try again in a moment."
+        response = aiohttp_jinja2.render_template("error.html", request, context, status=503)
     except web.HTTPException as exc:
         if exc.status < 400:
             exc.headers.update(SECURITY_HEADERS)

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from tests.conftest import GatewayFactory, flushed_usage
+from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 MESSAGE = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -229,3 +230,26 @@ async def test_search_text_is_not_a_pattern_and_odd_input_is_a_4xx(
         data={"csrf": csrf, "email": "a_b@example.com", "firstname": "a", "lastname": "b"},
     ) as resp:
         assert resp.status == 409
+
+
+async def test_database_away_is_a_503_page_and_a_503_from_me(
+    make_gateway: GatewayFactory, database_url: str, make_key: MakeKey, http: aiohttp.ClientSession
+) -> None:
+    """Console pages and /v1/me answer 503 (never a 500 traceback page) while PostgreSQL is unreachable."""
+    proxy = TcpProxy(upstream_of(database_url))
+    await proxy.start()
+    try:
+        server = await make_gateway(dsn=through(database_url, proxy.port))
+        admin, _ = await make_key("ops", admin=True)
+        await sign_in(http, server, admin)
+        async with http.get(url(server, "/v1/me"), headers={"Authorization": f"Bearer {admin}"}) as resp:
+            assert resp.status == 200  # the key is now in the cache
+        await proxy.cut()
+        async with http.get(url(server, "/console/")) as page:
+            assert page.status == 503
+            assert "cannot reach its database" in await page.text()
+        async with http.get(url(server, "/v1/me"), headers={"Authorization": f"Bearer {admin}"}) as resp:
+            assert resp.status == 503
+            assert "database" in (await resp.json())["error"]["message"]
+    finally:
+        await proxy.close()
