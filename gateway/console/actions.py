@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from uuid import UUID
 
 import aiohttp_jinja2
 import aiohttp_session
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from gateway import db
 from gateway.console.pages import user_id_of
-from gateway.console.session import Visitor, page
+from gateway.console.session import Form, Visitor, page
 from gateway.keys import KEY_PREFIX, claudecode_hmac, generate_key
 from gateway.services import SERVICES, Services
 from gateway.state import RUNTIME
@@ -30,7 +31,7 @@ class FormError(web.HTTPBadRequest):
     """A form field is missing or malformed; the message names it."""
 
 
-def _field(form: web.MultiDictProxy, name: str, *, max_len: int = 200, required: bool = True) -> str:  # type: ignore[type-arg]
+def _field(form: Form, name: str, *, max_len: int = 200, required: bool = True) -> str:
     value = form.get(name, "")
     if not isinstance(value, str):
         raise FormError(text=f"'{name}' must be text")
@@ -110,12 +111,12 @@ async def regenerate(request: web.Request, who: Visitor) -> web.StreamResponse:
     return _shown(request, who, f"New key for {found.email}", plaintext, found.email)
 
 
-def _evict_user(svc: Services, user_id: object, *key_ids: int | None) -> None:
+def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
     for key_id in key_ids:
         if key_id is not None:
             svc.key_cache.evict_key(key_id)
-    svc.claudecode_tokens.evict_user(user_id)  # type: ignore[arg-type]
-    svc.key_cache.evict_user(user_id)  # type: ignore[arg-type]
+    svc.claudecode_tokens.evict_user(user_id)
+    svc.key_cache.evict_user(user_id)
 
 
 @page(admin=True)

@@ -22,10 +22,11 @@ from uuid import UUID
 
 import aiohttp_jinja2
 import aiohttp_session
+import asyncpg
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiDictProxy
 
 from gateway import db
 from gateway.config import ConsoleConfig
@@ -54,6 +55,7 @@ class Visitor:
 
 
 VISITOR = web.RequestKey("console_visitor", Visitor)
+Form = MultiDictProxy[str | bytes | web.FileField]  # what request.post() returns
 Page = Callable[[web.Request, Visitor], Awaitable[web.StreamResponse]]
 
 
@@ -65,8 +67,8 @@ class CookieSessions:
         self._plain: EncryptedCookieStorage | None = None
         self._tls: EncryptedCookieStorage | None = None
 
-    async def start(self, pool: object) -> None:
-        secret = self._cfg.session_secret or await db.setting(pool, SECRET_SETTING, secrets.token_hex(32))  # type: ignore[arg-type]
+    async def start(self, pool: asyncpg.Pool) -> None:
+        secret = self._cfg.session_secret or await db.setting(pool, SECRET_SETTING, secrets.token_hex(32))
         fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
         common = {"cookie_name": COOKIE, "max_age": self._cfg.session_max_age_s, "path": "/console"}
         self._plain = EncryptedCookieStorage(fernet, secure=False, httponly=True, samesite="Strict", **common)
@@ -99,7 +101,7 @@ def csrf_token(session: aiohttp_session.Session) -> str:
     return str(session["csrf"])
 
 
-async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> web.MultiDictProxy[str | bytes]:  # type: ignore[type-arg]
+async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> Form:
     """The posted form, once its `csrf` field matches the session's token; 403 otherwise (413 for a huge body).
 
     Console forms are small, and sign-in is open to anyone: a body over MAX_FORM_BYTES is refused before it is read.
