@@ -253,3 +253,12 @@ async def test_database_away_is_a_503_page_and_a_503_from_me(
             assert "database" in (await resp.json())["error"]["message"]
     finally:
         await proxy.close()
+
+
+async def test_console_without_the_slash_and_static_files(gateway: TestServer, http: aiohttp.ClientSession) -> None:
+    async with http.get(url(gateway, "/console"), allow_redirects=False) as resp:
+        assert resp.status == 301 and resp.headers["Location"] == "/console/"
+    async with http.get(url(gateway, "/console/static/console.css")) as resp:
+        assert resp.status == 200 and "text/css" in resp.headers["Content-Type"]
+    async with http.get(url(gateway, "/console/static/../../gateway.yaml")) as resp:
+        assert resp.status in (403, 404)
