@@ -2,6 +2,7 @@
 
     python bench/console_rows.py                 # 10,000,000 rows, 1,000 users, 90 days
     python bench/console_rows.py --rows 100000   # a quick look
+    python bench/console_rows.py --keep          # keep the database; then: --dsn URL times the pages again
 
 Seeds usage_log with generate_series (server-side, no round trips), builds usage_daily and usage_latency_daily
 from it exactly as sql/006_console.sql does for an upgrade, starts the gateway on that database, signs in to the
@@ -144,13 +145,21 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and print its URL")
+    parser.add_argument("--dsn", help="time the pages on a database seeded before with --keep; seed nothing")
     args = parser.parse_args()
-    dsn, drop = await create_test_database()
-    try:
-        await seed(dsn, args.rows, args.users, args.days)
-        results = await time_pages(dsn, args.repeat)
-    finally:
-        await drop()
+    if args.dsn:
+        results = await time_pages(args.dsn, args.repeat)
+    else:
+        dsn, drop = await create_test_database()
+        try:
+            await seed(dsn, args.rows, args.users, args.days)
+            results = await time_pages(dsn, args.repeat)
+        finally:
+            if args.keep:
+                print(f"kept: {dsn}  (drop it with: psql -c 'DROP DATABASE {dsn.rsplit('/', 1)[-1]}')")
+            else:
+                await drop()
     print(f"\n| page | median ms | max ms | < {TARGET_MS:.0f} ms |\n| --- | --- | --- | --- |")
     for path, median, worst in results:
         print(f"| `{path}` | {median:.1f} | {worst:.1f} | {'PASS' if worst < TARGET_MS else 'MISS'} |")

@@ -517,21 +517,6 @@ def _numbers(row: asyncpg.Record) -> dict[str, Any]:
 _SUM_NAMES = frozenset({"requests", "errors", "tokens", "cost_usd", "unpriced", "estimated"})
 
 
-async def usage_totals(pool: asyncpg.Pool, start: date, end: date, *, user_id: UUID | None = None) -> dict[str, Any]:
-    """Sums over [start, end): requests, errors, tokens, cost_usd, unpriced, estimated (0 when empty)."""
-    query, args = _daily_between(start, end, user_id)
-    return _numbers(await pool.fetchrow(query.select(*_DAILY_SUMS).get_sql(), *args))
-
-
-async def usage_by_day(
-    pool: asyncpg.Pool, start: date, end: date, *, user_id: UUID | None = None
-) -> list[dict[str, Any]]:
-    """Per UTC day in [start, end), oldest first: day and the sums of usage_totals()."""
-    query, args = _daily_between(start, end, user_id)
-    query = query.select(_daily.day, *_DAILY_SUMS).groupby(_daily.day).orderby(_daily.day)
-    return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args)]
-
-
 async def usage_by(
     pool: asyncpg.Pool, dimension: str, start: date, end: date, *, user_id: UUID | None = None, by_day: bool = False
 ) -> list[dict[str, Any]]:
@@ -547,6 +532,15 @@ async def usage_by(
     else:
         query = query.select(column.as_("name"), *_DAILY_SUMS).groupby(column)
         query = query.orderby(Field("cost_usd"), order=Order.desc).orderby(column)
+    return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args)]
+
+
+async def usage_breakdown(pool: asyncpg.Pool, start: date, end: date) -> list[dict[str, Any]]:
+    """Sums per (day, route, provider_model) over [start, end): one scan of the month's rollup rows, from which
+    the overview derives its totals, days, models and routes (a few hundred rows, summed in Python)."""
+    query, args = _daily_between(start, end, None)
+    columns = (_daily.day, _daily.route, _daily.provider_model)
+    query = query.select(*columns, *_DAILY_SUMS).groupby(*columns)
     return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args)]
 
 

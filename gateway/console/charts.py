@@ -52,7 +52,7 @@ def _labels(days: Sequence[date]) -> tuple[list[str], list[str]]:
 
 
 def spend_per_day(rows: Sequence[dict[str, Any]], title: str) -> str:
-    """A bar per day: USD spent (rows from db.usage_by_day)."""
+    """A bar per day: USD spent (rows with `day` and `cost_usd`, one per day)."""
     chart = pygal.Bar(title=title, show_legend=False, value_formatter=lambda v: f"${v:,.2f}", **_COMMON)
     chart.x_labels, chart.x_labels_major = _labels([r["day"] for r in rows])
     chart.add("USD", [float(r["cost_usd"]) for r in rows])

@@ -62,14 +62,37 @@ def _page_number(request: web.Request) -> int:
     return int(value)
 
 
+SUMS = ("requests", "errors", "tokens", "cost_usd", "unpriced", "estimated")
+
+
+def sum_by(rows: list[dict[str, Any]], key: str | None, label: str = "name") -> list[dict[str, Any]]:
+    """Add up rollup rows per value of `key` (all into one when None), in first-seen order; the value goes in `label`.
+
+    >>> sum_by([{"route": "messages", **dict.fromkeys(SUMS, 1)}] * 2, "route")[0]["requests"]
+    2
+    """
+    out: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        value = r[key] if key else None
+        if (acc := out.get(value)) is None:
+            acc = out[value] = {label: value, **dict.fromkeys(SUMS, 0)}
+        for name in SUMS:
+            acc[name] += r[name]
+    return list(out.values())
+
+
+def _costliest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (-r["cost_usd"], str(r["name"])))
+
+
 @page(admin=True)
 async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
     """This month: totals, spend per day, per model and route, top users, users near limits, errors and latency."""
     cfg, svc, month = _ctx(request)
     today = svc.usage_view.clock().date()
     start, end = month, next_month(month)
-    days = month_days(month, today)
-    daily = _fill_days(await db.usage_by_day(svc.pool, start, end), days)
+    breakdown = await db.usage_breakdown(svc.pool, start, end)  # the only read of the month's rollups
+    daily = _fill_days(sum_by(breakdown, "day", label="day"), month_days(month, today))
     latency = await db.latency_by_day(svc.pool, start, end)
     health = [
         {
@@ -81,13 +104,14 @@ async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
         for r in reversed(daily)
         if r["requests"]
     ]
+    totals = sum_by(breakdown, None) or [dict.fromkeys(SUMS, 0)]
     context = {
         "who": who,
         "month": month,
-        "totals": await db.usage_totals(svc.pool, start, end),
+        "totals": totals[0],
         "spend_chart": charts.spend_per_day(daily, f"Spend per day, {month:%B %Y} (USD)"),
-        "by_model": await db.usage_by(svc.pool, "provider_model", start, end),
-        "by_route": await db.usage_by(svc.pool, "route", start, end),
+        "by_model": _costliest_first(sum_by(breakdown, "provider_model")),
+        "by_route": _costliest_first(sum_by(breakdown, "route")),
         "top_users": await db.top_users(svc.pool, month, **_limits(cfg)),
         "near_limit": await db.users_near_limit(svc.pool, month, **_limits(cfg)),
         "health": health,
