@@ -83,6 +83,7 @@ def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Applicatio
     """The /console sub-application; its session secret is read (or made) when the gateway starts."""
     sessions = CookieSessions(cfg.console)
     console = web.Application(middlewares=[sessions.middleware(), error_pages])
+    console[pages.CLOSED_DAYS] = pages.ClosedDays()
     aiohttp_jinja2.setup(
         console,
         loader=jinja2.PackageLoader("gateway.console", "templates"),

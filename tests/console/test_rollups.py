@@ -13,6 +13,7 @@ import pytest
 
 from gateway import db
 from gateway.console.charts import percentile_ms, tokens_per_day_by_model
+from gateway.console.pages import ClosedDays
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -178,3 +179,20 @@ def test_chart_labels_from_callers_are_escaped() -> None:
         [{"day": date(2026, 11, 1), "name": "<script>alert(1)</script>", "tokens": 5}], [date(2026, 11, 1)], "t"
     )
     assert "<script>" not in svg and "&lt;script&gt;" in svg
+
+
+async def test_closed_days_are_read_once_per_ttl_and_today_always(pool: asyncpg.Pool, make_user: MakeUser) -> None:
+    """The overview keeps the sums of the month's past days for a minute; a new day or the TTL reads them again."""
+    _, key = await make_user("ada@example.com")
+    now = [0.0]
+    closed = ClosedDays(ttl_s=60, clock=lambda: now[0])
+    month, today = date(2026, 11, 1), date(2026, 11, 10)
+    await db.insert_usage(pool, [usage_row(key, created_at=datetime(2026, 11, 3, tzinfo=UTC))])
+    assert sum(r["requests"] for r in await closed.rows(pool, month, today)) == 1
+    await db.insert_usage(pool, [usage_row(key, created_at=datetime(2026, 11, 4, tzinfo=UTC))])  # a late row
+    assert sum(r["requests"] for r in await closed.rows(pool, month, today)) == 1  # cached
+    now[0] = 61
+    assert sum(r["requests"] for r in await closed.rows(pool, month, today)) == 2  # the TTL ran out
+    await db.insert_usage(pool, [usage_row(key, created_at=datetime(2026, 11, 10, tzinfo=UTC))])  # today's
+    assert sum(r["requests"] for r in await closed.rows(pool, month, date(2026, 11, 11))) == 3  # a new day
+    assert await closed.rows(pool, month, month) == []  # the 1st: no closed day yet
