@@ -92,7 +92,7 @@ async def seed(dsn: str, rows: int, users: int, days: int) -> None:
         await conn.close()
 
 
-async def time_pages(dsn: str, repeat: int) -> list[tuple[str, float, float]]:
+async def time_pages(dsn: str, repeat: int) -> list[tuple[str, float, float, float]]:
     admin = generate_key(rounds=4)
     pool = await db.create_pool(dsn)
     await db.insert_key(pool, lookup_id=admin.lookup_id, key_hash=admin.key_hash, name="bench", is_admin=True)
@@ -122,17 +122,22 @@ async def time_pages(dsn: str, repeat: int) -> list[tuple[str, float, float]]:
             form = await (await http.get(server.make_url("/console/sign-in"))).text()
             csrf = re.search(r'name="csrf" value="([^"]+)"', form)
             assert csrf
-            await http.post(server.make_url("/console/sign-in"), data={"csrf": csrf.group(1), "key": admin.plaintext})
+            signed_in = await http.post(
+                server.make_url("/console/sign-in"),
+                data={"csrf": csrf.group(1), "key": admin.plaintext},
+                allow_redirects=False,  # the overview's first GET below is then a cold one
+            )
+            assert signed_in.status == 303
             for path in pages:
                 samples = []
-                for i in range(repeat + 1):
+                for _ in range(repeat + 1):
                     started = time.perf_counter()
                     async with http.get(server.make_url(path)) as resp:
                         await resp.read()
                         assert resp.status == 200, (path, resp.status)
-                    if i:  # the first GET warms the pool and the templates
-                        samples.append((time.perf_counter() - started) * 1000)
-                results.append((path, statistics.median(samples), max(samples)))
+                    samples.append((time.perf_counter() - started) * 1000)
+                # The first GET of a page also compiles its template (and fills the overview's closed-days sums).
+                results.append((path, samples[0], statistics.median(samples[1:]), max(samples[1:])))
     finally:
         await server.close()
     del user_key
@@ -160,9 +165,10 @@ async def main() -> None:
                 print(f"kept: {dsn}  (drop it with: psql -c 'DROP DATABASE {dsn.rsplit('/', 1)[-1]}')")
             else:
                 await drop()
-    print(f"\n| page | median ms | max ms | < {TARGET_MS:.0f} ms |\n| --- | --- | --- | --- |")
-    for path, median, worst in results:
-        print(f"| `{path}` | {median:.1f} | {worst:.1f} | {'PASS' if worst < TARGET_MS else 'MISS'} |")
+    print(f"\n| page | first ms | median ms | max ms | all < {TARGET_MS:.0f} ms |\n| --- | --- | --- | --- | --- |")
+    for path, first, median, worst in results:
+        verdict = "PASS" if max(first, worst) < TARGET_MS else "MISS"
+        print(f"| `{path}` | {first:.1f} | {median:.1f} | {worst:.1f} | {verdict} |")
 
 
 if __name__ == "__main__":
