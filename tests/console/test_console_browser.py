@@ -22,6 +22,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from tests.console.rows import as_usage_row
 
 playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright (the test extras)")
 
@@ -97,7 +98,7 @@ async def seed_usage(pool: asyncpg.Pool, keys: list[db.KeyRow], *, rows_per_key:
                 "ttfb_ms": None,
                 "streamed": i % 2 == 0,
             }
-            rows.append(tuple(values[c] for c in db.USAGE_COLUMNS))
+            rows.append(as_usage_row(values))
     await db.insert_usage(pool, rows)
 
 

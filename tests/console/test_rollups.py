@@ -14,6 +14,7 @@ import pytest
 from gateway import db
 from gateway.console.charts import percentile_ms, tokens_per_day_by_model
 from gateway.console.pages import ClosedDays
+from tests.console.rows import as_usage_row
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -41,7 +42,7 @@ def usage_row(key: db.KeyRow, **fields: Any) -> tuple[Any, ...]:
         "streamed": False,
         **fields,
     }
-    return tuple(row[c] for c in db.USAGE_COLUMNS)
+    return as_usage_row(row)
 
 
 async def daily(pool: asyncpg.Pool) -> list[dict[str, Any]]:
@@ -158,7 +159,9 @@ async def test_estimated_rows_are_counted_where_usage_log_has_the_column(
         tx = conn.transaction()
         await tx.start()
         try:
-            await conn.execute("ALTER TABLE usage_log ADD COLUMN usage_estimated boolean NOT NULL DEFAULT false")
+            await conn.execute(  # IF NOT EXISTS: sql/005_billing.sql may have added it already
+                "ALTER TABLE usage_log ADD COLUMN IF NOT EXISTS usage_estimated boolean NOT NULL DEFAULT false"
+            )
             await conn.execute(
                 f"CREATE TEMP TABLE usage_incoming ON COMMIT DROP AS SELECT {db._COLUMN_LIST} FROM usage_log"
                 " WITH NO DATA"
