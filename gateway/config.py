@@ -205,6 +205,16 @@ class DlpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """The web console at /console (gateway/console/)."""
+
+    enabled: bool = True
+    session_max_age_s: int = 8 * 3600  # a console session ends this long after sign-in
+    session_secret: str = field(default="", repr=False)  # encrypts session cookies; "": generated once, in the db
+    secure_cookie: str = "auto"  # auto: Secure when the request came over TLS (or X-Forwarded-Proto: https)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     server: ServerConfig
     database: DatabaseConfig
@@ -220,6 +230,7 @@ class GatewayConfig:
     routing: RoutingConfig = RoutingConfig()
     dlp: DlpConfig = DlpConfig()
     source: str = "<defaults>"
+    console: ConsoleConfig = ConsoleConfig()
 
     def unpriced_models(self) -> list[str]:
         """Provider models an alias routes to that have no price: their cost is recorded as unknown."""
@@ -582,6 +593,24 @@ def _logging(raw: Any) -> LoggingConfig:
     return LoggingConfig(format=fmt, level=level)
 
 
+def _console(raw: Any) -> ConsoleConfig:
+    s = _section(raw, "console", {"enabled", "session_max_age_s", "session_secret", "secure_cookie"})
+    d = ConsoleConfig()
+    secure = _get(s, "secure_cookie", "console", str, d.secure_cookie).lower()
+    if secure not in ("auto", "true", "false"):
+        raise ConfigError(f"console.secure_cookie: {secure!r} is not one of auto, true, false")
+    secret = _get(s, "session_secret", "console", str, "")
+    if secret and len(secret) < 32:
+        raise ConfigError("console.session_secret: needs at least 32 characters (try: openssl rand -hex 32)")
+    max_age = _get(s, "session_max_age_s", "console", int, d.session_max_age_s)
+    return ConsoleConfig(
+        enabled=_get(s, "enabled", "console", bool, d.enabled),
+        session_max_age_s=_positive(max_age, "console.session_max_age_s"),
+        session_secret=secret,
+        secure_cookie=secure,
+    )
+
+
 def _routing(raw: Any, models: Mapping[str, ModelAlias], providers: Mapping[str, ProviderConfig]) -> RoutingConfig:
     s = _section(raw, "routing", {"rules", "default"})
     rules_raw = s.get("rules") or []
@@ -714,6 +743,7 @@ TOP_LEVEL = {
     "metrics",
     "pipeline",
     "dlp",
+    "console",
 }
 
 
@@ -739,6 +769,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
         metrics=_metrics(doc.get("metrics")),
         dlp=_dlp(doc.get("dlp"), models, _pipeline(doc.get("pipeline"))),
         source=source,
+        console=_console(doc.get("console")),
     )
 
 

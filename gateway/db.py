@@ -15,6 +15,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from pypika import Criterion, Field, Order, Parameter, PostgreSQLQuery, Table
+from pypika import functions as fn
+from pypika.queries import QueryBuilder
 
 SQL_DIR = Path(os.environ.get("GATEWAY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
 MIGRATION_LOCK = 0x6761_7465_7761_79  # pg_advisory_lock key ("gateway"): replicas starting together wait in turn
@@ -223,6 +226,7 @@ async def insert_usage(pool: asyncpg.Pool, rows: Sequence[Sequence[Any]]) -> Non
         await conn.execute("TRUNCATE usage_incoming")
         await conn.copy_records_to_table("usage_incoming", records=rows, columns=USAGE_COLUMNS)
         await conn.execute(_STORE_BATCH)
+        await conn.execute(_ROLL_UP_BATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,3 +512,332 @@ async def dlp_findings(
         offset,
     )
     return [dict(r) for r in rows]
+
+
+# --- the console: daily rollups and what its pages read ----------------------------------------------
+# Console pages read usage_daily / usage_latency_daily (sql/006_console.sql), never a month of usage_log.
+# Queries whose shape depends on the request (filters, paging) are assembled with pypika; values always go in
+# as $n parameters, never into the SQL text.
+
+# Upper bounds (ms) of the latency histogram's buckets; bucket i counts latencies in [bound[i-1], bound[i]),
+# bucket 0 those under 1 ms, bucket len(bounds) those of 600 s and more. sql/006_console.sql repeats them.
+LATENCY_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 600000)
+_BOUNDS_SQL = f"ARRAY[{', '.join(map(str, LATENCY_BOUNDS_MS))}]::real[]"
+
+# Rolls up the rows this transaction stored (xmin = this transaction: a replayed row that was already there is
+# skipped, as _STORE_BATCH skips it). Reads usage_log itself, whole rows, so columns added to the usage row later
+# need no change here; `usage_estimated` counts where that column exists (to_jsonb reads NULL where it does not).
+# user_id is the key's, the same on every row of a key: max() keeps it out of the conflict key.
+_ROLL_UP_BATCH = f"""
+WITH new AS (
+    SELECT l.key_id, l.user_id, l.route, l.alias, l.provider_model, l.status, l.latency_ms, l.cost_usd,
+           l.input_tokens, l.output_tokens, l.cache_read_tokens, l.cache_write_tokens,
+           (l.created_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce((to_jsonb(l) ->> 'usage_estimated')::boolean, false) AS estimated
+    FROM usage_log l
+    WHERE l.id IN (SELECT id FROM usage_incoming) AND l.xmin = pg_current_xact_id()::xid
+), latency AS (
+    INSERT INTO usage_latency_daily AS h (day, bucket, requests)
+    SELECT day, width_bucket(latency_ms, {_BOUNDS_SQL}), count(*) FROM new GROUP BY 1, 2
+    ON CONFLICT (day, bucket) DO UPDATE SET requests = h.requests + EXCLUDED.requests
+)
+INSERT INTO usage_daily AS d (day, key_id, user_id, route, alias, provider_model, requests, errors, input_tokens,
+                              output_tokens, cache_read_tokens, cache_write_tokens, cost_usd, unpriced, estimated)
+SELECT day, key_id, max(user_id::text)::uuid, route, alias, provider_model, count(*),
+       count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens),
+       sum(cache_write_tokens), coalesce(sum(cost_usd), 0), count(*) - count(cost_usd),
+       count(*) FILTER (WHERE estimated)
+FROM new GROUP BY day, key_id, route, alias, provider_model
+ON CONFLICT (day, key_id, route, alias, provider_model) DO UPDATE SET
+    requests = d.requests + EXCLUDED.requests,
+    errors = d.errors + EXCLUDED.errors,
+    input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+    output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+    cache_read_tokens = d.cache_read_tokens + EXCLUDED.cache_read_tokens,
+    cache_write_tokens = d.cache_write_tokens + EXCLUDED.cache_write_tokens,
+    cost_usd = d.cost_usd + EXCLUDED.cost_usd,
+    unpriced = d.unpriced + EXCLUDED.unpriced,
+    estimated = d.estimated + EXCLUDED.estimated
+"""
+
+_daily = Table("usage_daily")
+_DAILY_SUMS = (
+    fn.Sum(_daily.requests).as_("requests"),
+    fn.Sum(_daily.errors).as_("errors"),
+    fn.Sum(_daily.input_tokens + _daily.output_tokens + _daily.cache_read_tokens + _daily.cache_write_tokens).as_(
+        "tokens"
+    ),
+    fn.Sum(_daily.cost_usd).as_("cost_usd"),
+    fn.Sum(_daily.unpriced).as_("unpriced"),
+    fn.Sum(_daily.estimated).as_("estimated"),
+)
+DAILY_DIMENSIONS = frozenset({"provider_model", "alias", "route"})
+
+
+def _daily_between(start: date, end: date, user_id: UUID | None) -> tuple[QueryBuilder, list[Any]]:
+    """usage_daily rows with start <= day < end (of one user when `user_id`), and the values of its $n."""
+    query = PostgreSQLQuery.from_(_daily).where(_daily.day >= Parameter("$1")).where(_daily.day < Parameter("$2"))
+    args: list[Any] = [start, end]
+    if user_id is not None:
+        query = query.where(_daily.user_id == Parameter("$3"))
+        args.append(user_id)
+    return query, args
+
+
+def _numbers(row: asyncpg.Record) -> dict[str, Any]:
+    """A rollup sum row with NULL sums (no rows) read as 0."""
+    return {k: (0 if v is None and k in _SUM_NAMES else v) for k, v in dict(row).items()}
+
+
+_SUM_NAMES = frozenset({"requests", "errors", "tokens", "cost_usd", "unpriced", "estimated"})
+
+
+async def usage_by(
+    pool: asyncpg.Pool, dimension: str, start: date, end: date, *, user_id: UUID | None = None, by_day: bool = False
+) -> list[dict[str, Any]]:
+    """Sums per `dimension` (provider_model | alias | route) over [start, end), costliest first; per day too
+    when `by_day` (then oldest day first)."""
+    if dimension not in DAILY_DIMENSIONS:
+        raise ValueError(f"dimension must be one of {sorted(DAILY_DIMENSIONS)}, not {dimension!r}")
+    query, args = _daily_between(start, end, user_id)
+    column = _daily.field(dimension)
+    if by_day:
+        query = query.select(_daily.day, column.as_("name"), *_DAILY_SUMS).groupby(_daily.day, column)
+        query = query.orderby(_daily.day).orderby(column)
+    else:
+        query = query.select(column.as_("name"), *_DAILY_SUMS).groupby(column)
+        query = query.orderby(Field("cost_usd"), order=Order.desc).orderby(column)
+    return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args)]
+
+
+async def usage_breakdown(pool: asyncpg.Pool, start: date, end: date) -> list[dict[str, Any]]:
+    """Sums per (day, route, provider_model) over [start, end): one scan of the month's rollup rows, from which
+    the overview derives its totals, days, models and routes (a few hundred rows, summed in Python)."""
+    query, args = _daily_between(start, end, None)
+    columns = (_daily.day, _daily.route, _daily.provider_model)
+    query = query.select(*columns, *_DAILY_SUMS).groupby(*columns)
+    return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args)]
+
+
+async def latency_by_day(pool: asyncpg.Pool, start: date, end: date) -> dict[date, list[int]]:
+    """Per UTC day in [start, end): request counts per latency bucket (index = bucket, see LATENCY_BOUNDS_MS)."""
+    rows = await pool.fetch(
+        "SELECT day, bucket, requests FROM usage_latency_daily WHERE day >= $1 AND day < $2 ORDER BY day", start, end
+    )
+    out: dict[date, list[int]] = {}
+    for r in rows:
+        out.setdefault(r["day"], [0] * (len(LATENCY_BOUNDS_MS) + 1))[r["bucket"]] += r["requests"]
+    return out
+
+
+# One row per live user with this month's tokens (user counter) and USD (their live key's counter, which is
+# what the budget check compares with the key's limit), limits resolved against the configured defaults.
+_USERS_MONTH = """
+SELECT u.id, u.email, u.firstname, u.lastname, u.created_at, k.id AS key_id, k.lookup_id,
+       coalesce(u.limit_tokens, $2) AS limit_tokens, coalesce(k.monthly_limit_usd, $3) AS limit_usd,
+       coalesce(cu.tokens, 0) AS tokens, coalesce(cu.requests, 0) AS requests,
+       coalesce(cu.cost_usd, 0) AS cost_usd, coalesce(ck.cost_usd, 0) AS key_cost_usd
+FROM users u
+LEFT JOIN api_keys k ON k.user_id = u.id AND k.revoked_at IS NULL
+LEFT JOIN usage_counters cu ON cu.month = $1 AND cu.scope = 'user' AND cu.scope_id = u.id::text
+LEFT JOIN usage_counters ck ON ck.month = $1 AND ck.scope = 'key' AND ck.scope_id = k.id::text
+WHERE u.deleted_at IS NULL
+"""
+
+
+async def top_users(
+    pool: asyncpg.Pool, month: date, *, default_tokens: int, default_usd: Decimal, limit: int = 10
+) -> list[dict[str, Any]]:
+    """The users who spent most this month (USD, then tokens), with their limits."""
+    sql = f"{_USERS_MONTH} AND cu.requests > 0 ORDER BY cu.cost_usd DESC, cu.tokens DESC, u.email LIMIT $4"
+    return [dict(r) for r in await pool.fetch(sql, month, default_tokens, default_usd, limit)]
+
+
+async def users_near_limit(
+    pool: asyncpg.Pool, month: date, *, default_tokens: int, default_usd: Decimal, ratio: float = 0.8
+) -> list[dict[str, Any]]:
+    """Users at or over `ratio` of their token limit or of their key's USD limit this month, fullest first."""
+    sql = f"""
+        SELECT * FROM ({_USERS_MONTH}) m
+        WHERE m.tokens >= $4::numeric * m.limit_tokens OR m.key_cost_usd >= $4::numeric * m.limit_usd
+        ORDER BY greatest(m.tokens / nullif(m.limit_tokens, 0)::numeric, m.key_cost_usd / nullif(m.limit_usd, 0))
+                 DESC NULLS FIRST, m.email
+        LIMIT 100
+    """
+    return [dict(r) for r in await pool.fetch(sql, month, default_tokens, default_usd, Decimal(str(ratio)))]
+
+
+def _user_filter(search: str, param: str) -> Criterion:
+    """Live users, and when `search` is given, those whose email or "first last" contains the `param` value."""
+    users = Table("users")
+    where: Criterion = users.deleted_at.isnull()
+    if search:
+        name = fn.Concat(users.firstname, " ", users.lastname)
+        where &= users.email.ilike(Parameter(param)) | name.ilike(Parameter(param))
+    return where
+
+
+async def find_users(
+    pool: asyncpg.Pool,
+    month: date,
+    *,
+    search: str,
+    limit: int,
+    offset: int,
+    default_tokens: int,
+    default_usd: Decimal,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of live users whose email or name contains `search` (any case), newest first, and the match count."""
+    users = Table("users")
+    pattern = [("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")] if search else []
+    count = PostgreSQLQuery.from_(users).select(fn.Count("*")).where(_user_filter(search, "$1"))
+    total = await pool.fetchval(count.get_sql(), *pattern)
+    page = PostgreSQLQuery.from_(users).select(users.id).where(_user_filter(search, "$4"))
+    page = page.orderby(users.created_at, order=Order.desc).orderby(users.id).limit(limit).offset(offset)
+    sql = f"{_USERS_MONTH} AND u.id IN ({page.get_sql()}) ORDER BY u.created_at DESC, u.id"
+    rows = await pool.fetch(sql, month, default_tokens, default_usd, *pattern)
+    return [dict(r) for r in rows], int(total)
+
+
+async def recent_usage(pool: asyncpg.Pool, user_id: UUID, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The user's latest usage rows, newest first (one index scan of usage_log_user_time)."""
+    rows = await pool.fetch(
+        "SELECT created_at, route, alias, provider_model, status, input_tokens + output_tokens + cache_read_tokens"
+        " + cache_write_tokens AS tokens, cost_usd, latency_ms, request_id FROM usage_log"
+        " WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2",
+        user_id,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def audit_page(
+    pool: asyncpg.Pool, *, user_id: UUID | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[dict[str, Any]], int]:
+    """Management actions (key_audit and gateway_audit), newest first, with who did them; and how many match."""
+    trail, users = Table("audit_trail"), Table("users")
+    actor, target = Table("api_keys").as_("actor"), Table("api_keys").as_("target")
+    where: Criterion = trail.user_id == Parameter("$1")
+    args = [] if user_id is None else [user_id]
+    query = (
+        PostgreSQLQuery.from_(trail)
+        .left_join(actor)
+        .on(actor.id == trail.actor_key_id)
+        .left_join(target)
+        .on(target.id == trail.target_key_id)
+        .left_join(users)
+        .on(users.id == trail.user_id)
+        .select(
+            trail.id,
+            trail.created_at,
+            trail.action,
+            trail.reason,
+            trail.user_id,
+            users.email.as_("user_email"),
+            actor.name.as_("actor_name"),
+            actor.lookup_id.as_("actor_lookup_id"),
+            target.name.as_("target_name"),
+            target.lookup_id.as_("target_lookup_id"),
+        )
+        .orderby(trail.created_at, order=Order.desc)
+        .orderby(trail.id, order=Order.desc)
+        .limit(limit)
+        .offset(offset)
+    )
+    count = PostgreSQLQuery.from_(trail).select(fn.Count("*"))
+    if user_id is not None:
+        query, count = query.where(where), count.where(where)
+    rows = await pool.fetch(query.get_sql(), *args)
+    return [dict(r) for r in rows], int(await pool.fetchval(count.get_sql(), *args))
+
+
+async def service_keys(pool: asyncpg.Pool) -> list[KeyRow]:
+    """Gateway keys that belong to no user (admin and service keys), newest first."""
+    return [_key(r) for r in await pool.fetch(_KEY_SELECT + " WHERE k.user_id IS NULL ORDER BY k.id DESC")]
+
+
+async def create_service_key(
+    pool: asyncpg.Pool, *, lookup_id: str, key_hash: str, name: str, is_admin: bool, actor_key_id: int | None
+) -> KeyRow:
+    """A gateway key that belongs to no user, with its audit row, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await insert_key(conn, lookup_id=lookup_id, key_hash=key_hash, name=name, is_admin=is_admin)
+        await conn.execute(
+            "INSERT INTO gateway_audit (action, reason, actor_key_id, target_key_id) VALUES ($1, $2, $3, $4)",
+            "admin_key_created" if is_admin else "key_created",
+            None,
+            actor_key_id,
+            row.id,
+        )
+    return row
+
+
+async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | None, actor_key_id: int | None) -> bool:
+    """Revoke a key that belongs to no user (a user's key is regenerated or deleted with the user); False: none."""
+    async with pool.acquire() as conn, conn.transaction():
+        status = await conn.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id IS NULL AND revoked_at IS NULL", key_id
+        )
+        if not status.endswith(" 1"):
+            return False
+        await conn.execute(
+            "INSERT INTO gateway_audit (action, reason, actor_key_id, target_key_id)"
+            " VALUES ('key_revoked', $1, $2, $3)",
+            reason,
+            actor_key_id,
+            key_id,
+        )
+    return True
+
+
+async def start_console_session(pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int) -> None:
+    """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        await conn.execute(
+            "INSERT INTO console_sessions (id_hash, key_id, expires_at)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3))",
+            id_hash,
+            key_id,
+            float(max_age_s),
+        )
+
+
+async def console_session_key(pool: asyncpg.Pool, id_hash: bytes) -> KeyRow | None:
+    """The key of a live console session: not signed out, not expired, the key not revoked, its user not deleted."""
+    row = await pool.fetchrow(
+        _KEY_SELECT + " JOIN console_sessions s ON s.key_id = k.id WHERE s.id_hash = $1 AND s.expires_at > now()"
+        " AND k.revoked_at IS NULL AND (k.user_id IS NULL OR u.deleted_at IS NULL)",
+        id_hash,
+    )
+    return _key(row) if row else None
+
+
+async def end_console_session(pool: asyncpg.Pool, id_hash: bytes) -> None:
+    await pool.execute("DELETE FROM console_sessions WHERE id_hash = $1", id_hash)
+
+
+async def month_counter(pool: asyncpg.Pool, month: date, scope: str, scope_id: str) -> dict[str, Any]:
+    """One usage_counters row (tokens, cost_usd, requests, unpriced), zeros when there is none yet."""
+    row = await pool.fetchrow(
+        "SELECT tokens, cost_usd, requests, unpriced FROM usage_counters WHERE month = $1 AND scope = $2"
+        " AND scope_id = $3",
+        month,
+        scope,
+        scope_id,
+    )
+    return dict(row) if row else {"tokens": 0, "cost_usd": Decimal(0), "requests": 0, "unpriced": 0}
+
+
+async def key_usage_by_day(pool: asyncpg.Pool, key_id: int, start: date, end: date) -> list[dict[str, Any]]:
+    """Per UTC day and provider model in [start, end) for one key (a caller without a user), oldest first."""
+    query, args = _daily_between(start, end, None)
+    query = query.where(_daily.key_id == Parameter("$3")).select(_daily.day, _daily.provider_model.as_("name"))
+    query = query.select(*_DAILY_SUMS).groupby(_daily.day, _daily.provider_model).orderby(_daily.day)
+    return [_numbers(r) for r in await pool.fetch(query.get_sql(), *args, key_id)]
+
+
+async def user_live_key(pool: asyncpg.Pool, user_id: UUID) -> KeyRow | None:
+    """The user's one unrevoked gateway key, if any."""
+    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.user_id = $1 AND k.revoked_at IS NULL", user_id)
+    return _key(row) if row else None

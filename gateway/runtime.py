@@ -8,7 +8,8 @@ needing a restart, and the rest of the new file still applies).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -20,7 +21,7 @@ from gateway.services import Services
 
 log = structlog.get_logger("gateway.reload")
 
-RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics")
+RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console")
 
 
 async def _authenticated(ex: Exchange) -> None:
@@ -36,6 +37,7 @@ class Runtime:
     pipeline: Next  # auth -> key mapping -> budget -> route -> usage log -> relay
     auth_pipeline: Next  # auth and key mapping only (models list, management API, and first on model routes)
     served: Next = _authenticated  # the stages after auth and key mapping, then the relay (model routes)
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # when `config` was read (console)
 
 
 def build_runtime(cfg: GatewayConfig, svc: Services) -> Runtime:
@@ -59,5 +61,6 @@ def reload_config(runtime: Runtime, svc: Services, path: Path | str | None = Non
     fresh = build_runtime(new, svc)
     runtime.config, runtime.pipeline, runtime.auth_pipeline = new, fresh.pipeline, fresh.auth_pipeline
     runtime.served = fresh.served
+    runtime.loaded_at = fresh.loaded_at
     log.info("config_reloaded", source=new.source, aliases=sorted(new.models))
     return True

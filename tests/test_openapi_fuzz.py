@@ -85,6 +85,8 @@ def expected_error_shape(path: str, sent_headers: Any) -> str:
         return "anthropic"
     if path.startswith("/v1/models") and ("anthropic-version" in sent_headers or "x-api-key" in sent_headers):
         return "anthropic"
+    if path.startswith("/v1/me") and "x-api-key" in sent_headers:
+        return "anthropic"
     return "openai"
 
 
@@ -270,7 +272,9 @@ def served_routes(app: web.Application) -> set[tuple[str, str]]:
     return {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
-        if route.resource is not None and (route.method != "HEAD" or route.resource.canonical == "/")
+        if route.resource is not None
+        and (route.method != "HEAD" or route.resource.canonical == "/")
+        and not route.resource.canonical.startswith("/console")  # the web console: HTML pages, not the API
     }
 
 

@@ -1,0 +1,130 @@
+"""The web console at /console: usage to look at, users and keys to manage, for admins; each user's own month.
+
+A sub-application, so its middlewares (sessions, error pages, security headers) run on /console only and the
+API's request path pays nothing for it. Off with `console.enabled: false`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import aiohttp_session
+import asyncpg
+import jinja2
+from aiohttp import web
+
+from gateway import db
+from gateway.config import GatewayConfig
+from gateway.console import actions, pages
+from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
+from gateway.services import SERVICES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATIC = Path(__file__).with_name("static")
+
+# Scripts only from the gateway itself (one small file of ours); inline styles for pygal's SVG.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "Cache-Control": "no-store",  # pages can show a new key once; no copy may stay in a cache
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP errors as console pages (redirects pass through), every answer with the security headers."""
+    try:
+        response = await handler(request)
+    except (*db.UNAVAILABLE, asyncpg.PostgresConnectionError):
+        context = {"status": 503, "reason": "Service Unavailable", "who": request.get(VISITOR)}
+        context["message"] = "The gateway cannot reach its database right now; try again in a moment."
+        response = aiohttp_jinja2.render_template("error.html", request, context, status=503)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            exc.headers.update(SECURITY_HEADERS)
+            raise
+        context = {
+            "status": exc.status,
+            "reason": exc.reason,
+            "message": exc.text or exc.reason,
+            "who": request.get(VISITOR),
+        }
+        response = aiohttp_jinja2.render_template("error.html", request, context, status=exc.status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def _template_globals(request: web.Request) -> dict[str, Any]:
+    session = await aiohttp_session.get_session(request)
+    return {"flash": session.pop("flash", None), "path": request.path, "who": None}
+
+
+def _money(value: Any) -> str:
+    return "—" if value is None else f"${Decimal(value):,.2f}"
+
+
+def _number(value: Any) -> str:
+    return "—" if value is None else f"{int(value):,}"
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Application:
+    """The /console sub-application; its session secret is read (or made) when the gateway starts."""
+    sessions = CookieSessions(cfg.console)
+    console = web.Application(middlewares=[sessions.middleware(), error_pages])
+    console[pages.CLOSED_DAYS] = pages.ClosedDays()
+    aiohttp_jinja2.setup(
+        console,
+        loader=jinja2.PackageLoader("gateway.console", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+        context_processors=[_template_globals],
+        filters={"money": _money, "number": _number, "when": _when},
+    )
+
+    async def start(_: web.Application) -> None:
+        await sessions.start(parent[SERVICES].pool)
+
+    console.on_startup.append(start)
+    r = console.router
+    r.add_get("/sign-in", sign_in_form)
+    r.add_post("/sign-in", sign_in)
+    r.add_post("/sign-out", sign_out)
+    r.add_get("/", pages.overview)
+    r.add_get("/users", pages.users)
+    r.add_post("/users", actions.create_user)
+    r.add_get("/users/{id}", pages.user)
+    r.add_post("/users/{id}/regenerate", actions.regenerate)
+    r.add_post("/users/{id}/limit", actions.raise_limit)
+    r.add_post("/users/{id}/delete", actions.delete_user)
+    r.add_get("/keys", pages.keys)
+    r.add_post("/keys", actions.create_key)
+    r.add_post("/keys/{id}/revoke", actions.revoke_key)
+    r.add_get("/audit", pages.audit)
+    r.add_get("/config", pages.config)
+    r.add_get("/me", pages.me)
+    r.add_static("/static", STATIC)
+    return console
+
+
+def add_routes(app: web.Application, cfg: GatewayConfig) -> None:
+    """Serve the console under /console unless `console.enabled` is false."""
+    if not cfg.console.enabled:
+        return
+
+    async def to_console(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently("/console/")
+
+    app.router.add_get("/console", to_console)
+    app.add_subapp("/console", build_console(cfg, app))

@@ -1,0 +1,191 @@
+"""The console's management actions (POST, CSRF-checked by the `page` guard), each audited with the acting key.
+
+They do what the management API does (gateway/admin.py) and evict the same caches, so a change takes effect at
+once on this process and within `auth.cache_ttl_s` on the others. A new key is shown once, in the answer to the
+POST itself (never in a URL, never stored), with ready-made client settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from uuid import UUID
+
+import aiohttp_jinja2
+import aiohttp_session
+import asyncpg
+from aiohttp import web
+
+from gateway import db
+from gateway.console.pages import user_id_of
+from gateway.console.session import Form, Visitor, page
+from gateway.keys import KEY_PREFIX, claudecode_hmac, generate_key
+from gateway.services import SERVICES, Services
+from gateway.state import RUNTIME
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_INCREMENT = 10**15
+
+
+class FormError(web.HTTPBadRequest):
+    """A form field is missing or malformed; the message names it."""
+
+
+def _field(form: Form, name: str, *, max_len: int = 200, required: bool = True) -> str:
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise FormError(text=f"'{name}' must be text")
+    value = value.strip()
+    if required and not value:
+        raise FormError(text=f"'{name}' is required")
+    if len(value) > max_len:
+        raise FormError(text=f"'{name}' is longer than {max_len} characters")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise FormError(text=f"'{name}' must not contain NUL characters")
+    return value
+
+
+async def _flash(request: web.Request, message: str) -> None:
+    (await aiohttp_session.get_session(request))["flash"] = message
+
+
+def base_url(request: web.Request) -> str:
+    """The gateway's address as the browser reached it (behind a TLS proxy: https)."""
+    scheme = "https" if request.headers.get("X-Forwarded-Proto", "").lower() == "https" else request.scheme
+    return f"{scheme}://{request.host}"
+
+
+def _new_key(rounds: int) -> tuple[str, str, str]:
+    new = generate_key(rounds)
+    return new.plaintext, new.lookup_id, new.key_hash
+
+
+def _shown(request: web.Request, who: Visitor, title: str, key: str, email: str | None) -> web.StreamResponse:
+    context = {"who": who, "title": title, "key": key, "email": email, "base_url": base_url(request)}
+    return aiohttp_jinja2.render_template("key_shown.html", request, context, status=201)
+
+
+@page(admin=True)
+async def create_user(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/users: a user and their first key (shown once); the Claude Code token is optional."""
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
+    form = await request.post()
+    email = _field(form, "email", max_len=254)
+    if not EMAIL.match(email):
+        raise FormError(text=f"'email' is not an email address: {email!r}")
+    token = _field(form, "claudecode_token", max_len=4096, required=False)
+    if token and (token.startswith(KEY_PREFIX) or len(token) < 8):
+        raise FormError(text="the Claude Code token must be the user's own token (8+ characters), not a gateway key")
+    plaintext, lookup_id, key_hash = await asyncio.to_thread(_new_key, cfg.auth.bcrypt_rounds)
+    try:
+        await db.create_user(
+            svc.pool,
+            email=email,
+            firstname=_field(form, "firstname"),
+            lastname=_field(form, "lastname"),
+            claudecode_hmac=claudecode_hmac(svc.claudecode_tokens.secret, token) if token else None,  # type: ignore[arg-type]
+            key=(lookup_id, key_hash),
+            actor_key_id=who.key_id,
+        )
+    except db.Conflict as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    if token:
+        svc.claudecode_tokens.evict_all_unknown()  # the token may have been refused a moment ago
+    return _shown(request, who, f"User {email} created", plaintext, email)
+
+
+@page(admin=True)
+async def regenerate(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/users/{id}/regenerate: a new key (shown once), the old one refused; the reason is audited."""
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
+    user_id = user_id_of(request)
+    reason = _field(await request.post(), "reason", max_len=500)
+    plaintext = ""
+
+    async def new_key() -> tuple[str, str]:  # made while the user's row is locked: one regenerate at a time
+        nonlocal plaintext
+        plaintext, lookup_id, key_hash = await asyncio.to_thread(_new_key, cfg.auth.bcrypt_rounds)
+        return lookup_id, key_hash
+
+    try:
+        done = await db.regenerate_user_key(svc.pool, user_id, new_key=new_key, reason=reason, actor_key_id=who.key_id)
+    except db.Conflict as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    if done is None:
+        raise web.HTTPNotFound(text="no such user")
+    found, _, old_key_id = done
+    _evict_user(svc, user_id, old_key_id)
+    return _shown(request, who, f"New key for {found.email}", plaintext, found.email)
+
+
+def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
+    for key_id in key_ids:
+        if key_id is not None:
+            svc.key_cache.evict_key(key_id)
+    svc.claudecode_tokens.evict_user(user_id)
+    svc.key_cache.evict_user(user_id)
+
+
+@page(admin=True)
+async def raise_limit(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/users/{id}/limit: add `increment` tokens to the user's monthly limit."""
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
+    user_id = user_id_of(request)
+    raw = _field(await request.post(), "increment", max_len=20).replace(",", "").replace("_", "")
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_INCREMENT:
+        raise FormError(text=f"'increment' must be a whole number of tokens from 1 to {MAX_INCREMENT:,}")
+    try:
+        new_limit = await db.increase_token_limit(
+            svc.pool, user_id, int(raw), default_limit=cfg.budgets.monthly_token_limit, actor_key_id=who.key_id
+        )
+    except asyncpg.NumericValueOutOfRangeError:
+        raise FormError(text="the new limit would exceed the largest storable limit") from None
+    if new_limit is None:
+        raise web.HTTPNotFound(text="no such user")
+    _evict_user(svc, user_id)  # cached principals carry the old limit
+    await _flash(request, f"Monthly token limit raised to {new_limit:,}.")
+    raise web.HTTPSeeOther(f"/console/users/{user_id}")
+
+
+@page(admin=True)
+async def delete_user(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/users/{id}/delete: revoke the user's keys and free their Claude Code token."""
+    svc = request.config_dict[SERVICES]
+    user_id = user_id_of(request)
+    revoked = await db.delete_user(svc.pool, user_id, actor_key_id=who.key_id)
+    if revoked is None:
+        raise web.HTTPNotFound(text="no such user")
+    _evict_user(svc, user_id, *revoked)
+    await _flash(request, "User deleted; their key no longer works.")
+    raise web.HTTPSeeOther("/console/users")
+
+
+@page(admin=True)
+async def create_key(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/keys: an admin or service key that belongs to no user (shown once)."""
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
+    form = await request.post()
+    name = _field(form, "name", max_len=100)
+    is_admin = form.get("admin") == "on"
+    plaintext, lookup_id, key_hash = await asyncio.to_thread(_new_key, cfg.auth.bcrypt_rounds)
+    await db.create_service_key(
+        svc.pool, lookup_id=lookup_id, key_hash=key_hash, name=name, is_admin=is_admin, actor_key_id=who.key_id
+    )
+    return _shown(request, who, f"{'Admin' if is_admin else 'Service'} key {name!r} created", plaintext, None)
+
+
+@page(admin=True)
+async def revoke_key(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """POST /console/keys/{id}/revoke: refused at once here, within auth.cache_ttl_s elsewhere."""
+    svc = request.config_dict[SERVICES]
+    raw = request.match_info["id"]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise web.HTTPNotFound(text="no such key")
+    reason = _field(await request.post(), "reason", max_len=500, required=False) or None
+    if int(raw) == who.key_id:
+        raise FormError(text="this is the key you are signed in with: sign in with another admin key to revoke it")
+    if not await db.revoke_service_key(svc.pool, int(raw), reason=reason, actor_key_id=who.key_id):
+        raise web.HTTPNotFound(text="no such key, or it belongs to a user (regenerate or delete the user instead)")
+    svc.key_cache.evict_key(int(raw))
+    await _flash(request, "Key revoked.")
+    raise web.HTTPSeeOther("/console/keys")

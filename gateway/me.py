@@ -1,0 +1,139 @@
+"""Self-service: GET /v1/me and GET /v1/me/usage, for any caller with their own gateway key.
+
+Authenticated like a model request (`x-api-key` or `Authorization: Bearer`, or a registered Claude Code token);
+errors come in the dialect the auth header suggests (Anthropic's with `x-api-key`, OpenAI's otherwise). Figures
+come from the month counters and the daily rollups, never from a scan of the usage log.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import db
+from gateway.budgets import month_of
+from gateway.dialect import Dialect
+from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
+from gateway.keys import Principal
+from gateway.pipeline import Exchange
+from gateway.services import SERVICES
+from gateway.state import REQUEST_ID, RUNTIME
+
+MAX_RANGE_DAYS = 366
+
+
+def _dialect(request: web.Request) -> Dialect:
+    return Dialect.ANTHROPIC if "x-api-key" in request.headers else Dialect.OPENAI
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def _caller(request: web.Request) -> Principal:
+    ex = Exchange(_dialect(request), "me", request, b"", {}, request[REQUEST_ID], billable=False)
+    await request.app[RUNTIME].auth_pipeline(ex)
+    assert ex.principal is not None
+    return ex.principal
+
+
+def _guarded(handler: Any) -> Any:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            try:
+                return await handler(request, await _caller(request))
+            except db.UNAVAILABLE:  # a known key (from the cache) but no counters to read: 503, not 500
+                raise ServiceUnavailable("the gateway cannot reach its database; retry shortly") from None
+        except GatewayError as err:  # in the shape the caller's SDK reads: Anthropic's with x-api-key
+            dialect = _dialect(request)
+            body = orjson.dumps(err.render(dialect))
+            return web.Response(
+                body=body, status=err.status_for(dialect), content_type="application/json", headers=err.headers
+            )
+
+    return guarded
+
+
+async def me(request: web.Request, who: Principal) -> web.Response:
+    """GET /v1/me: who the key is, and this month's usage against its limits.
+
+    {"keyId": "7f3a…", "name": "ada@example.com", "admin": false, "user": {"id", "email", "firstname", "lastname"},
+     "month": "2026-11", "tokensUsed": 1200, "tokenLimit": 10000000, "costUsd": 0.42, "costLimitUsd": 100.0,
+     "requests": 7}
+    """
+    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    month = month_of(svc.usage_view.clock())
+    key_counter = await db.month_counter(svc.pool, month, "key", str(who.key_id))
+    user = await db.get_user(svc.pool, who.user_id) if who.user_id else None
+    counter = await db.month_counter(svc.pool, month, "user", str(who.user_id)) if user else key_counter
+    token_limit = (who.token_limit or cfg.budgets.monthly_token_limit) if user else None
+    usd_limit = who.usd_limit if who.usd_limit is not None else Decimal(str(cfg.budgets.monthly_limit_usd))
+    return _json(
+        {
+            "keyId": who.lookup_id,
+            "name": who.name,
+            "admin": who.is_admin,
+            "user": {"id": str(user.id), "email": user.email, "firstname": user.firstname, "lastname": user.lastname}
+            if user
+            else None,
+            "month": month.isoformat()[:7],
+            "tokensUsed": int(counter["tokens"]),
+            "tokenLimit": token_limit,
+            "costUsd": float(key_counter["cost_usd"]),
+            "costLimitUsd": float(usd_limit),
+            "requests": int(counter["requests"]),
+        }
+    )
+
+
+def _day(request: web.Request, name: str, default: date) -> date:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a date like 2026-11-01") from None
+
+
+async def usage(request: web.Request, who: Principal) -> web.Response:
+    """GET /v1/me/usage?from=2026-11-01&to=2026-11-30: per UTC day and provider model, oldest first.
+
+    `to` is inclusive; the default is this month so far; at most 366 days. Rows: {"date", "model", "requests",
+    "totalTokens", "costUsd", "estimatedRequests"}. A user's usage spans their regenerated keys; a key without a
+    user reports its own.
+    """
+    svc = request.app[SERVICES]
+    now = svc.usage_view.clock()
+    start = _day(request, "from", month_of(now))
+    end = _day(request, "to", now.date())
+    if start > end:
+        raise BadRequest("'from' is after 'to'")
+    if (end - start).days >= MAX_RANGE_DAYS:
+        raise BadRequest(f"the range is longer than {MAX_RANGE_DAYS} days; ask for less")
+    after = end + timedelta(days=1)
+    if who.user_id is not None:
+        rows = await db.usage_by(svc.pool, "provider_model", start, after, user_id=who.user_id, by_day=True)
+    else:
+        rows = await db.key_usage_by_day(svc.pool, who.key_id, start, after)
+    days = [
+        {
+            "date": r["day"].isoformat(),
+            "model": r["name"],
+            "requests": int(r["requests"]),
+            "totalTokens": int(r["tokens"]),
+            "costUsd": float(r["cost_usd"]),
+            "estimatedRequests": int(r["estimated"]),
+        }
+        for r in rows
+    ]
+    return _json({"from": start.isoformat(), "to": end.isoformat(), "days": days})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/me", _guarded(me))
+    app.router.add_get("/v1/me/usage", _guarded(usage))
