@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import aiohttp
+import orjson
+import structlog
 from yarl import URL
 
 from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import GatewayError, ProviderRefusedCredentials, UpstreamTimeout, UpstreamUnreachable
+
+log = structlog.get_logger("gateway.upstream")
+
+CREDENTIAL_STATUSES = frozenset({401, 403})  # the provider's verdict on the gateway's own api_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,17 @@ def upstream_errors(provider: str) -> Iterator[None]:
         if mapped is None:
             raise
         raise mapped from exc
+
+
+def _error_message(body: bytes, limit: int = 200) -> str:
+    """The message inside an Anthropic or OpenAI error body (`{"error": {"message": ...}}`), else its start."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else body.decode("utf-8", "replace")
+    return " ".join(text.split())[:limit]
 
 
 class _Chunks:
@@ -146,7 +163,31 @@ class HttpProvider:
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):
             response = await self._session.post(url, data=body, headers=self.headers(call), timeout=timeout)
+        if response.status in CREDENTIAL_STATUSES:
+            raise await self._refused_credentials(response)
         return AiohttpReply(self.name, response)
+
+    async def _refused_credentials(self, response: aiohttp.ClientResponse) -> ProviderRefusedCredentials:
+        """The caller's error for a 401/403 upstream: the provider refused *our* key, never the caller's."""
+        try:
+            with upstream_errors(self.name):
+                detail = _error_message(await response.read())
+        except GatewayError:
+            detail = ""
+        finally:
+            response.release()
+        log.error(
+            "provider_refused_credentials",
+            provider=self.name,
+            status=response.status,
+            detail=detail,
+            hint=f"check providers.{self.name}.api_key in gateway.yaml and the variable it reads",
+        )
+        said = f": {detail}" if detail else ""
+        return ProviderRefusedCredentials(
+            f"the provider {self.name!r} refused the gateway's own credentials (HTTP {response.status}{said}); "
+            "your gateway key was accepted: the gateway's operator must fix the provider's API key"
+        )
 
     async def aclose(self) -> None:
         """The session is shared and closed by the app."""
