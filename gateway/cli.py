@@ -99,8 +99,10 @@ def _database(cfg: GatewayConfig) -> Iterator[str]:
     written there would never be seen by the server.
     """
     label = database_label(cfg)
-    instance.check_same_database(cfg)
+    warning = instance.check_same_database(cfg)
     print(f"gateway: database {label}", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
     if cfg.database.url:
         yield cfg.database.url
         return

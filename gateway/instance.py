@@ -94,7 +94,7 @@ def running(cfg: GatewayConfig) -> RunningGateway | None:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return None
-    if not _alive(pid):
+    if not _alive(pid) or not _is_gateway(pid):
         return None
     fields = dict(line.partition("=")[::2] for line in lines[1:])
     port = int(fields["port"]) if fields.get("port", "").isdigit() else None
@@ -111,6 +111,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_gateway(pid: int) -> bool:
+    """Whether `pid` runs the gateway: after a crash and a reboot the recorded pid may belong to anything."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): liveness is all there is to go on
+    except OSError:
+        return True
+    return b"gateway" in cmdline
+
+
 def environ_of(pid: int) -> dict[str, str] | None:
     """The environment `pid` was started with (Linux /proc), or None where it cannot be read."""
     try:
@@ -121,11 +132,19 @@ def environ_of(pid: int) -> dict[str, str] | None:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
-def check_same_database(cfg: GatewayConfig) -> None:
-    """Refuse to open the embedded database while this checkout's running gateway serves from another one."""
+def check_same_database(cfg: GatewayConfig) -> str | None:
+    """Refuse to open the embedded database while this checkout's running gateway serves from another one.
+
+    With a URL the operator chose the database; then only a warning (returned) says the server uses another.
+    """
     server = running(cfg)
-    if cfg.database.url or server is None or server.database == database_label(cfg):
-        return
+    if server is None or server.database == database_label(cfg):
+        return None
+    if cfg.database.url:
+        return (
+            f"warning: the gateway running here (pid {server.pid}, port {server.port}) uses {server.database}, "
+            f"not this database; it will not see what this command changes"
+        )
     raise InstanceError(
         f"the gateway running here (pid {server.pid}, port {server.port}) uses the database {server.database}, "
         f"but this command would open the embedded one ({database_label(cfg)}): set DATABASE_URL as the server "

@@ -151,7 +151,7 @@ async def call(base: str, key: str, body: Any = MESSAGE) -> tuple[int, Any]:
 
 
 async def test_second_serve_on_the_embedded_data_dir_is_refused_and_the_first_keeps_its_database(
-    pg_tmp: Path, upstream: FakeUpstream, serve: Any
+    pg_tmp: Path, upstream: FakeUpstream, serve: Any, database_url: str
 ) -> None:
     tmp_path = pg_tmp
     config = write_config(tmp_path, upstream.url)
@@ -170,6 +170,11 @@ async def test_second_serve_on_the_embedded_data_dir_is_refused_and_the_first_ke
     assert made.returncode == 0, made.stderr
     assert f"gateway: database embedded at {tmp_path}/.gateway/pgdata" in made.stderr
     assert (await call(first.base, made.stdout.strip()))[0] == 200  # the CLI wrote where the server reads
+    elsewhere = cli(config, "keys", "create", "--name", "x", "--quiet", env=clean_env(DATABASE_URL=database_url))
+    assert elsewhere.returncode == 0  # the operator chose that database; told that the server will not see it
+    assert f"warning: the gateway running here (pid {first.proc.pid}, port {first.port}) uses embedded at" in (
+        elsewhere.stderr
+    )
     reloaded = cli(config, "reload", env=env)
     assert reloaded.returncode == 0 and f"asked gateway {first.proc.pid}" in reloaded.stdout
 
@@ -415,3 +420,18 @@ def test_scripts_gateway_runs_the_cli_from_the_checkout() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "gateway.yaml: ok" in result.stdout
+
+
+def test_reload_never_signals_a_process_that_is_not_the_gateway(tmp_path: Path) -> None:
+    """A pid file left by a crash, its pid since reused by another program: reload must not SIGHUP that."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    bystander = subprocess.Popen(["sleep", "30"])  # SIGHUP would end it
+    try:
+        (tmp_path / ".gateway").mkdir()
+        (tmp_path / ".gateway" / "gateway.pid").write_text(f"{bystander.pid}\nport=8000\ndatabase=x\n")
+        result = cli(config, "reload")
+        assert result.returncode == 2 and "no running gateway found" in result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
