@@ -24,6 +24,14 @@ _extras_for() {
 ensure_venv() {
   local kind="${1:-runtime}" extras wanted stamp
   extras="$(_extras_for "$kind")" || return
+  if [[ -n "${GATEWAY_VENV:-}" ]]; then  # someone else's venv: used as it is, never installed into from here
+    if [[ ! -x "$venv/bin/gateway" ]]; then
+      echo "GATEWAY_VENV=$venv has no bin/gateway: unset it, or point it at a venv with the project installed" >&2
+      return 1
+    fi
+    export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
+    return 0
+  fi
   if [[ ! -x "$venv/bin/python" ]]; then
     echo "creating $venv" >&2
     "${PYTHON:-python3}" -m venv "$venv"
@@ -31,10 +39,6 @@ ensure_venv() {
   # A stamp holds the checksums of the files pip read last time; a content check, unlike mtimes, is not
   # fooled by a fresh clone or a checkout that touches every file.
   wanted="$(cd "$repo_root" && sha256sum setup.cfg pyproject.toml)"
-  if [[ -n "${GATEWAY_VENV:-}" ]]; then
-    export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"
-    return 0  # someone else's venv: never reinstalled from this checkout
-  fi
   for stamp in "$venv/.installed-test" "$venv/.installed-$kind"; do
     if [[ "$(cat "$stamp" 2>/dev/null)" == "$wanted" ]]; then
       return 0
