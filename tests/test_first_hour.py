@@ -28,7 +28,7 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from gateway import db
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream, anthropic_error, openai_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +183,28 @@ async def test_second_serve_on_the_embedded_data_dir_is_refused_and_the_first_ke
     assert not (tmp_path / ".gateway" / "pgdata" / "postmaster.pid").exists()  # its PostgreSQL stopped with it
 
 
+async def test_a_gateway_killed_hard_leaves_no_lock_behind(pg_tmp: Path, upstream: FakeUpstream, serve: Any) -> None:
+    """kill -9 (or a crash): the kernel drops the flock, the next serve reuses the PostgreSQL left running."""
+    config = write_config(pg_tmp, upstream.url)
+    env = clean_env(ANTHROPIC_API_KEY="sk-ant-test")
+    crashed = serve(config, env)
+    await asyncio.to_thread(crashed.wait_ready)
+    crashed.proc.kill()
+    crashed.proc.wait(30)
+    assert (pg_tmp / ".gateway" / "pgdata" / "postmaster.pid").exists()  # its PostgreSQL outlived it
+
+    again = serve(config, env)
+    await asyncio.to_thread(again.wait_ready)
+    await asyncio.to_thread(again.wait_event, "listening")  # the pid file is written right after this line
+    for _ in range(100):
+        if (pg_tmp / ".gateway" / "gateway.pid").read_text().split("\n", 1)[0] == str(again.proc.pid):
+            break
+        await asyncio.sleep(0.05)
+    assert (pg_tmp / ".gateway" / "gateway.pid").read_text().split("\n", 1)[0] == str(again.proc.pid)
+    assert again.stop() == 0
+    assert not (pg_tmp / ".gateway" / "pgdata" / "postmaster.pid").exists()  # stopped by the one that reused it
+
+
 # --- 3. the CLI names its database and refuses the embedded one while the server uses another -------
 
 
@@ -236,17 +258,20 @@ async def test_serve_warns_about_a_missing_provider_key_and_reload_and_check_ask
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_provider_refusing_the_gateways_key_is_a_502_naming_the_provider(
-    gateway: TestServer, upstream: FakeUpstream, key: str, status: int
+    gateway: TestServer, upstream: FakeUpstream, key: str, status: int, pool: asyncpg.Pool
 ) -> None:
-    for path, headers, dialect in (
-        ("/v1/messages", {"x-api-key": key}, "anthropic"),
-        ("/v1/chat/completions", {"authorization": f"Bearer {key}"}, "openai"),
-    ):
+    cases = (
+        ("/v1/messages", {"x-api-key": key}, "anthropic", MESSAGE),
+        ("/v1/messages", {"x-api-key": key}, "anthropic", {**MESSAGE, "stream": True}),
+        ("/v1/chat/completions", {"authorization": f"Bearer {key}"}, "openai", MESSAGE),
+        ("/v1/chat/completions", {"authorization": f"Bearer {key}"}, "openai", {**MESSAGE, "stream": True}),
+    )
+    for path, headers, dialect, body in cases:
         upstream.enqueue(status=status, body=anthropic_error("authentication_error", "invalid x-api-key"))
         with structlog.testing.capture_logs() as logs:
             async with (
                 aiohttp.ClientSession() as s,
-                s.post(gateway.make_url(path), json=MESSAGE, headers=headers) as r,
+                s.post(gateway.make_url(path), json=body, headers=headers) as r,
             ):
                 answer = await r.json()
         assert r.status == 502, answer
@@ -260,6 +285,9 @@ async def test_provider_refusing_the_gateways_key_is_a_502_naming_the_provider(
             assert error["type"] == "server_error" and error["code"] == "provider_auth_failed"
         [line] = [e for e in logs if e["event"] == "provider_refused_credentials"]
         assert line["provider"] == "anthropic" and line["status"] == status
+    assert len(upstream.requests) == len(cases)  # never retried: the same key would be refused again
+    rows = await flushed_usage(gateway, pool)
+    assert [r["status"] for r in rows] == [502] * len(cases)  # each refusal is on the usage log
 
 
 async def test_openai_provider_refusing_the_gateways_key_is_a_502_in_anthropic_shape(
