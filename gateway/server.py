@@ -131,6 +131,7 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
             )
         if first_key:
             _print_first_key(first_key, host, port)
+        _until_serving_signals()
         pid_file = instance.record(cfg, port)
         if workers == 1:
             _run_worker(cfg, dsn, sock)
@@ -143,6 +144,20 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
             embedded.stop()  # ours while we hold the data dir, even when an earlier run left it running
         if claim is not None:
             claim.release()
+
+
+def _until_serving_signals() -> None:
+    """From the pid file on, until the app installs its own handlers: a reload is ignored, a stop cleans up.
+
+    `gateway reload` may read the pid file at once, and SIGHUP's default action ends a process; a SIGTERM in
+    that window would otherwise skip the `finally` that stops the embedded server and removes the pid file.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _listen_or_explain(host: str, port: int, *, reuse_port: bool) -> socket.socket:
