@@ -93,6 +93,14 @@ def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
     return value.strip()
 
 
+def _token(body: dict[str, Any]) -> str:
+    """claudecodeUserKey when given: optional, but never empty (leave it out for a user without Claude Code)."""
+    value = body["claudecodeUserKey"]
+    if not isinstance(value, str) or not value.strip():
+        raise AdminError(400, "'claudecodeUserKey' must be a non-empty string, or left out for an IDE-only user")
+    return _text(body, "claudecodeUserKey", max_len=4096)
+
+
 def _user_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
@@ -162,7 +170,7 @@ class UserKeysApi:
         if not EMAIL.match(email):
             raise AdminError(400, f"'email' is not an email address: {email!r}")
         # Optional: a user who works only in IDEs has no Claude Code token to register.
-        cc_token = None if body.get("claudecodeUserKey") is None else _text(body, "claudecodeUserKey", max_len=4096)
+        cc_token = None if body.get("claudecodeUserKey") is None else _token(body)
         if cc_token is not None and cc_token.startswith(KEY_PREFIX):
             raise AdminError(400, "'claudecodeUserKey' must be the user's Claude Code token, not a gateway key")
         if cc_token is not None and len(cc_token) < 8:

@@ -315,7 +315,8 @@ def without(name: str) -> dict[str, str]:
         pytest.param(without("lastname"), "'lastname' is required", id="lastname-missing"),
         pytest.param({**VALID, "lastname": ["x"]}, "'lastname' is required", id="lastname-list"),
         pytest.param({**VALID, "firstname": "Ad\x00a"}, "'firstname' must not contain NUL", id="firstname-nul"),
-        pytest.param({**VALID, "claudecodeUserKey": ""}, "'claudecodeUserKey' is required", id="token-empty"),
+        pytest.param({**VALID, "claudecodeUserKey": ""}, "'claudecodeUserKey' must be a non-empty", id="token-empty"),
+        pytest.param({**VALID, "claudecodeUserKey": 7}, "or left out for an IDE-only user", id="token-number"),
         pytest.param({**VALID, "claudecodeUserKey": "short"}, "too short", id="token-too-short"),
         pytest.param(
             {**VALID, "claudecodeUserKey": "gw-0123456789abcdef_secret"}, "not a gateway key", id="token-is-gw-key"
