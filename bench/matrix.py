@@ -29,6 +29,7 @@ from bench.ttfb import Endpoint, probe
 
 RESULTS_DIR = servers.BENCH_DIR / "results"
 WARMUP_CONC = 10
+LITELLM_WARMUP_S = 5
 PAUSE_S = 0.3  # between runs, so one run's closing connections do not overlap the next
 
 
@@ -151,12 +152,13 @@ class Bench:
         time.sleep(PAUSE_S)
         return Run(server.name, case.key, conc, load, cpu_ms / load.requests if load.requests else 0.0)
 
-    def warm_up(self, targets: Sequence[Server], key: str | None = None) -> None:
+    def warm_up(self, targets: Sequence[Server], key: str | None = None, duration_s: int | None = None) -> None:
         """A short run per case and server: first-request costs (bcrypt, connection pools) stay out of the figures."""
         for case, server in itertools.product(CASES, targets):
-            run = self.measure(server, case, WARMUP_CONC, self.settings.warmup_s, key=key)
+            run = self.measure(server, case, WARMUP_CONC, duration_s or self.settings.warmup_s, key=key)
             if run.load.errors or run.load.non2xx or not run.load.requests:
-                raise BenchError(f"warm-up of {server.name} {case.title} failed: {run.load}; see {server.log}")
+                tail = servers.log_tail(server.log)
+                raise BenchError(f"warm-up of {server.name} {case.title} failed: {run.load}; {server.log}:\n{tail}")
         progress(f"warmed up: {', '.join(s.name for s in targets)}")
 
     def run_matrix(self) -> None:
@@ -210,10 +212,14 @@ class Bench:
 
     def run_litellm(self, upstream: str) -> None:
         if not servers.litellm_installed():
-            self.results.notes.append("LiteLLM: not installed (pip install 'litellm[proxy]'), not measured")
+            self.results.notes.append(
+                "LiteLLM: not found, not measured (python3 -m venv /tmp/litellm && /tmp/litellm/bin/pip install "
+                "'litellm[proxy]', then LITELLM_BIN=/tmp/litellm/bin/litellm)"
+            )
             return
         litellm = self.own(servers.start_litellm(upstream, self.run_dir))
-        self.warm_up([litellm], key=servers.LITELLM_KEY)
+        # Its first requests take about 2 s each (it loads its provider code on first use): a longer warm-up.
+        self.warm_up([litellm], key=servers.LITELLM_KEY, duration_s=max(self.settings.warmup_s, LITELLM_WARMUP_S))
         for case, conc in itertools.product(CASES, CONCURRENCIES):
             self.record(self.measure(litellm, case, conc, self.settings.duration_s, key=servers.LITELLM_KEY))
         rss = ", ".join(f"{mb:.0f} MB" for mb in litellm.worker_rss_mb())

@@ -236,21 +236,47 @@ def gateway_revision() -> str:
 # --- LiteLLM, for comparison -------------------------------------------------------------------------
 
 
+# LiteLLM's proxy reads these; the gateway's benchmark environment may hold them for itself. With DATABASE_URL
+# set, LiteLLM 1.108 wants its Prisma database and exits before it is ready ("the prisma CLI is neither on PATH
+# nor importable"): the comparison is against LiteLLM without a database, as shared/tools/litellm_config.yaml.
+LITELLM_UNSET = ("DATABASE_URL", "DIRECT_URL", "LITELLM_MASTER_KEY", "STORE_MODEL_IN_DB", "REDIS_HOST", "REDIS_URL")
+LITELLM_BIN_ENV = "LITELLM_BIN"
+
+
+def litellm_command() -> list[str] | None:
+    """The `litellm` proxy executable: $LITELLM_BIN, else beside this interpreter, else on PATH; None if none.
+
+    It need not be importable here: LiteLLM is best installed in a venv of its own (750 MB, and it pins
+    versions of aiohttp, openai and others that the gateway's venv should not be moved to).
+    """
+    if path := os.environ.get(LITELLM_BIN_ENV):
+        return [path]
+    beside = Path(sys.executable).parent / "litellm"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("litellm")
+    return [found] if found else None
+
+
 def litellm_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("litellm") is not None
+    return litellm_command() is not None
 
 
-def start_litellm(upstream: str, log_dir: Path) -> Server:
-    """A LiteLLM proxy without a database, `claude-fast` routed to the fake (as shared/tools/litellm_config.yaml)."""
+def litellm_spawn_args(upstream: str, log_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment of a LiteLLM proxy without a database, `claude-fast` routed to the fake."""
+    command = litellm_command()
+    if command is None:
+        raise BenchError(f"litellm not found: set {LITELLM_BIN_ENV}, or pip install 'litellm[proxy]'")
     config = log_dir / "litellm_config.yaml"
     model = {"model": "anthropic/claude-3-5-haiku-20241022", "api_base": upstream, "api_key": "fake-upstream-key"}
     doc = {"model_list": [{"model_name": "claude-fast", "litellm_params": model}]}
     config.write_text(yaml.safe_dump({**doc, "general_settings": {"master_key": LITELLM_KEY}}))
-    beside = Path(sys.executable).parent / "litellm"
-    command = [str(beside)] if beside.exists() else [shutil.which("litellm") or "litellm"]
-    port = free_port()
     argv = [*command, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    return spawn("litellm", argv, port, log_dir, health="/health/liveliness", env=env)
+    return argv, {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # its price list from the wheel, not the network
+
+
+def start_litellm(upstream: str, log_dir: Path) -> Server:
+    """A LiteLLM proxy without a database, `claude-fast` routed to the fake (as shared/tools/litellm_config.yaml)."""
+    port = free_port()
+    argv, env = litellm_spawn_args(upstream, log_dir, port)
+    return spawn("litellm", argv, port, log_dir, health="/health/liveliness", env=env, unset=LITELLM_UNSET)

@@ -58,6 +58,7 @@ async def _body(request: web.Request, allowed: set[str], *, optional: bool = Fal
         if optional:
             return {}
         raise AdminError(400, "request body must be a JSON object")
+    _require_json_media_type(request)  # only a body can be misread; aiohttp labels an empty POST octet-stream
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -69,6 +70,18 @@ async def _body(request: web.Request, allowed: set[str], *, optional: bool = Fal
     return body
 
 
+def _require_json_media_type(request: web.Request) -> None:
+    """415 for a body declared as anything but JSON, as on the model routes (gateway.app.read_json_body).
+
+    `curl -d` without `-H 'content-type: application/json'` sends application/x-www-form-urlencoded; taking
+    that as JSON here but not on /v1/messages would teach a habit that fails there.
+    """
+    content_type = request.headers.get("Content-Type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise AdminError(415, f"Content-Type must be application/json, got {content_type!r}")
+
+
 def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
@@ -78,6 +91,14 @@ def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
     if "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the INSERT
         raise AdminError(400, f"'{name}' must not contain NUL characters")
     return value.strip()
+
+
+def _token(body: dict[str, Any]) -> str:
+    """claudecodeUserKey when given: optional, but never empty (leave it out for a user without Claude Code)."""
+    value = body["claudecodeUserKey"]
+    if not isinstance(value, str) or not value.strip():
+        raise AdminError(400, "'claudecodeUserKey' must be a non-empty string, or left out for an IDE-only user")
+    return _text(body, "claudecodeUserKey", max_len=4096)
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
@@ -149,10 +170,11 @@ class UserKeysApi:
         email = _text(body, "email", max_len=254)
         if not EMAIL.match(email):
             raise AdminError(400, f"'email' is not an email address: {email!r}")
-        cc_token = _text(body, "claudecodeUserKey", max_len=4096)
-        if cc_token.startswith(KEY_PREFIX):
+        # Optional: a user who works only in IDEs has no Claude Code token to register.
+        cc_token = None if body.get("claudecodeUserKey") is None else _token(body)
+        if cc_token is not None and cc_token.startswith(KEY_PREFIX):
             raise AdminError(400, "'claudecodeUserKey' must be the user's Claude Code token, not a gateway key")
-        if len(cc_token) < 8:
+        if cc_token is not None and len(cc_token) < 8:
             raise AdminError(400, "'claudecodeUserKey' is too short to be a Claude Code token (8 characters minimum)")
         plaintext, key = await asyncio.to_thread(self._new_key)
         try:
@@ -161,7 +183,7 @@ class UserKeysApi:
                 email=email,
                 firstname=_text(body, "firstname"),
                 lastname=_text(body, "lastname"),
-                claudecode_hmac=claudecode_hmac(self._hmac_secret, cc_token),
+                claudecode_hmac=claudecode_hmac(self._hmac_secret, cc_token) if cc_token is not None else None,
                 key=key,
                 actor_key_id=admin.key_id,
             )
@@ -208,7 +230,9 @@ class UserKeysApi:
             self._svc.key_cache.evict_key(old_key_id)
         self._svc.claudecode_tokens.evict_user(user_id)  # the mapping now leads to the new key
         # The Claude Code token is stored only as an HMAC: the mapping is kept, its plaintext cannot be shown.
-        return _json({**_user(user), "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext})
+        # `apiKey` as in the create answer; `newApiKey` is the original design's name, kept for its clients.
+        answer = {"apiKey": plaintext, "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext}
+        return _json({**_user(user), **answer})
 
     async def increase_token_limit(self, request: web.Request, admin: Principal) -> web.Response:
         user_id = _user_id(request)

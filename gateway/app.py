@@ -95,7 +95,9 @@ def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
         return BodyTooLarge("request body is over the size limit")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"method not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}")
-    return RouteNotFound("no such endpoint: the gateway serves /v1/messages, /v1/chat/completions and /v1/models")
+    return RouteNotFound(
+        "no such endpoint: the gateway serves /v1/messages, /v1/chat/completions, /v1/responses and /v1/models"
+    )
 
 
 class ConcurrencyLimit:

@@ -1,7 +1,10 @@
 """The `gateway` command.
 
+From a checkout, `./scripts/gateway ARGS` runs it from .venv (made on first use).
+
 gateway serve [--config gateway.yaml] [--host H] [--port 8000] [--workers N]
 gateway migrate [--config gateway.yaml]
+gateway reload
 gateway config check [FILE]
 gateway keys create --name NAME [--admin] [--quiet]
 gateway keys list
@@ -12,15 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from gateway import db
+import asyncpg
+
+from gateway import db, instance
 from gateway.config import ConfigError, GatewayConfig, default_config_path, load_config
+from gateway.credentials import missing_keys
+from gateway.embedded_pg import EmbeddedPostgresError, data_dir_locked, start_embedded_postgres
+from gateway.instance import InstanceError, database_label
 from gateway.keys import generate_key
 
 
@@ -53,30 +63,76 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Make the running `gateway serve` re-read its config file (sends it SIGHUP)."""
-    from gateway.server import pid_file_path
-
-    cfg = _config(args)  # validate first: a bad file is refused here, before the server sees it
-    path = pid_file_path(cfg)
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (FileNotFoundError, ValueError):
-        raise UsageError(f"no running gateway found ({path} is missing or unreadable)") from None
-    except ProcessLookupError:
-        raise UsageError(f"the gateway recorded in {path} (pid {pid}) is not running") from None
-    print(f"asked gateway {pid} to reload {cfg.source}")
+    shell_cfg = _config(args)
+    server = instance.running(shell_cfg)
+    path = instance.pid_file_path(shell_cfg)
+    if server is None:
+        raise UsageError(f"no running gateway found ({path} is missing, or its process has ended)")
+    # Validate as the server will read it: with the server's environment (${VAR}s), not this shell's.
+    server_env = instance.environ_of(server.pid)
+    cfg = load_config(shell_cfg.source, server_env) if server_env is not None else shell_cfg
+    _warn_missing_keys(cfg, "the running gateway's environment" if server_env is not None else "this shell")
+    os.kill(server.pid, signal.SIGHUP)
+    print(f"asked gateway {server.pid} to reload {cfg.source}")
     return 0
+
+
+def _warn_missing_keys(cfg: GatewayConfig, whose: str) -> None:
+    for missing in missing_keys(cfg):
+        print(f"warning: {missing.describe(whose)}", file=sys.stderr)
+
+
+def _config_environment(cfg: GatewayConfig) -> tuple[dict[str, str] | None, str]:
+    """The environment the running gateway of this checkout has, if any, else None (this shell's counts)."""
+    server = instance.running(cfg)
+    env = instance.environ_of(server.pid) if server is not None else None
+    if server is None or env is None:
+        return None, "this shell (no running gateway found to ask)"
+    return env, f"the running gateway's environment (pid {server.pid})"
+
+
+@contextlib.contextmanager
+def _database(cfg: GatewayConfig) -> Iterator[str]:
+    """The DSN a command opens, named on stderr first; an embedded server started just for it is stopped after.
+
+    Refuses the embedded database while this checkout's running gateway serves from another one: a key
+    written there would never be seen by the server.
+    """
+    label = database_label(cfg)
+    warning = instance.check_same_database(cfg)
+    print(f"gateway: database {label}", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
+    if cfg.database.url:
+        yield cfg.database.url
+        return
+    data_dir = Path(cfg.database.embedded_data_dir)
+    server = start_embedded_postgres(data_dir)
+    try:
+        yield server.dsn
+    finally:
+        if server.started and not data_dir_locked(data_dir):  # a `gateway serve` that attached keeps it
+            server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _pool(dsn: str, cfg: GatewayConfig) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated pool for one command."""
+    pool = await instance.open_pool(dsn, database_label(cfg))
+    try:
+        async with pool.acquire() as conn:
+            await db.migrate(conn)
+        yield pool
+    finally:
+        await pool.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the numbered files in sql/ that this database has not seen yet."""
-    from gateway.services import database_url
-
     cfg = _config(args)
 
-    async def run() -> int:
-        dsn, _ = database_url(cfg)
-        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    async def run(dsn: str) -> int:
+        pool = await instance.open_pool(dsn, database_label(cfg), max_size=1)
         try:
             async with pool.acquire() as conn:
                 applied = await db.migrate(conn)
@@ -85,7 +141,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print("applied: " + ", ".join(applied) if applied else "database is up to date")
         return 0
 
-    return _run(run())
+    with _database(cfg) as dsn:
+        return _run(run(dsn))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -98,20 +155,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  {alias.name:<20} -> {alias.provider}:{alias.model}  [{provider.base_url}]{price}")
     for model in cfg.unpriced_models():
         print(f"warning: pricing.{model} is missing: requests to it are logged with an unknown cost", file=sys.stderr)
-    if any(not p.api_key for p in cfg.providers.values()):
-        missing = ", ".join(n for n, p in cfg.providers.items() if not p.api_key)
-        print(f"warning: no api_key for provider(s) {missing} (providers.NAME.api_key)", file=sys.stderr)
+    # Which environment counts: the running gateway's, when there is one; `${VAR}`s are its, not this shell's.
+    env, whose = _config_environment(cfg)
+    _warn_missing_keys(load_config(cfg.source, env) if env is not None else cfg, whose)
     return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     """Create a gateway key and print it once; only its bcrypt hash is stored."""
-    from gateway.services import database_only
-
     cfg = _config(args)
 
-    async def run() -> int:
-        async with database_only(cfg) as pool:
+    async def run(dsn: str) -> int:
+        async with _pool(dsn, cfg) as pool:
             new = generate_key(cfg.auth.bcrypt_rounds)
             row = await db.insert_key(
                 pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name=args.name, is_admin=args.admin
@@ -123,17 +178,16 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             print(f"created {kind} {row.id} ({row.name}); it is shown only now:\n{new.plaintext}")
         return 0
 
-    return _run(run())
+    with _database(cfg) as dsn:
+        return _run(run(dsn))
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     """List keys: id, name, admin, created, revoked (never a secret)."""
-    from gateway.services import database_only
-
     cfg = _config(args)
 
-    async def run() -> int:
-        async with database_only(cfg) as pool:
+    async def run(dsn: str) -> int:
+        async with _pool(dsn, cfg) as pool:
             rows = await db.list_keys(pool)
         print(f"{'ID':>5}  {'NAME':<24} {'KEY':<22} {'ADMIN':<5}  {'CREATED':<20} REVOKED")
         for r in rows:
@@ -143,24 +197,24 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             print(f"{r.id:>5}  {r.name:<24} gw-{r.lookup_id}_… {admin:<5}  {created:<20} {revoked}")
         return 0
 
-    return _run(run())
+    with _database(cfg) as dsn:
+        return _run(run(dsn))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     """Revoke a key by id; every gateway process refuses it within auth.cache_ttl_s seconds."""
-    from gateway.services import database_only
-
     cfg = _config(args)
 
-    async def run() -> int:
-        async with database_only(cfg) as pool:
+    async def run(dsn: str) -> int:
+        async with _pool(dsn, cfg) as pool:
             done = await db.revoke_key(pool, args.id)
         if not done:
             raise UsageError(f"no active key with id {args.id} (see: gateway keys list)")
         print(f"revoked key {args.id}; running gateways refuse it within {cfg.auth.cache_ttl_s:g} s")
         return 0
 
-    return _run(run())
+    with _database(cfg) as dsn:
+        return _run(run(dsn))
 
 
 # --- parser ------------------------------------------------------------------------------------------
@@ -211,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    except (InstanceError, EmbeddedPostgresError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ConnectionError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

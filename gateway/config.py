@@ -773,6 +773,33 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
     )
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice.
+
+    YAML 1.2 requires keys to be unique, but PyYAML keeps the last one silently: a second `models:` pasted
+    at the end of gateway.yaml would replace every alias above it without a word.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` may be overridden by the keys beside it; that is its purpose
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, list | dict):
+                    continue  # unhashable: SafeConstructor reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("GATEWAY_CONFIG", "gateway.yaml"))
 
@@ -786,7 +813,7 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

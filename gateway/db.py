@@ -286,7 +286,7 @@ async def create_user(
     email: str,
     firstname: str,
     lastname: str,
-    claudecode_hmac: bytes,
+    claudecode_hmac: bytes | None,
     key: tuple[str, str],
     actor_key_id: int | None,
 ) -> tuple[UserRow, KeyRow]:

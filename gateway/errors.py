@@ -13,6 +13,7 @@
     ├── MethodNotAllowed            405  invalid_request_error        e.g. GET /v1/messages
     ├── BudgetExceeded              429  rate_limit_error             monthly token or USD limit reached
     ├── UpstreamUnreachable         502  api_error / bad_gateway      connection to the provider failed
+    ├── ProviderRefusedCredentials  502  api_error / provider_auth_failed  401/403 to the gateway's own key
     ├── UpstreamTimeout             504  api_error / timeout          the provider did not answer in time
     ├── UpstreamError               (upstream's status)               the provider answered with an error
     └── ServiceUnavailable          503  overloaded_error             the gateway cannot serve right now
@@ -132,6 +133,17 @@ class BudgetExceeded(GatewayError):
 
 class UpstreamUnreachable(GatewayError):
     status, anthropic_type, openai_type, openai_code = 502, "api_error", "server_error", "bad_gateway"
+
+
+class ProviderRefusedCredentials(GatewayError):
+    """The provider answered 401/403: it refused the gateway's own credentials (providers.NAME.api_key).
+
+    The caller's key never goes upstream, so such a reply is never about the caller; relaying it as the
+    provider's `authentication_error` would send users hunting for a fault in their gateway key. A 502, like
+    any provider the gateway cannot use; not retried (the same key would be refused again).
+    """
+
+    status, anthropic_type, openai_type, openai_code = 502, "api_error", "server_error", "provider_auth_failed"
 
 
 class UpstreamTimeout(GatewayError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -13,9 +14,12 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway import db
+from gateway import db, instance
 from gateway.app import build_app
 from gateway.config import GatewayConfig
+from gateway.credentials import missing_keys
+from gateway.embedded_pg import DataDirBusy, lock_data_dir
+from gateway.instance import InstanceError, database_label
 from gateway.keys import generate_key
 from gateway.logs import configure_logging
 from gateway.services import database_url
@@ -23,9 +27,9 @@ from gateway.services import database_url
 log = structlog.get_logger("gateway")
 
 
-async def prepare_database(cfg: GatewayConfig, dsn: str) -> str | None:
+async def prepare_database(cfg: GatewayConfig, dsn: str, label: str = "") -> str | None:
     """Migrate, and on an empty key table create a first admin key; returns its plaintext (shown once)."""
-    pool = await db.create_pool(dsn, min_size=1, max_size=1)
+    pool = await instance.open_pool(dsn, label or "in DATABASE_URL", max_size=1)
     try:
         async with pool.acquire() as conn:
             applied = await db.migrate(conn)
@@ -43,7 +47,8 @@ async def prepare_database(cfg: GatewayConfig, dsn: str) -> str | None:
 def _print_first_key(key: str, host: str, port: int) -> None:
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     print(
-        f"\nFirst admin key (shown once; `gateway keys create --name NAME` makes more):\n\n    {key}\n\n"
+        f"\nFirst admin key (shown once; `./scripts/gateway keys create --name NAME --admin` makes more admin keys,\n"
+        f"without --admin a user key):\n\n    {key}\n\n"
         f"Try it:\n    curl {base}/v1/messages -H 'x-api-key: {key}' -H 'content-type: application/json' \\\n"
         f'      -d \'{{"model":"claude-fast","max_tokens":64,"messages":[{{"role":"user","content":"hi"}}]}}\'\n',
         flush=True,
@@ -87,47 +92,90 @@ def _run_worker(cfg: GatewayConfig, dsn: str, sock: socket.socket) -> None:
 
 
 def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
-    """Run the gateway until SIGINT/SIGTERM. Several workers share the port via SO_REUSEPORT."""
+    """Run the gateway until SIGINT/SIGTERM. Several workers share the port via SO_REUSEPORT.
+
+    Raises InstanceError (one line for the CLI) when the embedded data dir is taken by another gateway, the
+    database cannot be opened, or the address is in use.
+    """
     configure_logging(cfg.logging)
     host = host or cfg.server.host
     port = cfg.server.port if port is None else port
     workers = workers or cfg.server.workers
-    dsn, embedded = database_url(cfg)
-    first_key = asyncio.run(prepare_database(cfg, dsn))
-    sock = _listen_socket(host, port, reuse_port=workers > 1)
-    log.info(
-        "listening",
-        url=f"http://{host}:{sock.getsockname()[1]}",
-        workers=workers,
-        config=cfg.source,
-        database="embedded" if embedded else "external",
-    )
-    if first_key:
-        _print_first_key(first_key, host, sock.getsockname()[1])
-    pid_file = write_pid_file(cfg)
+    data_dir = Path(cfg.database.embedded_data_dir)
+    try:  # before the embedded server starts: a second gateway must not even attach to it
+        claim = None if cfg.database.url else lock_data_dir(data_dir, f"pid {os.getpid()}, port {port}")
+    except DataDirBusy as exc:
+        raise InstanceError(str(exc)) from None
+    embedded = None
+    pid_file = None
     try:
+        dsn, embedded = database_url(cfg)
+        first_key = asyncio.run(prepare_database(cfg, dsn, database_label(cfg)))
+        sock = _listen_or_explain(host, port, reuse_port=workers > 1)
+        port = sock.getsockname()[1]
+        if claim is not None:
+            claim.describe(f"pid {os.getpid()}, port {port}")
+        log.info(
+            "listening",
+            url=f"http://{host}:{port}",
+            workers=workers,
+            config=cfg.source,
+            database=database_label(cfg),
+        )
+        for missing in missing_keys(cfg):  # every call would fail upstream with a 401 that looks like the caller's
+            log.warning(
+                "provider_credentials_missing",
+                provider=missing.provider,
+                variable=missing.variable,
+                problem=missing.describe(),
+            )
+        if first_key:
+            _print_first_key(first_key, host, port)
+        _until_serving_signals()
+        pid_file = instance.record(cfg, port)
         if workers == 1:
             _run_worker(cfg, dsn, sock)
             return 0
         return _supervise(cfg, dsn, sock, workers)
     finally:
-        pid_file.unlink(missing_ok=True)
-        if embedded is not None and embedded.started:
-            embedded.stop()
+        if pid_file is not None:
+            instance.forget(pid_file)
+        if embedded is not None:
+            embedded.stop()  # ours while we hold the data dir, even when an earlier run left it running
+        if claim is not None:
+            claim.release()
+
+
+def _until_serving_signals() -> None:
+    """From the pid file on, until the app installs its own handlers: a reload is ignored, a stop cleans up.
+
+    `gateway reload` may read the pid file at once, and SIGHUP's default action ends a process; a SIGTERM in
+    that window would otherwise skip the `finally` that stops the embedded server and removes the pid file.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_now)
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _listen_or_explain(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    try:
+        return _listen_socket(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise InstanceError(
+                f"cannot listen on {host}:{port}: the address is already in use (another gateway or program); "
+                f"pick another port with --port {port + 1 if port else 8001} (or PORT=..., server.port in "
+                "gateway.yaml), or stop what holds it"
+            ) from None
+        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror} (see --host, GATEWAY_HOST)") from None
 
 
 def pid_file_path(cfg: GatewayConfig) -> Path:
     """Where `gateway serve` records its pid for `gateway reload`: beside the embedded data dir."""
-    return Path(cfg.database.embedded_data_dir).parent / "gateway.pid"
-
-
-def write_pid_file(cfg: GatewayConfig) -> Path:
-    path = pid_file_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)  # O_CREAT's mode applies only to a new file: an old 0644 one is replaced
-    with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:  # 0600: ours alone
-        f.write(f"{os.getpid()}\n")
-    return path
+    return instance.pid_file_path(cfg)
 
 
 def _supervise(cfg: GatewayConfig, dsn: str, sock: socket.socket, workers: int) -> int:

@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestServer
 from gateway import bcrypt_executor, throttle
 from gateway.bcrypt_executor import BcryptExecutor
 from gateway.errors import ServiceUnavailable
+from gateway.instance import record as write_pid_file
 from gateway.keys import generate_key, lookup_id_of
-from gateway.server import write_pid_file
 from gateway.usage_spill import SpillDir
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
 from tests.fakes.reverse_proxy import free_port, haproxy_in_front, nginx_in_front
@@ -312,6 +312,8 @@ async def test_a_full_bcrypt_queue_refuses_the_least_deserving_with_503() -> Non
 # --- 5. the provider's key never reaches the caller ----------------------------------------------------------
 
 
+# A 429 is relayed (status and message kept); a 401/403 is the provider refusing the gateway's own key, a 502.
+@pytest.mark.parametrize(("upstream_status", "status"), [(429, 429), (401, 502)], ids=["relayed", "refused-key"])
 @pytest.mark.parametrize(("path", "body"), [("/v1/messages", BODY), ("/v1/chat/completions", CHAT)])
 async def test_an_upstream_that_echoes_its_key_shows_it_to_no_caller(
     gateway: TestServer,
@@ -320,13 +322,15 @@ async def test_an_upstream_that_echoes_its_key_shows_it_to_no_caller(
     capsys: pytest.CaptureFixture[str],
     path: str,
     body: dict[str, Any],
+    upstream_status: int,
+    status: int,
 ) -> None:
     echo = {
         "type": "error",
         "error": {"type": "authentication_error", "message": f"invalid x-api-key: {UPSTREAM_KEY}"},
     }
     upstream.enqueue(
-        status=401,
+        status=upstream_status,
         body=echo,
         headers={
             "request-id": "req_upstream_1",
@@ -338,11 +342,11 @@ async def test_an_upstream_that_echoes_its_key_shows_it_to_no_caller(
         },
     )
     async with aiohttp.ClientSession() as s:
-        status, raw, headers = await post(s, str(gateway.make_url("")), key, path=path, json=body)
+        got, raw, headers = await post(s, str(gateway.make_url("")), key, path=path, json=body)
     everything = raw.decode() + str(dict(headers)) + capsys.readouterr().out + capsys.readouterr().err
-    assert status == 401 and "invalid x-api-key" in raw.decode()  # the provider's status and message, kept
+    assert got == status and "invalid x-api-key" in raw.decode()  # the provider's message, kept
     assert UPSTREAM_KEY not in everything
-    if path == "/v1/messages":  # the passthrough relays the allowlisted headers
+    if path == "/v1/messages" and status == 429:  # the passthrough relays the allowlisted headers
         assert headers["request-id"] == "req_upstream_1" and headers["retry-after"] == "7"
     assert not {"x-echo-authorization", "set-cookie", "anthropic-organization-id"} & {h.lower() for h in headers}
 
@@ -383,5 +387,5 @@ def test_the_pid_file_is_private(tmp_path: Path) -> None:
     cfg = gateway_config("http://127.0.0.1:9", database={"embedded_data_dir": str(tmp_path / "pgdata")})
     (tmp_path / "gateway.pid").write_text("1\n")
     (tmp_path / "gateway.pid").chmod(0o644)  # left by an earlier version
-    path = write_pid_file(cfg)
-    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == f"{os.getpid()}\n"
+    path = write_pid_file(cfg, 8000)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text().startswith(f"{os.getpid()}\nport=8000\n")

@@ -27,7 +27,7 @@ def test_config_check_prints_aliases() -> None:
     assert result.returncode == 0, result.stderr
     assert "gateway.yaml: ok" in result.stdout
     assert "claude-fast" in result.stdout and "anthropic:claude-haiku-4-5" in result.stdout
-    assert "no api_key" in result.stderr  # ANTHROPIC_API_KEY is unset here
+    assert "has no API key: ANTHROPIC_API_KEY is unset" in result.stderr  # unset here
 
 
 def test_config_check_warns_about_unpriced_models(tmp_path: Path) -> None:

@@ -27,12 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def write_config(path: Path, upstream_url: str, *, fast_model: str, extra: str = "", port: int = 0) -> None:
+PRICED = "{claude-haiku-4-5: {input: 1, output: 5, cache_write: 1.25, cache_read: 0.1}}"
+
+
+def write_config(
+    path: Path, upstream_url: str, *, fast_model: str, extra: str = "", port: int = 0, pricing: str = PRICED
+) -> None:
     path.write_text(
         f"server: {{port: {port}, auth_failures_per_minute: 1000}}\n"
         f"providers: {{anthropic: {{base_url: '{upstream_url}', api_key: {UPSTREAM_KEY}, retries: {{attempts: 1}}}}}}\n"
         f"models: {{claude-fast: {{provider: anthropic, model: {fast_model}}}}}\n"
-        "pricing: {claude-haiku-4-5: {input: 1, output: 5, cache_write: 1.25, cache_read: 0.1}}\n"
+        f"pricing: {pricing}\n"
         f"auth: {{bcrypt_rounds: 4}}\nusage_log: {{spill_dir: '{path.parent}/spill'}}\n"
         "logging: {format: json, level: warning}\n" + extra
     )
@@ -65,7 +70,7 @@ async def test_a_remapped_alias_applies_to_the_next_request(
 ) -> None:
     server, path = served
     assert (await post(server, key))[0] == 200
-    write_config(path, upstream.url, fast_model="claude-haiku-9", extra="pricing: {}\n")
+    write_config(path, upstream.url, fast_model="claude-haiku-9", pricing="{}")
     assert reload(server)
     assert (await post(server, key))[0] == 200
     assert [r.json["model"] for r in upstream.requests] == ["claude-haiku-4-5", "claude-haiku-9"]
@@ -104,7 +109,7 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
         url = str(server.make_url("/v1/messages"))
         async with s.post(url, json={**BODY, "stream": True}, headers={"x-api-key": key}) as r:
             await r.content.readline()
-            write_config(path, upstream.url, fast_model="claude-haiku-9", extra="pricing: {}\n")
+            write_config(path, upstream.url, fast_model="claude-haiku-9", pricing="{}")
             assert reload(server)
             rest = await r.read()
     assert b"event: message_stop" in rest
@@ -135,7 +140,7 @@ async def test_gateway_reload_signals_the_running_server(
                     break
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.1)
-        write_config(path, upstream.url, fast_model="claude-haiku-9", extra=extra + "pricing: {}\n", port=port)
+        write_config(path, upstream.url, fast_model="claude-haiku-9", extra=extra, pricing="{}", port=port)
         reloaded = await asyncio.create_subprocess_exec(*gateway, "reload", cwd=ROOT, env=env)
         assert await reloaded.wait() == 0
         for _ in range(50):

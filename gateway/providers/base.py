@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import aiohttp
+import orjson
+import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import ProviderConfig
 from gateway.dialect import Dialect
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import GatewayError, ProviderRefusedCredentials, UpstreamTimeout, UpstreamUnreachable
+
+log = structlog.get_logger("gateway.upstream")
+
+CREDENTIAL_STATUSES = frozenset({401, 403})  # the provider's verdict on the gateway's own api_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,17 @@ def allowed_headers(headers: Mapping[str, str], secret: str) -> CIMultiDictProxy
         if lower in RELAYED_HEADERS or lower.startswith(RELAYED_HEADER_PREFIXES):
             kept.add(name, value.replace(secret, REDACTED.decode()) if secret and secret in value else value)
     return CIMultiDictProxy(kept)
+
+
+def _error_message(body: bytes, limit: int = 200) -> str:
+    """The message inside an Anthropic or OpenAI error body (`{"error": {"message": ...}}`), else its start."""
+    try:
+        error = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else None
+    text = message if isinstance(message, str) else body.decode("utf-8", "replace")
+    return " ".join(text.split())[:limit]
 
 
 class _Chunks:
@@ -174,7 +191,33 @@ class HttpProvider:
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):
             response = await self._session.post(url, data=body, headers=self.headers(call), timeout=timeout)
+        if response.status in CREDENTIAL_STATUSES:
+            raise await self._refused_credentials(response)
         return AiohttpReply(self.name, response, self._secret)
+
+    async def _refused_credentials(self, response: aiohttp.ClientResponse) -> ProviderRefusedCredentials:
+        """The caller's error for a 401/403 upstream: the provider refused *our* key, never the caller's."""
+        try:
+            with upstream_errors(self.name):
+                detail = _error_message(await response.read())
+            if self._secret:  # an upstream that echoes the key it refused must not show it to the caller
+                detail = detail.replace(self._secret, REDACTED.decode())
+        except GatewayError:
+            detail = ""
+        finally:
+            response.release()
+        log.error(
+            "provider_refused_credentials",
+            provider=self.name,
+            status=response.status,
+            detail=detail,
+            hint=f"check providers.{self.name}.api_key in gateway.yaml and the variable it reads",
+        )
+        said = f": {detail}" if detail else ""
+        return ProviderRefusedCredentials(
+            f"the provider {self.name!r} refused the gateway's own credentials (HTTP {response.status}{said}); "
+            "your gateway key was accepted: the gateway's operator must fix the provider's API key"
+        )
 
     async def aclose(self) -> None:
         """The session is shared and closed by the app."""
