@@ -76,7 +76,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         dsn, _ = database_url(cfg)
-        pool = await db.create_pool(dsn, min_size=1, max_size=1)
+        pool = await db.create_pool(dsn, min_size=1, max_size=1, statement_cache_size=cfg.database.statement_cache_size)
         try:
             async with pool.acquire() as conn:
                 applied = await db.migrate(conn)

@@ -1,6 +1,6 @@
 """The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
 
-    auth -> key_mapping -> budget -> route -> usage_log -> relay (upstream call, response to the caller)
+    auth -> key_mapping -> rate_limit -> budget -> route -> usage_log -> relay (upstream call, response to the caller)
 
 `build_stages` is the one place that order is written down; `chain` composes it once at startup.
 """
@@ -121,6 +121,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.auth import Authenticate
     from gateway.stages.budget import CheckBudget
     from gateway.stages.key_mapping import MapClaudeCodeKey
+    from gateway.stages.rate_limit import CheckRateLimit
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
     from gateway.throttle import AuthThrottle
@@ -133,6 +134,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
         ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
+        "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status

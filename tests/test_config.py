@@ -36,7 +36,7 @@ def test_defaults_and_interpolation() -> None:
     cfg = parse_config(raw, {})
     assert cfg.server.port == 8123 and cfg.server.max_body_bytes == 32 * 1024 * 1024
     assert parse_config(raw, {"PORT": "9000"}).server.port == 9000
-    assert cfg.pipeline == ("auth", "key_mapping", "budget", "route", "usage_log")
+    assert cfg.pipeline == ("auth", "key_mapping", "rate_limit", "budget", "route", "usage_log")
 
 
 def test_model_env_override_in_the_shipped_file() -> None:
