@@ -251,9 +251,10 @@ class UsageLog:
     async def close(self) -> None:
         """Stop the flusher and write what is left (called on shutdown); if the database is away, spill it."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            async with self._flush_lock:  # never cancel the flusher mid-write: its batch would be lost
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         with contextlib.suppress(*db.UNAVAILABLE):
             await self.flush()
