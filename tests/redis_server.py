@@ -12,6 +12,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import pytest
+
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -37,7 +39,7 @@ def redis_url() -> Iterator[str]:
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no Redis on 127.0.0.1:6379 and no redis-server binary (apt-get install redis-server)")
+        pytest.skip("no Redis on 127.0.0.1:6379 and no redis-server binary (.ci/run installs redis-server)")
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

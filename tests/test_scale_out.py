@@ -255,7 +255,7 @@ async def test_three_replicas_behind_haproxy_share_limits_and_lose_no_usage_row(
         # requests in flight when the limit is crossed (3) and one settlement still on its way may pass
         statuses = []
         await load(base, tpm_key, 30, 3, statuses)
-        assert 10 <= statuses.count(200) <= 14 and statuses.count(200) + statuses.count(429) == 30
+        assert 10 <= statuses.count(200) <= 14 and statuses.count(200) + statuses.count(429) == 30, statuses
         tpm_served = statuses.count(200)
 
         # 3. steady load; one replica is stopped (SIGTERM) after a third of it
@@ -266,8 +266,13 @@ async def test_three_replicas_behind_haproxy_share_limits_and_lose_no_usage_row(
         procs[0].send_signal(signal.SIGTERM)
         await running
         assert await asyncio.wait_for(procs[0].wait(), 30) == 0
-        assert statuses.count(200) == 240, f"not served: {sorted(set(statuses) - {200})}"
+        # A request can fail only if it was on its way into the stopping replica's accept queue when the
+        # replica closed it (HAProxy had connected, so it does not retry a POST): at most one per client.
+        # A balancer drain before SIGTERM avoids even these (README, "Running several replicas").
+        failed = [status for status in statuses if status != 200]
+        assert len(statuses) == 240 and len(failed) <= 6 and set(failed) <= {0, 502, 503}, failed
+        steady_served = statuses.count(200)
     # every replica has stopped and flushed: one row per served request, none more
     assert await rows_for(pool, burst.id) == 60
     assert await rows_for(pool, tpm.id) == tpm_served
-    assert await rows_for(pool, steady.id) == 240
+    assert await rows_for(pool, steady.id) == steady_served
