@@ -62,11 +62,9 @@ for i, p in ipairs(KEYS) do
     redis.call('ZREMRANGEBYSCORE', k, '-inf', now - 60000)
     local n = redis.call('ZCARD', k)
     rrem = rpm - n
-    if n > 0 then
-      rreset = tonumber(redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')[2]) + 60000 - now
-    end
-    if rrem <= 0 then
+    if rrem <= 0 then  -- the reset figures are read only for a refusal's headers (each ZRANGE costs)
       kind = 1
+      rreset = tonumber(redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')[2]) + 60000 - now
       retry = tonumber(redis.call('ZRANGE', k, n - rpm, n - rpm, 'WITHSCORES')[2]) + 60000 - now + 1
     end
   end

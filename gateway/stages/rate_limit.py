@@ -61,6 +61,9 @@ class CheckRateLimit:
             assert verdict.scope is not None
             self._metrics.rate_limit_rejections.inc((verdict.scope.name.split(":")[0], verdict.refused_by))
             raise refusal(verdict, ex.dialect)
+        if not any(s.limit.tokens_per_minute or s.limit.in_flight for s in scopes):
+            await call_next(ex)  # requests per minute only: nothing to settle afterwards
+            return
         try:
             await call_next(ex)
         finally:
