@@ -47,8 +47,11 @@ OPERATIONS: list[APIOperation] = [result.ok() for result in SCHEMA.get_all_opera
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
 
+MANAGEMENT_PREFIXES = ("/v1/user-api-keys", "/v1/rate-limits")
+
+
 def is_management(operation: APIOperation) -> bool:
-    return operation.path.startswith("/v1/user-api-keys")
+    return operation.path.startswith(MANAGEMENT_PREFIXES)
 
 
 def needs_admin(operation: APIOperation) -> bool:
@@ -76,7 +79,7 @@ def modes_for(operation: APIOperation) -> tuple[GenerationMode, ...]:
 
 def expected_error_shape(path: str, sent_headers: Any) -> str:
     """The error dialect of a route, as gateway/app.py's `dialect_of` and the management API decide it."""
-    if path.startswith("/v1/user-api-keys"):
+    if path.startswith(MANAGEMENT_PREFIXES):
         return "plain"
     if path.startswith("/v1/messages"):
         return "anthropic"
