@@ -6,7 +6,10 @@ run on both. tests/test_scale_out.py shows the shared counts across replicas beh
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -18,8 +21,9 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from gateway.config import ConfigError, RateLimit
+from gateway.metrics import Metrics
 from gateway.rate_limits.limiter import Limiter, LocalLimiter, Scope
-from gateway.rate_limits.redis_limiter import RedisLimiter
+from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
 from gateway.services import SERVICES
 from tests.conftest import GatewayFactory, gateway_config
 from tests.fakes.upstream import FakeUpstream
@@ -295,3 +299,68 @@ async def test_overrides_need_an_admin_key(gateway: TestServer, make_user: MakeU
 def test_config_errors_name_the_value(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         gateway_config("http://127.0.0.1:1", rate_limits=section)
+
+
+async def test_a_client_hanging_up_mid_stream_frees_its_slot_and_its_tokens_count(
+    make_gateway: GatewayFactory, make_user: MakeUser, upstream: FakeUpstream, redis: str, prefix: str
+) -> None:
+    upstream.usage(input_tokens=400, output_tokens=5)
+    upstream.enqueue(chunk_delay_s=0.2)  # a slow stream, dropped after its first line
+    section = {"in_flight": 1, "tokens_per_minute": 800}
+    server = await make_gateway(rate_limits=limits(redis, prefix, key=section))
+    key, _ = await make_user()
+    url, headers = str(server.make_url("/v1/messages")), {"x-api-key": key}
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(url, json={**MESSAGES, "stream": True}, headers=headers)
+        await r.content.readline()
+        assert (await post(server, "/v1/messages", key, MESSAGES))[0] == 429  # its one slot is taken
+        r.close()  # the client goes away mid-stream
+        for _ in range(100):  # the relay notices, the stage settles in the background
+            status, body, _ = await post(server, "/v1/messages", key, MESSAGES)
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200
+        # the dropped stream's 400 input tokens and this request's 405 are over 800 a minute
+        status, body, headers_ = await post(server, "/v1/messages", key, MESSAGES)
+    assert status == 429 and "800 tokens per minute" in body["error"]["message"]
+    assert headers_["anthropic-ratelimit-tokens-limit"] == "800"
+
+
+async def test_redis_restarting_is_survived_and_checks_resume(tmp_path: Any) -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    async def start() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL)
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return proc
+            await asyncio.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    metrics = Metrics()
+    limiter = RedisLimiter(
+        f"redis://127.0.0.1:{port}/0", prefix="t:", timeout_s=0.5, fail_closed=False, metrics=metrics
+    )
+    scope = [Scope("key:1", RateLimit(requests_per_minute=100))]
+    proc = await start()
+    try:
+        assert (await limiter.acquire(scope)).ticket  # checked in Redis
+        proc.terminate()
+        await proc.wait()
+        unchecked = await limiter.acquire(scope)
+        assert unchecked.admitted and not unchecked.ticket  # fail open: admitted without a check
+        assert metrics.rate_limit_redis_errors.values[("check",)] == 1
+        proc = await start()
+        await asyncio.sleep(BACKOFF_S + 0.1)  # after the backoff Redis is asked again
+        assert (await limiter.acquire(scope)).ticket
+    finally:
+        await limiter.aclose()
+        proc.terminate()
+        await proc.wait()

@@ -1,4 +1,4 @@
-"""Stage 3: requests per minute, tokens per minute and requests in flight, per key and per user.
+"""After key mapping, before the budget: requests per minute, tokens per minute and requests in flight.
 
 Runs after authentication (it needs the key and user) and before the budget check. A refused request gets a
 429 in the caller's dialect with `Retry-After` and the rate-limit headers its SDK reads: OpenAI's
