@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -153,7 +154,7 @@ async def replicas(
             "models: {claude-fast: {provider: anthropic, model: claude-haiku-4-5}}\n"
             f"rate_limits: {{redis_url: '{redis}', key_prefix: '{prefix}', key: {{requests_per_minute: 60}}}}\n"
             f"usage_log: {{flush_interval_ms: 50, spill_dir: '{work}/spill-{i}'}}\n"
-            "metrics: {require_admin: false}\nlogging: {format: json, level: warning}\n"
+            "budgets: {refresh_s: 0.1}\nmetrics: {require_admin: false}\nlogging: {format: json, level: warning}\n"
         )
         cmd = [sys.executable, "-m", "gateway", "--config", str(config), "serve"]
         procs.append(await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env))
@@ -201,6 +202,29 @@ async def load(
         await asyncio.gather(*(client(s) for _ in range(concurrency)))
 
 
+async def spend_budget(base: str, key: str, *, clients: int) -> int:
+    """Clients send one request every 50 ms until the budget refuses them; returns how many were served."""
+    served = 0
+
+    async def client(s: aiohttp.ClientSession) -> None:
+        nonlocal served
+        for _ in range(100):
+            async with s.post(
+                f"{base}/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"}
+            ) as r:
+                body = await r.json(content_type=None)
+            if r.status == 429:
+                assert body["error"]["code"] == "monthly_token_limit", body
+                return
+            assert r.status == 200, body
+            served += 1
+            await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(client(s) for _ in range(clients)))
+    return served
+
+
 async def served_by_replica(ports: list[int]) -> list[int]:
     """200s each replica answered on the chat route, read from its /metrics."""
     counts = []
@@ -231,6 +255,7 @@ async def test_three_replicas_behind_haproxy_share_limits_and_lose_no_usage_row(
     burst_key, burst = await make_user("burst@example.com")
     tpm_key, tpm = await make_user("tokens@example.com")
     steady_key, steady = await make_user("steady@example.com")
+    budget_key, budget = await make_user("budget@example.com", limit_tokens=2000)
     await pool.execute(
         "INSERT INTO rate_limit_overrides (scope, scope_id, requests_per_minute, tokens_per_minute) VALUES"
         " ('key', $1, 0, 1000), ('key', $2, 0, NULL)",  # 0: no request limit; 1000 tokens a minute
@@ -258,7 +283,13 @@ async def test_three_replicas_behind_haproxy_share_limits_and_lose_no_usage_row(
         assert 10 <= statuses.count(200) <= 14 and statuses.count(200) + statuses.count(429) == 30, statuses
         tpm_served = statuses.count(200)
 
-        # 3. steady load; one replica is stopped (SIGTERM) after a third of it
+        # 3. a monthly token budget of 2000 (20 requests), 3 clients pausing 50 ms between requests: the bound
+        # of README's *Budgets*, the requests in flight (3) plus what the other replicas serve before this one
+        # sees their usage (flush 50 ms + refresh 100 ms, 60 % slack: at most 15 requests from 3 clients)
+        served_budget = await spend_budget(base, budget_key, clients=3)
+        assert 20 <= served_budget <= 20 + 3 + math.ceil((0.05 + 0.1) * 1.6 * 3 / 0.05)
+
+        # 4. steady load; one replica is stopped (SIGTERM) after a third of it
         statuses = []
         third = asyncio.Event()
         running = asyncio.create_task(load(base, steady_key, 240, 6, statuses, mark=(80, third)))
@@ -276,3 +307,4 @@ async def test_three_replicas_behind_haproxy_share_limits_and_lose_no_usage_row(
     assert await rows_for(pool, burst.id) == 60
     assert await rows_for(pool, tpm.id) == tpm_served
     assert await rows_for(pool, steady.id) == steady_served
+    assert await rows_for(pool, budget.id) == served_budget
