@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from gateway.config import ConfigError, RateLimit
+from gateway.errors import ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.rate_limits.limiter import Limiter, LocalLimiter, Scope
 from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
@@ -348,19 +349,30 @@ async def test_redis_restarting_is_survived_and_checks_resume(tmp_path: Any) -> 
     limiter = RedisLimiter(
         f"redis://127.0.0.1:{port}/0", prefix="t:", timeout_s=0.5, fail_closed=False, metrics=metrics
     )
+    closed_metrics = Metrics()
+    closed = RedisLimiter(
+        f"redis://127.0.0.1:{port}/0", prefix="t:", timeout_s=0.5, fail_closed=True, metrics=closed_metrics
+    )
     scope = [Scope("key:1", RateLimit(requests_per_minute=100))]
+    slot = [Scope("key:2", RateLimit(in_flight=5, tokens_per_minute=1000))]
     proc = await start()
     try:
         assert (await limiter.acquire(scope)).ticket  # checked in Redis
+        held = await closed.acquire(slot)
         proc.terminate()
         await proc.wait()
         unchecked = await limiter.acquire(scope)
         assert unchecked.admitted and not unchecked.ticket  # fail open: admitted without a check
         assert metrics.rate_limit_redis_errors.values[("check",)] == 1
+        await closed.release(slot, held.ticket, 100)  # the request is over: counted, never raised
+        assert closed_metrics.rate_limit_redis_errors.values[("settle",)] == 1
+        with pytest.raises(ServiceUnavailable):  # fail closed: 503 while Redis is away
+            await closed.acquire(slot)
         proc = await start()
         await asyncio.sleep(BACKOFF_S + 0.1)  # after the backoff Redis is asked again
         assert (await limiter.acquire(scope)).ticket
     finally:
         await limiter.aclose()
+        await closed.aclose()
         proc.terminate()
         await proc.wait()

@@ -77,7 +77,7 @@ class RateLimitOverrides:
         self.by_scope[(scope, scope_id)] = override
 
     async def delete(self, scope: str, scope_id: str) -> bool:
-        status = await self._pool.execute(
+        status: str = await self._pool.execute(
             "DELETE FROM rate_limit_overrides WHERE scope = $1 AND scope_id = $2", scope, scope_id
         )
         self.by_scope.pop((scope, scope_id), None)

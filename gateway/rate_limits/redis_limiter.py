@@ -149,7 +149,8 @@ class RedisLimiter:
         try:
             answer = await self._check(keys=[self._prefix + s.name for s in scopes], args=args)
         except (RedisError, OSError) as exc:
-            return self._failed(exc)
+            self._failed(exc, "check")
+            return self._unavailable()
         self._recovered()
         admitted, index, kind, retry, r_rem, r_reset, t_rem, t_reset = (int(v) for v in answer)
         verdict = Verdict(
@@ -158,26 +159,25 @@ class RedisLimiter:
         return _admitted(verdict, ticket) if verdict.admitted else verdict
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None:
-        if not ticket:  # admitted without asking Redis: nothing to settle there
+        if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
             return
         args: list[int | str] = [ticket, tokens]
         for scope in scopes:
             args += [scope.limit.tokens_per_minute, scope.limit.in_flight]
         try:
             await self._settle(keys=[self._prefix + s.name for s in scopes], args=args)
-        except (RedisError, OSError) as exc:
-            self._failed(exc, settling=True)
+        except (RedisError, OSError) as exc:  # the request is over: only count it (a lost settlement)
+            self._failed(exc, "settle")
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    def _failed(self, exc: BaseException, *, settling: bool = False) -> Verdict:
-        self._metrics.rate_limit_redis_errors.inc(("settle" if settling else "check",))
+    def _failed(self, exc: BaseException, op: str) -> None:
+        self._metrics.rate_limit_redis_errors.inc((op,))
         self._down_until = time.monotonic() + BACKOFF_S
         if not self._outage_logged:
             self._outage_logged = True
             log.error("rate_limit_redis_unavailable", error=repr(exc), fail="closed" if self._fail_closed else "open")
-        return self._unavailable()
 
     def _recovered(self) -> None:
         if self._outage_logged:
