@@ -168,7 +168,7 @@ class LocalLimiter:
             if scope.limit.in_flight:
                 state.leases[ticket] = now + LEASE_MS
         assert first is not None
-        return _admitted(first, ticket)
+        return admitted_verdict(first, ticket)
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None:
         now = self._clock() * 1000
@@ -182,7 +182,7 @@ class LocalLimiter:
         return None
 
 
-def _admitted(first: Verdict, ticket: str) -> Verdict:
+def admitted_verdict(first: Verdict, ticket: str) -> Verdict:
     """The admitted verdict, with this request counted in the remaining figures."""
     remaining = first.requests_remaining - 1 if first.requests_remaining > 0 else first.requests_remaining
     return Verdict(

@@ -36,7 +36,7 @@ from gateway.rate_limits.limiter import (
     Scope,
     Tickets,
     Verdict,
-    _admitted,
+    admitted_verdict,
 )
 
 log = structlog.get_logger("gateway.rate_limits")
@@ -156,7 +156,7 @@ class RedisLimiter:
         verdict = Verdict(
             bool(admitted), scopes[index - 1], KINDS.get(kind, ""), retry, r_rem, r_reset, t_rem, t_reset, ticket
         )
-        return _admitted(verdict, ticket) if verdict.admitted else verdict
+        return admitted_verdict(verdict, ticket) if verdict.admitted else verdict
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None:
         if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
