@@ -405,3 +405,93 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/user-api-keys/{id}/increase-token-limit", admin_only(api.increase_token_limit))
     app.router.add_get("/v1/user-api-keys/{id}/usage-history", admin_only(api.usage_history))
     app.router.add_get("/v1/dlp-findings", admin_only(dlp_findings))
+    add_rate_limit_routes(app)
+
+
+# --- rate-limit overrides (/v1/rate-limits) ----------------------------------------------------------
+
+RATE_LIMIT_FIELDS = {
+    "requestsPerMinute": "requests_per_minute",
+    "tokensPerMinute": "tokens_per_minute",
+    "inFlight": "in_flight",
+}
+MAX_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
+
+
+def add_rate_limit_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/rate-limits", admin_only(list_rate_limits))
+    app.router.add_put("/v1/rate-limits/{scope}/{id}", admin_only(put_rate_limit))
+    app.router.add_delete("/v1/rate-limits/{scope}/{id}", admin_only(delete_rate_limit))
+
+
+def _limits_json(values: Any) -> dict[str, Any]:
+    return {
+        camel: getattr(values, name) if not isinstance(values, dict) else values[name]
+        for camel, name in RATE_LIMIT_FIELDS.items()
+    }
+
+
+async def list_rate_limits(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+    """GET /v1/rate-limits: the configured defaults and every override (null field: the default)."""
+    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    assert svc.rate_limit_overrides is not None
+    overrides = [
+        {"scope": r["scope"], "id": r["scope_id"], **_limits_json(r), "updatedAt": _iso(r["updated_at"])}
+        for r in await svc.rate_limit_overrides.listing()
+    ]
+    defaults = {"key": _limits_json(cfg.rate_limits.key), "user": _limits_json(cfg.rate_limits.user)}
+    shared = "redis" if cfg.rate_limits.redis_url else "per-process"
+    return _json({"defaults": defaults, "counting": shared, "overrides": overrides})
+
+
+async def _rate_limit_scope(request: web.Request) -> tuple[str, str]:
+    """(scope, id) from the path, checked against the database: 404 for an unknown scope, key or user."""
+    scope, raw_id = request.match_info["scope"], request.match_info["id"]
+    pool = request.app[SERVICES].pool
+    if scope == "key" and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 19:
+        if await pool.fetchval("SELECT 1 FROM api_keys WHERE id = $1", int(raw_id)):
+            return scope, str(int(raw_id))
+    elif scope == "user":
+        try:
+            user_id = uuid.UUID(raw_id)
+        except ValueError:
+            user_id = None
+        if user_id is not None and await db.get_user(pool, user_id) is not None:
+            return scope, str(user_id)
+    elif scope != "key":
+        raise AdminError(404, f"no rate-limit scope {scope!r}; use /v1/rate-limits/key/<key id> or /user/<user id>")
+    raise AdminError(404, f"no {scope} with id {raw_id!r}")
+
+
+async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+    """PUT /v1/rate-limits/{key|user}/{id} {"requestsPerMinute": 60, "tokensPerMinute": null, "inFlight": 0}.
+
+    Absent or null: the default from gateway.yaml; 0: no limit of that kind. Replaces the whole override.
+    """
+    from gateway.rate_limits.overrides import Override
+
+    scope, scope_id = await _rate_limit_scope(request)
+    body = await _body(request, set(RATE_LIMIT_FIELDS))
+    values: dict[str, int | None] = {}
+    for camel, name in RATE_LIMIT_FIELDS.items():
+        value = body.get(camel)
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
+            raise AdminError(400, f"'{camel}' must be null or an integer from 0 to {MAX_LIMIT}")
+        values[name] = value
+    svc = request.app[SERVICES]
+    assert svc.rate_limit_overrides is not None
+    override = Override(**values)
+    await svc.rate_limit_overrides.put(scope, scope_id, override)
+    limits = request.app[RUNTIME].config.rate_limits
+    effective = override.over(limits.key if scope == "key" else limits.user)
+    return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
+
+
+async def delete_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+    """DELETE /v1/rate-limits/{key|user}/{id}: back to the defaults; 404 when there was no override."""
+    scope, scope_id = await _rate_limit_scope(request)
+    svc = request.app[SERVICES]
+    assert svc.rate_limit_overrides is not None
+    if not await svc.rate_limit_overrides.delete(scope, scope_id):
+        raise AdminError(404, f"no rate-limit override for {scope} {scope_id}")
+    return _json({"scope": scope, "id": scope_id, "deleted": True})

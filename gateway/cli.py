@@ -132,7 +132,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cfg = _config(args)
 
     async def run(dsn: str) -> int:
-        pool = await instance.open_pool(dsn, database_label(cfg), max_size=1)
+        pool = await instance.open_pool(
+            dsn, database_label(cfg), max_size=1, statement_cache_size=cfg.database.statement_cache_size
+        )
         try:
             async with pool.acquire() as conn:
                 applied = await db.migrate(conn)

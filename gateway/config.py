@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-PIPELINE_STAGES = ("auth", "key_mapping", "budget", "dlp", "route", "usage_log")  # the only order they can run in
+# the only order they can run in
+PIPELINE_STAGES = ("auth", "key_mapping", "rate_limit", "budget", "dlp", "route", "usage_log")
 REQUIRED_STAGES = frozenset({"auth", "route"})
 PROVIDER_TYPES = frozenset({"anthropic", "openai"})
 
@@ -48,6 +49,7 @@ class DatabaseConfig:
     embedded_data_dir: str = "./.gateway/pgdata"
     pool_min: int = 1
     pool_max: int = 10
+    statement_cache_size: int = 100  # asyncpg's prepared-statement cache; 0 behind PgBouncer (transaction mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,31 @@ class UsageLogConfig:
     flush_rows: int = 500
     max_queue_rows: int = 50_000  # rows held in memory while the database is away; beyond: the spill dir
     spill_dir: str = "./.gateway/usage-spill"
+    retention_months: int = 0  # >0: drop usage_log's monthly partitions older than this many whole months
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Limits for one key or user; 0 means no limit of that kind."""
+
+    requests_per_minute: int = 0  # in any sliding 60 s
+    tokens_per_minute: int = 0  # input + output tokens, settled after each request
+    in_flight: int = 0  # requests being served at once
+
+    @property
+    def any(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.in_flight)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    redis_url: str = ""  # empty: counted in each process (per-process limits)
+    fail: str = "open"  # open | closed: what a request gets while Redis cannot be reached
+    redis_timeout_s: float = 0.25  # per Redis call; a slower answer counts as Redis being away
+    key_prefix: str = "gw:rl:"  # Redis key prefix (several gateways may share one Redis)
+    overrides_refresh_s: float = 5.0  # how often each process re-reads the management API's overrides
+    key: RateLimit = RateLimit()  # default for every gateway key
+    user: RateLimit = RateLimit()  # default for every user (shared by all of the user's keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +256,7 @@ class GatewayConfig:
     metrics: MetricsConfig = MetricsConfig()
     routing: RoutingConfig = RoutingConfig()
     dlp: DlpConfig = DlpConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     source: str = "<defaults>"
     console: ConsoleConfig = ConsoleConfig()
 
@@ -377,13 +405,16 @@ def _networks(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _database(raw: Any) -> DatabaseConfig:
-    s = _section(raw, "database", {"url", "embedded_data_dir", "pool_min", "pool_max"})
+    s = _section(raw, "database", {"url", "embedded_data_dir", "pool_min", "pool_max", "statement_cache_size"})
     d = DatabaseConfig()
     return DatabaseConfig(
         url=_get(s, "url", "database", str, d.url),
         embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
         pool_min=_get(s, "pool_min", "database", int, d.pool_min),
         pool_max=_positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max"),
+        statement_cache_size=_non_negative(
+            _get(s, "statement_cache_size", "database", int, d.statement_cache_size), "database.statement_cache_size"
+        ),
     )
 
 
@@ -555,7 +586,9 @@ def _admin_key(key: str) -> str:
 
 
 def _usage_log(raw: Any) -> UsageLogConfig:
-    s = _section(raw, "usage_log", {"flush_interval_ms", "flush_rows", "max_queue_rows", "spill_dir"})
+    s = _section(
+        raw, "usage_log", {"flush_interval_ms", "flush_rows", "max_queue_rows", "spill_dir", "retention_months"}
+    )
     d = UsageLogConfig()
     return UsageLogConfig(
         flush_interval_ms=_positive(
@@ -566,6 +599,47 @@ def _usage_log(raw: Any) -> UsageLogConfig:
             _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
         ),
         spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
+        retention_months=_non_negative(
+            _get(s, "retention_months", "usage_log", int, d.retention_months), "usage_log.retention_months"
+        ),
+    )
+
+
+def _non_negative(value: int, where: str) -> int:
+    if value < 0:
+        raise ConfigError(f"{where}: must be 0 or more, got {value}")
+    return value
+
+
+def _rate_limit(raw: Any, where: str) -> RateLimit:
+    names = ("requests_per_minute", "tokens_per_minute", "in_flight")
+    s = _section(raw, where, set(names))
+    return RateLimit(**{n: _non_negative(_get(s, n, where, int, 0), f"{where}.{n}") for n in names})
+
+
+def _rate_limits(raw: Any) -> RateLimitConfig:
+    allowed = {"redis_url", "fail", "redis_timeout_s", "key_prefix", "overrides_refresh_s", "key", "user"}
+    s = _section(raw, "rate_limits", allowed)
+    d = RateLimitConfig()
+    fail = _get(s, "fail", "rate_limits", str, d.fail)
+    if fail not in ("open", "closed"):
+        raise ConfigError(f"rate_limits.fail: {fail!r} is not one of open, closed")
+    redis_url = _get(s, "redis_url", "rate_limits", str, d.redis_url)
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"rate_limits.redis_url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
+    return RateLimitConfig(
+        redis_url=redis_url,
+        fail=fail,
+        redis_timeout_s=_positive(
+            _get(s, "redis_timeout_s", "rate_limits", float, d.redis_timeout_s), "rate_limits.redis_timeout_s"
+        ),
+        key_prefix=_get(s, "key_prefix", "rate_limits", str, d.key_prefix),
+        overrides_refresh_s=_positive(
+            _get(s, "overrides_refresh_s", "rate_limits", float, d.overrides_refresh_s),
+            "rate_limits.overrides_refresh_s",
+        ),
+        key=_rate_limit(s.get("key"), "rate_limits.key"),
+        user=_rate_limit(s.get("user"), "rate_limits.user"),
     )
 
 
@@ -744,6 +818,7 @@ TOP_LEVEL = {
     "pipeline",
     "dlp",
     "console",
+    "rate_limits",
 }
 
 
@@ -768,6 +843,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
         pipeline=_pipeline(doc.get("pipeline")),
         metrics=_metrics(doc.get("metrics")),
         dlp=_dlp(doc.get("dlp"), models, _pipeline(doc.get("pipeline"))),
+        rate_limits=_rate_limits(doc.get("rate_limits")),
         source=source,
         console=_console(doc.get("console")),
     )

@@ -36,9 +36,20 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 LOOKUP_TIMEOUT_S = 3.0  # a key lookup that takes longer is treated as the database being away
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    # timeout: connecting; command_timeout: any statement (a batch COPY included)
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=5, command_timeout=30)
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    # timeout: connecting; command_timeout: any statement (a batch COPY included).
+    # statement_cache_size=0 behind PgBouncer in transaction mode: a named prepared statement lives on one
+    # server connection, and the next transaction may run on another.
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=5,
+        command_timeout=30,
+        statement_cache_size=statement_cache_size,
+    )
 
 
 # --- migrations --------------------------------------------------------------------------------------
@@ -54,25 +65,26 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
 async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply the `sql/` files not yet recorded in schema_migrations, each in its own transaction.
 
-    Returns the names applied. Safe to run twice and from several processes at once (advisory lock).
+    Returns the names applied. Safe to run twice and from several processes at once: each file's transaction
+    first takes a transaction-scoped advisory lock and re-reads what is applied. A transaction-scoped lock,
+    not a session one, so that it also holds (and is released) behind PgBouncer in transaction mode, where
+    consecutive statements outside a transaction may run on different server connections.
     """
     applied_now = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations"
             " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        for path in migration_files(sql_dir):
-            if path.name in done:
+    for path in migration_files(sql_dir):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE name = $1", path.name):
                 continue
-            async with conn.transaction():
-                await conn.execute(path.read_text(encoding="utf-8"))
-                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
-            applied_now.append(path.name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+            await conn.execute(path.read_text(encoding="utf-8"))
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+        applied_now.append(path.name)
     return applied_now
 
 
@@ -195,7 +207,7 @@ _COLUMN_LIST = ", ".join(USAGE_COLUMNS)
 _STORE_BATCH = f"""
 WITH stored AS (
     INSERT INTO usage_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_incoming
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id, created_at) DO NOTHING  -- usage_log's key: partitioned by created_at (sql/009)
     RETURNING key_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
               input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS tokens, cost_usd
 ), scoped AS (

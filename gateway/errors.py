@@ -12,6 +12,7 @@
     ├── RouteNotFound               404  not_found_error              no such endpoint
     ├── MethodNotAllowed            405  invalid_request_error        e.g. GET /v1/messages
     ├── BudgetExceeded              429  rate_limit_error             monthly token or USD limit reached
+    ├── RateLimited                 429  rate_limit_error             requests/tokens per minute or in flight
     ├── UpstreamUnreachable         502  api_error / bad_gateway      connection to the provider failed
     ├── ProviderRefusedCredentials  502  api_error / provider_auth_failed  401/403 to the gateway's own key
     ├── UpstreamTimeout             504  api_error / timeout          the provider did not answer in time
@@ -128,6 +129,25 @@ class BudgetExceeded(GatewayError):
         body = super().render(dialect)
         if dialect is Dialect.OPENAI:
             body["error"]["code"] = self.code
+        return body
+
+
+class RateLimited(GatewayError):
+    """A per-minute or in-flight limit refused the request; `headers` carry Retry-After and the figures.
+
+    OpenAI's body names the kind in `type` (requests | tokens) with code rate_limit_exceeded, as its API does.
+    """
+
+    status, anthropic_type, openai_type, openai_code = 429, "rate_limit_error", "requests", "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str = "requests", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.kind = kind
+
+    def render(self, dialect: Dialect) -> dict[str, Any]:
+        body = super().render(dialect)
+        if dialect is Dialect.OPENAI:
+            body["error"]["type"] = self.kind
         return body
 
 

@@ -154,10 +154,17 @@ def check_same_database(cfg: GatewayConfig) -> str | None:
     )
 
 
-async def open_pool(dsn: str, label: str, *, min_size: int = 1, max_size: int = 2) -> asyncpg.Pool:
-    """A pool on the database, or InstanceError naming it: no traceback for a database that is not there."""
+async def open_pool(
+    dsn: str, label: str, *, min_size: int = 1, max_size: int = 2, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    """A pool on the database, or InstanceError naming it: no traceback for a database that is not there.
+
+    `statement_cache_size`: 0 behind PgBouncer in transaction mode (database.statement_cache_size).
+    """
     try:
-        return await db.create_pool(dsn, min_size=min_size, max_size=max_size)
+        return await db.create_pool(
+            dsn, min_size=min_size, max_size=max_size, statement_cache_size=statement_cache_size
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise InstanceError(
             f"cannot open the database {label}: {exc} (is it running, and is DATABASE_URL or database.url right?)"

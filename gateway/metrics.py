@@ -93,6 +93,15 @@ class Metrics:
         self.dlp_findings = Counters(
             "gateway_dlp_findings", "Sensitive values found in requests (block, redact, audit)", ("detector", "action")
         )
+        self.rate_limit_rejections = Counters(
+            "gateway_rate_limit_rejections", "Requests refused by a rate limit", ("scope", "limit")
+        )
+        self.rate_limit_redis_errors = Counters(
+            "gateway_rate_limit_redis_errors", "Failed rate-limit calls to Redis (op: check, settle)", ("op",)
+        )
+        self.rate_limit_unchecked = Counters(
+            "gateway_rate_limit_unchecked", "Requests admitted unchecked while Redis was away (fail: open)", ()
+        )
         self.usage_spilled = Counters("gateway_usage_spilled_rows", "Usage rows written to the spill dir", ())
         self.usage_flush = Histograms("gateway_usage_flush_seconds", "Time to write a usage batch", (), FLUSH_BUCKETS)
         self.gauges: dict[str, Callable[[], float]] = {}  # name -> reader, summed across workers

@@ -1,6 +1,7 @@
 """The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
 
-    auth -> key_mapping -> budget -> dlp -> route -> usage_log -> relay (upstream call, response to the caller)
+    auth -> key_mapping -> rate_limit -> budget -> dlp -> route -> usage_log -> relay (upstream call, response to
+    the caller)
 
 `build_stages` is the one place that order is written down; `chain` composes it once at startup.
 """
@@ -176,6 +177,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.stages.budget import CheckBudget, price_of_requested
     from gateway.stages.dlp import PreventDataLoss
     from gateway.stages.key_mapping import MapClaudeCodeKey
+    from gateway.stages.rate_limit import CheckRateLimit
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
     from gateway.throttle import AuthThrottle
@@ -194,6 +196,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
         "key_mapping": MapClaudeCodeKey(
             svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
         ),
+        "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
         "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
         "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),

@@ -29,7 +29,9 @@ log = structlog.get_logger("gateway")
 
 async def prepare_database(cfg: GatewayConfig, dsn: str, label: str = "") -> str | None:
     """Migrate, and on an empty key table create a first admin key; returns its plaintext (shown once)."""
-    pool = await instance.open_pool(dsn, label or "in DATABASE_URL", max_size=1)
+    pool = await instance.open_pool(
+        dsn, label or "in DATABASE_URL", max_size=1, statement_cache_size=cfg.database.statement_cache_size
+    )
     try:
         async with pool.acquire() as conn:
             applied = await db.migrate(conn)

@@ -27,8 +27,12 @@ from gateway.metrics import Metrics
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
+from gateway.rate_limits.limiter import Limiter, LocalLimiter
+from gateway.rate_limits.overrides import RateLimitOverrides
+from gateway.rate_limits.redis_limiter import RedisLimiter
 from gateway.stages.auth import EnvAdminKey
 from gateway.usage import UsageLog
+from gateway.usage_partitions import keep_partitions
 from gateway.usage_spill import SpillDir
 
 log = structlog.get_logger("gateway")
@@ -53,6 +57,9 @@ class Services:
     provider_configs: dict[str, ProviderConfig] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     extras: dict[str, Any] = field(default_factory=dict)
+    rate_limiter: Limiter = field(default_factory=LocalLimiter)  # Redis when rate_limits.redis_url is set
+    rate_limit_overrides: RateLimitOverrides | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at close
 
     def apply_config(self, cfg: GatewayConfig) -> None:
         """Take a reloaded config's providers, pricing and budget refresh; requests in flight keep theirs."""
@@ -67,6 +74,11 @@ class Services:
         self.usage_view.refresh_s = cfg.budgets.refresh_s
 
     async def aclose(self) -> None:
+        for task in self.background:
+            task.cancel()
+        if self.rate_limit_overrides is not None:
+            await self.rate_limit_overrides.close()
+        await self.rate_limiter.aclose()
         await self.usage_view.close()
         await self.usage_log.close()
         for provider in self.providers.values():
@@ -97,7 +109,12 @@ async def open_services(
     embedded = None
     if dsn is None:
         dsn, embedded = database_url(cfg)
-    pool = await db.create_pool(dsn, min_size=cfg.database.pool_min, max_size=cfg.database.pool_max)
+    pool = await db.create_pool(
+        dsn,
+        min_size=cfg.database.pool_min,
+        max_size=cfg.database.pool_max,
+        statement_cache_size=cfg.database.statement_cache_size,
+    )
     try:
         if run_migrations:
             async with pool.acquire() as conn:
@@ -143,6 +160,23 @@ async def open_services(
     metrics.gauge("gateway_db_pool_connections_idle", pool.get_idle_size)
     metrics.gauge("gateway_db_pool_connections_in_use", lambda: pool.get_size() - pool.get_idle_size())
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
+    limits = cfg.rate_limits
+    limiter: Limiter = (
+        RedisLimiter(
+            limits.redis_url,
+            prefix=limits.key_prefix,
+            timeout_s=limits.redis_timeout_s,
+            fail_closed=limits.fail == "closed",
+            metrics=metrics,
+        )
+        if limits.redis_url
+        else LocalLimiter()
+    )
+    overrides = RateLimitOverrides(pool, limits.overrides_refresh_s)
+    await overrides.refresh()
+    overrides.start()
+    today = (lambda: clock().date()) if clock else (lambda: utc_now().date())
+    partitions = asyncio.create_task(keep_partitions(pool, cfg.usage_log.retention_months, today=today))
     return Services(
         pool,
         key_cache,
@@ -155,6 +189,9 @@ async def open_services(
         embedded,
         provider_configs=dict(cfg.providers),
         metrics=metrics,
+        rate_limiter=limiter,
+        rate_limit_overrides=overrides,
+        background=[partitions],
     )
 
 
@@ -175,7 +212,7 @@ async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminK
 async def database_only(cfg: GatewayConfig):  # type: ignore[no-untyped-def]
     """A migrated pool for CLI commands (keys, migrate): no upstream session, no flusher."""
     dsn, embedded = database_url(cfg)
-    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    pool = await db.create_pool(dsn, min_size=1, max_size=2, statement_cache_size=cfg.database.statement_cache_size)
     try:
         async with pool.acquire() as conn:
             await db.migrate(conn)

@@ -38,7 +38,7 @@ def test_defaults_and_interpolation() -> None:
     assert parse_config(raw, {"PORT": "9000"}).server.port == 9000
     proxies = parse_config({**raw, "server": {"trusted_proxies": ["127.0.0.1", "10.1.2.3/8"]}}, {}).server
     assert proxies.trusted_proxies == ("127.0.0.1/32", "10.0.0.0/8") and cfg.server.trusted_proxies == ()
-    assert cfg.pipeline == ("auth", "key_mapping", "budget", "dlp", "route", "usage_log")
+    assert cfg.pipeline == ("auth", "key_mapping", "rate_limit", "budget", "dlp", "route", "usage_log")
 
 
 def test_model_env_override_in_the_shipped_file() -> None:

@@ -47,7 +47,11 @@ OPERATIONS: list[APIOperation] = [result.ok() for result in SCHEMA.get_all_opera
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
 
-MANAGEMENT_PATHS = ("/v1/user-api-keys", "/v1/dlp-findings")  # admin only, errors as {"error": "..."}
+MANAGEMENT_PATHS = (
+    "/v1/user-api-keys",
+    "/v1/dlp-findings",
+    "/v1/rate-limits",
+)  # admin only, errors as {"error": "..."}
 
 
 def is_management(operation: APIOperation) -> bool:

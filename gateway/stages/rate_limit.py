@@ -1,0 +1,120 @@
+"""After key mapping, before the budget: requests per minute, tokens per minute and requests in flight.
+
+Runs after authentication (it needs the key and user) and before the budget check. A refused request gets a
+429 in the caller's dialect with `Retry-After` and the rate-limit headers its SDK reads: OpenAI's
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration, e.g. `6m0s`, `1.5s`) on
+OpenAI routes, Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset as an
+RFC 3339 time) on /v1/messages. Tokens (input + output) are settled when the request ends, stream included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime, timedelta
+
+from gateway.config import RateLimit, RateLimitConfig
+from gateway.dialect import Dialect
+from gateway.errors import RateLimited
+from gateway.keys import Principal
+from gateway.metrics import Metrics
+from gateway.pipeline import Exchange, Next
+from gateway.rate_limits.limiter import IN_FLIGHT, TOKENS, Limiter, Scope, Verdict
+from gateway.rate_limits.overrides import RateLimitOverrides
+
+NO_LIMIT = RateLimit()
+
+
+class CheckRateLimit:
+    """Admit or refuse (429) each request against its key's and its user's limits."""
+
+    def __init__(
+        self, limiter: Limiter, limits: RateLimitConfig, overrides: RateLimitOverrides | None, metrics: Metrics
+    ) -> None:
+        self._limiter, self._overrides, self._metrics = limiter, overrides, metrics
+        self._key_default, self._user_default = limits.key, limits.user
+        self._settling: set[asyncio.Task[None]] = set()  # held so that a settlement is not collected mid-way
+
+    def scopes(self, who: Principal) -> list[Scope]:
+        """The scopes with any limit for this caller, key first; [] means nothing to check."""
+        by_scope = self._overrides.by_scope if self._overrides is not None else {}
+        scopes = []
+        key = str(who.key_id)
+        limit = o.over(self._key_default) if (o := by_scope.get(("key", key))) else self._key_default
+        if limit.any:
+            scopes.append(Scope(f"key:{key}", limit))
+        if who.user_id is not None:
+            user = str(who.user_id)
+            limit = o.over(self._user_default) if (o := by_scope.get(("user", user))) else self._user_default
+            if limit.any:
+                scopes.append(Scope(f"user:{user}", limit))
+        return scopes
+
+    async def __call__(self, ex: Exchange, call_next: Next) -> None:
+        assert ex.principal is not None
+        scopes = self.scopes(ex.principal)
+        if not scopes:  # the common case without limits: no Redis round trip
+            await call_next(ex)
+            return
+        verdict = await self._limiter.acquire(scopes)
+        if not verdict.admitted:
+            assert verdict.scope is not None
+            self._metrics.rate_limit_rejections.inc((verdict.scope.name.split(":")[0], verdict.refused_by))
+            raise refusal(verdict, ex.dialect)
+        if not any(s.limit.tokens_per_minute or s.limit.in_flight for s in scopes):
+            await call_next(ex)  # requests per minute only: nothing to settle afterwards
+            return
+        try:
+            await call_next(ex)
+        finally:
+            # settled in the background: the reply is complete, the caller need not wait for Redis
+            tokens = ex.usage.input_tokens + ex.usage.output_tokens
+            task = asyncio.create_task(self._limiter.release(scopes, verdict.ticket, tokens))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+
+def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> RateLimited:
+    """The 429 for a refused verdict: the message, Retry-After and the dialect's rate-limit headers."""
+    assert verdict.scope is not None
+    limit = verdict.scope.limit
+    scope = verdict.scope.name.split(":")[0]
+    if verdict.refused_by == IN_FLIGHT:
+        message = f"Rate limit reached: {limit.in_flight} requests in flight per {scope}"
+    elif verdict.refused_by == TOKENS:
+        message = f"Rate limit reached: {limit.tokens_per_minute} tokens per minute per {scope}"
+    else:
+        message = f"Rate limit reached: {limit.requests_per_minute} requests per minute per {scope}"
+    headers = {"Retry-After": str(max(1, math.ceil(verdict.retry_after_ms / 1000)))}
+    now = now or datetime.now(UTC)
+    figures = (
+        ("requests", limit.requests_per_minute, verdict.requests_remaining, verdict.requests_reset_ms),
+        ("tokens", limit.tokens_per_minute, verdict.tokens_remaining, verdict.tokens_reset_ms),
+    )
+    for kind, maximum, remaining, reset_ms in figures:
+        if not maximum:
+            continue
+        remaining = max(remaining, 0)
+        if dialect is Dialect.ANTHROPIC:
+            reset = (now + timedelta(milliseconds=reset_ms)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            headers |= {
+                f"anthropic-ratelimit-{kind}-limit": str(maximum),
+                f"anthropic-ratelimit-{kind}-remaining": str(remaining),
+                f"anthropic-ratelimit-{kind}-reset": reset,
+            }
+        else:
+            headers |= {
+                f"x-ratelimit-limit-{kind}": str(maximum),
+                f"x-ratelimit-remaining-{kind}": str(remaining),
+                f"x-ratelimit-reset-{kind}": duration(reset_ms),
+            }
+    kind = "tokens" if verdict.refused_by == TOKENS else "requests"
+    return RateLimited(message, kind=kind, headers=headers)
+
+
+def duration(ms: int) -> str:
+    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    minutes, seconds = divmod(ms / 1000, 60)
+    return f"{int(minutes)}m{seconds:.0f}s" if minutes else f"{seconds:g}s"
