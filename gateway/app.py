@@ -71,13 +71,14 @@ def error_response(err: GatewayError, dialect: Dialect, *, plain: bool = False) 
     )
 
 
+MANAGEMENT_PATHS = ("/v1/user-api-keys", "/v1/dlp-findings", "/v1/rate-limits")  # errors as {"error": "..."}
+
+
 @web.middleware
 async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every GatewayError in the caller's dialect; nothing else ever leaves as a traceback."""
     request[REQUEST_ID] = new_request_id(request)
-    plain = request.path.startswith(
-        ("/v1/user-api-keys", "/v1/dlp-findings", "/v1/rate-limits")
-    )  # management API: {"error": "..."}
+    plain = request.path.startswith(MANAGEMENT_PATHS)
     try:
         return await handler(request)
     except GatewayError as err:
