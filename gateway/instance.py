@@ -61,7 +61,7 @@ def database_label(cfg: GatewayConfig) -> str:
 
 
 def url_label(url: str) -> str:
-    """`postgresql://gw:secret@db:5432/gateway?sslmode=require` -> `gw@db:5432/gateway` (a socket dir as host)."""
+    """`postgresql://gw:<password>@db:5432/gateway?sslmode=require` -> `gw@db:5432/gateway` (a socket dir as host)."""
     parts = urlsplit(url)
     query = dict(p.partition("=")[::2] for p in parts.query.split("&") if p)
     host = parts.hostname or unquote(query.get("host", "")) or "localhost"
