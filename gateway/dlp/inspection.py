@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,11 +56,21 @@ def inspect(body: dict[str, Any], raw: bytes, inspector: Inspector, max_text: in
 def has_duplicate_keys(raw: bytes, body: dict[str, Any]) -> bool:
     """Whether `raw` holds an object key twice (the parsed body kept only the last one).
 
-    Every key and string costs two quote bytes, and a quote inside a string is written `\\"` or `\\u0022`, so raw
-    JSON never has more `"` bytes than its parse re-serialised unless keys (with their values) were dropped.
-    A shadowed duplicate would reach a provider that reads the first one without having been scanned.
+    Every key and string is opened and closed by one unescaped `"`, so raw JSON has as many of them as its parse
+    re-serialised unless keys (with their values) were dropped. Only unescaped quotes count: a quote inside a
+    string may be written `\\u0022` (no quote byte), so counting every `"` byte lets such escapes make up for a
+    shadowed key. A shadowed duplicate would reach a provider that reads the first one without having been scanned.
     """
-    return raw.count(b'"') > orjson.dumps(body).count(b'"')
+    return _string_quotes(raw) > _string_quotes(orjson.dumps(body))
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes, paired left to right
+
+
+def _string_quotes(json: bytes) -> int:
+    """The `"` bytes of `json` that open or close a string (those after an escaping backslash left out)."""
+    quotes = json.count(b'"')
+    return quotes - _ESCAPE.findall(json).count(b'\\"') if b"\\" in json else quotes
 
 
 def _findings(hits: Sequence[Hit], fields: Sequence[Field], actions: dict[str, str] | Any) -> list[Finding]:

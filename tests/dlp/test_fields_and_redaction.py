@@ -10,6 +10,7 @@ import pytest
 
 from gateway.dlp.detectors import detectors_for
 from gateway.dlp.fields import prompt_fields
+from gateway.dlp.inspection import has_duplicate_keys
 from gateway.dlp.redaction import placeholders, redact_fields, redact_raw
 from gateway.dlp.scanner import MAX_CANDIDATES, Hit, Scanner, TooManyCandidates
 
@@ -166,3 +167,16 @@ def test_multibyte_text_keeps_findings_in_the_right_string() -> None:
         ("aws_access_key", 1, KEY),
         ("email", 2, "jane@corp-mail.io"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "duplicate"),
+    [
+        (rb'{"a": "x\"y", "b": "\\", "c": "\\\"", "d": "\u0022\/"}', False),  # escapes of every kind, no duplicate
+        (rb'{"a": "\\\\", "b": ["\\u0022"]}', False),  # an escaped backslash before u0022 is text, not a quote
+        (rb'{"a": 1, "a": "\u0022\u0022\u0022\u0022"}', True),  # escaped quotes do not make up for a dropped key
+        (rb'{"a": {"b": 1, "b": 2}}', True),
+    ],
+)
+def test_duplicate_keys_are_told_from_escaped_quotes(raw: bytes, duplicate: bool) -> None:
+    assert has_duplicate_keys(raw, orjson.loads(raw)) is duplicate

@@ -135,17 +135,27 @@ async def test_the_bypass_header_only_for_allowed_roles(
         assert "x-gateway-dlp" not in upstream.requests[-1].headers  # the gateway's own header stays here
 
 
+SHADOWED = b'"messages": [{"role": "user", "content": "' + AWS_KEY.encode() + b'"}],'
+
+
+@pytest.mark.parametrize(
+    "clean",
+    [b"hello", b"hello" + b"\\u0022" * SHADOWED.count(b'"')],
+    ids=["plain", "quotes-escaped-to-even-the-count"],
+)
 async def test_a_duplicate_key_cannot_hide_a_value_from_the_scan(
-    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory, clean: bytes
 ) -> None:
     gateway = await make_gateway(dlp=dlp_config("block"))
     key, _ = await make_key()
-    # A parser that keeps the first "messages" would see the key; ours keeps the last, which is clean.
+    # A parser that keeps the first "messages" would see the key; ours keeps the last, which is clean. Quotes
+    # written \u0022 in the clean text carry no `"` byte, so they must not make up for the shadowed key's.
     raw = (
-        b'{"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": "'
-        + AWS_KEY.encode()
-        + b'"}],'
-        b' "messages": [{"role": "user", "content": "hello"}]}'
+        b'{"model": "claude-fast", "max_tokens": 8, '
+        + SHADOWED
+        + b' "messages": [{"role": "user", "content": "'
+        + clean
+        + b'"}]}'
     )
     url = str(gateway.make_url("/v1/messages"))
     headers = {"x-api-key": key, "content-type": "application/json"}
