@@ -79,6 +79,88 @@ CASES = [
 ]
 
 
+CASES += [
+    pytest.param(
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {"query": "q"}},
+                        {"type": "mcp_tool_use", "id": "m", "name": "n", "server_name": "srv", "input": {"a": "b"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "search_result",
+                            "source": "u",
+                            "title": "t",
+                            "content": [{"type": "text", "text": "r"}],
+                        },
+                        {
+                            "type": "document",
+                            "title": "d",
+                            "source": {"type": "content", "content": [{"type": "text", "text": "c"}]},
+                        },
+                        {
+                            "type": "document",
+                            "source": {"type": "base64", "media_type": "application/pdf", "data": KEY},
+                        },
+                        {"type": "mcp_tool_result", "tool_use_id": "m", "content": [{"type": "text", "text": "o"}]},
+                    ],
+                },
+            ]
+        },
+        [
+            "messages[0].content[0].name",
+            "messages[0].content[0].input.query",
+            "messages[0].content[1].name",
+            "messages[0].content[1].server_name",
+            "messages[0].content[1].input.a",
+            "messages[1].content[0].source",
+            "messages[1].content[0].title",
+            "messages[1].content[0].content[0].text",
+            "messages[1].content[1].title",
+            "messages[1].content[1].source.content[0].text",
+            "messages[1].content[3].content[0].text",
+        ],
+        id="messages-other-blocks",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}], "refusal": "no"},
+                {"role": "user", "content": [{"type": "file", "file": {"filename": "f.txt", "file_data": KEY}}]},
+            ]
+        },
+        [
+            "messages[0].function_call.arguments",
+            "messages[1].content[0].refusal",
+            "messages[1].refusal",
+            "messages[2].content[0].file.filename",
+        ],
+        id="chat-other-parts",
+    ),
+    pytest.param(
+        {
+            "input": [
+                {
+                    "type": "reasoning",
+                    "id": "rs",
+                    "summary": [{"type": "summary_text", "text": "s"}],
+                    "encrypted_content": KEY,
+                }
+            ]
+        },
+        ["input[0].summary[0].text"],
+        id="responses-reasoning-summary",
+    ),
+]
+
+
 @pytest.mark.parametrize(("body", "locations"), CASES)
 def test_prompt_fields(body: dict[str, Any], locations: list[str]) -> None:
     assert [f.location for f in prompt_fields(body)] == locations

@@ -245,3 +245,22 @@ async def test_big_bodies_are_scanned_in_a_thread_and_text_over_the_limit_is_ref
     body["messages"][0]["content"] = filler * 3  # 72 KB of text
     status, answer = await post(gateway, "/v1/messages", body, key)
     assert status == 413 and b"data-loss scan limit" in answer
+
+
+async def test_a_value_in_a_block_type_the_walker_does_not_name_is_still_redacted(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    result = {
+        "type": "search_result",
+        "source": "https://wiki",
+        "title": "creds",
+        "content": [{"type": "text", "text": AWS_KEY}],
+    }
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": [result]}]}
+    status, answer = await post(gateway, "/v1/messages", body, key)
+    assert status == 200, answer
+    sent = upstream.requests[-1]
+    assert AWS_KEY.encode() not in sent.raw_body
+    assert sent.json["messages"][0]["content"][0]["content"][0]["text"] == PLACEHOLDER
