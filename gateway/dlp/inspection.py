@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,13 +63,13 @@ def has_duplicate_keys(raw: bytes, body: dict[str, Any]) -> bool:
     return _string_quotes(raw) > _string_quotes(orjson.dumps(body))
 
 
-_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes, paired left to right
-
-
 def _string_quotes(json: bytes) -> int:
-    """The `"` bytes of `json` that open or close a string (those after an escaping backslash left out)."""
-    quotes = json.count(b'"')
-    return quotes - _ESCAPE.findall(json).count(b'\\"') if b"\\" in json else quotes
+    """The `"` bytes of `json` that open or close a string: all but those after an escaping backslash.
+
+    Backslashes pair up left to right as bytes.replace takes them, so once the `\\\\` pairs are gone every `\\"`
+    left is an escaped quote. Two C-speed passes (0.1 s for 8 MB of backslashes, so a big body is checked in a thread).
+    """
+    return json.count(b'"') - json.replace(b"\\\\", b"").count(b'\\"')
 
 
 def _findings(hits: Sequence[Hit], fields: Sequence[Field], actions: dict[str, str] | Any) -> list[Finding]:

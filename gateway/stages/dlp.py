@@ -57,10 +57,15 @@ class PreventDataLoss:
 
     async def _inspect(self, ex: Exchange, inspector: Inspector) -> None:
         body = ex.full_body()  # a sketched passthrough body is parsed here, and only here
-        if has_duplicate_keys(ex.raw_body, body):
+        small = len(ex.raw_body) <= IN_THREAD_BYTES
+        if small:
+            duplicate = has_duplicate_keys(ex.raw_body, body)
+        else:  # 0.1 s or more of byte counting: off the event loop
+            duplicate = await asyncio.to_thread(has_duplicate_keys, ex.raw_body, body)
+        if duplicate:
             raise BadRequest("request body has a duplicate key; send each key once")
         try:
-            if len(ex.raw_body) <= IN_THREAD_BYTES:
+            if small:
                 verdict = inspect(body, ex.raw_body, inspector)
             else:
                 verdict = await asyncio.to_thread(inspect, body, ex.raw_body, inspector, MAX_SCAN_BYTES)
