@@ -26,6 +26,9 @@ TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # A tool input's key names appear in a location only when they read as a plain name: the caller chose them, and
 # a location is stored and shown, so a key that is itself a secret must not end up there.
 PLAIN_NAME = re.compile(r"[A-Za-z_]{1,32}")
+# A key name no detector can match (each value has a digit, a sign, or 20 characters or more); other key names of a
+# tool input are scanned too: a tool call's input is free-form JSON, so a value written as a key reaches the model.
+SHORT_NAME = re.compile(r"[A-Za-z_]{1,19}")
 # Parts that hold no words: bytes (images, audio, generated images) or a signature over the text (thinking).
 OPAQUE_PARTS = frozenset(
     {"image", "image_url", "input_image", "input_audio", "thinking", "redacted_thinking", "image_generation_call"}
@@ -51,12 +54,14 @@ NOT_WORDS = frozenset(
 
 @dataclass(slots=True)
 class Field:
-    """One string the caller wrote: `parent[key]` in the parsed body, at `location` (e.g. messages[3].content[1])."""
+    """One string the caller wrote: `parent[key]` in the parsed body, at `location` (e.g. messages[3].content[1]);
+    or, when `is_key`, the key name `key` of the object `parent` (its `text`)."""
 
     location: str
     parent: Any  # dict or list
     key: Any  # str or int
     text: str
+    is_key: bool = False
 
 
 def prompt_fields(body: dict[str, Any]) -> list[Field]:
@@ -129,6 +134,7 @@ def _nested(out: list[Field], parent: dict[str, Any], key: str, where: str, skip
             if value:
                 out.append(Field(at, container, k, value))
         elif isinstance(value, dict):
+            out.extend(Field(f"{at}.*", value, name, name, True) for name in value if not SHORT_NAME.fullmatch(name))
             left_out = skip | {"data"} if skip and value.get("type") == "base64" else skip
             stack.extend(
                 (value, name, f"{at}.{_shown(name)}") for name in reversed(list(value)) if name not in left_out

@@ -169,7 +169,20 @@ def test_prompt_fields(body: dict[str, Any], locations: list[str]) -> None:
 def test_a_secret_as_a_key_name_stays_out_of_the_location() -> None:
     body = {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": {KEY: "v", "a b": "w"}}]}]}
     locations = [f.location for f in prompt_fields(body)]
-    assert all(KEY not in loc for loc in locations) and len(locations) == 2
+    assert all(KEY not in loc for loc in locations) and len(locations) == 4  # two values, two key names
+
+
+def test_a_secret_written_as_a_key_name_is_redacted_in_place() -> None:
+    call = b'{"type": "tool_use", "input": {"AKIAZ3MSJV4WWNKWW5FG": {"a": 1}, "b": 2}}'
+    raw = b'{"messages": [{"role": "assistant", "content": [' + call + b"]}]}"
+    body = orjson.loads(raw)
+    fields = prompt_fields(body)
+    hits = Scanner(detectors_for(["aws_access_key"]), {}).scan([f.text for f in fields])
+    mapping = placeholders(hits)
+    redact_fields(fields, mapping)
+    expected = raw.replace(KEY.encode(), b"[REDACTED:aws_access_key:1]")
+    assert redact_raw(raw, mapping, body) == expected  # byte-exact: the key renamed where it stood
+    assert list(body["messages"][0]["content"][0]["input"]) == ["[REDACTED:aws_access_key:1]", "b"]
 
 
 def test_a_deep_tool_input_needs_no_recursion() -> None:

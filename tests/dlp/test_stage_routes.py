@@ -264,3 +264,23 @@ async def test_a_value_in_a_block_type_the_walker_does_not_name_is_still_redacte
     sent = upstream.requests[-1]
     assert AWS_KEY.encode() not in sent.raw_body
     assert sent.json["messages"][0]["content"][0]["content"][0]["text"] == PLACEHOLDER
+
+
+async def test_a_value_written_as_a_tool_input_key_is_redacted(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    call = {"type": "tool_use", "id": "toolu_1", "name": "note", "input": {AWS_KEY: "remember this"}}
+    messages = [
+        {"role": "user", "content": "note it"},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+    ]
+    status, answer = await post(
+        gateway, "/v1/messages", {"model": "claude-fast", "max_tokens": 8, "messages": messages}, key
+    )
+    assert status == 200, answer
+    sent = upstream.requests[-1]
+    assert AWS_KEY.encode() not in sent.raw_body
+    assert sent.json["messages"][1]["content"][0]["input"] == {PLACEHOLDER: "remember this"}
