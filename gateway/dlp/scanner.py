@@ -25,10 +25,14 @@ SEPARATOR = b"\n\x00\n"
 # Candidates one detector may examine per request. A real prompt has a handful; a flood of anchors ("AKIA" a
 # million times) would cost a core for seconds, so it is refused instead (TooManyCandidates).
 MAX_CANDIDATES = 10_000
+# Anchors overlap (a 12-digit number holds nine `0000`s) and one near an anchor already examined costs nothing, so
+# MAX_CANDIDATES counts the examined ones: a CSV of 1,200 order numbers is no flood. This many raw anchors of one
+# detector is refused before they are even sorted.
+MAX_ANCHORS = 16 * MAX_CANDIDATES
 
 
 class TooManyCandidates(Exception):
-    """The texts hold more anchors of one detector than MAX_CANDIDATES; the message names the detector."""
+    """The texts hold more candidates of one detector than MAX_CANDIDATES; the message names the detector."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,7 @@ class Scanner:
         hits: list[Hit] = []
         for index in sorted(at):
             detector = self._detectors[index]
-            if len(at[index]) > MAX_CANDIDATES:
+            if len(at[index]) > MAX_ANCHORS:
                 raise TooManyCandidates(detector.id)
             for start, end, value in _matches(detector, sorted(at[index]), buf):
                 if taken.overlaps(start, end) or self._allowed(detector.id, value):
@@ -105,13 +109,16 @@ class _Spans:
 
 
 def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[int, int, str]]:
-    """Validated matches of `detector` near its anchors, as (start, end, value)."""
+    """Validated matches of `detector` near its anchors, as (start, end, value); TooManyCandidates past the cap."""
     found: list[tuple[int, int, str]] = []
     seen: set[int] = set()
-    scanned_to = -1
+    scanned_to, examined = -1, 0
     for at in anchors:
         if at < scanned_to:  # searched already, from an earlier anchor
             continue
+        examined += 1
+        if examined > MAX_CANDIDATES:
+            raise TooManyCandidates(detector.id)
         lo, hi = _window(detector, buf, at)
         if detector.back is None:
             scanned_to = hi
