@@ -29,15 +29,18 @@ class TextTooLarge(Exception):
     """The body's scanned strings are longer than the caller's limit."""
 
 
-def inspect(body: dict[str, Any], raw: bytes, inspector: Inspector, max_text: int | None = None) -> Verdict:
+def inspect(
+    body: dict[str, Any], raw: bytes, inspector: Inspector, max_text: int | None = None, max_examined: int | None = None
+) -> Verdict:
     """Scan `body` (parsed from `raw`); redact in both when the policy says so. `body` is changed in place.
 
-    Raises TooManyCandidates (a flood of one detector's anchors) and, past `max_text` characters, TextTooLarge.
+    Raises TooManyCandidates (a flood of one detector's anchors), past `max_text` characters TextTooLarge, and
+    past `max_examined` candidates TooBusyInline (before `body` is changed).
     """
     fields = prompt_fields(body)
     if max_text is not None and sum(len(f.text) for f in fields) > max_text:
         raise TextTooLarge
-    hits = inspector.scanner.scan([f.text for f in fields]) if fields else []
+    hits = inspector.scanner.scan([f.text for f in fields], max_examined) if fields else []
     if not hits:
         return Verdict()
     findings = _findings(hits, fields, inspector.actions)

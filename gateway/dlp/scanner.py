@@ -35,6 +35,10 @@ class TooManyCandidates(Exception):
     """The texts hold more candidates of one detector than MAX_CANDIDATES; the message names the detector."""
 
 
+class TooBusyInline(Exception):
+    """The scan examined more candidates than its `max_examined`: run it again where it may take longer (a thread)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A validated, not allowlisted value: which detector, in which of the scanned texts, and the value itself."""
@@ -61,8 +65,12 @@ class Scanner:
     def detector_ids(self) -> tuple[str, ...]:
         return tuple(d.id for d in self._detectors)
 
-    def scan(self, texts: Sequence[str]) -> list[Hit]:
-        """Every finding in `texts`, a value overlapping an earlier detector's finding left to that one."""
+    def scan(self, texts: Sequence[str], max_examined: int | None = None) -> list[Hit]:
+        """Every finding in `texts`, a value overlapping an earlier detector's finding left to that one.
+
+        `max_examined` bounds the candidates of all detectors together (validating one costs up to 50 µs), past
+        which TooBusyInline is raised; TooManyCandidates past one detector's MAX_CANDIDATES in any case.
+        """
         encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
         starts, offset = [], 0
         for chunk in encoded:
@@ -76,11 +84,21 @@ class Scanner:
                 at.setdefault(owners[word], []).append(start)
         taken = _Spans()  # spans already found, by a more specific detector
         hits: list[Hit] = []
+        budget = MAX_CANDIDATES if max_examined is None else max_examined
         for index in sorted(at):
             detector = self._detectors[index]
             if len(at[index]) > MAX_ANCHORS:
                 raise TooManyCandidates(detector.id)
-            for start, end, value in _matches(detector, sorted(at[index]), buf):
+            limit = min(MAX_CANDIDATES, budget)
+            try:
+                found, examined = _matches(detector, sorted(at[index]), buf, limit)
+            except TooManyCandidates:
+                if limit < MAX_CANDIDATES:
+                    raise TooBusyInline from None
+                raise
+            if max_examined is not None:
+                budget -= examined
+            for start, end, value in found:
                 if taken.overlaps(start, end) or self._allowed(detector.id, value):
                     continue
                 taken.add(start, end)
@@ -108,8 +126,9 @@ class _Spans:
         self._ends.insert(i, end)
 
 
-def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[int, int, str]]:
-    """Validated matches of `detector` near its anchors, as (start, end, value); TooManyCandidates past the cap."""
+def _matches(detector: Detector, anchors: list[int], buf: bytes, limit: int) -> tuple[list[tuple[int, int, str]], int]:
+    """Validated matches of `detector` near its anchors, as (start, end, value), and how many anchors were examined;
+    TooManyCandidates past `limit` of them."""
     found: list[tuple[int, int, str]] = []
     seen: set[int] = set()
     scanned_to, examined = -1, 0
@@ -117,7 +136,7 @@ def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[i
         if at < scanned_to:  # searched already, from an earlier anchor
             continue
         examined += 1
-        if examined > MAX_CANDIDATES:
+        if examined > limit:
             raise TooManyCandidates(detector.id)
         lo, hi = _window(detector, buf, at)
         if detector.back is None:
@@ -134,7 +153,7 @@ def _matches(detector: Detector, anchors: list[int], buf: bytes) -> list[tuple[i
             if detector.valid is None or detector.valid(value, buf[lo:hi]):
                 seen.add(start)
                 found.append((start, end, value))
-    return found
+    return found, examined
 
 
 def _window(detector: Detector, buf: bytes, at: int) -> tuple[int, int]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
 
 from gateway.config import DlpConfig, ModelAlias, RoutingConfig
 from gateway.dlp.findings import FindingsLog, RequestFacts
 from gateway.dlp.inspection import TextTooLarge, Verdict, has_duplicate_keys, inspect
 from gateway.dlp.policy import Inspector, PolicyBook
-from gateway.dlp.scanner import TooManyCandidates
+from gateway.dlp.scanner import TooBusyInline, TooManyCandidates
 from gateway.errors import BadRequest, BodyTooLarge, Forbidden
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
@@ -23,6 +24,9 @@ from gateway.pipeline import Exchange, Next
 BYPASS_HEADER = "x-gateway-dlp"
 MAX_SCAN_BYTES = 8 * 1024 * 1024  # more body than this (images aside, it is text) is refused rather than let through
 IN_THREAD_BYTES = 512 * 1024  # a body this big is scanned in a worker thread: the event loop keeps serving others
+# A smaller body is scanned inline while it has at most this many candidates (validating one, say a phone number,
+# costs up to 50 µs); past that it is scanned again in a thread: 10,000 phone numbers in 160 KB took 0.6 s.
+INLINE_CANDIDATES = 500
 
 
 class PreventDataLoss:
@@ -65,9 +69,8 @@ class PreventDataLoss:
         if duplicate:
             raise BadRequest("request body has a duplicate key; send each key once")
         try:
-            if small:
-                verdict = inspect(body, ex.raw_body, inspector)
-            else:
+            verdict = _inline(body, ex.raw_body, inspector) if small else None
+            if verdict is None:  # a big or a busy body: scanned in a worker thread, the event loop serves others
                 verdict = await asyncio.to_thread(inspect, body, ex.raw_body, inspector, MAX_SCAN_BYTES)
         except TooManyCandidates as flood:
             raise BadRequest(f"request text has too many {flood} candidates for the data-loss scan") from None
@@ -97,3 +100,11 @@ class PreventDataLoss:
             ex.alias_name,
         )
         self._findings.record(facts, verdict.findings)
+
+
+def _inline(body: dict[str, Any], raw: bytes, inspector: Inspector) -> Verdict | None:
+    """The scan on the event loop, or None (body unchanged) when it meets more than INLINE_CANDIDATES candidates."""
+    try:
+        return inspect(body, raw, inspector, max_examined=INLINE_CANDIDATES)
+    except TooBusyInline:
+        return None

@@ -13,7 +13,7 @@ from gateway.dlp.detectors import detectors_for
 from gateway.dlp.fields import prompt_fields
 from gateway.dlp.inspection import has_duplicate_keys
 from gateway.dlp.redaction import placeholders, redact_fields, redact_raw
-from gateway.dlp.scanner import MAX_CANDIDATES, Hit, Scanner, TooManyCandidates
+from gateway.dlp.scanner import MAX_CANDIDATES, Hit, Scanner, TooBusyInline, TooManyCandidates
 
 KEY = "AKIAZ3MSJV4WWNKWW5FG"
 IMAGE = {"type": "base64", "media_type": "image/png", "data": KEY}  # a value inside image bytes is not words
@@ -304,3 +304,11 @@ def test_overlapping_anchors_of_long_numbers_are_no_flood() -> None:
     assert scanner.scan(["123456789012 " * 1200]) == []
     with pytest.raises(TooManyCandidates, match="payment_card"):  # a flood of separate numbers still is one
         scanner.scan(["\n".join(["1234"] * (MAX_CANDIDATES + 1))])
+
+
+def test_a_busy_scan_stops_at_its_inline_budget() -> None:
+    scanner = Scanner(detectors_for(["phone", "email"]), {})
+    texts = ["\n".join(["+1 415 555 2671"] * 400), "\n".join(["a.b@corp-mail.io"] * 200)]
+    with pytest.raises(TooBusyInline):  # 600 candidates of two detectors together, against 500
+        scanner.scan(texts, max_examined=500)
+    assert len(scanner.scan(texts)) == 600  # without a budget every one is found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -284,3 +285,26 @@ async def test_a_value_written_as_a_tool_input_key_is_redacted(
     sent = upstream.requests[-1]
     assert AWS_KEY.encode() not in sent.raw_body
     assert sent.json["messages"][1]["content"][0]["input"] == {PLACEHOLDER: "remember this"}
+
+
+async def test_a_body_with_many_candidates_is_scanned_off_the_event_loop(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10,000 phone numbers (160 KB, under the 512 KB thread limit) once held the event loop for 0.6 s
+    gateway = await make_gateway(dlp={"enabled": True})
+    key, _ = await make_key()
+    admin_key, _ = await make_key("root", admin=True)
+    threads: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def recording(func: Callable[..., Any], /, *args: Any) -> Any:
+        threads.append(func.__name__)
+        return await to_thread(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", recording)
+    text = "\n".join(["call +1 415 555 2671"] * 2000)
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
+    status, answer = await post(gateway, "/v1/messages", body, key)
+    assert status == 200, answer
+    assert "inspect" in threads
+    assert [(f["detector"], f["occurrences"]) for f in await findings(gateway, admin_key)] == [("phone", 2000)]
