@@ -86,3 +86,12 @@ def test_a_bare_yaml_off_is_the_action_off() -> None:
     )
     dlp = config(doc).dlp
     assert dlp.detectors["email"].action == "off" and dlp.aliases["claude-fast"].detectors["iban"].action == "off"
+
+
+async def test_a_nul_in_the_model_id_does_not_lose_the_finding(pool: asyncpg.Pool) -> None:
+    # The stage runs before route refuses a non-printable model, and PostgreSQL text holds no NUL.
+    findings = FindingsLog(pool)
+    findings.record(RequestFacts("r-nul", None, None, "messages", "claude-3-haiku\x00"), [Finding("jwt", "block", "m")])
+    await findings.flush()
+    row = await pool.fetchrow("SELECT alias, detector FROM dlp_findings WHERE request_id = 'r-nul'")
+    assert row is not None and row["alias"] == "claude-3-haiku\ufffd" and row["detector"] == "jwt"
