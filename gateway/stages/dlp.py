@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
+
 from gateway.config import DlpConfig, ModelAlias, RoutingConfig
 from gateway.dlp.findings import FindingsLog, RequestFacts
 from gateway.dlp.inspection import TextTooLarge, Verdict, has_duplicate_keys, inspect
@@ -20,6 +22,8 @@ from gateway.dlp.scanner import TooBusyInline, TooManyCandidates
 from gateway.errors import BadRequest, BodyTooLarge, Forbidden
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
+
+log = structlog.get_logger("gateway.dlp")
 
 BYPASS_HEADER = "x-gateway-dlp"
 MAX_SCAN_BYTES = 8 * 1024 * 1024  # more body than this (images aside, it is text) is refused rather than let through
@@ -57,6 +61,8 @@ class PreventDataLoss:
         if role not in self._bypass_roles:
             allowed = ", ".join(sorted(self._bypass_roles)) or "none"
             raise Forbidden(f"{BYPASS_HEADER}: off is not allowed for {role} keys (dlp.bypass_roles: {allowed})")
+        # No finding is stored for an unscanned request, so the skip itself leaves the trace
+        log.warning("dlp_bypassed", key_id=ex.principal.key_id if ex.principal else None, alias=ex.alias_name)
         return True
 
     async def _inspect(self, ex: Exchange, inspector: Inspector) -> None:

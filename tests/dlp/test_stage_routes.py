@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from gateway import db
 from gateway.app import SERVICES
@@ -126,14 +127,18 @@ async def test_the_bypass_header_only_for_allowed_roles(
     expected: int,
 ) -> None:
     gateway = await make_gateway(dlp=dlp_config("block", bypass_roles=roles))
-    key, _ = await make_key("caller", admin=admin)
-    status, answer = await post(gateway, "/v1/messages", ROUTES["messages"][1], key, **{"x-gateway-dlp": "off"})
+    key, row = await make_key("caller", admin=admin)
+    with capture_logs() as logs:
+        status, answer = await post(gateway, "/v1/messages", ROUTES["messages"][1], key, **{"x-gateway-dlp": "off"})
     assert status == expected, answer
+    bypassed = [e for e in logs if e["event"] == "dlp_bypassed"]
     if expected == 403:
         assert orjson.loads(answer)["error"]["type"] == "permission_error"
+        assert bypassed == []
     else:
         assert AWS_KEY.encode() in upstream.requests[-1].raw_body
         assert "x-gateway-dlp" not in upstream.requests[-1].headers  # the gateway's own header stays here
+        assert [(e["key_id"], e["alias"]) for e in bypassed] == [(row.id, "claude-fast")]  # the skip leaves a trace
 
 
 SHADOWED = b'"messages": [{"role": "user", "content": "' + AWS_KEY.encode() + b'"}],'
