@@ -75,8 +75,10 @@ def prompt_fields(body: dict[str, Any]) -> list[Field]:
         for j, call in _items(message.get("tool_calls")):
             function = call.get("function")
             if isinstance(function, dict):
+                _string(out, function, "name", f"{where}.tool_calls[{j}].function.name")
                 _string(out, function, "arguments", f"{where}.tool_calls[{j}].function.arguments")
         if isinstance(function_call := message.get("function_call"), dict):  # Chat's older single call
+            _string(out, function_call, "name", f"{where}.function_call.name")
             _string(out, function_call, "arguments", f"{where}.function_call.arguments")
         _string(out, message, "refusal", f"{where}.refusal")
     _content(out, body, "input", "input")
@@ -109,9 +111,11 @@ def _block(out: list[Field], block: dict[str, Any], where: str) -> None:
         _string(out, block, "text", where)
     elif kind == "tool_result":
         _content(out, block, "content", f"{where}.content")
-    elif kind in ("tool_use", "custom_tool_call"):
+    elif kind in ("tool_use", "custom_tool_call"):  # a call's name too: an id-shaped key passes the API's name rule
+        _string(out, block, "name", f"{where}.name")
         _nested(out, block, "input", f"{where}.input")
     elif kind == "function_call":
+        _string(out, block, "name", f"{where}.name")
         _string(out, block, "arguments", f"{where}.arguments")
     elif kind in ("function_call_output", "custom_tool_call_output"):
         _content(out, block, "output", f"{where}.output")

@@ -47,6 +47,7 @@ CASES = [
         [
             "messages[0].content[1].content[0]",
             "messages[0].content[2].source.data",
+            "messages[1].content[1].name",
             "messages[1].content[1].input.cmd",
             "messages[1].content[1].input.env[0]",
         ],
@@ -60,7 +61,12 @@ CASES = [
                 {"role": "tool", "tool_call_id": "c", "content": "result"},
             ]
         },
-        ["messages[0].content[0]", "messages[1].tool_calls[0].function.arguments", "messages[2].content"],
+        [
+            "messages[0].content[0]",
+            "messages[1].tool_calls[0].function.name",
+            "messages[1].tool_calls[0].function.arguments",
+            "messages[2].content",
+        ],
         id="chat",
     ),
     pytest.param(
@@ -73,7 +79,7 @@ CASES = [
                 {"type": "reasoning", "encrypted_content": KEY},
             ],
         },
-        ["instructions", "input[0].content[0]", "input[1].arguments", "input[2].output"],
+        ["instructions", "input[0].content[0]", "input[1].name", "input[1].arguments", "input[2].output"],
         id="responses",
     ),
 ]
@@ -137,6 +143,7 @@ CASES += [
             ]
         },
         [
+            "messages[0].function_call.name",
             "messages[0].function_call.arguments",
             "messages[1].content[0].refusal",
             "messages[1].refusal",
