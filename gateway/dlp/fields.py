@@ -2,18 +2,19 @@
 
     Messages   system (string or text blocks); messages[i].content: string, text blocks, tool_result content,
                tool_use input (every string in it), document blocks with a text source
-    Chat       messages[i].content: string or parts of type text; assistant tool_calls[j].function.arguments,
-               the older function_call.arguments, refusal
+    Chat       messages[i].content: string or parts of type text; assistant tool_calls[j].function name and
+               arguments, the older function_call's, refusal
     Responses  instructions; input: string, message items (input_text / output_text parts), function_call
                arguments, function_call_output output, custom tool calls' input and output
     any other  every string of a part of any other type (search results, server and MCP tool calls and their
                results, documents' titles and other sources, refusals, reasoning summaries, a type not yet
                invented), bar the keys in NOT_WORDS: what is not known to be safe to skip is scanned
+    settings   metadata, stop_sequences / stop, user (sent on as written)
 
 Never scanned: image, audio and file bytes, thinking and redacted_thinking blocks (signed: a changed byte makes
-Anthropic refuse the request), ids the provider pairs up, tool definitions and model settings (the client's,
-not the caller's). One walker serves every route: the shapes do not collide, and Cursor posts Responses-shaped
-bodies to /v1/chat/completions.
+Anthropic refuse the request), ids the provider pairs up, tool definitions (59 KB in a Claude Code turn: scanning
+them would double the stage's cost). One walker serves every route: the shapes do not collide, and Cursor posts
+Responses-shaped bodies to /v1/chat/completions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ PLAIN_NAME = re.compile(r"[A-Za-z_]{1,32}")
 # A key name no detector can match (each value has a digit, a sign, or 20 characters or more); other key names of a
 # tool input are scanned too: a tool call's input is free-form JSON, so a value written as a key reaches the model.
 SHORT_NAME = re.compile(r"[A-Za-z_]{1,19}")
+# Settings the provider receives as written (Chat's `user` becomes Anthropic's metadata.user_id): any string fits.
+SETTINGS_WITH_TEXT = ("metadata", "stop_sequences", "stop", "user")
 # Parts that hold no words: bytes (images, audio, generated images) or a signature over the text (thinking).
 OPAQUE_PARTS = frozenset(
     {"image", "image_url", "input_image", "input_audio", "thinking", "redacted_thinking", "image_generation_call"}
@@ -82,6 +85,9 @@ def prompt_fields(body: dict[str, Any]) -> list[Field]:
             _string(out, function_call, "arguments", f"{where}.function_call.arguments")
         _string(out, message, "refusal", f"{where}.refusal")
     _content(out, body, "input", "input")
+    for key in SETTINGS_WITH_TEXT:
+        if key in body:
+            _nested(out, body, key, key)
     return out
 
 

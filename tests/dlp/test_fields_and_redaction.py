@@ -165,6 +165,11 @@ CASES += [
         ["input[0].summary[0].text"],
         id="responses-reasoning-summary",
     ),
+    pytest.param(
+        {"metadata": {"user_id": "u"}, "stop_sequences": ["s"], "stop": "t", "user": "v", "tools": [{"name": "n"}]},
+        ["metadata.user_id", "stop_sequences[0]", "stop", "user"],
+        id="settings-sent-as-written",
+    ),
 ]
 
 
