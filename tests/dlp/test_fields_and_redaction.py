@@ -324,3 +324,15 @@ def test_a_busy_scan_stops_at_its_inline_budget() -> None:
     with pytest.raises(TooBusyInline):  # 600 candidates of two detectors together, against 500
         scanner.scan(texts, max_examined=500)
     assert len(scanner.scan(texts)) == 600  # without a budget every one is found
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200d", "\u2060", "\u00ad", "\ufeff", "\u202c"])
+def test_a_value_split_by_an_invisible_character_is_found_as_written(invisible: str) -> None:
+    scanner = Scanner(detectors_for(["aws_access_key", "email"]), {})
+    hidden = KEY[:4] + invisible + KEY[4:10] + invisible + KEY[10:]
+    texts = ["clean", f"key {hidden} ok", f"jane{invisible}.roe@corp-mail.io"]
+    assert [(h.detector, h.text, h.value) for h in scanner.scan(texts)] == [
+        ("aws_access_key", 1, hidden),  # the span as written, so the placeholder covers it whole
+        ("email", 2, f"jane{invisible}.roe@corp-mail.io"),
+    ]
+    assert scanner.scan(["an emoji family 👨\u200d👩\u200d👧 and nothing else"]) == []

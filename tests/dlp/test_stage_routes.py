@@ -326,3 +326,16 @@ async def test_a_busy_body_is_scanned_off_the_event_loop(
     assert status == 200, answer
     assert "inspect" in threads
     assert [(f["detector"], f["occurrences"]) for f in await findings(gateway, admin_key)] == found
+
+
+async def test_a_key_split_by_zero_width_spaces_is_redacted_whole(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    hidden = "\u200b".join(AWS_KEY)  # reads the same; no pattern matches it as written
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": f"use {hidden}!"}]}
+    status, answer = await post(gateway, "/v1/chat/completions", body, key)
+    assert status == 200, answer
+    sent = upstream.requests[-1].json
+    assert sent["messages"][0]["content"] in (f"use {PLACEHOLDER}!", [{"type": "text", "text": f"use {PLACEHOLDER}!"}])
