@@ -734,6 +734,8 @@ def _dlp_rules(raw: Any, where: str) -> dict[str, DetectorRule]:
         path = f"{where}.{detector}"
         spec = _section(spec_raw, path, {"action", "allow"})
         action = spec.get("action")
+        if action is False:  # YAML 1.1 reads a bare `off` (the documented action) as false
+            action = "off"
         if action is not None and action not in ACTIONS:
             raise ConfigError(f"{path}.action: {action!r} is not one of {', '.join(ACTIONS)}")
         allow = spec.get("allow") or []
@@ -761,6 +763,11 @@ def _dlp_list(
             raise ConfigError(f"dlp.{key}: {item!r} is not one of {', '.join(allowed)}")
         if allowed is None and not re.fullmatch(r"[A-Z]{2}", item):
             raise ConfigError(f"dlp.{key}: {item!r} is not a two-letter region code such as US or GB")
+    if allowed is None and value:
+        import phonenumbers  # only here: its region list (UK is no region, GB is), metadata loaded lazily
+
+        if unknown := [item for item in value if item not in phonenumbers.SUPPORTED_REGIONS]:
+            raise ConfigError(f"dlp.{key}: {unknown[0]!r} is not a region libphonenumber knows (the UK is GB)")
     return tuple(value)
 
 

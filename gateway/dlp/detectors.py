@@ -146,7 +146,9 @@ _PEM = r"-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----"
 _AWS_PREFIXES = (b"A3T", b"ABIA", b"ACCA", b"AKIA", b"ASIA")
 _ANTHROPIC = r"sk-ant-(?:api|admin|oat|ort)\d{2}-[A-Za-z0-9_-]{80,}"
 _JWT = r"eyJ[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.?[A-Za-z0-9_.+/=-]*"
-_PEM_BLOCK = _PEM + r"[\s\S]{0,16384}?-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+# The body stops at the first `-----` (a key's base64 and headers have none): tried from each of thousands of
+# BEGIN lines, a body that could run on to any END would search 16 KB per line (seconds on the event loop).
+_PEM_BLOCK = _PEM + r"(?:[^-]|-(?!----)){0,16384}-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----"
 _SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)"
 # a secret word, up to 20 more name characters, an assignment (= : := =>), then the value (group 1)
 _SECRET_ASSIGNMENT = (

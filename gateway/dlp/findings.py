@@ -55,7 +55,7 @@ class FindingsLog:
                 facts.key_id,
                 facts.user_id,
                 facts.route,
-                facts.alias[:256],
+                facts.alias[:256].replace("\x00", "\ufffd"),  # the caller's model id, not yet checked by route
                 f.detector,
                 f.action,
                 f.location[:MAX_LOCATION],

@@ -37,13 +37,23 @@ def placeholders(hits: Sequence[Hit]) -> dict[str, str]:
 def redact_fields(fields: Sequence[Field], mapping: dict[str, str]) -> None:
     """Replace every value in every scanned string of the parsed body (longest values first)."""
     ordered = sorted(mapping, key=len, reverse=True)
-    for field in fields:
+    for field in sorted(fields, key=lambda f: f.is_key):  # key names last: the value fields still name the old keys
         text = field.text
         for value in ordered:
             if value in text:
                 text = text.replace(value, mapping[value])
-        if text is not field.text:
+        if text is not field.text and field.is_key:
+            _rename(field.parent, field.key, text)
+            field.key = field.text = text
+        elif text is not field.text:
             field.parent[field.key] = field.text = text
+
+
+def _rename(obj: dict[str, Any], old: str, new: str) -> None:
+    """Rename a key of `obj` in place, keeping the key order (the raw body's replacement keeps it too)."""
+    items = [(new if k == old else k, v) for k, v in obj.items()]
+    obj.clear()
+    obj.update(items)
 
 
 def redact_raw(raw: bytes, mapping: dict[str, str], redacted_body: dict[str, Any]) -> bytes:

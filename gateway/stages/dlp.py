@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Any
+
+import structlog
 
 from gateway.config import DlpConfig, ModelAlias, RoutingConfig
 from gateway.dlp.findings import FindingsLog, RequestFacts
 from gateway.dlp.inspection import TextTooLarge, Verdict, has_duplicate_keys, inspect
 from gateway.dlp.policy import Inspector, PolicyBook
-from gateway.dlp.scanner import TooManyCandidates
+from gateway.dlp.scanner import TooBusyInline, TooManyCandidates
 from gateway.errors import BadRequest, BodyTooLarge, Forbidden
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
 
+log = structlog.get_logger("gateway.dlp")
+
 BYPASS_HEADER = "x-gateway-dlp"
 MAX_SCAN_BYTES = 8 * 1024 * 1024  # more body than this (images aside, it is text) is refused rather than let through
 IN_THREAD_BYTES = 512 * 1024  # a body this big is scanned in a worker thread: the event loop keeps serving others
+# A smaller body is scanned inline while it has at most this many candidates (validating one, say a phone number,
+# costs up to 50 µs); past that it is scanned again in a thread: 10,000 phone numbers in 160 KB took 0.6 s.
+INLINE_CANDIDATES = 500
+# ... and while its text is at most this many characters: finding the anchors costs about 1 µs each, and 400 KB of
+# digits holds 400,000 of them (0.4 s, 1.7 s with every national id on). A Claude Code turn's text is 12 KB or more.
+INLINE_TEXT = 32 * 1024
 
 
 class PreventDataLoss:
@@ -53,16 +64,22 @@ class PreventDataLoss:
         if role not in self._bypass_roles:
             allowed = ", ".join(sorted(self._bypass_roles)) or "none"
             raise Forbidden(f"{BYPASS_HEADER}: off is not allowed for {role} keys (dlp.bypass_roles: {allowed})")
+        # No finding is stored for an unscanned request, so the skip itself leaves the trace
+        log.warning("dlp_bypassed", key_id=ex.principal.key_id if ex.principal else None, alias=ex.alias_name)
         return True
 
     async def _inspect(self, ex: Exchange, inspector: Inspector) -> None:
         body = ex.full_body()  # a sketched passthrough body is parsed here, and only here
-        if has_duplicate_keys(ex.raw_body, body):
+        small = len(ex.raw_body) <= IN_THREAD_BYTES
+        if small:
+            duplicate = has_duplicate_keys(ex.raw_body, body)
+        else:  # 0.1 s or more of byte counting: off the event loop
+            duplicate = await asyncio.to_thread(has_duplicate_keys, ex.raw_body, body)
+        if duplicate:
             raise BadRequest("request body has a duplicate key; send each key once")
         try:
-            if len(ex.raw_body) <= IN_THREAD_BYTES:
-                verdict = inspect(body, ex.raw_body, inspector)
-            else:
+            verdict = _inline(body, ex.raw_body, inspector) if small else None
+            if verdict is None:  # a big or a busy body: scanned in a worker thread, the event loop serves others
                 verdict = await asyncio.to_thread(inspect, body, ex.raw_body, inspector, MAX_SCAN_BYTES)
         except TooManyCandidates as flood:
             raise BadRequest(f"request text has too many {flood} candidates for the data-loss scan") from None
@@ -92,3 +109,11 @@ class PreventDataLoss:
             ex.alias_name,
         )
         self._findings.record(facts, verdict.findings)
+
+
+def _inline(body: dict[str, Any], raw: bytes, inspector: Inspector) -> Verdict | None:
+    """The scan on the event loop, or None (body unchanged) past INLINE_TEXT characters or INLINE_CANDIDATES."""
+    try:
+        return inspect(body, raw, inspector, INLINE_TEXT, INLINE_CANDIDATES)
+    except (TextTooLarge, TooBusyInline):
+        return None

@@ -6,6 +6,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
 from gateway import db
@@ -32,6 +33,7 @@ def config(dlp: Any, **more: Any) -> Any:
         ({"aliases": {"claude-slow": {"enabled": True}}}, {}, "dlp.aliases.claude-slow: unknown key"),
         ({"national_ids": ["xx"]}, {}, "dlp.national_ids: 'xx' is not one of"),
         ({"phone_regions": ["usa"]}, {}, "dlp.phone_regions: 'usa' is not a two-letter region"),
+        ({"phone_regions": ["US", "UK"]}, {}, "dlp.phone_regions: 'UK' is not a region libphonenumber knows"),
         ({"bypass_roles": ["root"]}, {}, "dlp.bypass_roles: 'root' is not one of admin, user"),
         ({"enabled": True}, {"pipeline": ["auth", "route"]}, "dlp: enabled, but `pipeline:` leaves out the dlp stage"),
     ],
@@ -76,3 +78,20 @@ async def test_findings_rows_hold_no_value(pool: asyncpg.Pool) -> None:
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'dlp_findings'"
     )}  # fmt: skip
     assert columns == {"id", "created_at", *db.DLP_FINDING_COLUMNS}
+
+
+def test_a_bare_yaml_off_is_the_action_off() -> None:
+    doc = yaml.safe_load(
+        "detectors: {email: {action: off}}\naliases: {claude-fast: {detectors: {iban: {action: off}}}}"
+    )
+    dlp = config(doc).dlp
+    assert dlp.detectors["email"].action == "off" and dlp.aliases["claude-fast"].detectors["iban"].action == "off"
+
+
+async def test_a_nul_in_the_model_id_does_not_lose_the_finding(pool: asyncpg.Pool) -> None:
+    # The stage runs before route refuses a non-printable model, and PostgreSQL text holds no NUL.
+    findings = FindingsLog(pool)
+    findings.record(RequestFacts("r-nul", None, None, "messages", "claude-3-haiku\x00"), [Finding("jwt", "block", "m")])
+    await findings.flush()
+    row = await pool.fetchrow("SELECT alias, detector FROM dlp_findings WHERE request_id = 'r-nul'")
+    assert row is not None and row["alias"] == "claude-3-haiku\ufffd" and row["detector"] == "jwt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from gateway import db
 from gateway.app import SERVICES
@@ -125,27 +127,41 @@ async def test_the_bypass_header_only_for_allowed_roles(
     expected: int,
 ) -> None:
     gateway = await make_gateway(dlp=dlp_config("block", bypass_roles=roles))
-    key, _ = await make_key("caller", admin=admin)
-    status, answer = await post(gateway, "/v1/messages", ROUTES["messages"][1], key, **{"x-gateway-dlp": "off"})
+    key, row = await make_key("caller", admin=admin)
+    with capture_logs() as logs:
+        status, answer = await post(gateway, "/v1/messages", ROUTES["messages"][1], key, **{"x-gateway-dlp": "off"})
     assert status == expected, answer
+    bypassed = [e for e in logs if e["event"] == "dlp_bypassed"]
     if expected == 403:
         assert orjson.loads(answer)["error"]["type"] == "permission_error"
+        assert bypassed == []
     else:
         assert AWS_KEY.encode() in upstream.requests[-1].raw_body
         assert "x-gateway-dlp" not in upstream.requests[-1].headers  # the gateway's own header stays here
+        assert [(e["key_id"], e["alias"]) for e in bypassed] == [(row.id, "claude-fast")]  # the skip leaves a trace
 
 
+SHADOWED = b'"messages": [{"role": "user", "content": "' + AWS_KEY.encode() + b'"}],'
+
+
+@pytest.mark.parametrize(
+    "clean",
+    [b"hello", b"hello" + b"\\u0022" * SHADOWED.count(b'"')],
+    ids=["plain", "quotes-escaped-to-even-the-count"],
+)
 async def test_a_duplicate_key_cannot_hide_a_value_from_the_scan(
-    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory, clean: bytes
 ) -> None:
     gateway = await make_gateway(dlp=dlp_config("block"))
     key, _ = await make_key()
-    # A parser that keeps the first "messages" would see the key; ours keeps the last, which is clean.
+    # A parser that keeps the first "messages" would see the key; ours keeps the last, which is clean. Quotes
+    # written \u0022 in the clean text carry no `"` byte, so they must not make up for the shadowed key's.
     raw = (
-        b'{"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": "'
-        + AWS_KEY.encode()
-        + b'"}],'
-        b' "messages": [{"role": "user", "content": "hello"}]}'
+        b'{"model": "claude-fast", "max_tokens": 8, '
+        + SHADOWED
+        + b' "messages": [{"role": "user", "content": "'
+        + clean
+        + b'"}]}'
     )
     url = str(gateway.make_url("/v1/messages"))
     headers = {"x-api-key": key, "content-type": "application/json"}
@@ -235,3 +251,91 @@ async def test_big_bodies_are_scanned_in_a_thread_and_text_over_the_limit_is_ref
     body["messages"][0]["content"] = filler * 3  # 72 KB of text
     status, answer = await post(gateway, "/v1/messages", body, key)
     assert status == 413 and b"data-loss scan limit" in answer
+
+
+async def test_a_value_in_a_block_type_the_walker_does_not_name_is_still_redacted(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    result = {
+        "type": "search_result",
+        "source": "https://wiki",
+        "title": "creds",
+        "content": [{"type": "text", "text": AWS_KEY}],
+    }
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": [result]}]}
+    status, answer = await post(gateway, "/v1/messages", body, key)
+    assert status == 200, answer
+    sent = upstream.requests[-1]
+    assert AWS_KEY.encode() not in sent.raw_body
+    assert sent.json["messages"][0]["content"][0]["content"][0]["text"] == PLACEHOLDER
+
+
+async def test_a_value_written_as_a_tool_input_key_is_redacted(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    call = {"type": "tool_use", "id": "toolu_1", "name": "note", "input": {AWS_KEY: "remember this"}}
+    messages = [
+        {"role": "user", "content": "note it"},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]},
+    ]
+    status, answer = await post(
+        gateway, "/v1/messages", {"model": "claude-fast", "max_tokens": 8, "messages": messages}, key
+    )
+    assert status == 200, answer
+    sent = upstream.requests[-1]
+    assert AWS_KEY.encode() not in sent.raw_body
+    assert sent.json["messages"][1]["content"][0]["input"] == {PLACEHOLDER: "remember this"}
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        # 10,000 phone numbers (160 KB, under the 512 KB thread limit) once held the event loop for 0.6 s
+        ("\n".join(["call +1 415 555 2671"] * 600), [("phone", 600)]),
+        # 400 KB of digits held it for 0.4 s finding anchors alone: a long text goes to the thread up front
+        ("lorem ipsum dolor " * 2500, []),
+    ],
+    ids=["many-candidates", "long-text"],
+)
+async def test_a_busy_body_is_scanned_off_the_event_loop(
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    make_key: KeyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    found: list[tuple[str, int]],
+) -> None:
+    gateway = await make_gateway(dlp={"enabled": True})
+    key, _ = await make_key()
+    admin_key, _ = await make_key("root", admin=True)
+    threads: list[str] = []
+    to_thread = asyncio.to_thread
+
+    async def recording(func: Callable[..., Any], /, *args: Any) -> Any:
+        threads.append(func.__name__)
+        return await to_thread(func, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", recording)
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
+    status, answer = await post(gateway, "/v1/messages", body, key)
+    assert status == 200, answer
+    assert "inspect" in threads
+    assert [(f["detector"], f["occurrences"]) for f in await findings(gateway, admin_key)] == found
+
+
+async def test_a_key_split_by_zero_width_spaces_is_redacted_whole(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_key: KeyFactory
+) -> None:
+    gateway = await make_gateway(dlp=dlp_config("redact"))
+    key, _ = await make_key()
+    hidden = "\u200b".join(AWS_KEY)  # reads the same; no pattern matches it as written
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": f"use {hidden}!"}]}
+    status, answer = await post(gateway, "/v1/chat/completions", body, key)
+    assert status == 200, answer
+    sent = upstream.requests[-1].json
+    assert sent["messages"][0]["content"] in (f"use {PLACEHOLDER}!", [{"type": "text", "text": f"use {PLACEHOLDER}!"}])
