@@ -8,6 +8,8 @@ request always translates to the same dict. What cannot be expressed for Anthrop
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,10 @@ TOOL_CHOICES: dict[str, dict[str, str]] = {
 }
 # Content part keys kept on the Anthropic block as the caller sent them (prompt caching, with its ttl).
 KEPT_PART_FIELDS: tuple[str, ...] = ("cache_control",)
+# Anthropic's patterns (anthropic SDK ToolParam.name, ToolUseBlockParam.id; the API refuses anything else).
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 class TranslationError(ValueError):
@@ -89,10 +95,20 @@ def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions)
     _add_thinking(out, body, opts)
     _add_response_format(out, body.get("response_format"), opts, "response_format")
     if body.get("user") is not None:
+        if not isinstance(body["user"], str):
+            raise TranslationError(f"user: must be a string, got {body['user']!r}", "user")
         out["metadata"] = {"user_id": body["user"]}
     if body.get("stream") is not None:
-        out["stream"] = body["stream"]
+        out["stream"] = stream_flag(body["stream"])
     return out
+
+
+def stream_flag(value: object) -> bool:
+    """`stream` as sent, when a boolean. A truthy "true" or 1 would have the upstream stream an answer the relay
+    then reads as one JSON body (an empty 200 with its usage lost), so anything else is refused."""
+    if not isinstance(value, bool):
+        raise TranslationError(f"stream: must be true or false, got {value!r}", "stream")
+    return value
 
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:
@@ -120,7 +136,9 @@ def _add_sampling(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     if body.get("temperature") is not None:
         out["temperature"] = min(max(_number(body, "temperature"), 0), 1)  # OpenAI allows 0..2, Anthropic 0..1
     if body.get("top_p") is not None:
-        out["top_p"] = _number(body, "top_p")
+        if not 0 <= (top_p := _number(body, "top_p")) <= 1:  # the same range for OpenAI and Anthropic
+            raise TranslationError(f"top_p: must be between 0 and 1, got {top_p!r}", "top_p")
+        out["top_p"] = top_p
     stop = body.get("stop")
     if stop is None:
         return
@@ -148,6 +166,7 @@ def _add_tools(out: dict[str, Any], body: Mapping[str, Any]) -> None:
         return
     out["tools"] = tools
     choice = _tool_choice(body)
+    check_tool_choice(choice, tools, "tool_choice" if body.get("tool_choice") is not None else "function_call")
     if body.get("parallel_tool_calls") is False:
         choice = choice or {"type": "auto"}
         if choice["type"] != "none":  # the flag does not exist on {"type": "none"}
@@ -164,19 +183,69 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                 kind = tool.get("type") if isinstance(tool, Mapping) else tool
                 message = f"tools[{i}].type: {kind!r} tools are not supported; only function tools are"
                 raise TranslationError(message, f"tools[{i}].type")
-        return [_function_to_tool(tool.get("function"), f"tools[{i}].function") for i, tool in enumerate(tools)]
+        translated = [_function_to_tool(tool.get("function"), f"tools[{i}].function") for i, tool in enumerate(tools)]
+        return unique_tools(translated, [f"tools[{i}].function.name" for i in range(len(tools))])
     functions = _expect_list(body.get("functions") or [], "functions")  # legacy name for function tools
-    return [_function_to_tool(fn, f"functions[{i}]") for i, fn in enumerate(functions)]
+    translated = [_function_to_tool(fn, f"functions[{i}]") for i, fn in enumerate(functions)]
+    return unique_tools(translated, [f"functions[{i}].name" for i in range(len(functions))])
 
 
 def _function_to_tool(fn: object, where: str) -> dict[str, Any]:
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
-    tool: dict[str, Any] = {"name": fn["name"]}
+    tool: dict[str, Any] = {"name": tool_name(fn["name"], f"{where}.name")}
     if fn.get("description") is not None:
+        if not isinstance(fn["description"], str):
+            raise TranslationError(f"{where}.description: must be a string", f"{where}.description")
         tool["description"] = fn["description"]
-    tool["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    tool["input_schema"] = input_schema(fn.get("parameters"), f"{where}.parameters")
     return tool
+
+
+def tool_name(name: str, where: str) -> str:
+    """`name` when Anthropic takes it as a tool name (1 to 128 of a-z, A-Z, 0-9, _ and -, as OpenAI's 64)."""
+    if not TOOL_NAME.fullmatch(name):
+        message = f"{where}: {name!r} is not a valid tool name; use 1 to 128 letters, digits, '_' or '-'"
+        raise TranslationError(message, where)
+    return name
+
+
+def input_schema(parameters: object, where: str) -> dict[str, Any]:
+    """A tool's JSON schema as Anthropic's input_schema, which must be an object schema with "type": "object"
+    (anthropic SDK `InputSchema`); a schema that omits "type" gets it, as OpenAI assumes it."""
+    if parameters is None or parameters == {}:
+        return {"type": "object", "properties": {}}
+    if not isinstance(parameters, Mapping):
+        raise TranslationError(f"{where}: must be a JSON schema object", where)
+    if parameters.get("type", "object") != "object":
+        message = f"{where}.type: tool parameters must be an object schema, got type {parameters['type']!r}"
+        raise TranslationError(message, f"{where}.type")
+    return {"type": "object", **parameters}
+
+
+def unique_tools(tools: list[dict[str, Any]], wheres: list[str]) -> list[dict[str, Any]]:
+    """`tools`, refused when two share a name (Anthropic: "Tool names must be unique"); wheres[i] names tool i."""
+    seen: set[str] = set()
+    for tool, where in zip(tools, wheres, strict=True):
+        if tool["name"] in seen:
+            raise TranslationError(f"{where}: tool name {tool['name']!r} is used twice; names must be unique", where)
+        seen.add(tool["name"])
+    return tools
+
+
+def check_tool_choice(choice: Mapping[str, Any] | None, tools: list[dict[str, Any]], where: str) -> None:
+    """Refuse a forced tool that is not among `tools`: Anthropic has nothing to call (OpenAI refuses it too)."""
+    if choice is not None and choice.get("type") == "tool" and choice["name"] not in {t["name"] for t in tools}:
+        raise TranslationError(f"{where}: {choice['name']!r} is not the name of a tool in tools", where)
+
+
+def tool_use_id(call_id: str) -> str:
+    """`call_id` as Anthropic takes a tool_use id (^[a-zA-Z0-9_-]+$). Other providers' ids ("functions.lookup:0")
+    are rewritten the same way wherever they occur, so a call and its result still pair; the hash of the
+    original keeps two ids that differ only in such characters apart."""
+    if TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    return f"{_NOT_ID_CHARS.sub('_', call_id)}_{hashlib.sha256(call_id.encode()).hexdigest()[:12]}"
 
 
 def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -239,6 +308,13 @@ def has_text(text: str) -> bool:
     return bool(text) and not text.isspace()
 
 
+def trim_prefill(messages: list[dict[str, Any]]) -> None:
+    """Strip the trailing whitespace off the last text of a final assistant turn (a prefill, which the model
+    continues): Anthropic refuses it ("final assistant content cannot end with trailing whitespace")."""
+    if messages and messages[-1]["role"] == "assistant" and (last := messages[-1]["content"][-1])["type"] == "text":
+        last["text"] = last["text"].rstrip()  # has_text kept only blocks with non-whitespace: never emptied
+
+
 def _expect_list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise TranslationError(f"{where}: must be a list", where)
@@ -267,6 +343,7 @@ class _Conversation:
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
         if not conversation.messages:  # everything was empty or whitespace, which Anthropic refuses
             raise TranslationError("messages: no message has any non-whitespace content", "messages")
+        trim_prefill(conversation.messages)
         return conversation.system, conversation.messages
 
     def add(self, i: int, message: Mapping[str, Any]) -> None:
@@ -302,10 +379,15 @@ class _Conversation:
                     f"{call_where}.type: only function tool calls are supported", f"{call_where}.type"
                 )
             call_id = call.get("id") or f"call_{i}_{j}"
+            if not isinstance(call_id, str):
+                raise TranslationError(f"{call_where}.id: must be a string, got {call_id!r}", f"{call_where}.id")
             blocks.append(_tool_use(call_id, call.get("function"), f"{call_where}.function"))
+            if any(b["type"] == "tool_use" and b["id"] == blocks[-1]["id"] for b in blocks[:-1]):
+                message = f"{call_where}.id: {call_id!r} is used twice in this message; tool call ids must be unique"
+                raise TranslationError(message, f"{call_where}.id")
         if message.get("function_call") is not None:  # legacy: one call, no id; synthesise a stable one
             block = _tool_use("", message["function_call"], f"{where}.function_call")
-            block["id"] = self._legacy_call_ids[block["name"]] = f"call_{block['name']}_{i}"
+            block["id"] = self._legacy_call_ids[block["name"]] = tool_use_id(f"call_{block['name']}_{i}")
             blocks.append(block)
         return blocks
 
@@ -378,7 +460,7 @@ def _tool_use(call_id: str, fn: object, where: str) -> dict[str, Any]:
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
     arguments = _arguments(fn.get("arguments"), f"{where}.arguments")
-    return {"type": "tool_use", "id": call_id, "name": fn["name"], "input": arguments}
+    return {"type": "tool_use", "id": tool_use_id(call_id), "name": fn["name"], "input": arguments}
 
 
 def _arguments(raw: object, where: str) -> dict[str, Any]:
@@ -394,7 +476,7 @@ def _arguments(raw: object, where: str) -> dict[str, Any]:
 
 
 def _tool_result(call_id: str, message: Mapping[str, Any], where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id(call_id)}
     content = message.get("content")
     if isinstance(content, str):
         if has_text(content):
