@@ -56,6 +56,7 @@ TOOL_CHOICES: dict[str, dict[str, str]] = {
 }
 # Content part keys kept on the Anthropic block as the caller sent them (prompt caching, with its ttl).
 KEPT_PART_FIELDS: tuple[str, ...] = ("cache_control",)
+CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})  # Anthropic CacheControlEphemeralParam.ttl
 # Anthropic's patterns (anthropic SDK ToolParam.name, ToolUseBlockParam.id; the API refuses anything else).
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
@@ -430,9 +431,23 @@ def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None
             return None
         block = {"type": "text", "text": text}
     for name in KEPT_PART_FIELDS:  # the caller's cache breakpoints (and their ttl) stay on their block
-        if isinstance(part.get(name), Mapping):
-            block[name] = dict(part[name])
+        if part.get(name) is not None:
+            block[name] = cache_control(part[name], f"{where}.{name}")
     return block
+
+
+def cache_control(value: object, where: str) -> dict[str, Any]:
+    """A caller's cache breakpoint, checked as Anthropic checks it: {"type": "ephemeral"} and an optional ttl of
+    "5m" or "1h" (https://platform.claude.com/docs/en/build-with-claude/prompt-caching)."""
+    if (
+        not isinstance(value, Mapping)
+        or value.get("type") != "ephemeral"
+        or value.get("ttl", "5m") not in CACHE_TTLS
+        or not set(value) <= {"type", "ttl"}
+    ):
+        message = f'{where}: expected {{"type": "ephemeral"}} with an optional ttl of "5m" or "1h", got {value!r}'
+        raise TranslationError(message, where)
+    return dict(value)
 
 
 def _image_block(image_url: object, where: str) -> dict[str, Any]:

@@ -327,6 +327,8 @@ class _Items:
         for message in items.messages:
             if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
+        if not items.messages:  # everything was empty or whitespace, which Anthropic refuses
+            raise TranslationError("input: no input item has any non-whitespace content", "input")
         trim_prefill(items.messages)
         return items.system, items.messages
 

@@ -670,6 +670,24 @@ ERROR_CASES = [
         {"messages": HI, "stream": "true"}, "stream: must be true or false, got 'true'", "stream", id="stream-str"
     ),
     pytest.param({"messages": HI, "stream": 1}, "stream: must be true or false, got 1", "stream", id="stream-int"),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "user", "content": [{**text("x"), "cache_control": {"type": "ephemeral", "ttl": "2h"}}]}
+            ]
+        },
+        'messages[0].content[0].cache_control: expected {"type": "ephemeral"} with an optional ttl of "5m" or "1h", '
+        "got {'type': 'ephemeral', 'ttl': '2h'}",
+        "messages[0].content[0].cache_control",
+        id="cache_control-ttl-2h",
+    ),
+    pytest.param(
+        {"messages": [{"role": "system", "content": [{**text("x"), "cache_control": "ephemeral"}]}]},
+        'messages[0].content[0].cache_control: expected {"type": "ephemeral"} with an optional ttl of "5m" or "1h", '
+        "got 'ephemeral'",
+        "messages[0].content[0].cache_control",
+        id="cache_control-string",
+    ),
     pytest.param({"messages": HI, "user": 5}, "user: must be a string, got 5", "user", id="user-int"),
     pytest.param({"messages": HI, "top_p": 5}, "top_p: must be between 0 and 1, got 5", "top_p", id="top_p-over-1"),
     pytest.param(

@@ -287,6 +287,18 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
             {"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "required", id="call_id"
         ),
         pytest.param({"input": []}, "input", "non-empty", id="empty-input"),
+        pytest.param({"input": "  \n"}, "input", "no input item has any non-whitespace", id="whitespace-input"),
+        pytest.param(
+            {
+                "input": [
+                    {"role": "developer", "content": "x"},
+                    {"role": "user", "content": [{"type": "input_text", "text": ""}]},
+                ]
+            },
+            "input",
+            "no input item has any non-whitespace",
+            id="only-instructions",
+        ),
         pytest.param({"reasoning": {"effort": "ultra"}}, "reasoning.effort", "'ultra' is not supported", id="effort"),
         pytest.param({"max_output_tokens": 0}, "max_output_tokens", "positive integer", id="max_output_tokens"),
         pytest.param({"tool_choice": {"type": "allowed_tools"}}, "tool_choice", "expected", id="allowed_tools"),

@@ -19,7 +19,8 @@ Sources:
   ("text content blocks must contain non-whitespace text"), in system and in messages alike.
 - [stop] stop_sequences: each must contain non-whitespace ("stop_sequences: each stop sequence must contain
   non-whitespace").
-- [cache] https://platform.claude.com/docs/en/build-with-claude/prompt-caching: at most 4 cache_control marks.
+- [cache] https://platform.claude.com/docs/en/build-with-claude/prompt-caching: at most 4 cache_control marks, each
+  {"type": "ephemeral"} with an optional ttl of "5m" or "1h".
   (The docs' "Mixing different TTLs" order, 1h marks before 5m ones, is not enforced: tests/test_conformance.py
   models a Claude Code body with a 5m tool mark before a 1h system mark, and no capture settles which is right.)
 - [format] https://platform.claude.com/docs/en/build-with-claude/structured-outputs and anthropic SDK
@@ -186,6 +187,13 @@ def _cache_marks(body: Mapping[str, Any]) -> str | None:
             nested = block.get("content") if isinstance(block, Mapping) else None
             blocks.extend(nested if isinstance(nested, list) else [])
     marks = [b["cache_control"] for b in blocks if isinstance(b, Mapping) and "cache_control" in b]
+    for mark in marks:
+        if (
+            not isinstance(mark, Mapping)
+            or mark.get("type") != "ephemeral"
+            or mark.get("ttl", "5m") not in ("5m", "1h")
+        ):
+            return f"cache_control: expected {{'type': 'ephemeral', 'ttl': '5m' | '1h'}}, got {mark!r}"
     if len(marks) > MAX_CACHE_MARKS:
         return f"A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {len(marks)}."
     return None

@@ -347,6 +347,11 @@ def loop(*assistant: dict[str, Any], result: dict[str, Any] = RESULT) -> list[di
         ),
         pytest.param({"stream": "true"}, "stream: Input should be a valid boolean", id="stream-string"),
         pytest.param(
+            {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]},
+            "cache_control: expected",
+            id="cache-ttl-2h",
+        ),
+        pytest.param(
             {"metadata": {"user_id": 5}}, "metadata.user_id: Input should be a valid string", id="user-id-int"
         ),
         pytest.param({"top_p": 5}, "top_p: Input should be less than or equal to 1", id="top_p-over-1"),
