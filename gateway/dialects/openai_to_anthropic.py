@@ -309,6 +309,31 @@ def has_text(text: str) -> bool:
     return bool(text) and not text.isspace()
 
 
+def check_tool_pairs(messages: list[dict[str, Any]], sources: Mapping[int, tuple[str, str]]) -> None:
+    """Refuse a history whose tool calls and results do not pair up as Anthropic requires: each result answers a
+    call of the assistant turn just before it, and each call is answered in the turn after it
+    (https://platform.claude.com/docs/en/agents-and-tools/tool-use/implement-tool-use). The API would refuse it
+    too, naming its own renumbered message; this names the caller's field. `sources` maps id() of a block to
+    (caller's field, caller's id). OpenAI refuses both cases alike."""
+    pending: dict[str, dict[str, Any]] = {}  # tool_use id -> block, of the assistant turn just before
+    for message in messages:
+        if message["role"] == "assistant":  # consecutive assistant turns were merged, so nothing is pending here
+            pending = {b["id"]: b for b in message["content"] if b["type"] == "tool_use"}
+            continue
+        answered = {b["tool_use_id"] for b in message["content"] if b["type"] == "tool_result"}
+        for block in message["content"]:
+            if block["type"] == "tool_result" and block["tool_use_id"] not in pending:
+                where, call_id = sources.get(id(block), ("messages", block["tool_use_id"]))
+                message_text = f"{where}: {call_id!r} answers no tool call of the assistant message just before it"
+                raise TranslationError(message_text, where)
+        for call_id, block in pending.items():
+            if call_id not in answered:
+                where, caller_id = sources.get(id(block), ("messages", call_id))
+                message_text = f"{where}: tool call {caller_id!r} has no result; answer every call before the next turn"
+                raise TranslationError(message_text, where)
+        pending = {}
+
+
 def trim_prefill(messages: list[dict[str, Any]]) -> None:
     """Strip the trailing whitespace off the last text of a final assistant turn (a prefill, which the model
     continues): Anthropic refuses it ("final assistant content cannot end with trailing whitespace")."""
@@ -329,6 +354,7 @@ class _Conversation:
         self.system: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self._legacy_call_ids: dict[str, str] = {}  # function name -> id of its latest assistant function_call
+        self.sources: dict[int, tuple[str, str]] = {}  # id() of a tool_use/tool_result block -> (field, caller's id)
 
     @classmethod
     def translate(cls, raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -344,6 +370,7 @@ class _Conversation:
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
         if not conversation.messages:  # everything was empty or whitespace, which Anthropic refuses
             raise TranslationError("messages: no message has any non-whitespace content", "messages")
+        check_tool_pairs(conversation.messages, conversation.sources)
         trim_prefill(conversation.messages)
         return conversation.system, conversation.messages
 
@@ -360,12 +387,16 @@ class _Conversation:
         elif role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
                 raise TranslationError(f"{where}.tool_call_id: is required", f"{where}.tool_call_id")
-            self._append("user", [_tool_result(message["tool_call_id"], message, where)])
+            block = _tool_result(message["tool_call_id"], message, where)
+            self.sources[id(block)] = (f"{where}.tool_call_id", message["tool_call_id"])
+            self._append("user", [block])
         elif role == "function":
             if not isinstance(name := message.get("name"), str):
                 raise TranslationError(f"{where}.name: is required for function messages", f"{where}.name")
             call_id = self._legacy_call_ids.get(name, f"call_{name}_{i}")
-            self._append("user", [_tool_result(call_id, message, where)])
+            block = _tool_result(call_id, message, where)
+            self.sources[id(block)] = (f"{where}.name", name)
+            self._append("user", [block])
         else:
             known = ", ".join([*sorted(SYSTEM_ROLES), *ROLES])
             raise TranslationError(f"{where}.role: unknown role {role!r}; expected one of {known}", f"{where}.role")
@@ -383,6 +414,7 @@ class _Conversation:
             if not isinstance(call_id, str):
                 raise TranslationError(f"{call_where}.id: must be a string, got {call_id!r}", f"{call_where}.id")
             blocks.append(_tool_use(call_id, call.get("function"), f"{call_where}.function"))
+            self.sources[id(blocks[-1])] = (f"{call_where}.id", call_id)
             if any(b["type"] == "tool_use" and b["id"] == blocks[-1]["id"] for b in blocks[:-1]):
                 message = f"{call_where}.id: {call_id!r} is used twice in this message; tool call ids must be unique"
                 raise TranslationError(message, f"{call_where}.id")
@@ -390,6 +422,7 @@ class _Conversation:
             block = _tool_use("", message["function_call"], f"{where}.function_call")
             block["id"] = self._legacy_call_ids[block["name"]] = tool_use_id(f"call_{block['name']}_{i}")
             blocks.append(block)
+            self.sources[id(block)] = (f"{where}.function_call", block["name"])
         return blocks
 
     def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:

@@ -33,6 +33,7 @@ from .openai_to_anthropic import (
     _arguments,
     _image_block,
     check_tool_choice,
+    check_tool_pairs,
     has_text,
     input_schema,
     stream_flag,
@@ -310,6 +311,7 @@ class _Items:
         self.system: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self._namespaced: dict[tuple[object, str], str] = {(o.namespace, o.name): n for n, o in tools.items()}
+        self.sources: dict[int, tuple[str, str]] = {}  # id() of a tool_use/tool_result block -> (field, caller's id)
 
     @classmethod
     def translate(
@@ -329,6 +331,7 @@ class _Items:
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
         if not items.messages:  # everything was empty or whitespace, which Anthropic refuses
             raise TranslationError("input: no input item has any non-whitespace content", "input")
+        check_tool_pairs(items.messages, items.sources)
         trim_prefill(items.messages)
         return items.system, items.messages
 
@@ -357,23 +360,25 @@ class _Items:
         name = self._namespaced.get((_text(item.get("namespace")), name), name)
         block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": name}
         block["input"] = _arguments(item.get("arguments"), f"{where}.arguments")
-        self._append_call(block, where)
+        self._append_call(block, item, where)
 
     def _custom_tool_call(self, item: Mapping[str, Any], where: str) -> None:
         text = item.get("input")
         block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": _name(item, where)}
         block["input"] = {"input": text if isinstance(text, str) else ""}
-        self._append_call(block, where)
+        self._append_call(block, item, where)
 
-    def _append_call(self, block: dict[str, Any], where: str) -> None:
+    def _append_call(self, block: dict[str, Any], item: Mapping[str, Any], where: str) -> None:
         turn = self.messages[-1]["content"] if self.messages and self.messages[-1]["role"] == "assistant" else []
         if any(b["type"] == "tool_use" and b["id"] == block["id"] for b in turn):  # Anthropic: ids must be unique
             message = f"{where}.call_id: {block['id']!r} is used twice in one turn; call ids must be unique"
             raise TranslationError(message, f"{where}.call_id")
+        self.sources[id(block)] = (f"{where}.call_id", str(item.get("call_id")))
         self._append("assistant", [block])
 
     def _call_output(self, item: Mapping[str, Any], where: str) -> None:
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(item, where)}
+        self.sources[id(block)] = (f"{where}.call_id", str(item.get("call_id")))
         output = item.get("output")
         if isinstance(output, str):
             if has_text(output):

@@ -220,7 +220,6 @@ def translate(body: dict[str, Any]) -> dict[str, Any]:
                     "function_call": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
                 },
                 {"role": "function", "name": "get_weather", "content": "25C"},
-                {"role": "function", "name": "orphan", "content": "?"},
             ],
             None,
             [
@@ -240,7 +239,6 @@ def translate(body: dict[str, Any]) -> dict[str, Any]:
                     "role": "user",
                     "content": [
                         {"type": "tool_result", "tool_use_id": "call_get_weather_1", "content": "25C"},
-                        {"type": "tool_result", "tool_use_id": "call_orphan_3", "content": "?"},
                     ],
                 },
             ],
@@ -689,6 +687,51 @@ ERROR_CASES = [
         id="cache_control-string",
     ),
     pytest.param({"messages": HI, "user": 5}, "user: must be a string, got 5", "user", id="user-int"),
+    pytest.param(
+        {"messages": [*HI, {"role": "tool", "tool_call_id": "call_9", "content": "42"}]},
+        "messages[1].tool_call_id: 'call_9' answers no tool call of the assistant message just before it",
+        "messages[1].tool_call_id",
+        id="tool-message-without-call",
+    ),
+    pytest.param(
+        {"messages": [*HI, {"role": "function", "name": "orphan", "content": "?"}]},
+        "messages[1].name: 'orphan' answers no tool call of the assistant message just before it",
+        "messages[1].name",
+        id="legacy-function-message-without-call",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                *assistant_call("{}"),
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "assistant", "tool_calls": [{**CALL, "id": "c2"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "again"},
+            ]
+        },
+        "messages[5].tool_call_id: 'c1' answers no tool call of the assistant message just before it",
+        "messages[5].tool_call_id",
+        id="tool-message-answers-an-older-call",
+    ),
+    pytest.param(
+        {"messages": [*assistant_call("{}"), {"role": "user", "content": "never mind"}]},
+        "messages[1].tool_calls[0].id: tool call 'c1' has no result; answer every call before the next turn",
+        "messages[1].tool_calls[0].id",
+        id="tool-call-unanswered",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                *assistant_call("{}")[:1],
+                {"role": "assistant", "tool_calls": [CALL, {**CALL, "id": "c2"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "user", "content": "and?"},
+            ]
+        },
+        "messages[1].tool_calls[1].id: tool call 'c2' has no result; answer every call before the next turn",
+        "messages[1].tool_calls[1].id",
+        id="one-of-two-calls-unanswered",
+    ),
     pytest.param({"messages": HI, "top_p": 5}, "top_p: must be between 0 and 1, got 5", "top_p", id="top_p-over-1"),
     pytest.param(
         {"messages": HI, "tools": [{"type": "function", "function": {"name": "my tool"}}]},

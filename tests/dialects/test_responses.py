@@ -291,6 +291,28 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
         pytest.param(
             {
                 "input": [
+                    {"role": "user", "content": "hi"},
+                    {"type": "function_call_output", "call_id": "c9", "output": "42"},
+                ]
+            },
+            "input[1].call_id",
+            "'c9' answers no tool call",
+            id="output-without-call",
+        ),
+        pytest.param(
+            {
+                "input": [
+                    {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                    {"role": "user", "content": "next"},
+                ]
+            },
+            "input[0].call_id",
+            "tool call 'c1' has no result",
+            id="call-without-output",
+        ),
+        pytest.param(
+            {
+                "input": [
                     {"role": "developer", "content": "x"},
                     {"role": "user", "content": [{"type": "input_text", "text": ""}]},
                 ]
