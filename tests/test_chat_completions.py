@@ -715,3 +715,37 @@ async def test_tool_loop_with_foreign_call_ids(client: AsyncOpenAI, upstream: Fa
     sent = sent_body(upstream)["messages"]
     assert sent[1]["content"][1]["id"] == sent[2]["content"][0]["tool_use_id"]
     assert sent[1]["content"][1]["id"].startswith("functions_lookup_0_")
+
+
+UNREADABLE_REPLIES = [
+    pytest.param({"body": b"<html>proxy login</html>"}, "not a Messages API reply", id="html-page"),
+    pytest.param({"body": [1, 2]}, "not a Messages API reply", id="json-list"),
+    pytest.param({"body": {"type": "message", "content": [{"type": "text"}]}}, "cannot read", id="text-missing"),
+    pytest.param(
+        {"body": {"type": "message", "content": [], "usage": {"input_tokens": "3"}}}, "cannot read", id="usage-str"
+    ),
+]
+
+
+@pytest.mark.parametrize(("script", "fragment"), UNREADABLE_REPLIES)
+async def test_unreadable_upstream_reply_is_502(
+    client: AsyncOpenAI, upstream: FakeUpstream, script: dict[str, Any], fragment: str
+) -> None:
+    """A 200 that is no Messages reply (a wrong base_url's HTML page) was an empty answer, or a 500 traceback."""
+    upstream.enqueue(**script)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="claude-fast", messages=HI)
+    assert caught.value.status_code == 502 and fragment in caught.value.message
+
+
+async def test_unreadable_stream_event_ends_the_stream_cleanly(
+    gateway: TestServer, key: str, upstream: FakeUpstream
+) -> None:
+    """An event the translator cannot read once made aiohttp write a second status line into the chunked body."""
+    start = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}}
+    broken = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use"}}  # no id, no name
+    upstream.enqueue(events=[("message_start", start), ("content_block_start", broken)])
+    payloads = await raw_stream(gateway, key, {"model": "claude-fast", "messages": HI, "stream": True})
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "bad_gateway" and "cannot read" in error["message"]

@@ -26,9 +26,11 @@ from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
+    anthropic_reply,
     eof_quietly,
     json_object,
     note_anthropic_event,
+    readable_upstream,
     send_to_anthropic,
     start_stream,
     translation_options,
@@ -85,15 +87,17 @@ async def _openai_error(ex: Exchange, reply: UpstreamReply) -> None:
 
 
 async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
-    message = json_object(await reply.read())
+    assert ex.target is not None
+    message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
+    with readable_upstream(ex.target.provider.name):
+        ex.usage.update_from_anthropic(message.get("usage") or {})
+        body = message_to_chat_completion(
+            message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
+        )
+        if custom:
+            body = chat_completion_with_custom_calls(body, custom)
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
-    body = message_to_chat_completion(
-        message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
-    )
-    if custom:
-        body = chat_completion_with_custom_calls(body, custom)
     ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -116,10 +120,11 @@ async def _openai_stream(
             if ex.first_byte_ns is None:
                 ex.first_byte_ns = time.perf_counter_ns()
             frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                chunks = translator.feed(event, json_object(data))
-                frames.extend(sse.data_frame(c) for c in (held.feed(chunks) if custom else chunks))
+            with readable_upstream(ex.target.provider.name):
+                for event, data in parser.feed(chunk):
+                    note_anthropic_event(ex, event, data)
+                    chunks = translator.feed(event, json_object(data))
+                    frames.extend(sse.data_frame(c) for c in (held.feed(chunks) if custom else chunks))
             if frames and not await write_quietly(resp, b"".join(frames)):
                 ex.status = CLIENT_CLOSED
                 return

@@ -29,9 +29,11 @@ from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
+    anthropic_reply,
     eof_quietly,
     json_object,
     note_anthropic_event,
+    readable_upstream,
     send_to_anthropic,
     start_stream,
     translation_options,
@@ -78,14 +80,18 @@ async def _error(ex: Exchange, reply: UpstreamReply) -> None:
 
 
 async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
-    message = json_object(await reply.read())
+    assert ex.target is not None
+    message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
+    with readable_upstream(ex.target.provider.name):
+        ex.usage.update_from_anthropic(message.get("usage") or {})
+        body = orjson.dumps(message_to_response(message, ctx))
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
-    ex.response = web.Response(body=orjson.dumps(message_to_response(message, ctx)), content_type="application/json")
+    ex.response = web.Response(body=body, content_type="application/json")
 
 
 async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, notes: dict[str, str]) -> None:
+    assert ex.target is not None
     translator = ResponsesStreamTranslator(ctx)
     resp = await start_stream(ex, {**EVENT_STREAM, **notes})
     if resp is None:
@@ -96,14 +102,14 @@ async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, note
             if ex.first_byte_ns is None:
                 ex.first_byte_ns = time.perf_counter_ns()
             frames: list[bytes] = []
-            for event, data in parser.feed(chunk):
-                note_anthropic_event(ex, event, data)
-                frames.extend(event_frame(e) for e in translator.feed(event, json_object(data)))
+            with readable_upstream(ex.target.provider.name):
+                for event, data in parser.feed(chunk):
+                    note_anthropic_event(ex, event, data)
+                    frames.extend(event_frame(e) for e in translator.feed(event, json_object(data)))
             if frames and not await write_quietly(resp, b"".join(frames)):
                 ex.status = CLIENT_CLOSED
                 return
         if not translator.finished:  # the body ended cleanly but early: response.completed would pass it off as whole
-            assert ex.target is not None
             raise UpstreamUnreachable(f"{ex.target.provider.name} ended the stream before message_stop")
     except GatewayError as err:
         ex.status = err.status_for(ex.dialect)
