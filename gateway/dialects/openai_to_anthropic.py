@@ -49,6 +49,7 @@ CONTENT_PART_TYPES: dict[str, frozenset[str]] = {
     "function": frozenset({"text"}),
 }
 IMAGE_MEDIA_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+MEDIA_TYPE_ALIASES: dict[str, str] = {"image/jpg": "image/jpeg"}  # a common misspelling OpenAI takes
 TOOL_CHOICES: dict[str, dict[str, str]] = {
     "auto": {"type": "auto"},
     "none": {"type": "none"},
@@ -495,6 +496,7 @@ def _image_block(image_url: object, where: str) -> dict[str, Any]:
         raise TranslationError(message, f"{where}.url")
     header, comma, data = url[5:].partition(",")
     media_type, *params = header.split(";")
+    media_type = MEDIA_TYPE_ALIASES.get(media_type.lower(), media_type.lower())  # MIME types are case-insensitive
     if not comma or params[-1:] != ["base64"]:
         raise TranslationError(f"{where}.url: data URLs must look like data:<mime>;base64,<data>", f"{where}.url")
     if media_type not in IMAGE_MEDIA_TYPES:

@@ -884,3 +884,17 @@ def test_parameters_without_type_become_an_object_schema() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}]
     [tool] = translate({"model": "alias", "messages": HI, "tools": tools})["tools"]
     assert tool["input_schema"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+
+
+@pytest.mark.parametrize(
+    ("url", "media_type"),
+    [
+        pytest.param(f"data:image/jpg;base64,{PNG}", "image/jpeg", id="jpg-is-jpeg"),
+        pytest.param(f"data:IMAGE/PNG;base64,{PNG}", "image/png", id="upper-case"),
+    ],
+)
+def test_image_media_type_spellings(url: str, media_type: str) -> None:
+    """Anthropic knows only image/jpeg (not "jpg") and lower case; OpenAI takes both spellings."""
+    body = {"model": "alias", "messages": user_parts(image(url))}
+    [block] = translate(body)["messages"][0]["content"]
+    assert block["source"] == {"type": "base64", "media_type": media_type, "data": PNG}
