@@ -31,6 +31,8 @@ Sources:
   "type": "object"; tool names match ^[a-zA-Z0-9_-]{1,128}$ and are unique ("Tool names must be unique").
 - [ids] the API refuses a tool_use id outside ^[a-zA-Z0-9_-]+$ ("messages.1.content.0.tool_use.id: String should
   match pattern") and a turn with two tool_use blocks of one id ("`tool_use` ids must be unique").
+- [images] an image's base64 media_type is image/jpeg, image/png, image/gif or image/webp
+  (https://platform.claude.com/docs/en/build-with-claude/vision).
 - [prefill] a final assistant turn is a prefill, whose text may not end in whitespace ("messages: final assistant
   content cannot end with trailing whitespace").
 """
@@ -59,6 +61,7 @@ _SECRET = b"fake-upstream-signing-key"
 SIGNATURE_PREFIX = "fakesig_"
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # [types]
 TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # [ids]
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # [images]
 
 
 def sign(thinking: str) -> str:
@@ -245,6 +248,15 @@ def _blocks(i: int, blocks: list[Any], accepted: Callable[[Mapping[str, Any]], b
     for j, block in enumerate(blocks):
         if not isinstance(block, Mapping):
             return f"messages.{i}.content.{j}: Input should be an object"
+        source = block.get("source") if block.get("type") == "image" else None
+        if (
+            isinstance(source, Mapping)
+            and source.get("type") == "base64"
+            and source.get("media_type") not in IMAGE_MEDIA_TYPES
+        ):
+            return (
+                f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be one of {IMAGE_MEDIA_TYPES}"
+            )
         if block.get("type") == "tool_use":
             if not isinstance(block.get("id"), str) or not TOOL_USE_ID.fullmatch(block["id"]):
                 return f"messages.{i}.content.{j}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"

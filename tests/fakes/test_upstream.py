@@ -347,6 +347,20 @@ def loop(*assistant: dict[str, Any], result: dict[str, Any] = RESULT) -> list[di
         ),
         pytest.param({"stream": "true"}, "stream: Input should be a valid boolean", id="stream-string"),
         pytest.param(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/jpg", "data": "AA"}}
+                        ],
+                    }
+                ]
+            },
+            "messages.0.content.0.image.source.base64.media_type",
+            id="image-jpg",
+        ),
+        pytest.param(
             {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]},
             "cache_control: expected",
             id="cache-ttl-2h",
