@@ -164,11 +164,11 @@ def _number(body: Mapping[str, Any], field: str) -> float:
 
 def _add_tools(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     tools = _tools(body)
+    choice = _tool_choice(body)
+    check_tool_choice(choice, tools, "tool_choice" if body.get("tool_choice") is not None else "function_call")
     if not tools:  # Anthropic wants no tool_choice without tools; OpenAI clients often send "auto" with tools: []
         return
     out["tools"] = tools
-    choice = _tool_choice(body)
-    check_tool_choice(choice, tools, "tool_choice" if body.get("tool_choice") is not None else "function_call")
     if body.get("parallel_tool_calls") is False:
         choice = choice or {"type": "auto"}
         if choice["type"] != "none":  # the flag does not exist on {"type": "none"}
@@ -236,9 +236,12 @@ def unique_tools(tools: list[dict[str, Any]], wheres: list[str]) -> list[dict[st
 
 
 def check_tool_choice(choice: Mapping[str, Any] | None, tools: list[dict[str, Any]], where: str) -> None:
-    """Refuse a forced tool that is not among `tools`: Anthropic has nothing to call (OpenAI refuses it too)."""
+    """Refuse a forced tool call with nothing to call: a named tool not among `tools`, or "required" without tools.
+    Dropped, the answer would come back as text the caller did not ask for (OpenAI refuses both too)."""
     if choice is not None and choice.get("type") == "tool" and choice["name"] not in {t["name"] for t in tools}:
         raise TranslationError(f"{where}: {choice['name']!r} is not the name of a tool in tools", where)
+    if choice is not None and choice.get("type") == "any" and not tools:
+        raise TranslationError(f'{where}: "required" needs tools to call; none were sent', where)
 
 
 def tool_use_id(call_id: str) -> str:

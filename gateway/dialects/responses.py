@@ -156,7 +156,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     _add_sampling(out, {k: body[k] for k in ("temperature", "top_p") if k in body})
     if tools.anthropic:
         out["tools"] = tools.anthropic
-        _add_tool_choice(out, body, tools)
+    _add_tool_choice(out, body, tools)
     _add_reasoning(out, body, opts)
     text = body.get("text")
     _add_response_format(out, text.get("format") if isinstance(text, Mapping) else None, opts, "text.format")
@@ -224,8 +224,8 @@ def _add_tool_choice(out: dict[str, Any], body: Mapping[str, Any], tools: _Tools
         translated = translated or {"type": "auto"}
         if translated["type"] != "none":
             translated["disable_parallel_tool_use"] = True
-    check_tool_choice(translated, out["tools"], "tool_choice")
-    if translated is not None:
+    check_tool_choice(translated, out.get("tools", []), "tool_choice")
+    if translated is not None and "tools" in out:  # Anthropic wants no tool_choice without tools
         out["tool_choice"] = translated
 
 

@@ -782,6 +782,18 @@ ERROR_CASES = [
         id="tool_choice-unknown-tool",
     ),
     pytest.param(
+        {"messages": HI, "tool_choice": "required"},
+        'tool_choice: "required" needs tools to call; none were sent',
+        "tool_choice",
+        id="tool_choice-required-without-tools",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        "tool_choice: 'f' is not the name of a tool in tools",
+        "tool_choice",
+        id="named-tool_choice-with-empty-tools",
+    ),
+    pytest.param(
         {"messages": HI, "functions": [WEATHER_FN], "function_call": {"name": "nope"}},
         "function_call: 'nope' is not the name of a tool in tools",
         "function_call",

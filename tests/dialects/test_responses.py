@@ -325,6 +325,7 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
         pytest.param({"max_output_tokens": 0}, "max_output_tokens", "positive integer", id="max_output_tokens"),
         pytest.param({"tool_choice": {"type": "allowed_tools"}}, "tool_choice", "expected", id="allowed_tools"),
         pytest.param({"stream": "true"}, "stream", "must be true or false", id="stream-string"),
+        pytest.param({"tools": [], "tool_choice": "required"}, "tool_choice", "needs tools", id="required-no-tools"),
         pytest.param({"tools": [{**LOOKUP, "name": "look up"}]}, "tools[0].name", "not a valid tool name", id="name"),
         pytest.param({"tools": [LOOKUP, LOOKUP]}, "tools[1].name", "'lookup' is used twice", id="duplicate-tool"),
         pytest.param(
