@@ -97,7 +97,10 @@ _VALUE = re.compile(rb"\s*:\s*(" + _STRING + rb")")
 def with_model(raw: bytes, body: Callable[[], dict[str, Any]], model: str) -> bytes:
     """`raw` with the top-level "model" value replaced by `model`, every other byte as the caller sent it."""
     value = orjson.dumps(model)
-    match = _MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)
+    # The fast paths only when "model" appears once: a second top-level "model" key (which a parser that keeps the
+    # last one would obey) must not reach the upstream unpatched, running a model other than the one billed.
+    single = raw.count(b'"model"') == 1
+    match = (_MODEL_FIRST.match(raw) or _MODEL_LAST.search(raw)) if single else None
     spans = [match.span(1)] if match else _top_level_model_values(raw)
     if not spans:  # "model" spelled with escapes: equal JSON, re-serialised (key order and values kept)
         return orjson.dumps({**body(), "model": model})
