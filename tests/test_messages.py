@@ -103,7 +103,7 @@ async def test_a_duplicated_model_key_cannot_run_another_model(
     async with aiohttp.ClientSession() as s, s.post(url(gateway, "/v1/messages"), data=raw, headers=headers) as r:
         assert r.status == 200
     sent = upstream.requests[-1].raw_body
-    assert b"claude-opus-4-1" not in sent and sent.count(b'"model":"claude-haiku-4-5"') == 2
+    assert b"claude-opus-4-1" not in sent and orjson.loads(sent)["model"] == "claude-haiku-4-5"
 
 
 async def test_stream_is_relayed_and_usage_read_from_events(
