@@ -351,6 +351,9 @@ def _as_bool(value: Any, path: str) -> bool:
     raise ConfigError(f"{path}: expected true or false, got {value!r}")
 
 
+MIN_THINKING_BUDGET = 1024  # thinking.budget_tokens >= 1024 (platform.claude.com, extended thinking)
+
+
 def _positive(value: T, path: str) -> T:
     if value <= 0:  # type: ignore[operator]
         raise ConfigError(f"{path}: must be positive, got {value!r}")
@@ -516,6 +519,12 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
             )
             for effort in budgets_raw
         }
+        for effort, budget in budgets.items():  # else every reasoning request is refused upstream, as the caller's 400
+            if providers[provider].type == "anthropic" and budget < MIN_THINKING_BUDGET:
+                path = f"{where}.thinking_budgets.{effort}"
+                raise ConfigError(
+                    f"{path}: Anthropic's extended thinking needs at least {MIN_THINKING_BUDGET}, got {budget}"
+                )
         aliases[str(name)] = ModelAlias(
             name=str(name),
             provider=provider,

@@ -440,6 +440,19 @@ async def test_upstream_errors_reach_the_sdk_as_its_own_exceptions(
             {"reasoning_effort": "ultra", "model": "claude-quality"}, "reasoning_effort", "none, low, high", id="effort"
         ),
         pytest.param({"reasoning_effort": "low"}, "reasoning_effort", "does not support", id="effort-no-thinking"),
+        pytest.param(
+            {"tools": [{"type": "function", "function": {"name": "look up"}}]},
+            "tools[0].function.name",
+            "not a valid tool name",
+            id="tool-name-with-space",
+        ),
+        pytest.param(
+            {"tools": [LOOKUP_TOOL], "tool_choice": {"type": "function", "function": {"name": "search"}}},
+            "tool_choice",
+            "'search' is not the name of a tool",
+            id="tool_choice-names-no-tool",
+        ),
+        pytest.param({"user": 42}, "user", "must be a string", id="user-not-string"),
     ],
 )
 async def test_untranslatable_requests_are_400_naming_the_param(
@@ -676,3 +689,63 @@ async def test_chat_completions_is_post_only(gateway: TestServer, key: str) -> N
         assert r.status == 405
         body = orjson.loads(await r.read())
     assert body["error"]["type"] == "invalid_request_error" and "POST" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", ["true", 1])
+async def test_stream_must_be_a_boolean(gateway: TestServer, key: str, upstream: FakeUpstream, stream: Any) -> None:
+    """A truthy non-boolean `stream` once went upstream as sent: the answer streamed, the relay read the SSE as one
+    JSON body and the caller got an empty 200 with no usage recorded."""
+    data = orjson.dumps({"model": "claude-fast", "messages": HI, "stream": stream})
+    status, body = await raw_post(gateway, data, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    assert status == 400
+    assert body["error"]["param"] == "stream" and "must be true or false" in body["error"]["message"]
+    assert upstream.requests == []
+
+
+async def test_tool_loop_with_foreign_call_ids(client: AsyncOpenAI, upstream: FakeUpstream) -> None:
+    """Call ids from other providers ("functions.lookup:0", Kimi's shape) go back to Anthropic in its id pattern."""
+    call = {"id": "functions.lookup:0", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    messages: list[Any] = [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": "Looking it up.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "functions.lookup:0", "content": "42"},
+    ]
+    reply = await client.chat.completions.create(model="claude-fast", messages=messages, tools=[LOOKUP_TOOL])
+    assert reply.choices[0].message.content == REPLY
+    sent = sent_body(upstream)["messages"]
+    assert sent[1]["content"][1]["id"] == sent[2]["content"][0]["tool_use_id"]
+    assert sent[1]["content"][1]["id"].startswith("functions_lookup_0_")
+
+
+UNREADABLE_REPLIES = [
+    pytest.param({"body": b"<html>proxy login</html>"}, "not a Messages API reply", id="html-page"),
+    pytest.param({"body": [1, 2]}, "not a Messages API reply", id="json-list"),
+    pytest.param({"body": {"type": "message", "content": [{"type": "text"}]}}, "cannot read", id="text-missing"),
+    pytest.param(
+        {"body": {"type": "message", "content": [], "usage": {"input_tokens": "3"}}}, "cannot read", id="usage-str"
+    ),
+]
+
+
+@pytest.mark.parametrize(("script", "fragment"), UNREADABLE_REPLIES)
+async def test_unreadable_upstream_reply_is_502(
+    client: AsyncOpenAI, upstream: FakeUpstream, script: dict[str, Any], fragment: str
+) -> None:
+    """A 200 that is no Messages reply (a wrong base_url's HTML page) was an empty answer, or a 500 traceback."""
+    upstream.enqueue(**script)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="claude-fast", messages=HI)
+    assert caught.value.status_code == 502 and fragment in caught.value.message
+
+
+async def test_unreadable_stream_event_ends_the_stream_cleanly(
+    gateway: TestServer, key: str, upstream: FakeUpstream
+) -> None:
+    """An event the translator cannot read once made aiohttp write a second status line into the chunked body."""
+    start = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "content": []}}
+    broken = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use"}}  # no id, no name
+    upstream.enqueue(events=[("message_start", start), ("content_block_start", broken)])
+    payloads = await raw_stream(gateway, key, {"model": "claude-fast", "messages": HI, "stream": True})
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "bad_gateway" and "cannot read" in error["message"]

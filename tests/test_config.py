@@ -115,6 +115,12 @@ def test_budget_env_overrides_the_file(env: dict[str, str], expected: tuple[Any,
             "models.a.thinking_budgets.huge: unknown key",
             id="effort",
         ),
+        pytest.param(
+            with_(models={"a": {"provider": "anthropic", "model": "m", "thinking_budgets": {"low": 512}}}),
+            {},
+            "models.a.thinking_budgets.low: Anthropic's extended thinking needs at least 1024, got 512",
+            id="budget-under-anthropic-minimum",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(raw: dict[str, Any], env: dict[str, str], message: str) -> None:

@@ -86,6 +86,31 @@ async def test_body_bytes_reach_upstream_unchanged_but_for_the_model(
     assert upstream.requests[-1].raw_body == raw.replace(b'"claude-fast"', b'"claude-haiku-4-5"')  # the value only
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"claude-fast","max_tokens":16,"messages":[{"role":"user","content":"hi"}],"model":"claude-opus-4-1"}',
+        b'{"max_tokens":16,"model":"claude-opus-4-1","messages":[{"role":"user","content":"hi"}],"model":"claude-fast"}',
+    ],
+    ids=["routed-by-the-first", "routed-by-the-last"],
+)
+async def test_a_duplicated_model_key_cannot_run_another_model(
+    gateway: TestServer, upstream: FakeUpstream, key: str, raw: bytes
+) -> None:
+    """Routed and billed as claude-fast, the second "model" once reached the upstream as sent: a parser keeping the
+    last key would have run (and the caller not paid for) claude-opus-4-1. A body that opens with its model is
+    refused at the edge (400); any other reaches the upstream with the routed model alone."""
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(url(gateway, "/v1/messages"), data=raw, headers=headers) as r:
+        status = r.status
+    if raw.startswith(b'{"model"'):
+        assert status == 400 and upstream.requests == []
+        return
+    assert status == 200
+    sent = upstream.requests[-1].raw_body
+    assert b"claude-opus-4-1" not in sent and orjson.loads(sent)["model"] == "claude-haiku-4-5"
+
+
 async def test_stream_is_relayed_and_usage_read_from_events(
     gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
 ) -> None:

@@ -388,3 +388,12 @@ async def test_auto_cache_marks_the_prefix_and_cache_reads_are_priced(
 async def test_without_auto_cache_nothing_is_marked(client: AsyncOpenAI, upstream: FakeUpstream) -> None:
     await client.responses.create(model="claude-fast", instructions=LONG_PREFIX, input="hi")
     assert marks(sent(upstream)) == []
+
+
+@pytest.mark.parametrize("body", [b"<html>proxy login</html>", [1, 2], {"type": "message", "content": None}])
+async def test_unreadable_upstream_reply_is_502(client: AsyncOpenAI, upstream: FakeUpstream, body: Any) -> None:
+    """A 200 that is no Messages reply was answered as a completed, empty response."""
+    upstream.enqueue(body=body)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.responses.create(model="claude-fast", input="hi")
+    assert caught.value.status_code == 502

@@ -8,6 +8,8 @@ request always translates to the same dict. What cannot be expressed for Anthrop
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,7 @@ CONTENT_PART_TYPES: dict[str, frozenset[str]] = {
     "function": frozenset({"text"}),
 }
 IMAGE_MEDIA_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+MEDIA_TYPE_ALIASES: dict[str, str] = {"image/jpg": "image/jpeg"}  # a common misspelling OpenAI takes
 TOOL_CHOICES: dict[str, dict[str, str]] = {
     "auto": {"type": "auto"},
     "none": {"type": "none"},
@@ -54,6 +57,11 @@ TOOL_CHOICES: dict[str, dict[str, str]] = {
 }
 # Content part keys kept on the Anthropic block as the caller sent them (prompt caching, with its ttl).
 KEPT_PART_FIELDS: tuple[str, ...] = ("cache_control",)
+CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})  # Anthropic CacheControlEphemeralParam.ttl
+# Anthropic's patterns (anthropic SDK ToolParam.name, ToolUseBlockParam.id; the API refuses anything else).
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 class TranslationError(ValueError):
@@ -89,10 +97,20 @@ def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions)
     _add_thinking(out, body, opts)
     _add_response_format(out, body.get("response_format"), opts, "response_format")
     if body.get("user") is not None:
+        if not isinstance(body["user"], str):
+            raise TranslationError(f"user: must be a string, got {body['user']!r}", "user")
         out["metadata"] = {"user_id": body["user"]}
     if body.get("stream") is not None:
-        out["stream"] = body["stream"]
+        out["stream"] = stream_flag(body["stream"])
     return out
+
+
+def stream_flag(value: object) -> bool:
+    """`stream` as sent, when a boolean. A truthy "true" or 1 would have the upstream stream an answer the relay
+    then reads as one JSON body (an empty 200 with its usage lost), so anything else is refused."""
+    if not isinstance(value, bool):
+        raise TranslationError(f"stream: must be true or false, got {value!r}", "stream")
+    return value
 
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:
@@ -120,7 +138,9 @@ def _add_sampling(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     if body.get("temperature") is not None:
         out["temperature"] = min(max(_number(body, "temperature"), 0), 1)  # OpenAI allows 0..2, Anthropic 0..1
     if body.get("top_p") is not None:
-        out["top_p"] = _number(body, "top_p")
+        if not 0 <= (top_p := _number(body, "top_p")) <= 1:  # the same range for OpenAI and Anthropic
+            raise TranslationError(f"top_p: must be between 0 and 1, got {top_p!r}", "top_p")
+        out["top_p"] = top_p
     stop = body.get("stop")
     if stop is None:
         return
@@ -144,10 +164,11 @@ def _number(body: Mapping[str, Any], field: str) -> float:
 
 def _add_tools(out: dict[str, Any], body: Mapping[str, Any]) -> None:
     tools = _tools(body)
+    choice = _tool_choice(body)
+    check_tool_choice(choice, tools, "tool_choice" if body.get("tool_choice") is not None else "function_call")
     if not tools:  # Anthropic wants no tool_choice without tools; OpenAI clients often send "auto" with tools: []
         return
     out["tools"] = tools
-    choice = _tool_choice(body)
     if body.get("parallel_tool_calls") is False:
         choice = choice or {"type": "auto"}
         if choice["type"] != "none":  # the flag does not exist on {"type": "none"}
@@ -164,19 +185,72 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                 kind = tool.get("type") if isinstance(tool, Mapping) else tool
                 message = f"tools[{i}].type: {kind!r} tools are not supported; only function tools are"
                 raise TranslationError(message, f"tools[{i}].type")
-        return [_function_to_tool(tool.get("function"), f"tools[{i}].function") for i, tool in enumerate(tools)]
+        translated = [_function_to_tool(tool.get("function"), f"tools[{i}].function") for i, tool in enumerate(tools)]
+        return unique_tools(translated, [f"tools[{i}].function.name" for i in range(len(tools))])
     functions = _expect_list(body.get("functions") or [], "functions")  # legacy name for function tools
-    return [_function_to_tool(fn, f"functions[{i}]") for i, fn in enumerate(functions)]
+    translated = [_function_to_tool(fn, f"functions[{i}]") for i, fn in enumerate(functions)]
+    return unique_tools(translated, [f"functions[{i}].name" for i in range(len(functions))])
 
 
 def _function_to_tool(fn: object, where: str) -> dict[str, Any]:
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
-    tool: dict[str, Any] = {"name": fn["name"]}
+    tool: dict[str, Any] = {"name": tool_name(fn["name"], f"{where}.name")}
     if fn.get("description") is not None:
+        if not isinstance(fn["description"], str):
+            raise TranslationError(f"{where}.description: must be a string", f"{where}.description")
         tool["description"] = fn["description"]
-    tool["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    tool["input_schema"] = input_schema(fn.get("parameters"), f"{where}.parameters")
     return tool
+
+
+def tool_name(name: str, where: str) -> str:
+    """`name` when Anthropic takes it as a tool name (1 to 128 of a-z, A-Z, 0-9, _ and -, as OpenAI's 64)."""
+    if not TOOL_NAME.fullmatch(name):
+        message = f"{where}: {name!r} is not a valid tool name; use 1 to 128 letters, digits, '_' or '-'"
+        raise TranslationError(message, where)
+    return name
+
+
+def input_schema(parameters: object, where: str) -> dict[str, Any]:
+    """A tool's JSON schema as Anthropic's input_schema, which must be an object schema with "type": "object"
+    (anthropic SDK `InputSchema`); a schema that omits "type" gets it, as OpenAI assumes it."""
+    if parameters is None or parameters == {}:
+        return {"type": "object", "properties": {}}
+    if not isinstance(parameters, Mapping):
+        raise TranslationError(f"{where}: must be a JSON schema object", where)
+    if parameters.get("type", "object") != "object":
+        message = f"{where}.type: tool parameters must be an object schema, got type {parameters['type']!r}"
+        raise TranslationError(message, f"{where}.type")
+    return {"type": "object", **parameters}
+
+
+def unique_tools(tools: list[dict[str, Any]], wheres: list[str]) -> list[dict[str, Any]]:
+    """`tools`, refused when two share a name (Anthropic: "Tool names must be unique"); wheres[i] names tool i."""
+    seen: set[str] = set()
+    for tool, where in zip(tools, wheres, strict=True):
+        if tool["name"] in seen:
+            raise TranslationError(f"{where}: tool name {tool['name']!r} is used twice; names must be unique", where)
+        seen.add(tool["name"])
+    return tools
+
+
+def check_tool_choice(choice: Mapping[str, Any] | None, tools: list[dict[str, Any]], where: str) -> None:
+    """Refuse a forced tool call with nothing to call: a named tool not among `tools`, or "required" without tools.
+    Dropped, the answer would come back as text the caller did not ask for (OpenAI refuses both too)."""
+    if choice is not None and choice.get("type") == "tool" and choice["name"] not in {t["name"] for t in tools}:
+        raise TranslationError(f"{where}: {choice['name']!r} is not the name of a tool in tools", where)
+    if choice is not None and choice.get("type") == "any" and not tools:
+        raise TranslationError(f'{where}: "required" needs tools to call; none were sent', where)
+
+
+def tool_use_id(call_id: str) -> str:
+    """`call_id` as Anthropic takes a tool_use id (^[a-zA-Z0-9_-]+$). Other providers' ids ("functions.lookup:0")
+    are rewritten the same way wherever they occur, so a call and its result still pair; the hash of the
+    original keeps two ids that differ only in such characters apart."""
+    if TOOL_USE_ID.fullmatch(call_id):
+        return call_id
+    return f"{_NOT_ID_CHARS.sub('_', call_id)}_{hashlib.sha256(call_id.encode()).hexdigest()[:12]}"
 
 
 def _tool_choice(body: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -239,6 +313,38 @@ def has_text(text: str) -> bool:
     return bool(text) and not text.isspace()
 
 
+def check_tool_pairs(messages: list[dict[str, Any]], sources: Mapping[int, tuple[str, str]]) -> None:
+    """Refuse a history whose tool calls and results do not pair up as Anthropic requires: each result answers a
+    call of the assistant turn just before it, and each call is answered in the turn after it
+    (https://platform.claude.com/docs/en/agents-and-tools/tool-use/implement-tool-use). The API would refuse it
+    too, naming its own renumbered message; this names the caller's field. `sources` maps id() of a block to
+    (caller's field, caller's id). OpenAI refuses both cases alike."""
+    pending: dict[str, dict[str, Any]] = {}  # tool_use id -> block, of the assistant turn just before
+    for message in messages:
+        if message["role"] == "assistant":  # consecutive assistant turns were merged, so nothing is pending here
+            pending = {b["id"]: b for b in message["content"] if b["type"] == "tool_use"}
+            continue
+        answered = {b["tool_use_id"] for b in message["content"] if b["type"] == "tool_result"}
+        for block in message["content"]:
+            if block["type"] == "tool_result" and block["tool_use_id"] not in pending:
+                where, call_id = sources.get(id(block), ("messages", block["tool_use_id"]))
+                message_text = f"{where}: {call_id!r} answers no tool call of the assistant message just before it"
+                raise TranslationError(message_text, where)
+        for call_id, block in pending.items():
+            if call_id not in answered:
+                where, caller_id = sources.get(id(block), ("messages", call_id))
+                message_text = f"{where}: tool call {caller_id!r} has no result; answer every call before the next turn"
+                raise TranslationError(message_text, where)
+        pending = {}
+
+
+def trim_prefill(messages: list[dict[str, Any]]) -> None:
+    """Strip the trailing whitespace off the last text of a final assistant turn (a prefill, which the model
+    continues): Anthropic refuses it ("final assistant content cannot end with trailing whitespace")."""
+    if messages and messages[-1]["role"] == "assistant" and (last := messages[-1]["content"][-1])["type"] == "text":
+        last["text"] = last["text"].rstrip()  # has_text kept only blocks with non-whitespace: never emptied
+
+
 def _expect_list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise TranslationError(f"{where}: must be a list", where)
@@ -252,6 +358,7 @@ class _Conversation:
         self.system: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self._legacy_call_ids: dict[str, str] = {}  # function name -> id of its latest assistant function_call
+        self.sources: dict[int, tuple[str, str]] = {}  # id() of a tool_use/tool_result block -> (field, caller's id)
 
     @classmethod
     def translate(cls, raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -267,6 +374,8 @@ class _Conversation:
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
         if not conversation.messages:  # everything was empty or whitespace, which Anthropic refuses
             raise TranslationError("messages: no message has any non-whitespace content", "messages")
+        check_tool_pairs(conversation.messages, conversation.sources)
+        trim_prefill(conversation.messages)
         return conversation.system, conversation.messages
 
     def add(self, i: int, message: Mapping[str, Any]) -> None:
@@ -282,12 +391,16 @@ class _Conversation:
         elif role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
                 raise TranslationError(f"{where}.tool_call_id: is required", f"{where}.tool_call_id")
-            self._append("user", [_tool_result(message["tool_call_id"], message, where)])
+            block = _tool_result(message["tool_call_id"], message, where)
+            self.sources[id(block)] = (f"{where}.tool_call_id", message["tool_call_id"])
+            self._append("user", [block])
         elif role == "function":
             if not isinstance(name := message.get("name"), str):
                 raise TranslationError(f"{where}.name: is required for function messages", f"{where}.name")
             call_id = self._legacy_call_ids.get(name, f"call_{name}_{i}")
-            self._append("user", [_tool_result(call_id, message, where)])
+            block = _tool_result(call_id, message, where)
+            self.sources[id(block)] = (f"{where}.name", name)
+            self._append("user", [block])
         else:
             known = ", ".join([*sorted(SYSTEM_ROLES), *ROLES])
             raise TranslationError(f"{where}.role: unknown role {role!r}; expected one of {known}", f"{where}.role")
@@ -302,11 +415,18 @@ class _Conversation:
                     f"{call_where}.type: only function tool calls are supported", f"{call_where}.type"
                 )
             call_id = call.get("id") or f"call_{i}_{j}"
+            if not isinstance(call_id, str):
+                raise TranslationError(f"{call_where}.id: must be a string, got {call_id!r}", f"{call_where}.id")
             blocks.append(_tool_use(call_id, call.get("function"), f"{call_where}.function"))
+            self.sources[id(blocks[-1])] = (f"{call_where}.id", call_id)
+            if any(b["type"] == "tool_use" and b["id"] == blocks[-1]["id"] for b in blocks[:-1]):
+                message = f"{call_where}.id: {call_id!r} is used twice in this message; tool call ids must be unique"
+                raise TranslationError(message, f"{call_where}.id")
         if message.get("function_call") is not None:  # legacy: one call, no id; synthesise a stable one
             block = _tool_use("", message["function_call"], f"{where}.function_call")
-            block["id"] = self._legacy_call_ids[block["name"]] = f"call_{block['name']}_{i}"
+            block["id"] = self._legacy_call_ids[block["name"]] = tool_use_id(f"call_{block['name']}_{i}")
             blocks.append(block)
+            self.sources[id(block)] = (f"{where}.function_call", block["name"])
         return blocks
 
     def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
@@ -348,9 +468,23 @@ def _content_block(part: object, role: str, where: str) -> dict[str, Any] | None
             return None
         block = {"type": "text", "text": text}
     for name in KEPT_PART_FIELDS:  # the caller's cache breakpoints (and their ttl) stay on their block
-        if isinstance(part.get(name), Mapping):
-            block[name] = dict(part[name])
+        if part.get(name) is not None:
+            block[name] = cache_control(part[name], f"{where}.{name}")
     return block
+
+
+def cache_control(value: object, where: str) -> dict[str, Any]:
+    """A caller's cache breakpoint, checked as Anthropic checks it: {"type": "ephemeral"} and an optional ttl of
+    "5m" or "1h" (https://platform.claude.com/docs/en/build-with-claude/prompt-caching)."""
+    if (
+        not isinstance(value, Mapping)
+        or value.get("type") != "ephemeral"
+        or value.get("ttl", "5m") not in CACHE_TTLS
+        or not set(value) <= {"type", "ttl"}
+    ):
+        message = f'{where}: expected {{"type": "ephemeral"}} with an optional ttl of "5m" or "1h", got {value!r}'
+        raise TranslationError(message, where)
+    return dict(value)
 
 
 def _image_block(image_url: object, where: str) -> dict[str, Any]:
@@ -365,6 +499,7 @@ def _image_block(image_url: object, where: str) -> dict[str, Any]:
         raise TranslationError(message, f"{where}.url")
     header, comma, data = url[5:].partition(",")
     media_type, *params = header.split(";")
+    media_type = MEDIA_TYPE_ALIASES.get(media_type.lower(), media_type.lower())  # MIME types are case-insensitive
     if not comma or params[-1:] != ["base64"]:
         raise TranslationError(f"{where}.url: data URLs must look like data:<mime>;base64,<data>", f"{where}.url")
     if media_type not in IMAGE_MEDIA_TYPES:
@@ -378,7 +513,7 @@ def _tool_use(call_id: str, fn: object, where: str) -> dict[str, Any]:
     if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
         raise TranslationError(f"{where}.name: a function name is required", f"{where}.name")
     arguments = _arguments(fn.get("arguments"), f"{where}.arguments")
-    return {"type": "tool_use", "id": call_id, "name": fn["name"], "input": arguments}
+    return {"type": "tool_use", "id": tool_use_id(call_id), "name": fn["name"], "input": arguments}
 
 
 def _arguments(raw: object, where: str) -> dict[str, Any]:
@@ -394,7 +529,7 @@ def _arguments(raw: object, where: str) -> dict[str, Any]:
 
 
 def _tool_result(call_id: str, message: Mapping[str, Any], where: str) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_use_id(call_id)}
     content = message.get("content")
     if isinstance(content, str):
         if has_text(content):

@@ -32,7 +32,14 @@ from .openai_to_anthropic import (
     _add_thinking,
     _arguments,
     _image_block,
+    check_tool_choice,
+    check_tool_pairs,
     has_text,
+    input_schema,
+    stream_flag,
+    tool_name,
+    tool_use_id,
+    trim_prefill,
 )
 from .structured_output import unwrap_message
 
@@ -149,7 +156,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     _add_sampling(out, {k: body[k] for k in ("temperature", "top_p") if k in body})
     if tools.anthropic:
         out["tools"] = tools.anthropic
-        _add_tool_choice(out, body, tools)
+    _add_tool_choice(out, body, tools)
     _add_reasoning(out, body, opts)
     text = body.get("text")
     _add_response_format(out, text.get("format") if isinstance(text, Mapping) else None, opts, "text.format")
@@ -157,7 +164,7 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
     if body.get("stream") is not None:
-        out["stream"] = body["stream"]
+        out["stream"] = stream_flag(body["stream"])
     include = _include(body)
     echo = {name: body.get(name, default) for name, default in ECHOED_FIELDS.items()}
     include_reasoning = INCLUDE_REASONING in include or "thinking" in out
@@ -217,7 +224,8 @@ def _add_tool_choice(out: dict[str, Any], body: Mapping[str, Any], tools: _Tools
         translated = translated or {"type": "auto"}
         if translated["type"] != "none":
             translated["disable_parallel_tool_use"] = True
-    if translated is not None:
+    check_tool_choice(translated, out.get("tools", []), "tool_choice")
+    if translated is not None and "tools" in out:  # Anthropic wants no tool_choice without tools
         out["tool_choice"] = translated
 
 
@@ -260,16 +268,21 @@ class _Tools:
             message = f"{where}.type: {kind!r} tools are not supported; function and custom tools are"
             raise TranslationError(message, f"{where}.type")
         name = _name(tool, where)
-        anthropic_name = f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+        anthropic_name = tool_name(f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name, f"{where}.name")
+        if anthropic_name in self.origins:
+            message = f"{where}.name: tool name {anthropic_name!r} is used twice; names must be unique"
+            raise TranslationError(message, f"{where}.name")
         self.origins[anthropic_name] = ToolOrigin(name=name, custom=kind == "custom", namespace=namespace)
         description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise TranslationError(f"{where}.description: must be a string", f"{where}.description")
         if kind == "custom":
             description = _custom_description(description, tool.get("format"))
         spec: dict[str, Any] = {"name": anthropic_name}
         if description:
             spec["description"] = description
         parameters = tool.get("parameters") if kind == "function" else CUSTOM_TOOL_SCHEMA
-        spec["input_schema"] = parameters or {"type": "object", "properties": {}}
+        spec["input_schema"] = input_schema(parameters, f"{where}.parameters")
         self.anthropic.append(spec)
 
 
@@ -298,6 +311,7 @@ class _Items:
         self.system: list[dict[str, Any]] = []
         self.messages: list[dict[str, Any]] = []
         self._namespaced: dict[tuple[object, str], str] = {(o.namespace, o.name): n for n, o in tools.items()}
+        self.sources: dict[int, tuple[str, str]] = {}  # id() of a tool_use/tool_result block -> (field, caller's id)
 
     @classmethod
     def translate(
@@ -315,6 +329,10 @@ class _Items:
         for message in items.messages:
             if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
                 message["content"].sort(key=lambda block: block["type"] != "tool_result")
+        if not items.messages:  # everything was empty or whitespace, which Anthropic refuses
+            raise TranslationError("input: no input item has any non-whitespace content", "input")
+        check_tool_pairs(items.messages, items.sources)
+        trim_prefill(items.messages)
         return items.system, items.messages
 
     def add(self, item: Mapping[str, Any], where: str) -> None:
@@ -342,16 +360,25 @@ class _Items:
         name = self._namespaced.get((_text(item.get("namespace")), name), name)
         block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": name}
         block["input"] = _arguments(item.get("arguments"), f"{where}.arguments")
-        self._append("assistant", [block])
+        self._append_call(block, item, where)
 
     def _custom_tool_call(self, item: Mapping[str, Any], where: str) -> None:
         text = item.get("input")
         block: dict[str, Any] = {"type": "tool_use", "id": _call_id(item, where), "name": _name(item, where)}
         block["input"] = {"input": text if isinstance(text, str) else ""}
+        self._append_call(block, item, where)
+
+    def _append_call(self, block: dict[str, Any], item: Mapping[str, Any], where: str) -> None:
+        turn = self.messages[-1]["content"] if self.messages and self.messages[-1]["role"] == "assistant" else []
+        if any(b["type"] == "tool_use" and b["id"] == block["id"] for b in turn):  # Anthropic: ids must be unique
+            message = f"{where}.call_id: {block['id']!r} is used twice in one turn; call ids must be unique"
+            raise TranslationError(message, f"{where}.call_id")
+        self.sources[id(block)] = (f"{where}.call_id", str(item.get("call_id")))
         self._append("assistant", [block])
 
     def _call_output(self, item: Mapping[str, Any], where: str) -> None:
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _call_id(item, where)}
+        self.sources[id(block)] = (f"{where}.call_id", str(item.get("call_id")))
         output = item.get("output")
         if isinstance(output, str):
             if has_text(output):
@@ -397,7 +424,7 @@ def _call_id(item: Mapping[str, Any], where: str) -> str:
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError(f"{where}.call_id: is required", f"{where}.call_id")
-    return call_id
+    return tool_use_id(call_id)
 
 
 def _content_blocks(content: object, images: bool, where: str) -> list[dict[str, Any]]:

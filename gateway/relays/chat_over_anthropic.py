@@ -26,7 +26,9 @@ from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
     answer,
+    anthropic_reply,
     json_object,
+    readable_upstream,
     relay_error,
     send_to_anthropic,
     translating,
@@ -67,15 +69,17 @@ def _completion_id(ex: Exchange) -> str:
 
 
 async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[str]) -> None:
-    message = json_object(await reply.read())
+    assert ex.target is not None
+    message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
+    with readable_upstream(ex.target.provider.name):
+        ex.usage.update_from_anthropic(message.get("usage") or {})
+        body = message_to_chat_completion(
+            message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
+        )
+        if custom:
+            body = chat_completion_with_custom_calls(body, custom)
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
-    body = message_to_chat_completion(
-        message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
-    )
-    if custom:
-        body = chat_completion_with_custom_calls(body, custom)
     ex.response = web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -106,11 +110,12 @@ class ChatOverAnthropic:
 
     def feed(self, chunk: bytes) -> bytes:
         frames: list[bytes] = []
-        for event, data in self._parser.feed(chunk):
-            parsed = json_object(data)
-            self.meter.anthropic_event(event, parsed)
-            chunks = self._translator.feed(event, parsed)
-            frames.extend(sse.data_frame(c) for c in (self._held.feed(chunks) if self._held else chunks))
+        with readable_upstream(self._provider):  # an event the translator cannot read: a 502, written in-band
+            for event, data in self._parser.feed(chunk):
+                parsed = json_object(data)
+                self.meter.anthropic_event(event, parsed)
+                chunks = self._translator.feed(event, parsed)
+                frames.extend(sse.data_frame(c) for c in (self._held.feed(chunks) if self._held else chunks))
         return b"".join(frames)
 
     def end(self) -> bytes:

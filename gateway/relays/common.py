@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.services import SERVICES
@@ -162,6 +162,28 @@ def json_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def anthropic_reply(data: bytes, provider: str) -> dict[str, Any]:
+    """A whole Messages API reply; a 502 for a 200 whose body is none (an HTML page from a proxy, a wrong
+    base_url): translated, it would pass for an empty answer from the model, with no usage recorded."""
+    message = json_object(data)
+    if not isinstance(message.get("content"), list):
+        raise UpstreamUnreachable(f"{provider} answered 200 with a body that is not a Messages API reply")
+    return message
+
+
+@contextlib.contextmanager
+def readable_upstream(provider: str) -> Iterator[None]:
+    """Map a reply or stream event the translators cannot read (a field missing or of the wrong type) to a 502.
+
+    Unmapped, it would be a 500 with a traceback, or, mid-stream, a second status line written into the body.
+    """
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        log.warning("unreadable_upstream_reply", provider=provider, error=repr(exc))
+        raise UpstreamUnreachable(f"{provider} sent a reply the gateway cannot read ({exc!r})") from None
 
 
 async def write_quietly(resp: web.StreamResponse, data: bytes) -> bool:

@@ -28,7 +28,9 @@ from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
     answer,
+    anthropic_reply,
     json_object,
+    readable_upstream,
     relay_error,
     send_to_anthropic,
     translating,
@@ -59,11 +61,14 @@ _ERROR_HEADERS = frozenset({"retry-after", "request-id"})
 
 
 async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> None:
-    message = json_object(await reply.read())
+    assert ex.target is not None
+    message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
+    with readable_upstream(ex.target.provider.name):
+        ex.usage.update_from_anthropic(message.get("usage") or {})
+        body = orjson.dumps(message_to_response(message, ctx))
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
-    ex.response = web.Response(body=orjson.dumps(message_to_response(message, ctx)), content_type="application/json")
+    ex.response = web.Response(body=body, content_type="application/json")
 
 
 async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, notes: dict[str, str]) -> None:
@@ -87,10 +92,11 @@ class ResponsesOverAnthropic:
 
     def feed(self, chunk: bytes) -> bytes:
         frames: list[bytes] = []
-        for event, data in self._parser.feed(chunk):
-            parsed = json_object(data)
-            self.meter.anthropic_event(event, parsed)
-            frames.extend(event_frame(e) for e in self._translator.feed(event, parsed))
+        with readable_upstream(self._provider):  # an event the translator cannot read: a 502, written in-band
+            for event, data in self._parser.feed(chunk):
+                parsed = json_object(data)
+                self.meter.anthropic_event(event, parsed)
+                frames.extend(event_frame(e) for e in self._translator.feed(event, parsed))
         return b"".join(frames)
 
     def end(self) -> bytes:

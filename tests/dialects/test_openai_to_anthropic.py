@@ -220,7 +220,6 @@ def translate(body: dict[str, Any]) -> dict[str, Any]:
                     "function_call": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
                 },
                 {"role": "function", "name": "get_weather", "content": "25C"},
-                {"role": "function", "name": "orphan", "content": "?"},
             ],
             None,
             [
@@ -240,7 +239,6 @@ def translate(body: dict[str, Any]) -> dict[str, Any]:
                     "role": "user",
                     "content": [
                         {"type": "tool_result", "tool_use_id": "call_get_weather_1", "content": "25C"},
-                        {"type": "tool_result", "tool_use_id": "call_orphan_3", "content": "?"},
                     ],
                 },
             ],
@@ -425,6 +423,10 @@ def user_parts(*parts: Any) -> list[dict[str, Any]]:
 
 def image(url: Any) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
+
+
+LOOKUP_TOOL = {"type": "function", "function": WEATHER_FN}
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
 def assistant_call(arguments: Any) -> list[dict[str, Any]]:
@@ -662,6 +664,153 @@ ERROR_CASES = [
     pytest.param(
         {"messages": HI, "stop": 7}, "stop: must be a string or a list of strings, got 7", "stop", id="stop-int"
     ),
+    pytest.param(
+        {"messages": HI, "stream": "true"}, "stream: must be true or false, got 'true'", "stream", id="stream-str"
+    ),
+    pytest.param({"messages": HI, "stream": 1}, "stream: must be true or false, got 1", "stream", id="stream-int"),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "user", "content": [{**text("x"), "cache_control": {"type": "ephemeral", "ttl": "2h"}}]}
+            ]
+        },
+        'messages[0].content[0].cache_control: expected {"type": "ephemeral"} with an optional ttl of "5m" or "1h", '
+        "got {'type': 'ephemeral', 'ttl': '2h'}",
+        "messages[0].content[0].cache_control",
+        id="cache_control-ttl-2h",
+    ),
+    pytest.param(
+        {"messages": [{"role": "system", "content": [{**text("x"), "cache_control": "ephemeral"}]}]},
+        'messages[0].content[0].cache_control: expected {"type": "ephemeral"} with an optional ttl of "5m" or "1h", '
+        "got 'ephemeral'",
+        "messages[0].content[0].cache_control",
+        id="cache_control-string",
+    ),
+    pytest.param({"messages": HI, "user": 5}, "user: must be a string, got 5", "user", id="user-int"),
+    pytest.param(
+        {"messages": [*HI, {"role": "tool", "tool_call_id": "call_9", "content": "42"}]},
+        "messages[1].tool_call_id: 'call_9' answers no tool call of the assistant message just before it",
+        "messages[1].tool_call_id",
+        id="tool-message-without-call",
+    ),
+    pytest.param(
+        {"messages": [*HI, {"role": "function", "name": "orphan", "content": "?"}]},
+        "messages[1].name: 'orphan' answers no tool call of the assistant message just before it",
+        "messages[1].name",
+        id="legacy-function-message-without-call",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                *assistant_call("{}"),
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "assistant", "tool_calls": [{**CALL, "id": "c2"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "again"},
+            ]
+        },
+        "messages[5].tool_call_id: 'c1' answers no tool call of the assistant message just before it",
+        "messages[5].tool_call_id",
+        id="tool-message-answers-an-older-call",
+    ),
+    pytest.param(
+        {"messages": [*assistant_call("{}"), {"role": "user", "content": "never mind"}]},
+        "messages[1].tool_calls[0].id: tool call 'c1' has no result; answer every call before the next turn",
+        "messages[1].tool_calls[0].id",
+        id="tool-call-unanswered",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                *assistant_call("{}")[:1],
+                {"role": "assistant", "tool_calls": [CALL, {**CALL, "id": "c2"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "user", "content": "and?"},
+            ]
+        },
+        "messages[1].tool_calls[1].id: tool call 'c2' has no result; answer every call before the next turn",
+        "messages[1].tool_calls[1].id",
+        id="one-of-two-calls-unanswered",
+    ),
+    pytest.param({"messages": HI, "top_p": 5}, "top_p: must be between 0 and 1, got 5", "top_p", id="top_p-over-1"),
+    pytest.param(
+        {"messages": HI, "tools": [{"type": "function", "function": {"name": "my tool"}}]},
+        "tools[0].function.name: 'my tool' is not a valid tool name; use 1 to 128 letters, digits, '_' or '-'",
+        "tools[0].function.name",
+        id="tool-name-with-space",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [{"type": "function", "function": {"name": ""}}]},
+        "tools[0].function.name: '' is not a valid tool name; use 1 to 128 letters, digits, '_' or '-'",
+        "tools[0].function.name",
+        id="tool-name-empty",
+    ),
+    pytest.param(
+        {"messages": HI, "functions": [{"name": "a" * 129}]},
+        f"functions[0].name: {'a' * 129!r} is not a valid tool name; use 1 to 128 letters, digits, '_' or '-'",
+        "functions[0].name",
+        id="legacy-function-name-too-long",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [LOOKUP_TOOL, LOOKUP_TOOL]},
+        "tools[1].function.name: tool name 'get_weather' is used twice; names must be unique",
+        "tools[1].function.name",
+        id="duplicate-tool-names",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]},
+        "tools[0].function.parameters: must be a JSON schema object",
+        "tools[0].function.parameters",
+        id="parameters-list",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+        "tools[0].function.parameters.type: tool parameters must be an object schema, got type 'string'",
+        "tools[0].function.parameters.type",
+        id="parameters-not-object-schema",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+        "tools[0].function.description: must be a string",
+        "tools[0].function.description",
+        id="description-int",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [LOOKUP_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        "tool_choice: 'nope' is not the name of a tool in tools",
+        "tool_choice",
+        id="tool_choice-unknown-tool",
+    ),
+    pytest.param(
+        {"messages": HI, "tool_choice": "required"},
+        'tool_choice: "required" needs tools to call; none were sent',
+        "tool_choice",
+        id="tool_choice-required-without-tools",
+    ),
+    pytest.param(
+        {"messages": HI, "tools": [], "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        "tool_choice: 'f' is not the name of a tool in tools",
+        "tool_choice",
+        id="named-tool_choice-with-empty-tools",
+    ),
+    pytest.param(
+        {"messages": HI, "functions": [WEATHER_FN], "function_call": {"name": "nope"}},
+        "function_call: 'nope' is not the name of a tool in tools",
+        "function_call",
+        id="legacy-function_call-unknown-function",
+    ),
+    pytest.param(
+        {"messages": [*assistant_call("{}")[:1], {"role": "assistant", "tool_calls": [{**CALL, "id": 5}]}]},
+        "messages[1].tool_calls[0].id: must be a string, got 5",
+        "messages[1].tool_calls[0].id",
+        id="tool-call-id-int",
+    ),
+    pytest.param(
+        {"messages": [*assistant_call("{}")[:1], {"role": "assistant", "tool_calls": [CALL, CALL]}]},
+        "messages[1].tool_calls[1].id: 'c1' is used twice in this message; tool call ids must be unique",
+        "messages[1].tool_calls[1].id",
+        id="tool-call-id-twice",
+    ),
 ]
 
 
@@ -696,3 +845,68 @@ def test_input_is_not_mutated() -> None:
     snapshot = repr(body)
     translate(body)
     assert repr(body) == snapshot
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected_messages"),
+    [
+        pytest.param(
+            [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "tool_calls": [{**CALL, "id": "functions.f:0"}, {**CALL, "id": "functions.f_0"}]},
+                {"role": "tool", "tool_call_id": "functions.f:0", "content": "a"},
+                {"role": "tool", "tool_call_id": "functions.f_0", "content": "b"},
+            ],
+            [
+                {"role": "user", "content": [text("x")]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": "functions_f_0_d6bdd4de328a", "name": "f", "input": {}},
+                        {"type": "tool_use", "id": "functions_f_0_20c31c8fd4e8", "name": "f", "input": {}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "functions_f_0_d6bdd4de328a", "content": "a"},
+                        {"type": "tool_result", "tool_use_id": "functions_f_0_20c31c8fd4e8", "content": "b"},
+                    ],
+                },
+            ],
+            id="foreign-call-ids-rewritten-alike-and-kept-apart",
+        ),
+        pytest.param(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure, here it is:\n "}],
+            [{"role": "user", "content": [text("x")]}, {"role": "assistant", "content": [text("Sure, here it is:")]}],
+            id="prefill-trailing-whitespace-trimmed",
+        ),
+        pytest.param(
+            [{"role": "assistant", "content": "a "}, {"role": "user", "content": "x"}],
+            [{"role": "assistant", "content": [text("a ")]}, {"role": "user", "content": [text("x")]}],
+            id="earlier-assistant-turn-kept-as-sent",
+        ),
+    ],
+)
+def test_anthropic_shape_rules(messages: list[dict[str, Any]], expected_messages: list[dict[str, Any]]) -> None:
+    assert translate({"model": "alias", "messages": messages})["messages"] == expected_messages
+
+
+def test_parameters_without_type_become_an_object_schema() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}]
+    [tool] = translate({"model": "alias", "messages": HI, "tools": tools})["tools"]
+    assert tool["input_schema"] == {"type": "object", "properties": {"a": {"type": "string"}}}
+
+
+@pytest.mark.parametrize(
+    ("url", "media_type"),
+    [
+        pytest.param(f"data:image/jpg;base64,{PNG}", "image/jpeg", id="jpg-is-jpeg"),
+        pytest.param(f"data:IMAGE/PNG;base64,{PNG}", "image/png", id="upper-case"),
+    ],
+)
+def test_image_media_type_spellings(url: str, media_type: str) -> None:
+    """Anthropic knows only image/jpeg (not "jpg") and lower case; OpenAI takes both spellings."""
+    body = {"model": "alias", "messages": user_parts(image(url))}
+    [block] = translate(body)["messages"][0]["content"]
+    assert block["source"] == {"type": "base64", "media_type": media_type, "data": PNG}

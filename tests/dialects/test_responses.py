@@ -287,9 +287,63 @@ def test_request(body: dict[str, Any], expected: dict[str, Any]) -> None:
             {"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "required", id="call_id"
         ),
         pytest.param({"input": []}, "input", "non-empty", id="empty-input"),
+        pytest.param({"input": "  \n"}, "input", "no input item has any non-whitespace", id="whitespace-input"),
+        pytest.param(
+            {
+                "input": [
+                    {"role": "user", "content": "hi"},
+                    {"type": "function_call_output", "call_id": "c9", "output": "42"},
+                ]
+            },
+            "input[1].call_id",
+            "'c9' answers no tool call",
+            id="output-without-call",
+        ),
+        pytest.param(
+            {
+                "input": [
+                    {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+                    {"role": "user", "content": "next"},
+                ]
+            },
+            "input[0].call_id",
+            "tool call 'c1' has no result",
+            id="call-without-output",
+        ),
+        pytest.param(
+            {
+                "input": [
+                    {"role": "developer", "content": "x"},
+                    {"role": "user", "content": [{"type": "input_text", "text": ""}]},
+                ]
+            },
+            "input",
+            "no input item has any non-whitespace",
+            id="only-instructions",
+        ),
         pytest.param({"reasoning": {"effort": "ultra"}}, "reasoning.effort", "'ultra' is not supported", id="effort"),
         pytest.param({"max_output_tokens": 0}, "max_output_tokens", "positive integer", id="max_output_tokens"),
         pytest.param({"tool_choice": {"type": "allowed_tools"}}, "tool_choice", "expected", id="allowed_tools"),
+        pytest.param({"stream": "true"}, "stream", "must be true or false", id="stream-string"),
+        pytest.param({"tools": [], "tool_choice": "required"}, "tool_choice", "needs tools", id="required-no-tools"),
+        pytest.param({"tools": [{**LOOKUP, "name": "look up"}]}, "tools[0].name", "not a valid tool name", id="name"),
+        pytest.param({"tools": [LOOKUP, LOOKUP]}, "tools[1].name", "'lookup' is used twice", id="duplicate-tool"),
+        pytest.param(
+            {"tools": [{**LOOKUP, "parameters": {"type": "array"}}]},
+            "tools[0].parameters.type",
+            "must be an object schema",
+            id="array-parameters",
+        ),
+        pytest.param({"tools": [{**LOOKUP, "description": 5}]}, "tools[0].description", "string", id="description"),
+        pytest.param(
+            {"tool_choice": {"type": "function", "name": "nope"}}, "tool_choice", "'nope' is not the name", id="choice"
+        ),
+        pytest.param(
+            {"input": [{"type": "function_call", "call_id": "c", "name": "lookup", "arguments": "{}"}] * 2},
+            "input[1].call_id",
+            "'c' is used twice",
+            id="call-id-twice",
+        ),
     ],
 )
 def test_request_refused(body: dict[str, Any], param: str, fragment: str) -> None:
@@ -603,3 +657,15 @@ def test_frames_are_json() -> None:
     events = stream(reply(text("x")), context())
     for event in events:
         assert orjson.loads(event_frame(event).split(b"data: ", 1)[1]) == event
+
+
+def test_foreign_call_ids_are_rewritten_and_the_prefill_trimmed() -> None:
+    call = {"type": "function_call", "call_id": "functions.lookup:0", "name": "lookup", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "functions.lookup:0", "output": "42"}
+    prefill = {"role": "assistant", "content": "The answer is "}
+    body = {"model": "a", "input": ["hi", call, output, prefill], "tools": [LOOKUP]}
+    body["input"][0] = {"role": "user", "content": "hi"}
+    messages = responses_request_to_anthropic(body, OPTS).request["messages"]
+    use_id = messages[1]["content"][0]["id"]
+    assert use_id.startswith("functions_lookup_0_") and messages[2]["content"][0]["tool_use_id"] == use_id
+    assert messages[3] == assistant(text("The answer is"))

@@ -19,18 +19,29 @@ Sources:
   ("text content blocks must contain non-whitespace text"), in system and in messages alike.
 - [stop] stop_sequences: each must contain non-whitespace ("stop_sequences: each stop sequence must contain
   non-whitespace").
-- [cache] https://platform.claude.com/docs/en/build-with-claude/prompt-caching: at most 4 cache_control marks.
+- [cache] https://platform.claude.com/docs/en/build-with-claude/prompt-caching: at most 4 cache_control marks, each
+  {"type": "ephemeral"} with an optional ttl of "5m" or "1h".
   (The docs' "Mixing different TTLs" order, 1h marks before 5m ones, is not enforced: tests/test_conformance.py
   models a Claude Code body with a 5m tool mark before a 1h system mark, and no capture settles which is right.)
 - [format] https://platform.claude.com/docs/en/build-with-claude/structured-outputs and anthropic SDK
   `OutputConfigParam` / `JSONOutputFormatParam`: output_config.format is {"type": "json_schema", "schema": {...}},
   and every object in the schema sets additionalProperties to false.
+- [types] anthropic SDK `MessageCreateParamsBase`, `ToolParam`, `MetadataParam`: `stream` is a boolean,
+  `metadata.user_id` a string, temperature and top_p lie in 0..1, a custom tool's input_schema has
+  "type": "object"; tool names match ^[a-zA-Z0-9_-]{1,128}$ and are unique ("Tool names must be unique").
+- [ids] the API refuses a tool_use id outside ^[a-zA-Z0-9_-]+$ ("messages.1.content.0.tool_use.id: String should
+  match pattern") and a turn with two tool_use blocks of one id ("`tool_use` ids must be unique").
+- [images] an image's base64 media_type is image/jpeg, image/png, image/gif or image/webp
+  (https://platform.claude.com/docs/en/build-with-claude/vision).
+- [prefill] a final assistant turn is a prefill, whose text may not end in whitespace ("messages: final assistant
+  content cannot end with trailing whitespace").
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -48,6 +59,9 @@ MAX_CACHE_MARKS = 4
 MIN_THINKING_BUDGET = 1024
 _SECRET = b"fake-upstream-signing-key"
 SIGNATURE_PREFIX = "fakesig_"
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")  # [types]
+TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # [ids]
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # [images]
 
 
 def sign(thinking: str) -> str:
@@ -58,7 +72,7 @@ def sign(thinking: str) -> str:
 def problem(body: Mapping[str, Any], accepted: Callable[[Mapping[str, Any]], bool]) -> str | None:
     """The API's refusal for `body`, or None. `accepted(block)` says whether a thinking block's signature is one
     the fake issued (or a test declared issued)."""
-    for check in (_fields, _stop_sequences, _system, _thinking_config, _output_config, _cache_marks):
+    for check in (_fields, _types, _tools, _stop_sequences, _system, _thinking_config, _output_config, _cache_marks):
         if found := check(body):
             return found
     return _messages(body, accepted)
@@ -67,6 +81,37 @@ def problem(body: Mapping[str, Any], accepted: Callable[[Mapping[str, Any]], boo
 def _fields(body: Mapping[str, Any]) -> str | None:
     extra = sorted(set(body) - KNOWN_FIELDS)
     return f"{extra[0]}: Extra inputs are not permitted" if extra else None
+
+
+def _types(body: Mapping[str, Any]) -> str | None:
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return "stream: Input should be a valid boolean"
+    user_id = (body.get("metadata") or {}).get("user_id")
+    if user_id is not None and not isinstance(user_id, str):
+        return "metadata.user_id: Input should be a valid string"
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 1):
+            return f"{name}: Input should be less than or equal to 1 and greater than or equal to 0"
+    return None
+
+
+def _tools(body: Mapping[str, Any]) -> str | None:
+    seen: set[str] = set()
+    for i, tool in enumerate(body.get("tools") or []):
+        name = tool.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            return f"tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+        if name in seen:
+            return "tools: Tool names must be unique."
+        seen.add(name)
+        if tool.get("type", "custom") == "custom":  # server tools (web_search_...) have no input_schema
+            schema = tool.get("input_schema")
+            if not isinstance(schema, Mapping) or schema.get("type") != "object":
+                return f"tools.{i}.custom.input_schema.type: Input should be 'object'"
+        if tool.get("description") is not None and not isinstance(tool["description"], str):
+            return f"tools.{i}.custom.description: Input should be a valid string"
+    return None
 
 
 def _stop_sequences(body: Mapping[str, Any]) -> str | None:
@@ -145,6 +190,13 @@ def _cache_marks(body: Mapping[str, Any]) -> str | None:
             nested = block.get("content") if isinstance(block, Mapping) else None
             blocks.extend(nested if isinstance(nested, list) else [])
     marks = [b["cache_control"] for b in blocks if isinstance(b, Mapping) and "cache_control" in b]
+    for mark in marks:
+        if (
+            not isinstance(mark, Mapping)
+            or mark.get("type") != "ephemeral"
+            or mark.get("ttl", "5m") not in ("5m", "1h")
+        ):
+            return f"cache_control: expected {{'type': 'ephemeral', 'ttl': '5m' | '1h'}}, got {mark!r}"
     if len(marks) > MAX_CACHE_MARKS:
         return f"A maximum of {MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {len(marks)}."
     return None
@@ -175,15 +227,42 @@ def _messages(body: Mapping[str, Any], accepted: Callable[[Mapping[str, Any]], b
             pending = set()
         else:
             pending = {str(b.get("id")) for b in blocks if b.get("type") == "tool_use"}
+    if messages and messages[-1].get("role") == "assistant" and (found := _prefill(messages[-1])):
+        return found
     if thinking_on:
         return _last_tool_turn_thinks(messages)
     return None
 
 
+def _prefill(message: Mapping[str, Any]) -> str | None:
+    content = message.get("content")
+    last = content[-1] if isinstance(content, list) and content else {"type": "text", "text": content}
+    text = last.get("text") if isinstance(last, Mapping) and last.get("type") == "text" else None
+    if isinstance(text, str) and text != text.rstrip():
+        return "messages: final assistant content cannot end with trailing whitespace"
+    return None
+
+
 def _blocks(i: int, blocks: list[Any], accepted: Callable[[Mapping[str, Any]], bool]) -> str | None:
+    use_ids: set[object] = set()
     for j, block in enumerate(blocks):
         if not isinstance(block, Mapping):
             return f"messages.{i}.content.{j}: Input should be an object"
+        source = block.get("source") if block.get("type") == "image" else None
+        if (
+            isinstance(source, Mapping)
+            and source.get("type") == "base64"
+            and source.get("media_type") not in IMAGE_MEDIA_TYPES
+        ):
+            return (
+                f"messages.{i}.content.{j}.image.source.base64.media_type: Input should be one of {IMAGE_MEDIA_TYPES}"
+            )
+        if block.get("type") == "tool_use":
+            if not isinstance(block.get("id"), str) or not TOOL_USE_ID.fullmatch(block["id"]):
+                return f"messages.{i}.content.{j}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+            if block["id"] in use_ids:
+                return f"messages.{i}.content.{j}: `tool_use` ids must be unique"
+            use_ids.add(block["id"])
         inner = block.get("content") if block.get("type") == "tool_result" else None
         for k, nested in enumerate(inner if isinstance(inner, list) else []):
             if isinstance(nested, Mapping) and (found := _text_problem(nested)):

@@ -345,6 +345,57 @@ def loop(*assistant: dict[str, Any], result: dict[str, Any] = RESULT) -> list[di
             "A maximum of 4 blocks with cache_control",
             id="five-cache-marks",
         ),
+        pytest.param({"stream": "true"}, "stream: Input should be a valid boolean", id="stream-string"),
+        pytest.param(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/jpg", "data": "AA"}}
+                        ],
+                    }
+                ]
+            },
+            "messages.0.content.0.image.source.base64.media_type",
+            id="image-jpg",
+        ),
+        pytest.param(
+            {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "2h"}}]},
+            "cache_control: expected",
+            id="cache-ttl-2h",
+        ),
+        pytest.param(
+            {"metadata": {"user_id": 5}}, "metadata.user_id: Input should be a valid string", id="user-id-int"
+        ),
+        pytest.param({"top_p": 5}, "top_p: Input should be less than or equal to 1", id="top_p-over-1"),
+        pytest.param({"temperature": -0.5}, "greater than or equal to 0", id="temperature-negative"),
+        pytest.param(
+            {"tools": [{**TOOLS[0], "name": "my tool"}]}, "tools.0.custom.name: String should", id="tool-name"
+        ),
+        pytest.param({"tools": [*TOOLS, *TOOLS]}, "Tool names must be unique", id="duplicate-tool-names"),
+        pytest.param(
+            {"tools": [{**TOOLS[0], "input_schema": {"type": "string"}}]}, "input_schema.type", id="tool-schema-type"
+        ),
+        pytest.param({"tools": [{**TOOLS[0], "input_schema": [1]}]}, "input_schema.type", id="tool-schema-list"),
+        pytest.param({"tools": [{**TOOLS[0], "description": 5}]}, "description: Input should be", id="tool-desc-int"),
+        pytest.param(
+            {
+                "messages": loop(
+                    {**USE, "id": "functions.lookup:0"}, result={**RESULT, "tool_use_id": "functions.lookup:0"}
+                )
+            },
+            "messages.1.content.0.tool_use.id: String should match pattern",
+            id="tool-use-id-pattern",
+        ),
+        pytest.param(
+            {"messages": loop(USE, USE)}, "messages.1.content.1: `tool_use` ids must be unique", id="dup-use-ids"
+        ),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, "}]},
+            "final assistant content cannot end with trailing whitespace",
+            id="prefill-trailing-space",
+        ),
     ],
 )
 async def test_requests_the_api_refuses_are_refused(
@@ -364,6 +415,10 @@ async def test_requests_the_api_refuses_are_refused(
         pytest.param({"messages": loop(signed("I should look."), USE), **THINK, "tools": TOOLS}, id="signed-replay"),
         pytest.param({"messages": loop(USE), "tools": TOOLS}, id="tool-loop-without-thinking"),
         pytest.param({"stop_sequences": [" END"], "context_management": {}}, id="known-fields"),
+        pytest.param(
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure,"}]}, id="prefill"
+        ),
+        pytest.param({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, id="server-tool"),
     ],
 )
 async def test_requests_the_api_accepts_are_answered(
