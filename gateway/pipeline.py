@@ -90,6 +90,10 @@ class Usage:
             self.cache_write_tokens = v
         if isinstance(creation := usage.get("cache_creation"), Mapping):
             self._cache_lifetimes(creation)
+        # Every cache write is never less than its parts, whichever event carried which (a later message_delta
+        # with a lower cache_creation_input_tokens left the 1-hour writes priced below their 5-minute price).
+        parts = min(self.cache_write_5m_tokens + self.cache_write_1h_tokens, MAX_COUNT)
+        self.cache_write_tokens = max(self.cache_write_tokens, parts)
         if isinstance(tools := usage.get("server_tool_use"), Mapping):
             searches = usage_count(tools.get("web_search_requests"), "web_search_requests")
             self.web_search_requests = searches if searches is not None else self.web_search_requests
@@ -98,7 +102,6 @@ class Usage:
         five = usage_count(creation.get("ephemeral_5m_input_tokens"), "ephemeral_5m_input_tokens") or 0
         hour = usage_count(creation.get("ephemeral_1h_input_tokens"), "ephemeral_1h_input_tokens") or 0
         self.cache_write_5m_tokens, self.cache_write_1h_tokens = five, hour
-        self.cache_write_tokens = max(self.cache_write_tokens, min(five + hour, MAX_COUNT))  # never less than its parts
 
 
 @dataclass(frozen=True, slots=True)

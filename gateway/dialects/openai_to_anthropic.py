@@ -90,9 +90,21 @@ def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions)
     _add_response_format(out, body.get("response_format"), opts, "response_format")
     if body.get("user") is not None:
         out["metadata"] = {"user_id": body["user"]}
-    if body.get("stream") is not None:
-        out["stream"] = body["stream"]
+    if (stream := stream_flag(body)) is not None:
+        out["stream"] = stream
     return out
+
+
+def stream_flag(body: Mapping[str, Any]) -> bool | None:
+    """The body's `stream`, which must be a boolean when sent.
+
+    A lenient upstream (pydantic's lax mode: vLLM, LiteLLM) streams for `1` or `"true"`, while the relay, reading
+    only `true`, would await a whole reply and bill none of the stream's tokens.
+    """
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise TranslationError(f"stream: must be a boolean, got {stream!r}", "stream")
+    return stream
 
 
 def _reject_unsupported(body: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from .openai_to_anthropic import (
     _arguments,
     _image_block,
     has_text,
+    stream_flag,
 )
 from .structured_output import unwrap_message
 
@@ -156,8 +157,8 @@ def responses_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOpt
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
         out["metadata"] = {"user_id": user}
-    if body.get("stream") is not None:
-        out["stream"] = body["stream"]
+    if (stream := stream_flag(body)) is not None:
+        out["stream"] = stream
     include = _include(body)
     echo = {name: body.get(name, default) for name, default in ECHOED_FIELDS.items()}
     include_reasoning = INCLUDE_REASONING in include or "thinking" in out

@@ -29,7 +29,7 @@ from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import answer, json_object, relay_error, send, translating
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, is_count, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
@@ -112,8 +112,8 @@ class MessagesOverOpenAI:
                 continue
             parsed = json_object(data)
             self.meter.openai_delta(parsed.get("choices"))
-            if isinstance(parsed.get("usage"), Mapping):
-                self.meter.final = True
+            if isinstance(usage := parsed.get("usage"), Mapping):
+                self.meter.final = self.meter.final or is_count(usage.get("completion_tokens"))
             events += self._translator.feed(parsed)
         self.meter.usage.update_from_anthropic(self._translator.usage)
         if any(name == "error" for name, _ in events):

@@ -18,13 +18,14 @@ from aiohttp import web
 
 from gateway.dialect import Dialect
 from gateway.dialects import sse
+from gateway.dialects.openai_to_anthropic import stream_flag
 from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
 from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import json_object, relayed_headers, send, with_model
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.common import json_object, relayed_headers, send, translating, with_model
+from gateway.relays.stream import OutputMeter, is_count, relay_stream
 
 log = structlog.get_logger("gateway.relay")
 
@@ -35,7 +36,8 @@ STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider fa
 
 async def relay_openai(ex: Exchange) -> None:
     assert ex.target is not None
-    stream = ex.body.get("stream") is True
+    with translating():  # `stream: 1` would stream from a lenient provider while the relay awaited a whole reply
+        stream = stream_flag(ex.body) is True
     caller_wants_usage = include_usage(ex.body)
 
     def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
@@ -135,7 +137,7 @@ class OpenAIPassthrough:
         if not isinstance(usage, dict):
             return False
         self.meter.usage.update_from_anthropic(usage_to_anthropic(usage))
-        self.meter.final = True
+        self.meter.final = self.meter.final or is_count(usage.get("completion_tokens"))
         return not choices
 
     def end(self) -> bytes:

@@ -64,7 +64,7 @@ class OutputMeter:
             usage = data.get("usage")
             if isinstance(usage, Mapping):
                 self.usage.update_from_anthropic(usage)
-                self.final = self.final or usage.get("output_tokens") is not None
+                self.final = self.final or is_count(usage.get("output_tokens"))
         elif event == "error":
             error = data.get("error")
             kind = error.get("type") if isinstance(error, Mapping) else None
@@ -98,6 +98,12 @@ class OutputMeter:
             return
         self.usage.estimated = True
         self.usage.output_tokens = max(self.usage.output_tokens, estimate_tokens(self.chars))
+
+
+def is_count(value: Any) -> bool:
+    """Whether an upstream's output count is a number at all: a string, boolean or negative one (clamped to 0 by
+    usage_count) is no final count, so the stream is still billed for what it relayed."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def estimate_tokens(chars: int) -> int:

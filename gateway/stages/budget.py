@@ -12,6 +12,7 @@ pass a check that none of them has yet moved (see the README's *Budgets* section
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
@@ -22,7 +23,7 @@ from gateway.config import BudgetConfig, GatewayConfig, Price
 from gateway.errors import BudgetExceeded
 from gateway.keys import Principal
 from gateway.metrics import Metrics
-from gateway.pipeline import Exchange, Next
+from gateway.pipeline import MAX_COUNT, Exchange, Next
 
 BYTES_PER_INPUT_TOKEN = 4  # a request body's JSON bytes per input token; over-reserves prose, fits code/JSON
 DEFAULT_MAX_OUTPUT = 4096  # reserved for a body that names no output limit
@@ -53,12 +54,25 @@ def price_of_requested(cfg: GatewayConfig) -> PriceOf:
 def reservation(ex: Exchange, price: Price | None) -> tuple[int, Decimal]:
     """(tokens, USD) a request may cost: input from the body's size, plus the output limit it asks for."""
     input_tokens = len(ex.raw_body) // BYTES_PER_INPUT_TOKEN
-    output = next((v for f in _MAX_OUTPUT_FIELDS if isinstance(v := ex.body.get(f), int) and v > 0), None)
-    output_tokens = output if output is not None else DEFAULT_MAX_OUTPUT
+    output_tokens = output_limit(ex.body)
     if price is None:
         return input_tokens + output_tokens, Decimal(0)
     cost = (input_tokens * Decimal(str(price.input)) + output_tokens * Decimal(str(price.output))) / _MILLION
     return input_tokens + output_tokens, cost
+
+
+def output_limit(body: dict[str, Any]) -> int:
+    """The most output tokens a body may ask for: the largest of its limit fields, DEFAULT_MAX_OUTPUT when none.
+
+    The largest, not the first: a Chat body with `max_tokens: 1` and `max_completion_tokens: 64000` is sent
+    upstream with the latter. A float counts too (a lenient upstream takes 64000.0 as 64000); at most MAX_COUNT.
+    """
+    limits = [
+        min(math.ceil(v), MAX_COUNT)
+        for f in _MAX_OUTPUT_FIELDS
+        if isinstance(v := body.get(f), int | float) and not isinstance(v, bool) and 0 < v < math.inf
+    ]
+    return max(limits, default=DEFAULT_MAX_OUTPUT)
 
 
 class CheckBudget:

@@ -1,0 +1,152 @@
+"""A hostile caller (or upstream) against billing and budgets: every way found to get Claude for less than the
+gateway records, each pinned by a test against the fake upstream and the real database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway import db
+from tests.conftest import GatewayFactory, flushed_usage
+from tests.fakes.upstream import FakeUpstream
+from tests.test_openai_provider import openai_overrides
+
+MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
+HI = [{"role": "user", "content": "hi"}]
+
+
+async def _post(server: TestServer, path: str, key: str, body: Any) -> tuple[int, bytes]:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"x-api-key": key, "Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(server.make_url(path), data=raw, headers=headers) as r:
+        return r.status, await r.read()
+
+
+# --- the stream flag: what the relay reads is what the upstream does -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/chat/completions", {"model": "gpt-fast", "messages": HI}, id="chat-openai-passthrough"),
+        pytest.param("/v1/chat/completions", {"model": "claude-fast", "messages": HI}, id="chat-over-anthropic"),
+        pytest.param("/v1/responses", {"model": "claude-fast", "input": "hi"}, id="responses-over-anthropic"),
+    ],
+)
+@pytest.mark.parametrize("stream", [1, "true", 0])
+async def test_a_stream_flag_that_is_not_a_boolean_is_refused_not_streamed_unbilled(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, path: str, body: dict[str, Any], stream: Any
+) -> None:
+    """`"stream": 1` made a lenient upstream (the fake, like pydantic's lax mode) stream while the relay awaited a
+    whole reply: the caller got the tokens (or the upstream spent them) and the usage row said 0 / 0."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    status, data = await _post(server, path, key, {**body, "stream": stream})
+    assert status == 400, data
+    error = orjson.loads(data)["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "stream"
+    assert upstream.requests == []
+
+
+# --- hostile upstream counts in a stream ------------------------------------------------------------------
+
+TEXT = "x" * 35  # one delta's text: 10 tokens at 3.5 characters per token
+
+
+def _anthropic_stream(start_usage: dict[str, Any], final_usage: dict[str, Any], deltas: int) -> list[Any]:
+    head = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": []}
+    events: list[Any] = [("message_start", {"type": "message_start", "message": head | {"usage": start_usage}})]
+    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    events.append(("content_block_start", block))
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}}
+    events += [("content_block_delta", delta)] * deltas
+    events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": final_usage}
+    return [*events, ("message_delta", end), ("message_stop", {"type": "message_stop"})]
+
+
+STREAM_BODY = {"model": "claude-fast", "max_tokens": 500, "stream": True, "messages": HI}
+
+
+@pytest.mark.parametrize("reported", ["lots", True, -5])
+async def test_a_final_output_count_that_is_no_count_leaves_the_stream_billed_for_what_it_relayed(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, reported: Any
+) -> None:
+    """message_delta's `output_tokens: "lots"` (or true, or -5) was taken as the final count, clamped to 0: twenty
+    deltas of relayed text were billed as no output at all."""
+    events = _anthropic_stream({"input_tokens": 10, "output_tokens": 1}, {"output_tokens": reported}, deltas=20)
+    upstream.enqueue(events=events)
+    status, data = await _post(gateway, "/v1/messages", key, STREAM_BODY)
+    assert status == 200 and b"message_stop" in data
+    [row] = await flushed_usage(gateway, pool)
+    assert row["usage_estimated"] is True
+    assert row["output_tokens"] >= 20 * len(TEXT) / 3.5  # 700 characters relayed
+
+
+async def test_an_openai_usage_chunk_with_no_count_leaves_the_stream_billed_for_what_it_relayed(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    server = await make_gateway(**openai_overrides(upstream.url))
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> Any:
+        return "", base | {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    usage = {"prompt_tokens": 5, "completion_tokens": "lots", "total_tokens": 5}
+    events = [chunk({"role": "assistant", "content": ""}), *[chunk({"content": TEXT})] * 20, chunk({}, "stop")]
+    upstream.enqueue(events=[*events, ("", base | {"choices": [], "usage": usage}), ("", "[DONE]")])
+    status, _ = await _post(server, "/v1/chat/completions", key, {"model": "gpt-fast", "stream": True, "messages": HI})
+    assert status == 200
+    [row] = await flushed_usage(server, pool)
+    assert row["usage_estimated"] is True
+    assert row["output_tokens"] >= 20 * len(TEXT) / 3.5
+
+
+async def test_a_later_lower_cache_write_count_does_not_underprice_the_one_hour_writes(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    """message_start reported 1M one-hour cache writes; a message_delta with `cache_creation_input_tokens: 0`
+    left cache_write_tokens 0 under its 1M one-hour part: the writes were priced at 2.00 - 1.25 USD per million
+    and the month's token counters missed them."""
+    creation = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000}
+    start = {"input_tokens": 0, "output_tokens": 1, "cache_creation_input_tokens": 1_000_000}
+    final = {"output_tokens": 0, "cache_creation_input_tokens": 0}
+    upstream.enqueue(events=_anthropic_stream(start | {"cache_creation": creation}, final, deltas=0))
+    status, _ = await _post(gateway, "/v1/messages", key, STREAM_BODY)
+    assert status == 200
+    [row] = await flushed_usage(gateway, pool)
+    assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (1_000_000, 1_000_000)
+    assert row["cost_usd"] == 2  # claude-haiku-4-5: a 1-hour write is 2x the 1.00 USD input price
+
+
+# --- what admission reserves is what the upstream may spend ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "limits"),
+    [
+        pytest.param("claude-fast", {"max_tokens": 1, "max_completion_tokens": 50_000}, id="newer-name-wins-upstream"),
+        pytest.param("gpt-fast", {"max_tokens": 1, "max_completion_tokens": 50_000}, id="openai-passthrough"),
+        pytest.param("gpt-fast", {"max_completion_tokens": 50_000.0}, id="float-to-a-lenient-provider"),
+    ],
+)
+async def test_the_reservation_holds_the_output_limit_the_upstream_is_sent(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_user: MakeUser, model: str, limits: dict[str, Any]
+) -> None:
+    """A Chat body with `max_tokens: 1` and `max_completion_tokens: 50000` goes upstream with 50,000 (the newer
+    name wins) but reserved 1: a second request was admitted against a 10,000-token limit the first may use 5x."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    key, _ = await make_user(limit_tokens=10_000)
+    upstream.enqueue(delay_s=0.5)  # the first request is still in flight when the second arrives
+    first = asyncio.create_task(_post(server, "/v1/chat/completions", key, {"model": model, "messages": HI, **limits}))
+    await asyncio.sleep(0.2)
+    second, _ = await _post(server, "/v1/chat/completions", key, {"model": model, "messages": HI})
+    assert second == 429
+    assert (await first)[0] == 200
