@@ -150,3 +150,37 @@ async def test_the_reservation_holds_the_output_limit_the_upstream_is_sent(
     second, _ = await _post(server, "/v1/chat/completions", key, {"model": model, "messages": HI})
     assert second == 429
     assert (await first)[0] == 200
+
+
+# --- a caller that hangs up while a whole (non-stream) reply is being generated ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/messages", {"model": "claude-fast", "max_tokens": 500, "messages": HI}, id="messages"),
+        pytest.param("/v1/chat/completions", {"model": "claude-fast", "messages": HI}, id="chat"),
+        pytest.param("/v1/responses", {"model": "claude-fast", "input": "hi"}, id="responses"),
+        pytest.param("/v1/chat/completions", {"model": "gpt-fast", "messages": HI}, id="chat-openai-passthrough"),
+        pytest.param(
+            "/v1/messages", {"model": "gpt-fast", "max_tokens": 500, "messages": HI}, id="messages-over-openai"
+        ),
+    ],
+)
+async def test_a_caller_gone_before_a_whole_reply_is_billed_for_what_the_upstream_generated(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, path: str, body: dict[str, Any]
+) -> None:
+    """A non-stream reply comes whole, once generated; the upstream bills it whether or not anyone still waits.
+    A caller that hung up a moment before it came left a 499 row with 0 tokens: max_tokens of output for free."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    upstream.usage(input_tokens=100, output_tokens=400)
+    upstream.enqueue(delay_s=0.6)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_post(server, path, key, body), 0.2)  # the caller gives up and hangs up
+    for _ in range(50):
+        if rows := await flushed_usage(server, pool):
+            break
+        await asyncio.sleep(0.05)
+    [row] = rows
+    assert row["status"] == 499
+    assert (row["input_tokens"], row["output_tokens"]) == (100, 400)
