@@ -5,7 +5,9 @@ gateway records, each pinned by a test against the fake upstream and the real da
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +17,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from gateway.state import SERVICES
+from gateway.usage_spill import SpillDir
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
 from tests.test_openai_provider import openai_overrides
@@ -184,3 +188,37 @@ async def test_a_caller_gone_before_a_whole_reply_is_billed_for_what_the_upstrea
     [row] = rows
     assert row["status"] == 499
     assert (row["input_tokens"], row["output_tokens"]) == (100, 400)
+
+
+# --- spill replay: one unreadable line or refused row must not keep every spilled row out ------------------
+
+
+async def test_a_torn_spill_line_or_a_refused_row_does_not_block_the_replay_of_the_others(
+    make_gateway: GatewayFactory, make_user: MakeUser, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed while appending leaves a torn last line; a row whose key was deleted since is refused
+    by the database. Either made every replay raise: the file stayed claimed, the files after it were never
+    replayed, and their rows never reached a month counter."""
+    server = await make_gateway(usage_log={"flush_interval_ms": 60_000})  # only this test flushes
+    key, _ = await make_user()
+    usage_log = server.app[SERVICES].usage_log
+    for _ in range(4):
+        assert (await _post(server, "/v1/messages", key, {"model": "claude-fast", "max_tokens": 8, "messages": HI}))[
+            0
+        ] == 200
+    a, b, c, d = usage_log._rows
+    usage_log._rows.clear()
+    directory = tmp_path / "spill"
+    SpillDir(directory, pid=999_999_991).append([a])
+    with (directory / "usage-spill-999999991.jsonl").open("ab") as f:
+        f.write(b'["torn by a SIGK')  # no newline: the append was cut short
+    unknown_key = list(c)
+    unknown_key[db.USAGE_COLUMNS.index("key_id")] = 987_654_321  # no such key (deleted since): refused
+    SpillDir(directory, pid=999_999_992).append([b, tuple(unknown_key), d])
+    await usage_log.flush()
+    stored = {r["id"] for r in await db.usage_rows(pool)}
+    assert stored == {a[0], b[0], d[0]}
+    assert not SpillDir(directory).has_work()
+    kept = sorted(p.name for p in directory.iterdir())
+    assert kept == [f"usage-rejected-{os.getpid()}.jsonl", f"usage-unreadable-{os.getpid()}.jsonl"]
+    assert b"torn by a SIGK" in (directory / f"usage-unreadable-{os.getpid()}.jsonl").read_bytes()
