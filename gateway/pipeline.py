@@ -171,7 +171,7 @@ class Stage(Protocol):
 def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
     from gateway.stages.auth import Authenticate
-    from gateway.stages.budget import CheckBudget, price_of_requested
+    from gateway.stages.budget import CheckBudget, alias_of_requested, price_of_requested
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.route import RouteToProvider
     from gateway.stages.usage_log import LogUsage
@@ -185,7 +185,9 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             throttle=AuthThrottle(cfg.server.auth_failures_per_minute),
         ),
         "key_mapping": MapClaudeCodeKey(svc.claudecode_tokens),
-        "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
+        "budget": CheckBudget(
+            svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
+        ),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
         "usage_log": LogUsage(svc.usage_log),

@@ -222,3 +222,47 @@ async def test_a_torn_spill_line_or_a_refused_row_does_not_block_the_replay_of_t
     kept = sorted(p.name for p in directory.iterdir())
     assert kept == [f"usage-rejected-{os.getpid()}.jsonl", f"usage-unreadable-{os.getpid()}.jsonl"]
     assert b"torn by a SIGK" in (directory / f"usage-unreadable-{os.getpid()}.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "models"),
+    [
+        pytest.param(
+            "/v1/chat/completions",
+            {"model": "claude-quality", "max_tokens": 1, "reasoning_effort": "high"},
+            {},
+            id="chat-reasoning-effort",  # sent with max_tokens 8192 + 4096
+        ),
+        pytest.param(
+            "/v1/responses",
+            {"model": "claude-quality", "max_output_tokens": 16, "reasoning": {"effort": "high"}},
+            {},
+            id="responses-reasoning",
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            {"model": "claude-fast"},
+            {"claude-fast": {"provider": "anthropic", "model": "claude-haiku-4-5", "default_max_tokens": 32_000}},
+            id="chat-alias-default-max-tokens",  # sent with 32000
+        ),
+    ],
+)
+async def test_the_reservation_holds_what_the_translator_sends_upstream(
+    make_gateway: GatewayFactory,
+    upstream: FakeUpstream,
+    make_user: MakeUser,
+    path: str,
+    body: dict[str, Any],
+    models: dict[str, Any],
+) -> None:
+    """The translator raises max_tokens above the thinking budget, and fills in the alias's default_max_tokens;
+    admission reserved the caller's 1 (or 4,096) and let a second request in against a 10,000-token limit."""
+    server = await make_gateway(models=models) if models else await make_gateway()
+    key, _ = await make_user(limit_tokens=10_000)
+    upstream.enqueue(delay_s=0.5)
+    conversation = {"input": "hi"} if path == "/v1/responses" else {"messages": HI}
+    first = asyncio.create_task(_post(server, path, key, body | conversation))
+    await asyncio.sleep(0.2)
+    second, _ = await _post(server, path, key, {"model": body["model"], "max_tokens": 8, **conversation})
+    assert second == 429
+    assert (await first)[0] == 200
