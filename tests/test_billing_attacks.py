@@ -120,7 +120,7 @@ async def test_a_later_lower_cache_write_count_does_not_underprice_the_one_hour_
     left cache_write_tokens 0 under its 1M one-hour part: the writes were priced at 2.00 - 1.25 USD per million
     and the month's token counters missed them."""
     creation = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1_000_000}
-    start = {"input_tokens": 0, "output_tokens": 1, "cache_creation_input_tokens": 1_000_000}
+    start = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 1_000_000}
     final = {"output_tokens": 0, "cache_creation_input_tokens": 0}
     upstream.enqueue(events=_anthropic_stream(start | {"cache_creation": creation}, final, deltas=0))
     status, _ = await _post(gateway, "/v1/messages", key, STREAM_BODY)
@@ -266,3 +266,21 @@ async def test_the_reservation_holds_what_the_translator_sends_upstream(
     second, _ = await _post(server, path, key, {"model": body["model"], "max_tokens": 8, **conversation})
     assert second == 429
     assert (await first)[0] == 200
+
+
+async def test_a_later_event_with_lower_counts_does_not_lower_the_bill(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    """Anthropic's counts are cumulative; a message_delta reporting `input_tokens: 0` (or fewer cache reads and
+    searches) after message_start's figures replaced them: 5,000 input tokens billed as none."""
+    start = {"input_tokens": 5000, "output_tokens": 1, "cache_read_input_tokens": 2000}
+    final = {"input_tokens": 0, "output_tokens": 30, "cache_read_input_tokens": 0}
+    final |= {"server_tool_use": {"web_search_requests": 0}}
+    start |= {"server_tool_use": {"web_search_requests": 2}}
+    upstream.enqueue(events=_anthropic_stream(start, final, deltas=3))
+    status, _ = await _post(gateway, "/v1/messages", key, STREAM_BODY)
+    assert status == 200
+    [row] = await flushed_usage(gateway, pool)
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (5000, 30, 2000)
+    assert row["web_search_requests"] == 2
+    assert row["usage_estimated"] is False
