@@ -156,9 +156,11 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
     if match is None:
         return None
     try:
+        if not raw.isascii():  # msgspec skips strings without checking them: an overlong "mod\xc1\xa5l" key
+            raw.decode()  # reads as "model" to a lax decoder (4 us for 78 KB); the full parse refuses it
         model = orjson.loads(match.group(1))
         rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
-    except (orjson.JSONDecodeError, msgspec.DecodeError):
+    except (orjson.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError):
         return None  # not JSON (a bad escape, a lone surrogate...): the full parse says why, as a 400
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')

@@ -284,3 +284,24 @@ async def test_a_later_event_with_lower_counts_does_not_lower_the_bill(
     assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (5000, 30, 2000)
     assert row["web_search_requests"] == 2
     assert row["usage_estimated"] is False
+
+
+# --- the model: what the gateway routes is what any upstream parser reads --------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "mod\xc1\xa5l": "claude-opus-4-5"}', id="overlong-e"),
+        pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "x": "\xff", "messages": []}', id="invalid-utf8"),
+    ],
+)
+async def test_a_sketched_body_that_is_not_utf8_is_refused_like_a_parsed_one(
+    gateway: TestServer, upstream: FakeUpstream, key: str, raw: bytes
+) -> None:
+    """The sketch skipped strings unchecked, so a key spelled with an overlong UTF-8 "e" (which a lax decoder reads
+    as a second "model") went upstream, while the same body with "model" second was refused as not JSON."""
+    status, data = await _post(gateway, "/v1/messages", key, raw)
+    assert status == 400, data
+    assert orjson.loads(data)["error"]["type"] == "invalid_request_error"
+    assert upstream.requests == []
