@@ -129,7 +129,10 @@ def concurrency_limit(limit: int) -> Callable[[web.Request, Handler], Awaitable[
 # A body that only passes through (Anthropic caller, Anthropic provider) need not be parsed whole: Claude Code
 # and the Anthropic SDKs put "model" first, and a 78 KB parse is most of what such a request would cost. The
 # sketch holds model and stream; a relay that needs more calls Exchange.full_body().
-_MODEL_FIRST = re.compile(rb'\A\s*\{\s*"model"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*(?=")')
+_WS = rb"[ \t\n\r]*"  # JSON's whitespace; regex's \s also takes \v and \f, which no JSON parser does
+_MODEL_FIRST = re.compile(
+    rb"\A" + _WS + rb"\{" + _WS + rb'"model"' + _WS + b":" + _WS + rb'("(?:[^"\\]|\\.)*")' + _WS + b"," + _WS + b'(?=")'
+)
 
 
 class _Rest(msgspec.Struct):

@@ -294,9 +294,13 @@ async def test_a_later_event_with_lower_counts_does_not_lower_the_bill(
     [
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "mod\xc1\xa5l": "claude-opus-4-5"}', id="overlong-e"),
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "x": "\xff", "messages": []}', id="invalid-utf8"),
+        pytest.param(
+            b'{\x0c"model": "claude-fast", "max_tokens": 16, "messages": []}', id="form-feed-is-no-whitespace"
+        ),
+        pytest.param(b'{"model":\x0b"claude-fast", "max_tokens": 16, "messages": []}', id="vertical-tab"),
     ],
 )
-async def test_a_sketched_body_that_is_not_utf8_is_refused_like_a_parsed_one(
+async def test_a_sketched_body_that_is_not_json_is_refused_like_a_parsed_one(
     gateway: TestServer, upstream: FakeUpstream, key: str, raw: bytes
 ) -> None:
     """The sketch skipped strings unchecked, so a key spelled with an overlong UTF-8 "e" (which a lax decoder reads
