@@ -78,6 +78,16 @@ class Usage:
     def total(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
+    def as_anthropic(self) -> dict[str, int]:
+        """The counts as an Anthropic `usage` object: what a translator reports to the caller, never the raw,
+        untrusted values (a string count would make its arithmetic a 500)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+        }
+
     def update_from_anthropic(self, usage: Mapping[str, Any]) -> None:
         """Take the counts an Anthropic `usage` object carries (message_start, message_delta or a reply).
 

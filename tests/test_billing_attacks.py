@@ -79,16 +79,38 @@ def _anthropic_stream(start_usage: dict[str, Any], final_usage: dict[str, Any], 
 STREAM_BODY = {"model": "claude-fast", "max_tokens": 500, "stream": True, "messages": HI}
 
 
+STREAM_ROUTES = [
+    pytest.param("/v1/messages", STREAM_BODY, b"message_stop", id="messages"),
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": "claude-fast", "stream": True, "stream_options": {"include_usage": True}, "messages": HI},
+        b"[DONE]",
+        id="chat",
+    ),
+    pytest.param(
+        "/v1/responses", {"model": "claude-fast", "stream": True, "input": "hi"}, b"response.completed", id="responses"
+    ),
+]
+
+
 @pytest.mark.parametrize("reported", ["lots", True, -5])
+@pytest.mark.parametrize(("path", "body", "end"), STREAM_ROUTES)
 async def test_a_final_output_count_that_is_no_count_leaves_the_stream_billed_for_what_it_relayed(
-    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, reported: Any
+    gateway: TestServer,
+    upstream: FakeUpstream,
+    key: str,
+    pool: asyncpg.Pool,
+    reported: Any,
+    path: str,
+    body: dict[str, Any],
+    end: bytes,
 ) -> None:
     """message_delta's `output_tokens: "lots"` (or true, or -5) was taken as the final count, clamped to 0: twenty
-    deltas of relayed text were billed as no output at all."""
+    deltas of relayed text were billed as no output at all (and a translated stream broke on the string)."""
     events = _anthropic_stream({"input_tokens": 10, "output_tokens": 1}, {"output_tokens": reported}, deltas=20)
     upstream.enqueue(events=events)
-    status, data = await _post(gateway, "/v1/messages", key, STREAM_BODY)
-    assert status == 200 and b"message_stop" in data
+    status, data = await _post(gateway, path, key, body)
+    assert status == 200 and end in data and b"internal gateway error" not in data
     [row] = await flushed_usage(gateway, pool)
     assert row["usage_estimated"] is True
     assert row["output_tokens"] >= 20 * len(TEXT) / 3.5  # 700 characters relayed
@@ -309,3 +331,58 @@ async def test_a_sketched_body_that_is_not_json_is_refused_like_a_parsed_one(
     assert status == 400, data
     assert orjson.loads(data)["error"]["type"] == "invalid_request_error"
     assert upstream.requests == []
+
+
+# --- a whole reply without a usable output count ---------------------------------------------------------
+
+WHOLE_TEXT = "y" * 700  # 200 tokens at 3.5 characters per token
+
+
+def _message(usage: Any) -> dict[str, Any]:
+    head = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5"}
+    return head | {"content": [{"type": "text", "text": WHOLE_TEXT}], "stop_reason": "end_turn", "usage": usage}
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        pytest.param({"input_tokens": 10, "output_tokens": "lots"}, id="string"),
+        pytest.param({"input_tokens": 10}, id="missing"),
+        pytest.param([10, 200], id="a-list"),  # was a 500 for a 200 reply
+    ],
+)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/messages", {"model": "claude-fast", "max_tokens": 500, "messages": HI}, id="messages"),
+        pytest.param("/v1/chat/completions", {"model": "claude-fast", "messages": HI}, id="chat"),
+        pytest.param("/v1/responses", {"model": "claude-fast", "input": "hi"}, id="responses"),
+    ],
+)
+async def test_a_whole_reply_without_an_output_count_is_billed_for_its_content(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, path: str, body: Any, usage: Any
+) -> None:
+    """`output_tokens: "lots"` (or none) in a whole reply was clamped to 0 (and a list-valued usage raised a 500):
+    700 characters of reply for free. It is billed as a broken stream is, from its content."""
+    upstream.enqueue(body=_message(usage))
+    status, data = await _post(gateway, path, key, body)
+    assert status == 200, data
+    [row] = await flushed_usage(gateway, pool)
+    assert row["usage_estimated"] is True
+    assert row["output_tokens"] >= len(WHOLE_TEXT) / 3.5
+
+
+async def test_a_whole_completion_without_usage_is_billed_for_its_content(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    """An OpenAI-compatible server that reports no usage left the row at 0 output tokens."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    choice = {"index": 0, "message": {"role": "assistant", "content": WHOLE_TEXT}, "finish_reason": "stop"}
+    upstream.enqueue(
+        body={"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini", "choices": [choice]}
+    )
+    status, _ = await _post(server, "/v1/chat/completions", key, {"model": "gpt-fast", "messages": HI})
+    assert status == 200
+    [row] = await flushed_usage(server, pool)
+    assert row["usage_estimated"] is True
+    assert row["output_tokens"] >= len(WHOLE_TEXT) / 3.5

@@ -32,7 +32,7 @@ from gateway.relays.common import (
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
@@ -70,7 +70,7 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
     message = json_object(await reply.read())
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
+    message = bill_message(ex.usage, message)
     body = message_to_chat_completion(
         message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
     )

@@ -25,7 +25,7 @@ from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import json_object, relayed_headers, send, translating, with_model
-from gateway.relays.stream import OutputMeter, is_count, relay_stream
+from gateway.relays.stream import OutputMeter, bill_completion, is_count, relay_stream
 
 log = structlog.get_logger("gateway.relay")
 
@@ -79,12 +79,8 @@ async def _relay_whole(ex: Exchange, reply: UpstreamReply) -> None:
     data = await reply.read()
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = reply.status
-    if reply.status == 200 and ex.billable:
-        usage = json_object(data).get("usage")
-        if isinstance(usage, dict):
-            ex.usage.update_from_anthropic(usage_to_anthropic(usage))
-        else:
-            _warn_no_usage(ex)
+    if reply.status == 200 and ex.billable and not bill_completion(ex.usage, json_object(data)):
+        _warn_no_usage(ex)
     ex.response = web.Response(body=data, status=reply.status, headers=_headers(reply, "application/json"))
 
 

@@ -34,7 +34,7 @@ from gateway.relays.common import (
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
@@ -62,7 +62,7 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
     message = json_object(await reply.read())
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = 200
-    ex.usage.update_from_anthropic(message.get("usage") or {})
+    message = bill_message(ex.usage, message)
     ex.response = web.Response(body=orjson.dumps(message_to_response(message, ctx)), content_type="application/json")
 
 
