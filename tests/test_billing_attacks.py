@@ -386,3 +386,18 @@ async def test_a_whole_completion_without_usage_is_billed_for_its_content(
     [row] = await flushed_usage(server, pool)
     assert row["usage_estimated"] is True
     assert row["output_tokens"] >= len(WHOLE_TEXT) / 3.5
+
+
+@pytest.mark.parametrize(("path", "body", "end"), STREAM_ROUTES)
+async def test_a_stream_whose_usage_is_not_an_object_is_relayed_and_billed_for_its_text(
+    gateway: TestServer, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, path: str, body: Any, end: bytes
+) -> None:
+    """`"usage": [30]` in message_delta broke the translated streams mid-way (the translator read it as an object)."""
+    events = _anthropic_stream({"input_tokens": 10, "output_tokens": 1}, {}, deltas=20)
+    events[-2][1]["usage"] = [30]
+    upstream.enqueue(events=events)
+    status, data = await _post(gateway, path, key, body)
+    assert status == 200 and end in data and b"internal gateway error" not in data
+    [row] = await flushed_usage(gateway, pool)
+    assert row["status"] == 200
+    assert row["output_tokens"] >= 20 * len(TEXT) / 3.5

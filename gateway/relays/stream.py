@@ -74,6 +74,7 @@ class OutputMeter:
             if isinstance(usage, Mapping):
                 self.usage.update_from_anthropic(usage)
                 self.final = self.final or is_count(usage.get("output_tokens"))
+            if usage is not None:
                 data["usage"] = self.usage.as_anthropic()
         elif event == "error":
             error = data.get("error")
