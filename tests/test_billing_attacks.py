@@ -401,3 +401,21 @@ async def test_a_stream_whose_usage_is_not_an_object_is_relayed_and_billed_for_i
     [row] = await flushed_usage(gateway, pool)
     assert row["status"] == 200
     assert row["output_tokens"] >= 20 * len(TEXT) / 3.5
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1.5, "64000", True, 0])
+async def test_a_messages_body_for_an_openai_provider_needs_a_max_tokens(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, max_tokens: Any
+) -> None:
+    """The Messages API requires max_tokens; translated for an OpenAI-compatible server, a body without one went
+    up with no limit at all (the server writes until the context ends) while admission reserved 4,096 tokens."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    body: dict[str, Any] = {"model": "gpt-fast", "messages": HI}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    status, data = await _post(server, "/v1/messages", key, body)
+    assert status == 400, data
+    answer = orjson.loads(data)
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert "max_tokens" in answer["error"]["message"]
+    assert upstream.requests == []

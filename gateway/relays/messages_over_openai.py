@@ -24,7 +24,7 @@ from gateway.dialects.openai_to_anthropic_reply import (
     chat_completion_to_message,
     error_to_anthropic,
 )
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
@@ -42,6 +42,10 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
     if ex.route == "count_tokens":
         _estimate_tokens(ex, translated)
         return
+    max_tokens = translated.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:  # the Messages API's own rule, and the budget's bound:
+        # without it an OpenAI-compatible server writes until the context ends while 4,096 tokens were reserved
+        raise BadRequest(f"max_tokens: must be a positive integer, got {max_tokens!r}", param="max_tokens")
     stream = translated.get("stream") is True
 
     def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
