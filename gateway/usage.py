@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -112,6 +113,9 @@ class UsageLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        # Claimed spill file -> how many of its rows the view was told are stored: a replay done again after the
+        # database went away mid-file must not subtract them from this process's usage a second time.
+        self._replayed: dict[Path, int] = {}
         self.written = 0
 
     @property
@@ -266,9 +270,13 @@ class UsageLog:
             return
         for path, ours in self._spill.claim():
             rows, unreadable = self._spill.split(path)
+            counted = self._replayed.get(path, 0)  # rows an interrupted replay of this file already told the view
             for start in range(0, len(rows), self._flush_rows):
-                if not await self._replay(rows[start : start + self._flush_rows], ours=ours):
+                chunk = rows[start : start + self._flush_rows]
+                if not await self._replay(chunk, ours=ours and start >= counted):
                     return  # still away: the claimed file stays ours and is replayed on a later flush
+                self._replayed[path] = max(counted, start + len(chunk))
+            self._replayed.pop(path, None)
             if unreadable:  # kept for an operator, once, as the file they came from goes
                 kept = self._spill.append_raw(unreadable, name=f"usage-unreadable-{self._spill.pid}.jsonl")
                 log.error("usage_spill_lines_unreadable", lines=len(unreadable), file=str(path), kept_in=str(kept))

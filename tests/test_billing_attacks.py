@@ -419,3 +419,45 @@ async def test_a_messages_body_for_an_openai_provider_needs_a_max_tokens(
     assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in answer["error"]["message"]
     assert upstream.requests == []
+
+
+async def test_a_replay_interrupted_and_done_again_counts_each_row_once_in_the_budget_view(
+    make_gateway: GatewayFactory,
+    make_user: MakeUser,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replay stored its file's first chunk, then the database went away again; the next replay stored the
+    file from the start (the first chunk skipped as already stored) but told the budget view a second time that
+    the chunk was now in the database: the view subtracted its tokens twice and under-counted the user."""
+    server = await make_gateway(usage_log={"flush_interval_ms": 60_000})  # only this test flushes
+    key, row = await make_user()
+    services = server.app[SERVICES]
+    for _ in range(4):
+        body = {"model": "claude-fast", "max_tokens": 8, "messages": HI}
+        assert (await _post(server, "/v1/messages", key, body))[0] == 200
+    rows = list(services.usage_log._rows)
+    services.usage_log._rows.clear()
+    assert len(rows) == 4
+    SpillDir(tmp_path / "spill").append(rows)  # this process's own spill file, its rows counted by the view
+    services.usage_log._flush_rows = 2  # replayed in two chunks of two rows
+    real_insert, calls = db.insert_usage, 0
+
+    async def away_on_the_second_chunk(pool: asyncpg.Pool, batch: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionRefusedError("the database went away again")
+        await real_insert(pool, batch)
+
+    monkeypatch.setattr(db, "insert_usage", away_on_the_second_chunk)
+    await services.usage_log.flush()  # the first chunk stored, the second not
+    monkeypatch.setattr(db, "insert_usage", real_insert)
+    await services.usage_log.flush()  # the whole file again
+    await services.usage_view.refresh()
+    stored = await pool.fetchval(
+        "SELECT tokens FROM usage_counters WHERE scope = 'user' AND scope_id = $1", str(row.user_id)
+    )
+    assert stored == sum(r["input_tokens"] + r["output_tokens"] for r in await db.usage_rows(pool))
+    assert services.usage_view.tokens_used(row.user_id) == stored
