@@ -461,3 +461,27 @@ async def test_a_replay_interrupted_and_done_again_counts_each_row_once_in_the_b
     )
     assert stored == sum(r["input_tokens"] + r["output_tokens"] for r in await db.usage_rows(pool))
     assert services.usage_view.tokens_used(row.user_id) == stored
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/chat/completions", {"model": "gpt-fast", "messages": HI}, id="chat-passthrough"),
+        pytest.param(
+            "/v1/messages", {"model": "gpt-fast", "max_tokens": 64, "messages": HI}, id="messages-over-openai"
+        ),
+    ],
+)
+async def test_an_openai_usage_with_a_prompt_count_that_is_no_number_is_no_500(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, key: str, pool: asyncpg.Pool, path: str, body: Any
+) -> None:
+    """`prompt_tokens: "lots"` was subtracted from (cached tokens moved out of input): a 500 for a 200 reply."""
+    server = await make_gateway(**openai_overrides(upstream.url))
+    choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+    usage = {"prompt_tokens": "lots", "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 3}}
+    completion = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini", "choices": [choice]}
+    upstream.enqueue(body=completion | {"usage": usage})
+    status, data = await _post(server, path, key, body)
+    assert status == 200, data
+    [row] = await flushed_usage(server, pool)
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (0, 5, 3)
