@@ -79,27 +79,41 @@ class Usage:
     def total(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
-    def update_from_anthropic(self, usage: Mapping[str, Any]) -> None:
-        """Take the counts an Anthropic `usage` object carries (message_start, message_delta or a reply)."""
-        if (v := usage_count(usage.get("input_tokens"), "input_tokens")) is not None:
-            self.input_tokens = v
-        if (v := usage_count(usage.get("output_tokens"), "output_tokens")) is not None:
-            self.output_tokens = v
-        if (v := usage_count(usage.get("cache_read_input_tokens"), "cache_read_input_tokens")) is not None:
-            self.cache_read_tokens = v
-        if (v := usage_count(usage.get("cache_creation_input_tokens"), "cache_creation_input_tokens")) is not None:
-            self.cache_write_tokens = v
-        if isinstance(creation := usage.get("cache_creation"), Mapping):
-            self._cache_lifetimes(creation)
-        if isinstance(tools := usage.get("server_tool_use"), Mapping):
-            searches = usage_count(tools.get("web_search_requests"), "web_search_requests")
-            self.web_search_requests = searches if searches is not None else self.web_search_requests
+    def as_anthropic(self) -> dict[str, int]:
+        """The counts as an Anthropic `usage` object: what a translator reports to the caller, never the raw,
+        untrusted values (a string count would make its arithmetic a 500)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+        }
 
-    def _cache_lifetimes(self, creation: Mapping[str, Any]) -> None:
-        five = usage_count(creation.get("ephemeral_5m_input_tokens"), "ephemeral_5m_input_tokens") or 0
-        hour = usage_count(creation.get("ephemeral_1h_input_tokens"), "ephemeral_1h_input_tokens") or 0
-        self.cache_write_5m_tokens, self.cache_write_1h_tokens = five, hour
-        self.cache_write_tokens = max(self.cache_write_tokens, min(five + hour, MAX_COUNT))  # never less than its parts
+    def update_from_anthropic(self, usage: Mapping[str, Any]) -> None:
+        """Take the counts an Anthropic `usage` object carries (message_start, message_delta or a reply).
+
+        The counts are cumulative (server tools only add input as a turn goes on), so a later event never lowers
+        one: a message_delta with `input_tokens: 0` after message_start's 5,000 must not bill no input.
+        """
+        self.input_tokens = _largest(self.input_tokens, usage, "input_tokens")
+        self.output_tokens = _largest(self.output_tokens, usage, "output_tokens")
+        self.cache_read_tokens = _largest(self.cache_read_tokens, usage, "cache_read_input_tokens")
+        self.cache_write_tokens = _largest(self.cache_write_tokens, usage, "cache_creation_input_tokens")
+        if isinstance(creation := usage.get("cache_creation"), Mapping):
+            self.cache_write_5m_tokens = _largest(self.cache_write_5m_tokens, creation, "ephemeral_5m_input_tokens")
+            self.cache_write_1h_tokens = _largest(self.cache_write_1h_tokens, creation, "ephemeral_1h_input_tokens")
+        # Every cache write is never less than its parts, whichever event carried which (a later message_delta
+        # with a lower cache_creation_input_tokens left the 1-hour writes priced below their 5-minute price).
+        parts = min(self.cache_write_5m_tokens + self.cache_write_1h_tokens, MAX_COUNT)
+        self.cache_write_tokens = max(self.cache_write_tokens, parts)
+        if isinstance(tools := usage.get("server_tool_use"), Mapping):
+            self.web_search_requests = _largest(self.web_search_requests, tools, "web_search_requests")
+
+
+def _largest(current: int, counts: Mapping[str, Any], name: str) -> int:
+    """`current`, or the count `counts[name]` reports when larger (absent or clamped counts never lower it)."""
+    reported = usage_count(counts.get(name), name)
+    return current if reported is None else max(current, reported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +188,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
     from gateway.client_address import ClientAddress
     from gateway.dlp.findings import findings_log
     from gateway.stages.auth import Authenticate
-    from gateway.stages.budget import CheckBudget, price_of_requested
+    from gateway.stages.budget import CheckBudget, alias_of_requested, price_of_requested
     from gateway.stages.dlp import PreventDataLoss
     from gateway.stages.key_mapping import MapClaudeCodeKey
     from gateway.stages.rate_limit import CheckRateLimit
@@ -197,7 +211,9 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
         ),
         "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
-        "budget": CheckBudget(svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg)),
+        "budget": CheckBudget(
+            svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
+        ),
         "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -112,6 +113,9 @@ class UsageLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        # Claimed spill file -> how many of its rows the view was told are stored: a replay done again after the
+        # database went away mid-file must not subtract them from this process's usage a second time.
+        self._replayed: dict[Path, int] = {}
         self.written = 0
 
     @property
@@ -248,10 +252,11 @@ class UsageLog:
         self.written += len(stored)
         return len(stored)
 
-    def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:
+    def _set_aside(self, batch: list[tuple[Any, ...]], exc: Exception, *, counted: bool = True) -> None:
         # The view stops counting a row the database will never hold: it must not keep its key at 429.
         with contextlib.suppress(TypeError, ValueError):  # a row too broken to sum was never counted right
-            self._view.dropped(_amounts(batch))
+            if counted:  # a dead worker's spilled row was never counted by this process
+                self._view.dropped(_amounts(batch))
         if self._spill is None:
             log.error("usage_rows_rejected", rows=len(batch), error=repr(exc))
             return
@@ -265,17 +270,45 @@ class UsageLog:
         if not await db.ping(self._pool):  # still away: leave the files unclaimed for any process to replay
             return
         for path, ours in self._spill.claim():
-            rows = self._spill.read(path)
+            rows, unreadable = self._spill.split(path)
+            counted = self._replayed.get(path, 0)  # rows an interrupted replay of this file already told the view
             for start in range(0, len(rows), self._flush_rows):
                 chunk = rows[start : start + self._flush_rows]
-                try:
-                    await db.insert_usage(self._pool, chunk)  # ids already stored are skipped
-                except db.UNAVAILABLE:
+                if not await self._replay(chunk, ours=ours and start >= counted):
                     return  # still away: the claimed file stays ours and is replayed on a later flush
-                if ours:
-                    self._view.stored(_amounts(chunk))
+                self._replayed[path] = max(counted, start + len(chunk))
+            self._replayed.pop(path, None)
+            if unreadable:  # kept for an operator, once, as the file they came from goes
+                kept = self._spill.append_raw(unreadable, name=f"usage-unreadable-{self._spill.pid}.jsonl")
+                log.error("usage_spill_lines_unreadable", lines=len(unreadable), file=str(path), kept_in=str(kept))
             path.unlink()
             log.info("usage_spill_replayed", rows=len(rows), file=str(path))
+
+    async def _replay(self, chunk: list[tuple[Any, ...]], *, ours: bool) -> bool:
+        """Store spilled rows (ids already stored are skipped); False when the database is away again.
+
+        A row the database refuses (its key deleted since, say) is set aside alone, as in a flush.
+        """
+        assert self._pool is not None
+        try:
+            await db.insert_usage(self._pool, chunk)
+        except db.UNAVAILABLE:
+            return False
+        except Exception:  # one refused row: store the others one by one
+            stored = []
+            for row in chunk:
+                try:
+                    await db.insert_usage(self._pool, [row])
+                except db.UNAVAILABLE:
+                    return False
+                except Exception as exc:
+                    self._set_aside([row], exc, counted=ours)
+                else:
+                    stored.append(row)
+            chunk = stored
+        if ours:
+            self._view.stored(_amounts(chunk))
+        return True
 
     async def close(self) -> None:
         """Stop the flusher and write what is left (called on shutdown); if the database is away, spill it."""

@@ -75,10 +75,14 @@ class SpillDir:
 
     def append(self, rows: Sequence[Row], *, name: str | None = None) -> Path:
         """Append rows durably (flushed and fsynced before returning)."""
+        return self.append_raw([encode(r) for r in rows], name=name or self.own.name)
+
+    def append_raw(self, lines: Sequence[bytes], *, name: str) -> Path:
+        """Append lines as they are (each ending in a newline), durably."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / name if name else self.own
+        path = self.directory / name
         with open(path, "ab", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:  # usage is private
-            f.write(b"".join(encode(r) for r in rows))
+            f.write(b"".join(lines))
             f.flush()
             os.fsync(f.fileno())
         return path
@@ -114,5 +118,19 @@ class SpillDir:
 
     @staticmethod
     def read(path: Path) -> list[Row]:
+        return SpillDir.split(path)[0]
+
+    @staticmethod
+    def split(path: Path) -> tuple[list[Row], list[bytes]]:
+        """(the rows of a spill file, its lines that decode to no row): a line torn by a crash mid-append, or
+        edited by hand, must not keep the rest of the file (and every file after it) from the database."""
+        rows, unreadable = [], []
         with path.open("rb") as f:
-            return [decode(line) for line in f if line.strip()]
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(decode(line))
+                except (ValueError, TypeError, KeyError, IndexError, ArithmeticError):
+                    unreadable.append(line.rstrip(b"\n") + b"\n")
+        return rows, unreadable

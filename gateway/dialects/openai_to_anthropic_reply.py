@@ -38,7 +38,11 @@ DEFAULT_STOP_REASON = "end_turn"
 Event = tuple[str, dict[str, Any]]  # (SSE event name, data), as Anthropic streams them
 
 
-def usage_to_anthropic(usage: Mapping[str, Any] | None) -> dict[str, int]:
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def usage_to_anthropic(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     """Anthropic usage for OpenAI usage: cached prompt tokens move out of input into cache reads.
 
     >>> usage_to_anthropic({"prompt_tokens": 100, "completion_tokens": 5,
@@ -49,8 +53,11 @@ def usage_to_anthropic(usage: Mapping[str, Any] | None) -> dict[str, int]:
     details = usage.get("prompt_tokens_details")
     cached = (details.get("cached_tokens") if isinstance(details, Mapping) else None) or 0
     prompt = usage.get("prompt_tokens") or 0
+    if _number(prompt) and _number(cached):
+        prompt = max(prompt - cached, 0)
+    # else: an untrusted count that is no number goes on as it is, for the usage log to clamp (never a 500 here)
     return {
-        "input_tokens": max(prompt - cached, 0),
+        "input_tokens": prompt,
         "output_tokens": usage.get("completion_tokens") or 0,
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,  # OpenAI-compatible servers do not bill cache writes separately

@@ -8,7 +8,11 @@ and for streams a StreamTranslator that `relay_stream` (gateway/relays/stream.py
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
+
+import structlog
 
 from gateway.dialect import Dialect
 from gateway.errors import BadRequest
@@ -18,6 +22,8 @@ from gateway.relays.chat_over_anthropic import relay_chat_over_anthropic
 from gateway.relays.messages_over_openai import relay_messages_over_openai
 from gateway.relays.openai_passthrough import relay_openai
 from gateway.relays.responses_over_anthropic import relay_responses_over_anthropic
+
+log = structlog.get_logger("gateway.relay")
 
 Relay = Callable[[Exchange], Awaitable[None]]
 
@@ -38,4 +44,25 @@ async def relay(ex: Exchange) -> None:
     handler = RELAYS.get((ex.route, ex.target.provider.dialect))
     if handler is None:
         raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
-    await handler(ex)
+    if ex.billable and ex.body.get("stream") is not True:
+        await _despite_hang_up(ex, handler(ex))
+    else:
+        await handler(ex)
+
+
+async def _despite_hang_up(ex: Exchange, relaying: Awaitable[None]) -> None:
+    """Run a whole-reply relay to its end even when the caller hangs up, so its usage row holds the real counts.
+
+    The upstream generates (and bills) a whole reply whether or not anyone still waits for it, and sends it
+    only once generated: a caller that hung up just before it came would otherwise leave a 499 row of 0 tokens.
+    The row keeps the 499; a second cancellation (the server shutting down) ends the wait and the relay.
+    """
+    task = asyncio.ensure_future(relaying)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            log.info("caller_gone_awaiting_usage", request_id=ex.request_id)
+            with contextlib.suppress(Exception):  # an upstream failure now has no one to tell; the row says 499
+                await task
+        raise

@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.relays.common import forwardable_headers, json_object, relayed_headers, send, with_model
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 
 
 def _upstream_path(ex: Exchange) -> str:
@@ -49,7 +49,7 @@ async def _relay_whole(ex: Exchange, reply: UpstreamReply) -> None:
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = reply.status
     if reply.status == 200 and ex.billable:
-        ex.usage.update_from_anthropic(json_object(data).get("usage") or {})
+        bill_message(ex.usage, json_object(data))
     headers = relayed_headers(reply.headers)
     headers["Content-Type"] = reply.headers.get("Content-Type", "application/json")
     ex.response = web.Response(body=data, status=reply.status, headers=headers)

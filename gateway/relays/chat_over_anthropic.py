@@ -34,7 +34,7 @@ from gateway.relays.common import (
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
@@ -73,7 +73,7 @@ async def _openai_whole(ex: Exchange, reply: UpstreamReply, custom: frozenset[st
     message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
     with readable_upstream(ex.target.provider.name):
-        ex.usage.update_from_anthropic(message.get("usage") or {})
+        message = bill_message(ex.usage, message)  # without a usable output count, its content is billed
         body = message_to_chat_completion(
             message, model=ex.alias_name, completion_id=_completion_id(ex), created=int(time.time())
         )

@@ -24,12 +24,12 @@ from gateway.dialects.openai_to_anthropic_reply import (
     chat_completion_to_message,
     error_to_anthropic,
 )
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import answer, json_object, relay_error, send, translating
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, is_count, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
@@ -42,6 +42,10 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
     if ex.route == "count_tokens":
         _estimate_tokens(ex, translated)
         return
+    max_tokens = translated.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:  # the Messages API's own rule, and the budget's bound:
+        # without it an OpenAI-compatible server writes until the context ends while 4,096 tokens were reserved
+        raise BadRequest(f"max_tokens: must be a positive integer, got {max_tokens!r}", param="max_tokens")
     stream = translated.get("stream") is True
 
     def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
@@ -112,8 +116,8 @@ class MessagesOverOpenAI:
                 continue
             parsed = json_object(data)
             self.meter.openai_delta(parsed.get("choices"))
-            if isinstance(parsed.get("usage"), Mapping):
-                self.meter.final = True
+            if isinstance(usage := parsed.get("usage"), Mapping):
+                self.meter.final = self.meter.final or is_count(usage.get("completion_tokens"))
             events += self._translator.feed(parsed)
         self.meter.usage.update_from_anthropic(self._translator.usage)
         if any(name == "error" for name, _ in events):

@@ -18,13 +18,14 @@ from aiohttp import web
 
 from gateway.dialect import Dialect
 from gateway.dialects import sse
+from gateway.dialects.openai_to_anthropic import stream_flag
 from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
 from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import json_object, relayed_headers, send, with_model
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.common import json_object, relayed_headers, send, translating, with_model
+from gateway.relays.stream import OutputMeter, bill_completion, is_count, relay_stream
 
 log = structlog.get_logger("gateway.relay")
 
@@ -35,7 +36,8 @@ STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider fa
 
 async def relay_openai(ex: Exchange) -> None:
     assert ex.target is not None
-    stream = ex.body.get("stream") is True
+    with translating():  # `stream: 1` would stream from a lenient provider while the relay awaited a whole reply
+        stream = stream_flag(ex.body.get("stream", False)) is True
     caller_wants_usage = include_usage(ex.body)
 
     def build(target: Target) -> UpstreamCall:  # a fallback deployment gets its own model id
@@ -77,12 +79,8 @@ async def _relay_whole(ex: Exchange, reply: UpstreamReply) -> None:
     data = await reply.read()
     ex.first_byte_ns = time.perf_counter_ns()
     ex.status = reply.status
-    if reply.status == 200 and ex.billable:
-        usage = json_object(data).get("usage")
-        if isinstance(usage, dict):
-            ex.usage.update_from_anthropic(usage_to_anthropic(usage))
-        else:
-            _warn_no_usage(ex)
+    if reply.status == 200 and ex.billable and not bill_completion(ex.usage, json_object(data)):
+        _warn_no_usage(ex)
     ex.response = web.Response(body=data, status=reply.status, headers=_headers(reply, "application/json"))
 
 
@@ -135,7 +133,7 @@ class OpenAIPassthrough:
         if not isinstance(usage, dict):
             return False
         self.meter.usage.update_from_anthropic(usage_to_anthropic(usage))
-        self.meter.final = True
+        self.meter.final = self.meter.final or is_count(usage.get("completion_tokens"))
         return not choices
 
     def end(self) -> bytes:

@@ -36,7 +36,7 @@ from gateway.relays.common import (
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, relay_stream
+from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
@@ -65,7 +65,7 @@ async def _whole(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext) -> No
     message = anthropic_reply(await reply.read(), ex.target.provider.name)
     ex.first_byte_ns = time.perf_counter_ns()
     with readable_upstream(ex.target.provider.name):
-        ex.usage.update_from_anthropic(message.get("usage") or {})
+        message = bill_message(ex.usage, message)  # without a usable output count, its content is billed
         body = orjson.dumps(message_to_response(message, ctx))
     ex.status = 200
     ex.response = web.Response(body=body, content_type="application/json")

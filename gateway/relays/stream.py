@@ -23,9 +23,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from aiohttp import web
 
+from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, Usage
 from gateway.providers.base import UpstreamReply
@@ -53,18 +55,27 @@ class OutputMeter:
         self.final = False  # the provider's final output count arrived
         self.error_status: int | None = None  # an error event inside the stream
 
-    def anthropic_event(self, event: str, data: Mapping[str, Any]) -> None:
-        """Read one Anthropic stream event: usage (message_start, message_delta), deltas, an error."""
+    def anthropic_event(self, event: str, data: dict[str, Any]) -> None:
+        """Read one Anthropic stream event: usage (message_start, message_delta), deltas, an error.
+
+        The event's usage is replaced, in the parsed event only, by the clamped counts (the relayed bytes of a
+        pass-through stay the provider's), so a translator that reads it next reports what is billed.
+        """
         if event == "content_block_delta":
             self.delta(data.get("delta"))
         elif event == "message_start":
             message = data.get("message")
-            self.usage.update_from_anthropic((message.get("usage") if isinstance(message, Mapping) else None) or {})
+            if isinstance(message, dict):
+                usage = message.get("usage")
+                self.usage.update_from_anthropic(usage if isinstance(usage, Mapping) else {})
+                message["usage"] = self.usage.as_anthropic()  # what a translator reads: the clamped counts
         elif event == "message_delta":
             usage = data.get("usage")
             if isinstance(usage, Mapping):
                 self.usage.update_from_anthropic(usage)
-                self.final = self.final or usage.get("output_tokens") is not None
+                self.final = self.final or is_count(usage.get("output_tokens"))
+            if usage is not None:
+                data["usage"] = self.usage.as_anthropic()
         elif event == "error":
             error = data.get("error")
             kind = error.get("type") if isinstance(error, Mapping) else None
@@ -92,12 +103,63 @@ class OutputMeter:
                 if isinstance(function, Mapping) and isinstance(args := function.get("arguments"), str):
                     self.chars += len(args)
 
+    def content(self, blocks: Any) -> None:
+        """Count a whole Anthropic reply's content: text, thinking and tool input (as JSON)."""
+        for block in blocks if isinstance(blocks, list) else ():
+            if not isinstance(block, Mapping):
+                continue
+            for name in ("text", "thinking"):
+                if isinstance(text := block.get(name), str):
+                    self.chars += len(text)
+            if "input" in block:
+                self.chars += len(orjson.dumps(block["input"], default=str))
+
     def settle(self) -> None:
         """The stream is over: without the provider's final count, bill at least what was relayed."""
         if self.final:
             return
         self.usage.estimated = True
         self.usage.output_tokens = max(self.usage.output_tokens, estimate_tokens(self.chars))
+
+
+def bill_message(usage: Usage, message: dict[str, Any]) -> dict[str, Any]:
+    """Take a whole Anthropic reply's usage; without a usable output count, bill its content as a broken stream's
+    (CHARS_PER_TOKEN, the row marked estimated): a reply whose `output_tokens` is "lots" is not free.
+
+    Returns the message with the clamped counts as its usage, for a translator to report.
+    """
+    counts = message.get("usage")
+    counts = counts if isinstance(counts, Mapping) else {}  # a list or a string here is no usage (and no 500)
+    usage.update_from_anthropic(counts)
+    if not is_count(counts.get("output_tokens")):
+        meter = OutputMeter(usage)
+        meter.content(message.get("content"))
+        meter.settle()
+    return {**message, "usage": usage.as_anthropic()}
+
+
+def bill_completion(usage: Usage, completion: Mapping[str, Any]) -> bool:
+    """Take a whole Chat Completion's usage (False when it has none); without a usable completion count, bill
+    its choices' text as a broken stream's."""
+    counts = completion.get("usage")
+    if isinstance(counts, Mapping):
+        usage.update_from_anthropic(usage_to_anthropic(counts))
+    if not (isinstance(counts, Mapping) and is_count(counts.get("completion_tokens"))):
+        choices = completion.get("choices")
+        meter = OutputMeter(usage)
+        meter.openai_delta(
+            [{"delta": c.get("message")} for c in choices if isinstance(c, Mapping)]
+            if isinstance(choices, list)
+            else None
+        )
+        meter.settle()
+    return isinstance(counts, Mapping)
+
+
+def is_count(value: Any) -> bool:
+    """Whether an upstream's output count is a number at all: a string, boolean or negative one (clamped to 0 by
+    usage_count) is no final count, so the stream is still billed for what it relayed."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def estimate_tokens(chars: int) -> int:

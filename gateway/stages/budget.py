@@ -12,17 +12,19 @@ pass a check that none of them has yet moved (see the README's *Budgets* section
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from gateway.budgets import Amounts, UsageView
-from gateway.config import BudgetConfig, GatewayConfig, Price
+from gateway.config import BudgetConfig, GatewayConfig, ModelAlias, Price
+from gateway.dialects.thinking import NO_THINKING_EFFORTS, effort_budget
 from gateway.errors import BudgetExceeded
 from gateway.keys import Principal
 from gateway.metrics import Metrics
-from gateway.pipeline import Exchange, Next
+from gateway.pipeline import MAX_COUNT, Exchange, Next
 
 BYTES_PER_INPUT_TOKEN = 4  # a request body's JSON bytes per input token; over-reserves prose, fits code/JSON
 DEFAULT_MAX_OUTPUT = 4096  # reserved for a body that names no output limit
@@ -30,47 +32,90 @@ _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens"
 _MILLION = Decimal(1_000_000)
 
 PriceOf = Callable[[str], Price | None]
+AliasOf = Callable[[str], ModelAlias | None]
+
+
+def alias_of_requested(cfg: GatewayConfig) -> AliasOf:
+    """The alias a requested model id will be routed to (by name, then routing rule); None for a pass-through id.
+
+    Budget runs before routing, so it resolves the id the way the route stage does, for the price and limits only.
+    """
+    rules = [(rule.match, rule.alias) for rule in cfg.routing.rules]
+
+    def alias_of(requested: str) -> ModelAlias | None:
+        if (alias := cfg.models.get(requested)) is not None:
+            return alias
+        name = next((a for pattern, a in rules if fnmatch.fnmatchcase(requested, pattern)), cfg.routing.default)
+        return cfg.models.get(name or "")
+
+    return alias_of
 
 
 def price_of_requested(cfg: GatewayConfig) -> PriceOf:
-    """The price of what a requested model id will be routed to (alias, routing rule, then the id itself).
-
-    Budget runs before routing, so it resolves the id the way the route stage does, for the price only.
-    """
-    aliases = {name: alias.model for name, alias in cfg.models.items()}
-    rules = [(rule.match, rule.alias) for rule in cfg.routing.rules]
+    """The price of what a requested model id will be routed to (alias, routing rule, then the id itself)."""
+    alias_of = alias_of_requested(cfg)
 
     def price_of(requested: str) -> Price | None:
-        model = aliases.get(requested)
-        if model is None:
-            alias = next((a for pattern, a in rules if fnmatch.fnmatchcase(requested, pattern)), cfg.routing.default)
-            model = aliases.get(alias or "", requested)
-        return cfg.price_for(model)
+        alias = alias_of(requested)
+        return cfg.price_for(alias.model if alias is not None else requested)
 
     return price_of
 
 
-def reservation(ex: Exchange, price: Price | None) -> tuple[int, Decimal]:
+def reservation(ex: Exchange, price: Price | None, alias: ModelAlias | None = None) -> tuple[int, Decimal]:
     """(tokens, USD) a request may cost: input from the body's size, plus the output limit it asks for."""
     input_tokens = len(ex.raw_body) // BYTES_PER_INPUT_TOKEN
-    output = next((v for f in _MAX_OUTPUT_FIELDS if isinstance(v := ex.body.get(f), int) and v > 0), None)
-    output_tokens = output if output is not None else DEFAULT_MAX_OUTPUT
+    output_tokens = output_limit(ex.body, alias)
     if price is None:
         return input_tokens + output_tokens, Decimal(0)
     cost = (input_tokens * Decimal(str(price.input)) + output_tokens * Decimal(str(price.output))) / _MILLION
     return input_tokens + output_tokens, cost
 
 
+def output_limit(body: dict[str, Any], alias: ModelAlias | None = None) -> int:
+    """The most output tokens a body may ask for: the largest of its limit fields, else the alias's default.
+
+    The largest, not the first: a Chat body with `max_tokens: 1` and `max_completion_tokens: 64000` is sent
+    upstream with the latter. A float counts too (a lenient upstream takes 64000.0 as 64000); at most MAX_COUNT.
+    An OpenAI-dialect body without a limit is sent with the alias's `default_max_tokens`, and one with a
+    reasoning effort with at least its thinking budget plus that default (gateway/dialects/openai_to_anthropic.py).
+    """
+    limits = [
+        min(math.ceil(v), MAX_COUNT)
+        for f in _MAX_OUTPUT_FIELDS
+        if isinstance(v := body.get(f), int | float) and not isinstance(v, bool) and 0 < v < math.inf
+    ]
+    default = max(DEFAULT_MAX_OUTPUT, alias.default_max_tokens) if alias is not None else DEFAULT_MAX_OUTPUT
+    limit = max(limits, default=default)
+    if alias is not None and alias.thinking_budgets and (effort := _effort(body)) is not None:
+        budget = effort_budget(effort, alias.thinking_budgets) or max(alias.thinking_budgets.values())
+        limit = max(limit, budget + alias.default_max_tokens)
+    return limit
+
+
+def _effort(body: dict[str, Any]) -> str | None:
+    """The reasoning effort a Chat (`reasoning_effort`) or Responses (`reasoning.effort`) body asks for."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    return effort if isinstance(effort, str) and effort not in NO_THINKING_EFFORTS else None
+
+
 class CheckBudget:
     """Refuse with 429 (in the caller's dialect, with the usage figures) once a monthly limit is reached."""
 
     def __init__(
-        self, usage: UsageView, budgets: BudgetConfig, metrics: Metrics | None = None, price_of: PriceOf | None = None
+        self,
+        usage: UsageView,
+        budgets: BudgetConfig,
+        metrics: Metrics | None = None,
+        price_of: PriceOf | None = None,
+        alias_of: AliasOf | None = None,
     ) -> None:
         self._usage, self._enforce, self._metrics = usage, budgets.enforce, metrics or Metrics()
         self._default_tokens = budgets.monthly_token_limit
         self._default_usd = Decimal(str(budgets.monthly_limit_usd))
         self._price_of: PriceOf = price_of or (lambda model: None)
+        self._alias_of: AliasOf = alias_of or (lambda model: None)
         self._max_in_flight = budgets.max_in_flight_per_user
         self._in_flight: Counter[Any] = Counter()  # user id (or key id for a key without a user) -> requests
 
@@ -85,7 +130,7 @@ class CheckBudget:
         except BudgetExceeded as refused:
             self._metrics.budget_rejections.inc((refused.code,))
             raise
-        tokens, cost = reservation(ex, self._price_of(ex.alias_name))
+        tokens, cost = reservation(ex, self._price_of(ex.alias_name), self._alias_of(ex.alias_name))
         held: Amounts = self._usage.reserve(who.key_id, who.user_id, tokens, cost)
         owner = who.user_id or who.key_id
         self._in_flight[owner] += 1
