@@ -5,6 +5,7 @@ The schema itself lives in numbered files in `sql/`; `migrate()` applies them in
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -130,18 +131,32 @@ async def insert_key(
 
 
 async def find_key(pool: asyncpg.Pool, lookup_id: str) -> KeyRow | None:
-    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id, timeout=LOOKUP_TIMEOUT_S)
+    row = await _looked_up(pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id, timeout=LOOKUP_TIMEOUT_S))
     return _key(row) if row else None
 
 
 async def find_key_by_claudecode_hmac(pool: asyncpg.Pool, token_hmac: bytes) -> KeyRow | None:
     """The live gateway key of the (undeleted) user whose Claude Code token has this HMAC."""
-    row = await pool.fetchrow(
-        _KEY_SELECT + " WHERE u.claudecode_key_hmac = $1 AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
-        token_hmac,
-        timeout=LOOKUP_TIMEOUT_S,
+    row = await _looked_up(
+        pool.fetchrow(
+            _KEY_SELECT + " WHERE u.claudecode_key_hmac = $1 AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
+            token_hmac,
+            timeout=LOOKUP_TIMEOUT_S,
+        )
     )
     return _key(row) if row else None
+
+
+async def _looked_up(query: Awaitable[asyncpg.Record | None]) -> asyncpg.Record | None:
+    """`query`'s row, or TimeoutError after LOOKUP_TIMEOUT_S however long asyncpg then takes to clean up.
+
+    On a database that stops answering (rather than dropping the connection), a timed-out query is followed by
+    a cancel request and the pool's reset of the connection, each waiting in turn: a known key took 33 s to
+    authenticate from the cache. The clean-up finishes in the background instead.
+    """
+    task = asyncio.ensure_future(query)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never "never retrieved"
+    return await asyncio.wait_for(asyncio.shield(task), LOOKUP_TIMEOUT_S)
 
 
 async def list_keys(pool: asyncpg.Pool) -> list[KeyRow]:
