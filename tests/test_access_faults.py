@@ -58,3 +58,39 @@ async def test_a_database_that_stops_answering_delays_a_known_key_by_the_lookup_
     )
     assert status == 200 and took < 10  # before: 33 s (the query's timeout, then its cancel and the pool's reset)
     assert unknown_status == 503 and "database is unreachable" in body["error"]["message"] and unknown_took < 10
+
+
+# --- credentials that are not UTF-8 ---------------------------------------------------------------------------
+
+
+async def raw_exchange(server: TestServer, request: bytes) -> bytes:
+    """Send `request` as bytes (aiohttp's client would refuse to) and read the answer to the end."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(request)
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("credential", [b"x-api-key: \xff\xfe", b"Authorization: Bearer gw-0123456789abcdef_\xff"])
+@pytest.mark.parametrize(
+    ("method", "path", "error"),
+    [
+        (b"POST", b"/v1/messages", b'"type":"authentication_error"'),
+        (b"POST", b"/v1/chat/completions", b'"code":"invalid_api_key"'),
+        (b"GET", b"/v1/models", b'"type":"authentication_error"'),
+        (b"GET", b"/v1/user-api-keys", b'{"error":"invalid API key'),
+        (b"GET", b"/metrics", b'"code":"invalid_api_key"'),
+    ],
+)
+async def test_a_key_that_is_not_utf8_is_a_401_not_a_500(
+    gateway: TestServer, capsys: pytest.CaptureFixture[str], credential: bytes, method: bytes, path: bytes, error: bytes
+) -> None:
+    body = b'{"model": "claude-fast", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    request = b"%s %s HTTP/1.1\r\nHost: gw\r\n%s\r\nContent-Type: application/json\r\n" % (method, path, credential)
+    answer = await raw_exchange(
+        gateway, request + b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
+    assert answer.startswith(b"HTTP/1.1 401 ") and error in answer  # before: 500, a UnicodeEncodeError hashing it
+    assert "Traceback" not in capsys.readouterr().err

@@ -26,6 +26,15 @@ def presented_credential(headers: object) -> str | None:
     return None
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether a header value was valid UTF-8: aiohttp keeps other bytes as lone surrogates, which no hash takes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class EnvAdminKey:
     """GATEWAY_ADMIN_KEY: an admin key that lives in the environment (its row in api_keys carries its usage)."""
@@ -60,6 +69,8 @@ class Authenticate:
         credential = presented_credential(ex.request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
+        if not credential.isascii() and not _is_utf8(credential):
+            raise Unauthenticated("invalid API key: it is not valid UTF-8")
         ex.credential = credential
         if self._env_admin is not None and hmac.compare_digest(credential.encode(), self._env_admin.key):
             ex.principal = self._env_admin.principal
