@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.providers.base import REDACTED, _Chunks
 from gateway.state import SERVICES
-from tests.conftest import GatewayFactory
+from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -94,3 +95,35 @@ async def test_a_key_that_is_not_utf8_is_a_401_not_a_500(
     )
     assert answer.startswith(b"HTTP/1.1 401 ") and error in answer  # before: 500, a UnicodeEncodeError hashing it
     assert "Traceback" not in capsys.readouterr().err
+
+
+# --- the provider's key, split across reads ------------------------------------------------------------------
+
+
+class Reads:
+    """An upstream body as the network hands it over: `readany` returns one piece at a time."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self._pieces = [piece for piece in pieces if piece]  # b"" is the end of the body
+
+    async def readany(self) -> bytes:
+        return self._pieces.pop(0) if self._pieces else b""
+
+
+async def relayed(*pieces: bytes) -> list[bytes]:
+    return [chunk async for chunk in _Chunks("anthropic", Reads(*pieces), UPSTREAM_KEY.encode())]  # type: ignore[arg-type]
+
+
+async def test_the_provider_key_split_across_reads_is_masked_at_every_split() -> None:
+    stream = b'data: {"type":"error","error":{"message":"invalid x-api-key: ' + UPSTREAM_KEY.encode() + b'"}}\n\n'
+    at = stream.index(UPSTREAM_KEY.encode())
+    for split in range(at, at + len(UPSTREAM_KEY) + 1):
+        for second in (split, split + 1, split + 7):  # two reads, or three with a short one in the middle
+            chunks = await relayed(stream[:split], stream[split:second], stream[second:])
+            assert b"".join(chunks) == stream.replace(UPSTREAM_KEY.encode(), REDACTED), split  # before: the key
+            assert all(chunks)  # no empty chunk reaches a relay
+
+
+async def test_a_stream_without_the_key_is_relayed_read_for_read() -> None:
+    pieces = (b"event: ping\ndata: {}\n\n", b'data: {"text":"sk"}\n\n', b"data: s", b"k-ant-up")  # key-like endings
+    assert await relayed(*pieces) == [pieces[0], pieces[1], b"data: ", b"sk-ant-up"]  # only a possible start waits
