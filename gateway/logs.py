@@ -13,6 +13,15 @@ from gateway.config import LoggingConfig
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+def console_renderer(*, colors: bool) -> structlog.dev.ConsoleRenderer:
+    """Readable lines; a traceback without its frames' local variables, which hold the caller's key, the
+    provider's request headers and the prompt (structlog's rich tracebacks show them by default)."""
+    if structlog.dev.rich is None:
+        return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
+    formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)
+
+
 def configure_logging(cfg: LoggingConfig) -> None:
     use_json = cfg.format == "json" or (cfg.format == "auto" and not sys.stderr.isatty())
     shared: list[structlog.types.Processor] = [
@@ -25,7 +34,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
         factory: structlog.types.WrapperClass | None = None
         logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        processors = [*shared, console_renderer(colors=sys.stderr.isatty())]
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     factory = structlog.make_filtering_bound_logger(_LEVELS[cfg.level])
     structlog.configure(

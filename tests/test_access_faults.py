@@ -7,6 +7,7 @@ instead of going away, an upstream that splits its echoed key across reads, IPv6
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.logs import console_renderer
 from gateway.providers.base import REDACTED, _Chunks
 from gateway.state import SERVICES
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
@@ -127,3 +129,19 @@ async def test_the_provider_key_split_across_reads_is_masked_at_every_split() ->
 async def test_a_stream_without_the_key_is_relayed_read_for_read() -> None:
     pieces = (b"event: ping\ndata: {}\n\n", b'data: {"text":"sk"}\n\n', b"data: s", b"k-ant-up")  # key-like endings
     assert await relayed(*pieces) == [pieces[0], pieces[1], b"data: ", b"sk-ant-up"]  # only a possible start waits
+
+
+# --- tracebacks on a terminal ---------------------------------------------------------------------------------
+
+
+def test_a_traceback_on_the_terminal_shows_no_local_variable() -> None:
+    def send(api_key: str) -> None:
+        headers = {"x-api-key": api_key}
+        raise RuntimeError(f"a bug with {len(headers)} header")
+
+    try:
+        send(UPSTREAM_KEY)
+    except RuntimeError:
+        line = console_renderer(colors=False)(None, "error", {"event": "unhandled_error", "exc_info": sys.exc_info()})
+    assert "a bug with 1 header" in line and "send" in line  # the traceback is there
+    assert UPSTREAM_KEY not in line  # before: rich printed every frame's locals, the key among them
