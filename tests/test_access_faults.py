@@ -145,3 +145,24 @@ def test_a_traceback_on_the_terminal_shows_no_local_variable() -> None:
         line = console_renderer(colors=False)(None, "error", {"event": "unhandled_error", "exc_info": sys.exc_info()})
     assert "a bug with 1 header" in line and "send" in line  # the traceback is there
     assert UPSTREAM_KEY not in line  # before: rich printed every frame's locals, the key among them
+
+
+# --- an IPv6 guesser rotating through its /64 -----------------------------------------------------------------
+
+
+async def test_an_ipv6_guesser_rotating_addresses_in_its_64_is_throttled(
+    make_gateway: GatewayFactory, make_key: Any
+) -> None:
+    server = await make_gateway(server={"trusted_proxies": ["127.0.0.1/32"], "auth_failures_per_minute": 3})
+    key, row = await make_key("victim")
+    url = str(server.make_url("/v1/messages"))
+
+    async def attempt(credential: str, client: str) -> int:
+        headers = {"x-api-key": credential, "X-Forwarded-For": client}  # as a trusted proxy (127.0.0.1) names it
+        async with aiohttp.ClientSession() as s, s.post(url, json=BODY, headers=headers) as r:
+            return r.status
+
+    statuses = [await attempt(f"gw-{row.lookup_id}_wrong{i}", f"2001:db8:1:2::{i:x}") for i in range(1, 8)]
+    assert statuses[:3] == [401] * 3 and set(statuses[3:]) == {429}  # before: 401 each, a fresh allowance each
+    assert await attempt(f"gw-{row.lookup_id}_wrong", "2001:db8:1:3::1") == 401  # the next /64 is someone else
+    assert await attempt(key, "2001:db8:1:3::1") == 200

@@ -86,7 +86,7 @@ class Authenticate:
         Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
         cheap indexed miss, then remembered) cannot push a real guesser's record out of it.
         """
-        subject = (self._client_address(ex.request), lookup_id)
+        subject = (self._client_address.guesser(ex.request), lookup_id)
         earlier = self._throttle.attempt(subject)
         try:
             principal = await self._keys.principal_for(credential, priority=earlier)
