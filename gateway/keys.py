@@ -132,6 +132,13 @@ class KeyCache:
         hit = self._verified.get(fingerprint(key))
         return hit.principal if hit is not None and hit.expires_at > self._clock() else None
 
+    def verified_before(self, key: str) -> bool:
+        """Whether `key` passed bcrypt here and was not refused since (its verdict may have expired).
+
+        Checking it again is a row read and a hash comparison, never a bcrypt: no guess, nothing to throttle.
+        """
+        return fingerprint(key) in self._verified
+
     async def principal_for(self, key: str, *, priority: int = 0) -> Principal | None:
         """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked.
 

@@ -166,3 +166,19 @@ async def test_an_ipv6_guesser_rotating_addresses_in_its_64_is_throttled(
     assert statuses[:3] == [401] * 3 and set(statuses[3:]) == {429}  # before: 401 each, a fresh allowance each
     assert await attempt(f"gw-{row.lookup_id}_wrong", "2001:db8:1:3::1") == 401  # the next /64 is someone else
     assert await attempt(key, "2001:db8:1:3::1") == 200
+
+
+# --- a guesser behind the same NAT as the key's owner ---------------------------------------------------------
+
+
+async def test_a_key_verified_before_is_not_refused_for_a_neighbours_guesses_at_it(
+    make_gateway: GatewayFactory, make_key: Any
+) -> None:
+    server = await make_gateway(server={"auth_failures_per_minute": 3}, auth={"cache_ttl_s": 0.1})
+    key, row = await make_key("victim")
+    assert (await post(server, key))[0] == 200  # the owner, verified once
+    for i in range(3):  # someone behind the same address guesses at the owner's (public) prefix
+        assert (await post(server, f"gw-{row.lookup_id}_wrong{i}"))[0] == 401
+    assert (await post(server, f"gw-{row.lookup_id}_wrong"))[0] == 429
+    await asyncio.sleep(0.2)  # the owner's verdict expires: checking it again needs a row read, no bcrypt
+    assert (await post(server, key))[0] == 200  # before: 429, the guesser's count refused the owner

@@ -84,8 +84,13 @@ class Authenticate:
         """One counted guess: kept when the secret is wrong for a live key, withdrawn in every other outcome.
 
         Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
-        cheap indexed miss, then remembered) cannot push a real guesser's record out of it.
+        cheap indexed miss, then remembered) cannot push a real guesser's record out of it. A key verified
+        before is no guess: a neighbour's guesses at its (public) prefix from the same address never refuse it.
         """
+        if self._keys.verified_before(credential):
+            if (principal := await self._keys.principal_for(credential)) is None:
+                raise Unauthenticated("invalid or revoked API key")
+            return principal
         subject = (self._client_address.guesser(ex.request), lookup_id)
         earlier = self._throttle.attempt(subject)
         try:
