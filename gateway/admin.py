@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
 from gateway.services import Services
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -124,7 +124,8 @@ def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitabl
             admin = await _authenticate(request)
             if not admin.is_admin:
                 raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
-            return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
+            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
+                return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
         except AdminError as err:
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape

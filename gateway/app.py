@@ -41,7 +41,7 @@ from gateway.pipeline import Exchange
 from gateway.runtime import Runtime, build_runtime, reload_config
 from gateway.services import Services, open_services
 from gateway.stages.usage_log import CLIENT_CLOSED
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 log = structlog.get_logger("gateway")
 
@@ -102,14 +102,13 @@ class ConcurrencyLimit:
     """At most `limit` API requests in progress on this worker; the next gets a clean 503 at once.
 
     Queueing them instead would only turn overload into timeouts; a 503 lets clients (and a load balancer)
-    retry elsewhere. Model routes take their slot in the handler, after authentication, so callers without
-    a valid key (slow bodies, floods) never hold one; the middleware covers the other /v1/ routes. Probes
-    (/health, /) are never refused.
+    retry elsewhere. Every /v1/ route takes its slot in the handler, after authentication (`app[SLOTS]`), so
+    callers without a valid key (slow bodies, floods, guesses waiting on the database or bcrypt) never hold
+    one. Probes (/health, /) are never refused.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.in_progress = limit, 0
-        self.own_slot_paths: set[str] = set()  # routes whose handler takes its slot itself (after auth)
 
     def __enter__(self) -> None:
         if self.in_progress >= self.limit:
@@ -121,13 +120,6 @@ class ConcurrencyLimit:
 
     def __exit__(self, *exc_info: object) -> None:
         self.in_progress -= 1
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/v1/") or request.path in self.own_slot_paths:
-            return await handler(request)
-        with self:
-            return await handler(request)
 
 
 # --- the pipeline routes ---------------------------------------------------------------------------
@@ -328,8 +320,8 @@ async def models(request: web.Request) -> web.StreamResponse:
     ex = Exchange(dialect_of(request), "models", request, b"", {}, request[REQUEST_ID], billable=False)
     runtime = request.app[RUNTIME]
     await runtime.auth_pipeline(ex)
-    cfg = runtime.config
-    body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
+    with request.app[SLOTS]:
+        body, status = list_models(runtime.config.models, ex.dialect, request.match_info.get("model_id"))
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
@@ -417,7 +409,8 @@ def build_app(
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
     slots = ConcurrencyLimit(cfg.server.max_concurrency)
-    app = web.Application(middlewares=[error_edge, slots.middleware], client_max_size=cfg.server.max_body_bytes)
+    app = web.Application(middlewares=[error_edge], client_max_size=cfg.server.max_body_bytes)
+    app[SLOTS] = slots
 
     async def services_ctx(app: web.Application) -> Any:
         svc = await open_services(cfg, dsn=dsn, clock=clock)
@@ -440,7 +433,6 @@ def build_app(
     for path, dialect, route, billable in MODEL_ROUTES:
         handler = pipeline_handler(dialect, route, billable=billable, slots=slots)
         app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
-        slots.own_slot_paths.add(path)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
     app.router.add_get("/health", health)

@@ -182,3 +182,29 @@ async def test_a_key_verified_before_is_not_refused_for_a_neighbours_guesses_at_
     assert (await post(server, f"gw-{row.lookup_id}_wrong"))[0] == 429
     await asyncio.sleep(0.2)  # the owner's verdict expires: checking it again needs a row read, no bcrypt
     assert (await post(server, key))[0] == 200  # before: 429, the guesser's count refused the owner
+
+
+# --- unauthenticated requests on the other /v1/ routes hold no slot -----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/user-api-keys"])
+async def test_unauthenticated_requests_waiting_on_auth_hold_no_slot_on_any_route(
+    make_gateway: GatewayFactory, db_proxy: TcpProxy, database_url: str, make_key: Any, path: str
+) -> None:
+    server = await make_gateway(dsn=through(database_url, db_proxy.port), server={"max_concurrency": 3})
+    key, _ = await make_key("owner")
+    assert (await post(server, key))[0] == 200  # verified: answered from memory from now on
+    db_proxy.freeze()  # each made-up prefix now waits LOOKUP_TIMEOUT_S for its lookup
+
+    async def made_up(i: int) -> int:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(str(server.make_url(path)), headers={"x-api-key": f"gw-{i:016x}_guess"}) as r,
+        ):
+            return r.status
+
+    waiting = [asyncio.create_task(made_up(i)) for i in range(3)]
+    await asyncio.sleep(0.5)
+    status, body, _ = await post(server, key)
+    assert status == 200, body  # before: 503, every slot held by a caller not yet authenticated
+    assert await asyncio.gather(*waiting) == [503] * 3  # the database is unreachable: their keys cannot be checked
