@@ -16,11 +16,13 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.config import ConfigError, parse_config
 from gateway.logs import console_renderer
 from gateway.providers.base import REDACTED, _Chunks
 from gateway.state import SERVICES
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
+from tests.test_config import MINIMAL
 
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -208,3 +210,13 @@ async def test_unauthenticated_requests_waiting_on_auth_hold_no_slot_on_any_rout
     status, body, _ = await post(server, key)
     assert status == 200, body  # before: 503, every slot held by a caller not yet authenticated
     assert await asyncio.gather(*waiting) == [503] * 3  # the database is unreachable: their keys cannot be checked
+
+
+# --- a careless operator trusts every address as a proxy ------------------------------------------------------
+
+
+@pytest.mark.parametrize("everyone", ["0.0.0.0/0", "::/0", "10.0.0.0/8, 0.0.0.0/0"])
+def test_trusting_every_address_as_a_proxy_is_refused_at_start(everyone: str) -> None:
+    raw = {**MINIMAL, "server": {"trusted_proxies": everyone}}  # before: accepted, and every client named itself
+    with pytest.raises(ConfigError, match=r"server\.trusted_proxies: '.*/0' trusts every address"):
+        parse_config(raw, {})
