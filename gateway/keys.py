@@ -185,6 +185,15 @@ class KeyCache:
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
 
+    def when_checked(self, key: str, then: Callable[[], None]) -> None:
+        """Call `then` once the check of `key` in progress has ended (at once if none is): its callers may be gone,
+        but the check runs on, and its verdict (see `guessed_a_secret`) still counts."""
+        pending = self._pending.get(fingerprint(key))
+        if pending is None:
+            then()
+        else:
+            pending.add_done_callback(lambda _: then())
+
     def guessed_a_secret(self, key: str) -> bool:
         """Whether `key` was refused as a wrong secret for a live key (not an unknown or revoked prefix)."""
         refused = self._refused.get(fingerprint(key))

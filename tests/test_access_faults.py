@@ -10,18 +10,24 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway import db
+from gateway.app import build_app
 from gateway.config import ConfigError, parse_config
+from gateway.keys import generate_key
 from gateway.logs import console_renderer
 from gateway.providers.base import REDACTED, _Chunks
 from gateway.state import SERVICES
-from tests.conftest import UPSTREAM_KEY, GatewayFactory
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
+from tests.fakes.upstream import FakeUpstream
 from tests.test_config import MINIMAL
 
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -220,3 +226,36 @@ def test_trusting_every_address_as_a_proxy_is_refused_at_start(everyone: str) ->
     raw = {**MINIMAL, "server": {"trusted_proxies": everyone}}  # before: accepted, and every client named itself
     with pytest.raises(ConfigError, match=r"server\.trusted_proxies: '.*/0' trusts every address"):
         parse_config(raw, {})
+
+
+# --- a guesser who hangs up before the verdict ----------------------------------------------------------------
+
+
+async def test_a_guess_whose_caller_hangs_up_is_still_counted(
+    upstream: FakeUpstream, database_url: str, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    cfg = gateway_config(
+        upstream.url, server={"auth_failures_per_minute": 3}, usage_log={"spill_dir": str(tmp_path / "spill")}
+    )
+    server = TestServer(build_app(cfg, dsn=database_url), handler_cancellation=True)  # as `gateway serve` runs it
+    await server.start_server()
+    slow = generate_key(rounds=12)  # a real key's bcrypt: ~0.25 s, time enough to hang up in
+    await db.insert_key(pool, lookup_id=slow.lookup_id, key_hash=slow.key_hash, name="victim", is_admin=False)
+    url = str(server.make_url("/v1/messages"))
+
+    async def guess(secret: str, *, hang_up: bool) -> int | None:
+        timeout = aiohttp.ClientTimeout(total=0.05 if hang_up else 30)
+        headers = {"x-api-key": f"gw-{slow.lookup_id}_{secret}"}
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as s, s.post(url, json=BODY, headers=headers) as r:
+                return r.status
+        except TimeoutError:
+            return None  # hung up before the verdict; the bcrypt runs on (shielded) and refuses it
+
+    try:
+        for i in range(4):
+            await guess(f"wrong{i}", hang_up=True)
+        await asyncio.sleep(2)  # the checks finish without a caller to answer
+        assert await guess("wrong-again", hang_up=False) == 429  # before: 401, a hang-up took its guess back
+    finally:
+        await server.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass, field
 
@@ -95,12 +96,18 @@ class Authenticate:
         earlier = self._throttle.attempt(subject)
         try:
             principal = await self._keys.principal_for(credential, priority=earlier)
-        except BaseException:  # 503 (database away, bcrypt saturated) or a hang-up: no verdict, no count
+        except asyncio.CancelledError:  # a hang-up: the check runs on without its caller, and its verdict counts
+            self._keys.when_checked(credential, lambda: self._settle(subject, credential))
+            raise
+        except BaseException:  # 503 (database away, bcrypt saturated): no verdict, no count
             self._throttle.withdraw(subject)
             raise
+        self._settle(subject, credential)
         if principal is None:
-            if not self._keys.guessed_a_secret(credential):  # no such live key: nothing to guess at, no trace
-                self._throttle.withdraw(subject)
             raise Unauthenticated("invalid or revoked API key")
-        self._throttle.withdraw(subject)
         return principal
+
+    def _settle(self, subject: tuple[str, str], credential: str) -> None:
+        """Keep the guess counted only if it was a wrong secret for a live key (no such key: nothing to guess at)."""
+        if not self._keys.guessed_a_secret(credential):
+            self._throttle.withdraw(subject)
