@@ -180,6 +180,8 @@ async def read_json_body(
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
+    if EXPECT in request.headers:  # only now invite the body: authenticated, and not refused by its headers
+        await _send_continue(request)
     try:
         if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
             raw = await request.read()
@@ -230,8 +232,6 @@ def pipeline_handler(
         try:
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
-                if EXPECT in request.headers:  # only now invite the body (see continue_after_auth)
-                    await _send_continue(request)
                 ex.raw_body, ex.body, ex.sketched = await read_json_body(
                     request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
                 )

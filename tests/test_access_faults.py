@@ -259,3 +259,27 @@ async def test_a_guess_whose_caller_hangs_up_is_still_counted(
         assert await guess("wrong-again", hang_up=False) == 429  # before: 401, a hang-up took its guess back
     finally:
         await server.close()
+
+
+# --- 100 Continue invites no body the gateway will refuse -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "refusal"),
+    [
+        (b"Content-Type: application/json\r\nContent-Length: 1001\r\n", b"HTTP/1.1 413 "),
+        (b"Content-Type: text/plain\r\nContent-Length: 10\r\n", b"HTTP/1.1 415 "),
+    ],
+    ids=["over-the-limit", "not-json"],
+)
+async def test_100_continue_is_not_sent_for_a_body_its_headers_already_refuse(
+    make_gateway: GatewayFactory, key: str, headers: bytes, refusal: bytes
+) -> None:
+    server = await make_gateway(server={"max_body_bytes": 1000})
+    request = b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\nx-api-key: %s\r\nExpect: 100-continue\r\n" % key.encode()
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(request + headers + b"\r\n")  # and waits for the 100, sending no body
+    async with asyncio.timeout(10):
+        status_line = await reader.readuntil(b"\r\n")
+    writer.close()
+    assert status_line.startswith(refusal)  # before: "HTTP/1.1 100 Continue" first, inviting a body to refuse
