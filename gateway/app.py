@@ -157,8 +157,8 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
     try:
         model = orjson.loads(match.group(1))
         rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
-    except (orjson.JSONDecodeError, msgspec.DecodeError):
-        return None  # not JSON (a bad escape, a lone surrogate...): the full parse says why, as a 400
+    except (orjson.JSONDecodeError, msgspec.DecodeError, RecursionError):  # msgspec: RecursionError when too deep
+        return None  # not JSON (a bad escape, a lone surrogate, nesting too deep...): the full parse says why, as a 400
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')
     sketch = {"model": model, "stream": rest.stream is True}

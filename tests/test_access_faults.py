@@ -283,3 +283,15 @@ async def test_100_continue_is_not_sent_for_a_body_its_headers_already_refuse(
         status_line = await reader.readuntil(b"\r\n")
     writer.close()
     assert status_line.startswith(refusal)  # before: "HTTP/1.1 100 Continue" first, inviting a body to refuse
+
+
+# --- a body nested too deep -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens", "/v1/chat/completions"])
+async def test_a_body_nested_too_deep_is_a_400_not_a_500(gateway: TestServer, key: str, path: str) -> None:
+    deep = b'{"model": "claude-fast", "max_tokens": 5, "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    headers = {"x-api-key": key, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.post(str(gateway.make_url(path)), data=deep, headers=headers) as r:
+        assert r.status == 400, await r.text()  # before: 500 on the Anthropic routes (msgspec's RecursionError)
+        assert "not valid JSON" in str(await r.json())
