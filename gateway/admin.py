@@ -130,6 +130,10 @@ def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitabl
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape
             return _json({"error": err.message}, err.status_for(Dialect.OPENAI))
+        except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
+            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
+            response.headers["Retry-After"] = "5"
+            return response
 
     return guarded
 

@@ -295,3 +295,24 @@ async def test_a_body_nested_too_deep_is_a_400_not_a_500(gateway: TestServer, ke
     async with aiohttp.ClientSession() as s, s.post(str(gateway.make_url(path)), data=deep, headers=headers) as r:
         assert r.status == 400, await r.text()  # before: 500 on the Anthropic routes (msgspec's RecursionError)
         assert "not valid JSON" in str(await r.json())
+
+
+# --- the management API while the database is away ------------------------------------------------------------
+
+
+async def test_the_management_api_answers_503_while_the_database_is_away(
+    make_gateway: GatewayFactory, db_proxy: TcpProxy, database_url: str, make_key: Any
+) -> None:
+    server = await make_gateway(dsn=through(database_url, db_proxy.port))
+    admin, _ = await make_key("root", admin=True)
+    url, headers = str(server.make_url("/v1/user-api-keys")), {"x-api-key": admin}
+    user = {"email": "a@example.com", "firstname": "A", "lastname": "B", "claudecodeUserKey": "sk-ant-oat01-abcdef"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url, headers=headers) as r:
+            assert r.status == 200  # the admin key verified, now answered from memory
+        await db_proxy.cut()
+        for method, path, body in [("GET", "", None), ("GET", "/usage", None), ("POST", "", user)]:
+            async with s.request(method, url + path, headers=headers, json=body) as r:
+                assert r.status == 503, await r.text()  # before: 500, an OSError from the pool
+                assert await r.json() == {"error": "the gateway's database is unreachable; retry shortly"}
+                assert r.headers["Retry-After"] == "5"
