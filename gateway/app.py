@@ -383,10 +383,22 @@ def openapi_document() -> Handler:
     return serve
 
 
-async def health(request: web.Request) -> web.Response:
-    ok = await db.ping(request.app[SERVICES].pool)
-    body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
-    return web.json_response(body, status=200 if ok else 503)
+def health_check() -> Handler:
+    """GET /health: a database ping, one at a time; callers arriving meanwhile share its answer.
+
+    /health needs no key, so a flood of it must not take the pool's connections from the key lookups.
+    """
+    ping: asyncio.Future[bool] | None = None
+
+    async def health(request: web.Request) -> web.Response:
+        nonlocal ping
+        if ping is None or ping.done():
+            ping = asyncio.ensure_future(db.ping(request.app[SERVICES].pool))
+        ok = await asyncio.shield(ping)  # a caller gone does not cancel the others' answer
+        body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
+        return web.json_response(body, status=200 if ok else 503)
+
+    return health
 
 
 # --- assembly ----------------------------------------------------------------------------------------
@@ -435,7 +447,7 @@ def build_app(
         app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_check())
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_document())
     admin.add_routes(app)

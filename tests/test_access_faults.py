@@ -316,3 +316,30 @@ async def test_the_management_api_answers_503_while_the_database_is_away(
                 assert r.status == 503, await r.text()  # before: 500, an OSError from the pool
                 assert await r.json() == {"error": "the gateway's database is unreachable; retry shortly"}
                 assert r.headers["Retry-After"] == "5"
+
+
+# --- a flood of /health (no key needed) ---------------------------------------------------------------------
+
+
+async def test_a_flood_of_health_checks_runs_one_ping_at_a_time_and_answers_in_bounded_time(
+    make_gateway: GatewayFactory, db_proxy: TcpProxy, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await make_gateway(dsn=through(database_url, db_proxy.port))
+    pings, ping = [], db.ping
+
+    async def counted(pool: asyncpg.Pool) -> bool:
+        pings.append(pool)
+        return await ping(pool)
+
+    monkeypatch.setattr(db, "ping", counted)
+    await server.app[SERVICES].usage_log.flush()
+    db_proxy.freeze()  # each ping now waits for its timeout: the flood arrives while the first is in flight
+
+    async def check() -> int:
+        async with aiohttp.ClientSession() as s, s.get(str(server.make_url("/health"))) as r:
+            return r.status
+
+    started = time.monotonic()
+    statuses = await asyncio.gather(*(check() for _ in range(30)))
+    assert statuses == [503] * 30 and time.monotonic() - started < 10  # each within the ping's own timeout
+    assert len(pings) <= 2  # before: 30, each holding or waiting for one of the pool's connections
