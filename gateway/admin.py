@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
 
 from gateway import db
 from gateway.budgets import month_of
@@ -116,14 +117,22 @@ async def _authenticate(request: web.Request) -> Principal:
     return ex.principal
 
 
-def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]]) -> Handler:
-    """Authenticate, require an admin key, and answer every failure as {"error": "..."}."""
+def admin_only(
+    handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]],
+    send_continue: Callable[[web.Request], Awaitable[None]],
+) -> Handler:
+    """Authenticate, require an admin key, and answer every failure as {"error": "..."}.
+
+    `Expect: 100-continue` is answered only once the caller proved to be an admin (see continue_after_auth).
+    """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
             admin = await _authenticate(request)
             if not admin.is_admin:
                 raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
+            if EXPECT in request.headers:
+                await send_continue(request)
             with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
                 return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
         except AdminError as err:
@@ -323,11 +332,17 @@ def _history_entry(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application) -> None:
-    api = UserKeysApi
-    app.router.add_post("/v1/user-api-keys", admin_only(api.create))
-    app.router.add_get("/v1/user-api-keys", admin_only(api.list))
-    app.router.add_get("/v1/user-api-keys/usage", admin_only(api.usage))
-    app.router.add_delete("/v1/user-api-keys/{id}", admin_only(api.delete))
-    app.router.add_post("/v1/user-api-keys/{id}/regenerate", admin_only(api.regenerate))
-    app.router.add_post("/v1/user-api-keys/{id}/increase-token-limit", admin_only(api.increase_token_limit))
-    app.router.add_get("/v1/user-api-keys/{id}/usage-history", admin_only(api.usage_history))
+    from gateway.app import _send_continue, continue_after_auth  # here: gateway.app imports this module
+
+    api, routes = UserKeysApi, app.router
+    add = {"GET": routes.add_get, "POST": routes.add_post, "DELETE": routes.add_delete}  # add_get: HEAD too
+    for method, path, handler in (
+        ("POST", "/v1/user-api-keys", api.create),
+        ("GET", "/v1/user-api-keys", api.list),
+        ("GET", "/v1/user-api-keys/usage", api.usage),
+        ("DELETE", "/v1/user-api-keys/{id}", api.delete),
+        ("POST", "/v1/user-api-keys/{id}/regenerate", api.regenerate),
+        ("POST", "/v1/user-api-keys/{id}/increase-token-limit", api.increase_token_limit),
+        ("GET", "/v1/user-api-keys/{id}/usage-history", api.usage_history),
+    ):  # no 100 Continue before authentication: a body for a caller refused is never invited
+        add[method](path, admin_only(handler, _send_continue), expect_handler=continue_after_auth)

@@ -343,3 +343,35 @@ async def test_a_flood_of_health_checks_runs_one_ping_at_a_time_and_answers_in_b
     statuses = await asyncio.gather(*(check() for _ in range(30)))
     assert statuses == [503] * 30 and time.monotonic() - started < 10  # each within the ping's own timeout
     assert len(pings) <= 2  # before: 30, each holding or waiting for one of the pool's connections
+
+
+# --- the management API sends 100 Continue only to an admin ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("who", "status_line"), [("nobody", b"HTTP/1.1 401 "), ("user", b"HTTP/1.1 403 ")])
+async def test_the_management_api_invites_no_body_before_the_caller_proves_to_be_an_admin(
+    gateway: TestServer, key: str, who: str, status_line: bytes
+) -> None:
+    credential = key if who == "user" else "gw-0123456789abcdef_guess"
+    request = b"POST /v1/user-api-keys HTTP/1.1\r\nHost: gw\r\nx-api-key: %s\r\nExpect: 100-continue\r\n" % (
+        credential.encode()
+    )
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(request + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n")  # waits for 100
+    async with asyncio.timeout(10):
+        first = await reader.readuntil(b"\r\n")
+    writer.close()
+    assert first.startswith(status_line)  # before: "HTTP/1.1 100 Continue", a body invited to be refused
+
+
+async def test_the_management_api_sends_100_continue_to_an_admin(gateway: TestServer, make_key: Any) -> None:
+    admin, _ = await make_key("root", admin=True)
+    body = b'{"email": "c@example.com", "firstname": "C", "lastname": "D", "claudecodeUserKey": "sk-ant-oat01-xyz"}'
+    head = b"POST /v1/user-api-keys HTTP/1.1\r\nHost: gw\r\nx-api-key: %s\r\nExpect: 100-continue\r\n" % admin.encode()
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    async with asyncio.timeout(10):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 201 ")
+    writer.close()
