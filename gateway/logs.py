@@ -7,6 +7,7 @@ import sys
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import LoggingConfig
 
@@ -42,3 +43,11 @@ def configure_logging(cfg: LoggingConfig) -> None:
     )
     # aiohttp's own loggers (unhandled errors, client disconnects) go to stderr at warning and above
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(not_a_malformed_request)
+
+
+def not_a_malformed_request(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's ERROR for a request it could not parse (it answered 400): that is the client's fault, any
+    scanner on the internet can fill the log with it, and it quotes the offending header line, a key perhaps."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, HttpProcessingError) and 400 <= error.code < 500)

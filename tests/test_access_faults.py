@@ -7,6 +7,7 @@ instead of going away, an upstream that splits its echoed key across reads, IPv6
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from gateway import db
 from gateway.app import build_app
 from gateway.config import ConfigError, parse_config
 from gateway.keys import generate_key
-from gateway.logs import console_renderer
+from gateway.logs import console_renderer, not_a_malformed_request
 from gateway.providers.base import REDACTED, _Chunks
 from gateway.state import SERVICES
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
@@ -375,3 +376,28 @@ async def test_the_management_api_sends_100_continue_to_an_admin(gateway: TestSe
         writer.write(body)
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 201 ")
     writer.close()
+
+
+# --- a malformed request is not logged with its header lines --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_header",
+    [
+        b"x-api-key: gw-0123456789abcdef_SECRET\x00\r\n",
+        b"x-api-key: gw-0123456789abcdef_SECRET" + b"a" * 9000 + b"\r\n",
+    ],
+    ids=["control-character", "line-too-long"],
+)
+async def test_a_malformed_request_leaves_no_log_line_quoting_its_key(
+    gateway: TestServer, caplog: pytest.LogCaptureFixture, bad_header: bytes
+) -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(not_a_malformed_request)  # as configure_logging installs it
+    try:
+        answer = await raw_exchange(gateway, b"POST /v1/messages HTTP/1.1\r\nHost: gw\r\n" + bad_header + b"\r\n")
+    finally:
+        server_log.removeFilter(not_a_malformed_request)
+    assert answer.startswith(b"HTTP/1.0 400 ")  # aiohttp's own answer to the client
+    logged = [(r.getMessage(), str(r.exc_info[1]) if r.exc_info else "") for r in caplog.records]
+    assert "SECRET" not in str(logged)  # before: an ERROR with a traceback quoting the header line, key and all
