@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import EXPECT
 
 from gateway import db
 from gateway.budgets import month_of
@@ -26,7 +27,7 @@ from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
 from gateway.services import Services
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -137,19 +138,32 @@ async def _authenticate(request: web.Request) -> Principal:
     return ex.principal
 
 
-def admin_only(handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]]) -> Handler:
-    """Authenticate, require an admin key, and answer every failure as {"error": "..."}."""
+def admin_only(
+    handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]],
+    send_continue: Callable[[web.Request], Awaitable[None]],
+) -> Handler:
+    """Authenticate, require an admin key, and answer every failure as {"error": "..."}.
+
+    `Expect: 100-continue` is answered only once the caller proved to be an admin (see continue_after_auth).
+    """
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
             admin = await _authenticate(request)
             if not admin.is_admin:
                 raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
-            return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
+            if EXPECT in request.headers:
+                await send_continue(request)
+            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
+                return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
         except AdminError as err:
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape
             return _json({"error": err.message}, err.status_for(Dialect.OPENAI))
+        except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
+            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
+            response.headers["Retry-After"] = "5"
+            return response
 
     return guarded
 
@@ -396,16 +410,24 @@ def _history_entry(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_routes(app: web.Application) -> None:
-    api = UserKeysApi
-    app.router.add_post("/v1/user-api-keys", admin_only(api.create))
-    app.router.add_get("/v1/user-api-keys", admin_only(api.list))
-    app.router.add_get("/v1/user-api-keys/usage", admin_only(api.usage))
-    app.router.add_delete("/v1/user-api-keys/{id}", admin_only(api.delete))
-    app.router.add_post("/v1/user-api-keys/{id}/regenerate", admin_only(api.regenerate))
-    app.router.add_post("/v1/user-api-keys/{id}/increase-token-limit", admin_only(api.increase_token_limit))
-    app.router.add_get("/v1/user-api-keys/{id}/usage-history", admin_only(api.usage_history))
-    app.router.add_get("/v1/dlp-findings", admin_only(dlp_findings))
-    add_rate_limit_routes(app)
+    from gateway.app import _send_continue, continue_after_auth  # here: gateway.app imports this module
+
+    api, routes = UserKeysApi, app.router
+    add = {"GET": routes.add_get, "POST": routes.add_post, "PUT": routes.add_put, "DELETE": routes.add_delete}
+    for method, path, handler in (
+        ("POST", "/v1/user-api-keys", api.create),
+        ("GET", "/v1/user-api-keys", api.list),
+        ("GET", "/v1/user-api-keys/usage", api.usage),
+        ("DELETE", "/v1/user-api-keys/{id}", api.delete),
+        ("POST", "/v1/user-api-keys/{id}/regenerate", api.regenerate),
+        ("POST", "/v1/user-api-keys/{id}/increase-token-limit", api.increase_token_limit),
+        ("GET", "/v1/user-api-keys/{id}/usage-history", api.usage_history),
+        ("GET", "/v1/dlp-findings", dlp_findings),
+        ("GET", "/v1/rate-limits", list_rate_limits),
+        ("PUT", "/v1/rate-limits/{scope}/{id}", put_rate_limit),
+        ("DELETE", "/v1/rate-limits/{scope}/{id}", delete_rate_limit),
+    ):  # add_get answers HEAD too; no 100 Continue before authentication: a refused body is never invited
+        add[method](path, admin_only(handler, _send_continue), expect_handler=continue_after_auth)
 
 
 # --- rate-limit overrides (/v1/rate-limits) ----------------------------------------------------------
@@ -416,12 +438,6 @@ RATE_LIMIT_FIELDS = {
     "inFlight": "in_flight",
 }
 MAX_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
-
-
-def add_rate_limit_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/rate-limits", admin_only(list_rate_limits))
-    app.router.add_put("/v1/rate-limits/{scope}/{id}", admin_only(put_rate_limit))
-    app.router.add_delete("/v1/rate-limits/{scope}/{id}", admin_only(delete_rate_limit))
 
 
 def _limits_json(values: Any) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from gateway.pipeline import Exchange
 from gateway.runtime import Runtime, build_runtime, reload_config
 from gateway.services import Services, open_services
 from gateway.stages.usage_log import CLIENT_CLOSED
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES
+from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 log = structlog.get_logger("gateway")
 
@@ -107,14 +107,13 @@ class ConcurrencyLimit:
     """At most `limit` API requests in progress on this worker; the next gets a clean 503 at once.
 
     Queueing them instead would only turn overload into timeouts; a 503 lets clients (and a load balancer)
-    retry elsewhere. Model routes take their slot in the handler, after authentication, so callers without
-    a valid key (slow bodies, floods) never hold one; the middleware covers the other /v1/ routes. Probes
-    (/health, /) are never refused.
+    retry elsewhere. Every /v1/ route takes its slot in the handler, after authentication (`app[SLOTS]`), so
+    callers without a valid key (slow bodies, floods, guesses waiting on the database or bcrypt) never hold
+    one. Probes (/health, /) are never refused.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.in_progress = limit, 0
-        self.own_slot_paths: set[str] = set()  # routes whose handler takes its slot itself (after auth)
 
     def __enter__(self) -> None:
         if self.in_progress >= self.limit:
@@ -126,13 +125,6 @@ class ConcurrencyLimit:
 
     def __exit__(self, *exc_info: object) -> None:
         self.in_progress -= 1
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/v1/") or request.path in self.own_slot_paths:
-            return await handler(request)
-        with self:
-            return await handler(request)
 
 
 # --- the pipeline routes ---------------------------------------------------------------------------
@@ -175,8 +167,8 @@ def body_sketch(raw: bytes) -> dict[str, Any] | None:
             raw.decode()  # reads as "model" to a lax decoder (4 us for 78 KB); the full parse refuses it
         model = orjson.loads(match.group(1))
         rest = _REST.decode(b"".join((b"{", memoryview(raw)[match.end() :])))  # one copy, not two
-    except (orjson.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError):
-        return None  # not JSON (a bad escape, a lone surrogate...): the full parse says why, as a 400
+    except (orjson.JSONDecodeError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # msgspec: too deep
+        return None  # not JSON (a bad escape, a lone surrogate, nesting too deep...): the full parse says why, as a 400
     if rest.model is not msgspec.UNSET:
         raise BadRequest('request body has more than one top-level "model" key; send it once')
     sketch = {"model": model, "stream": rest.stream is True}
@@ -198,6 +190,8 @@ async def read_json_body(
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {content_type!r}")
+    if EXPECT in request.headers:  # only now invite the body: authenticated, and not refused by its headers
+        await _send_continue(request)
     try:
         if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
             raw = await request.read()
@@ -248,8 +242,6 @@ def pipeline_handler(
         try:
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
-                if EXPECT in request.headers:  # only now invite the body (see continue_after_auth)
-                    await _send_continue(request)
                 ex.raw_body, ex.body, ex.sketched = await read_json_body(
                     request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
                 )
@@ -338,8 +330,8 @@ async def models(request: web.Request) -> web.StreamResponse:
     ex = Exchange(dialect_of(request), "models", request, b"", {}, request[REQUEST_ID], billable=False)
     runtime = request.app[RUNTIME]
     await runtime.auth_pipeline(ex)
-    cfg = runtime.config
-    body, status = list_models(cfg.models, ex.dialect, request.match_info.get("model_id"))
+    with request.app[SLOTS]:
+        body, status = list_models(runtime.config.models, ex.dialect, request.match_info.get("model_id"))
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
@@ -401,10 +393,22 @@ def openapi_document() -> Handler:
     return serve
 
 
-async def health(request: web.Request) -> web.Response:
-    ok = await db.ping(request.app[SERVICES].pool)
-    body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
-    return web.json_response(body, status=200 if ok else 503)
+def health_check() -> Handler:
+    """GET /health: a database ping, one at a time; callers arriving meanwhile share its answer.
+
+    /health needs no key, so a flood of it must not take the pool's connections from the key lookups.
+    """
+    ping: asyncio.Future[bool] | None = None
+
+    async def health(request: web.Request) -> web.Response:
+        nonlocal ping
+        if ping is None or ping.done():
+            ping = asyncio.ensure_future(db.ping(request.app[SERVICES].pool))
+        ok = await asyncio.shield(ping)  # a caller gone does not cancel the others' answer
+        body = {"status": "ok" if ok else "degraded", "database": "up" if ok else "down"}
+        return web.json_response(body, status=200 if ok else 503)
+
+    return health
 
 
 # --- assembly ----------------------------------------------------------------------------------------
@@ -427,7 +431,8 @@ def build_app(
 ) -> web.Application:
     """The gateway as an aiohttp Application; services open on startup and close on cleanup."""
     slots = ConcurrencyLimit(cfg.server.max_concurrency)
-    app = web.Application(middlewares=[error_edge, slots.middleware], client_max_size=cfg.server.max_body_bytes)
+    app = web.Application(middlewares=[error_edge], client_max_size=cfg.server.max_body_bytes)
+    app[SLOTS] = slots
 
     async def services_ctx(app: web.Application) -> Any:
         svc = await open_services(cfg, dsn=dsn, clock=clock)
@@ -450,10 +455,9 @@ def build_app(
     for path, dialect, route, billable in MODEL_ROUTES:
         handler = pipeline_handler(dialect, route, billable=billable, slots=slots)
         app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
-        slots.own_slot_paths.add(path)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id}", models)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_check())
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_document())
     admin.add_routes(app)

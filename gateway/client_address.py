@@ -41,6 +41,18 @@ class ClientAddress:
                 return str(address) if address is not None else hop[:64]  # a label; bounded: it keys the throttle
         return peer if not hops else hops[0]  # every hop is a proxy of ours: the first one is the origin
 
+    def guesser(self, request: web.Request) -> str:
+        """The client as the auth throttle counts it: its IPv4 address, or the /64 its IPv6 address is in.
+
+        One IPv6 host is usually handed a whole /64, so counting single IPv6 addresses would give a guesser
+        2^64 fresh allowances, each a first attempt ranked with a valid key's in the bcrypt queue.
+        """
+        client = self(request)
+        address = _parse(client)
+        if isinstance(address, ipaddress.IPv6Address):
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return str(address) if address is not None else client
+
     def _is_trusted(self, address: Address | None) -> bool:
         return address is not None and any(address in network for network in self._trusted)
 

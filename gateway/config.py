@@ -404,6 +404,8 @@ def _networks(raw: Any, where: str) -> tuple[str, ...]:
             networks.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
         except ValueError:
             raise ConfigError(f"{where}: {item!r} is not an address or CIDR (e.g. 10.0.0.0/8, ::1/128)") from None
+        if networks[-1].endswith("/0"):  # every peer a proxy: any client could name itself in X-Forwarded-For
+            raise ConfigError(f"{where}: {item!r} trusts every address; list your proxies' addresses (e.g. 10.0.0.0/8)")
     return tuple(networks)
 
 

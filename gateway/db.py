@@ -5,6 +5,7 @@ The schema itself lives in numbered files in `sql/`; `migrate()` applies them in
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -90,8 +91,8 @@ async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str
 
 async def ping(pool: asyncpg.Pool) -> bool:
     try:
-        async with pool.acquire(timeout=2) as conn:
-            return await conn.fetchval("SELECT 1", timeout=2) == 1
+        row = await _looked_up(pool, "SELECT 1", timeout_s=2)
+        return row is not None and row[0] == 1
     except (*UNAVAILABLE, asyncpg.PostgresError):
         return False
 
@@ -145,18 +146,37 @@ async def insert_key(
 
 
 async def find_key(pool: asyncpg.Pool, lookup_id: str) -> KeyRow | None:
-    row = await pool.fetchrow(_KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id, timeout=LOOKUP_TIMEOUT_S)
+    row = await _looked_up(pool, _KEY_SELECT + " WHERE k.lookup_id = $1", lookup_id)
     return _key(row) if row else None
 
 
 async def find_key_by_claudecode_hmac(pool: asyncpg.Pool, token_hmac: bytes) -> KeyRow | None:
     """The live gateway key of the (undeleted) user whose Claude Code token has this HMAC."""
-    row = await pool.fetchrow(
+    row = await _looked_up(
+        pool,
         _KEY_SELECT + " WHERE u.claudecode_key_hmac = $1 AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
         token_hmac,
-        timeout=LOOKUP_TIMEOUT_S,
     )
     return _key(row) if row else None
+
+
+async def _looked_up(pool: asyncpg.Pool, query: str, *args: Any, timeout_s: float = LOOKUP_TIMEOUT_S) -> Any:
+    """`query`'s first row (or value, for ping), or TimeoutError after `timeout_s` however long asyncpg then takes
+    to clean up.
+
+    On a database that stops answering (rather than dropping the connection), a timed-out query is followed by
+    a cancel request and the pool's reset of the connection, each waiting in turn: a known key took 33 s to
+    authenticate from the cache. The clean-up finishes in the background instead; a lookup still waiting for a
+    connection gives up at the same time, so lookups left behind never pile up.
+    """
+
+    async def lookup() -> Any:
+        async with pool.acquire(timeout=timeout_s) as conn:
+            return await conn.fetchrow(query, *args, timeout=timeout_s)
+
+    task = asyncio.ensure_future(lookup())
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: never "never retrieved"
+    return await asyncio.wait_for(asyncio.shield(task), timeout_s)
 
 
 async def list_keys(pool: asyncpg.Pool) -> list[KeyRow]:

@@ -132,6 +132,13 @@ class KeyCache:
         hit = self._verified.get(fingerprint(key))
         return hit.principal if hit is not None and hit.expires_at > self._clock() else None
 
+    def verified_before(self, key: str) -> bool:
+        """Whether `key` passed bcrypt here and was not refused since (its verdict may have expired).
+
+        Checking it again is a row read and a hash comparison, never a bcrypt: no guess, nothing to throttle.
+        """
+        return fingerprint(key) in self._verified
+
     async def principal_for(self, key: str, *, priority: int = 0) -> Principal | None:
         """The principal a gateway key stands for, or None if the key is unknown, wrong or revoked.
 
@@ -177,6 +184,15 @@ class KeyCache:
         principal = Principal.from_row(row)
         self._remember(fp, _Verified(principal, row.key_hash, now + self._ttl))
         return principal
+
+    def when_checked(self, key: str, then: Callable[[], None]) -> None:
+        """Call `then` once the check of `key` in progress has ended (at once if none is): its callers may be gone,
+        but the check runs on, and its verdict (see `guessed_a_secret`) still counts."""
+        pending = self._pending.get(fingerprint(key))
+        if pending is None:
+            then()
+        else:
+            pending.add_done_callback(lambda _: then())
 
     def guessed_a_secret(self, key: str) -> bool:
         """Whether `key` was refused as a wrong secret for a live key (not an unknown or revoked prefix)."""

@@ -7,10 +7,20 @@ import sys
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import LoggingConfig
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def console_renderer(*, colors: bool) -> structlog.dev.ConsoleRenderer:
+    """Readable lines; a traceback without its frames' local variables, which hold the caller's key, the
+    provider's request headers and the prompt (structlog's rich tracebacks show them by default)."""
+    if structlog.dev.rich is None:
+        return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
+    formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)
 
 
 def configure_logging(cfg: LoggingConfig) -> None:
@@ -25,7 +35,7 @@ def configure_logging(cfg: LoggingConfig) -> None:
         factory: structlog.types.WrapperClass | None = None
         logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        processors = [*shared, console_renderer(colors=sys.stderr.isatty())]
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     factory = structlog.make_filtering_bound_logger(_LEVELS[cfg.level])
     structlog.configure(
@@ -33,3 +43,11 @@ def configure_logging(cfg: LoggingConfig) -> None:
     )
     # aiohttp's own loggers (unhandled errors, client disconnects) go to stderr at warning and above
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(not_a_malformed_request)
+
+
+def not_a_malformed_request(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's ERROR for a request it could not parse (it answered 400): that is the client's fault, any
+    scanner on the internet can fill the log with it, and it quotes the offending header line, a key perhaps."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, HttpProcessingError) and 400 <= error.code < 500)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from gateway.runtime import Runtime
 from gateway.services import SERVICES
 
-__all__ = ["REQUEST_ID", "RUNTIME", "SERVICES"]
+if TYPE_CHECKING:
+    from gateway.app import ConcurrencyLimit
+
+__all__ = ["REQUEST_ID", "RUNTIME", "SERVICES", "SLOTS"]
 RUNTIME = web.AppKey("runtime", Runtime)  # the config and the chains built from it; swapped by a reload
 REQUEST_ID = web.RequestKey("request_id", str)
+SLOTS: web.AppKey[ConcurrencyLimit] = web.AppKey("slots")  # taken by each /v1/ route after authentication

@@ -61,3 +61,17 @@ def request_from(peer: str, *headers: tuple[str, str]) -> object:
 )
 def test_client_address(trusted: tuple[str, ...], peer: str, headers: list[tuple[str, str]], client: str) -> None:
     assert ClientAddress(trusted)(request_from(peer, *headers)) == client  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "guesser"),
+    [
+        pytest.param("10.0.0.5", [("X-Forwarded-For", "198.51.100.9")], "198.51.100.9", id="ipv4-is-one-address"),
+        pytest.param("10.0.0.5", [("X-Forwarded-For", "2001:db8:1:2:a:b:c:d")], "2001:db8:1:2::/64", id="ipv6-by-64"),
+        pytest.param("2001:db8:1:2::99", [], "2001:db8:1:2::/64", id="direct-ipv6-peer"),
+        pytest.param("::ffff:203.0.113.7", [], "203.0.113.7", id="mapped-ipv4-peer-is-not-lumped-into-::/64"),
+        pytest.param("10.0.0.5", [("X-Forwarded-For", "_hidden")], "_hidden", id="a-label-stays-a-label"),
+    ],
+)
+def test_the_throttle_counts_an_ipv6_client_by_its_64(peer: str, headers: list[tuple[str, str]], guesser: str) -> None:
+    assert ClientAddress(PROXIES).guesser(request_from(peer, *headers)) == guesser  # type: ignore[arg-type]

@@ -112,27 +112,53 @@ def _error_message(body: bytes, limit: int = 200) -> str:
 
 
 class _Chunks:
-    """Body chunks as they arrive (`readany`), each read mapped at the boundary; a plain iterator, no generator."""
+    """Body chunks as they arrive (`readany`), each read mapped at the boundary; a plain iterator, no generator.
+
+    The secret is masked even when the network splits it across reads: a chunk's last bytes that could begin
+    it wait for the next read (an event stream's chunks end in a blank line, so in practice nothing waits).
+    """
 
     def __init__(self, provider: str, content: aiohttp.StreamReader, secret: bytes) -> None:
         self._provider, self._content, self._secret = provider, content, secret
+        self._held = b""  # the end of the last read, when it could be the start of the secret
 
     def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            mapped = upstream_error(self._provider, exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
-        if not chunk:
-            raise StopAsyncIteration
-        if self._secret and self._secret in chunk:  # an upstream echoing its credential (memmem: no allocation)
-            return chunk.replace(self._secret, REDACTED)
-        return chunk
+        while True:
+            try:
+                chunk = await self._content.readany()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                mapped = upstream_error(self._provider, exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            if not chunk:
+                if held := self._held:
+                    self._held = b""
+                    return held
+                raise StopAsyncIteration
+            if not self._secret:
+                return chunk
+            if self._held:
+                chunk, self._held = self._held + chunk, b""
+            if self._secret in chunk:  # an upstream echoing its credential (memmem: no allocation)
+                chunk = chunk.replace(self._secret, REDACTED)
+            if held := _secret_begun_at_end(chunk, self._secret):
+                chunk, self._held = chunk[:-held], chunk[-held:]
+            if chunk:
+                return chunk
+
+
+def _secret_begun_at_end(data: bytes, secret: bytes) -> int:
+    """How many of `data`'s last bytes are the first bytes of `secret` (0: none), so its rest may follow."""
+    start = max(0, len(data) - len(secret) + 1)
+    while (start := data.find(secret[:1], start)) != -1:
+        if secret.startswith(data[start:]):
+            return len(data) - start
+        start += 1
+    return 0
 
 
 class AiohttpReply:

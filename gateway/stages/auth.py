@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass, field
 
@@ -24,6 +25,15 @@ def presented_credential(headers: object) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether a header value was valid UTF-8: aiohttp keeps other bytes as lone surrogates, which no hash takes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,8 @@ class Authenticate:
         credential = presented_credential(ex.request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
+        if not credential.isascii() and not _is_utf8(credential):
+            raise Unauthenticated("invalid API key: it is not valid UTF-8")
         ex.credential = credential
         if self._env_admin is not None and hmac.compare_digest(credential.encode(), self._env_admin.key):
             ex.principal = self._env_admin.principal
@@ -73,18 +85,29 @@ class Authenticate:
         """One counted guess: kept when the secret is wrong for a live key, withdrawn in every other outcome.
 
         Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
-        cheap indexed miss, then remembered) cannot push a real guesser's record out of it.
+        cheap indexed miss, then remembered) cannot push a real guesser's record out of it. A key verified
+        before is no guess: a neighbour's guesses at its (public) prefix from the same address never refuse it.
         """
-        subject = (self._client_address(ex.request), lookup_id)
+        if self._keys.verified_before(credential):
+            if (principal := await self._keys.principal_for(credential)) is None:
+                raise Unauthenticated("invalid or revoked API key")
+            return principal
+        subject = (self._client_address.guesser(ex.request), lookup_id)
         earlier = self._throttle.attempt(subject)
         try:
             principal = await self._keys.principal_for(credential, priority=earlier)
-        except BaseException:  # 503 (database away, bcrypt saturated) or a hang-up: no verdict, no count
+        except asyncio.CancelledError:  # a hang-up: the check runs on without its caller, and its verdict counts
+            self._keys.when_checked(credential, lambda: self._settle(subject, credential))
+            raise
+        except BaseException:  # 503 (database away, bcrypt saturated): no verdict, no count
             self._throttle.withdraw(subject)
             raise
+        self._settle(subject, credential)
         if principal is None:
-            if not self._keys.guessed_a_secret(credential):  # no such live key: nothing to guess at, no trace
-                self._throttle.withdraw(subject)
             raise Unauthenticated("invalid or revoked API key")
-        self._throttle.withdraw(subject)
         return principal
+
+    def _settle(self, subject: tuple[str, str], credential: str) -> None:
+        """Keep the guess counted only if it was a wrong secret for a live key (no such key: nothing to guess at)."""
+        if not self._keys.guessed_a_secret(credential):
+            self._throttle.withdraw(subject)

@@ -38,7 +38,7 @@ class MapClaudeCodeKey:
         await call_next(ex)
 
     async def _check(self, ex: Exchange, token: str) -> Principal:
-        subject = (self._client_address(ex.request), fingerprint(token)[:12])
+        subject = (self._client_address.guesser(ex.request), fingerprint(token)[:12])
         self._throttle.attempt(subject)
         try:
             principal = await self._tokens.principal_for(token)

@@ -32,6 +32,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self._answering = asyncio.Event()
+        self._answering.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -55,6 +57,7 @@ class TcpProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                await self._answering.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -70,8 +73,16 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def freeze(self) -> None:
+        """The database stops answering, its connections open (a hung host, a full disk): nothing is relayed."""
+        self._answering.clear()
+
+    def thaw(self) -> None:
+        self._answering.set()
+
     async def restore(self) -> None:
         await self.start()
 
     async def close(self) -> None:
+        self.thaw()
         await self.cut()
