@@ -315,7 +315,6 @@ async def test_a_later_event_with_lower_counts_does_not_lower_the_bill(
     "raw",
     [
         pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "mod\xc1\xa5l": "claude-opus-4-5"}', id="overlong-e"),
-        pytest.param(b'{"model": "claude-fast", "max_tokens": 16, "x": "\xff", "messages": []}', id="invalid-utf8"),
         pytest.param(
             b'{\x0c"model": "claude-fast", "max_tokens": 16, "messages": []}', id="form-feed-is-no-whitespace"
         ),
@@ -331,6 +330,17 @@ async def test_a_sketched_body_that_is_not_json_is_refused_like_a_parsed_one(
     assert status == 400, data
     assert orjson.loads(data)["error"]["type"] == "invalid_request_error"
     assert upstream.requests == []
+
+
+async def test_invalid_utf8_in_a_value_of_a_sketched_body_is_the_upstreams_400(
+    gateway: TestServer, upstream: FakeUpstream, key: str
+) -> None:
+    """The sketch checks the top-level keys (what decides the model), not every value: a body with invalid UTF-8
+    inside a value goes up as sent with its one model, and the Messages API refuses it as not JSON."""
+    raw = b'{"model": "claude-fast", "max_tokens": 16, "x": "\xff", "messages": []}'
+    status, data = await _post(gateway, "/v1/messages", key, raw)
+    assert status == 400, data
+    assert orjson.loads(data)["error"]["type"] == "invalid_request_error"
 
 
 # --- a whole reply without a usable output count ---------------------------------------------------------
