@@ -113,6 +113,8 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     end = _day(request, "to", now.date())
     if start > end:
         raise BadRequest("'from' is after 'to'")
+    if end == date.max:  # the day after it (the range's open end) does not exist: OverflowError, a 500
+        raise BadRequest(f"'to' must be before {date.max.isoformat()}")
     if (end - start).days >= MAX_RANGE_DAYS:
         raise BadRequest(f"the range is longer than {MAX_RANGE_DAYS} days; ask for less")
     after = end + timedelta(days=1)

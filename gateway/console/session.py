@@ -24,6 +24,7 @@ import aiohttp_jinja2
 import aiohttp_session
 import asyncpg
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 from multidict import CIMultiDict, MultiDictProxy
@@ -108,10 +109,15 @@ async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> 
     """
     if request.content_length is None or request.content_length > MAX_FORM_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length or 0)
-    form = await request.post()
+    try:
+        form = await request.post()
+    # No multipart boundary, broken part headers, bytes that are not UTF-8, an unknown charset.
+    except (ValueError, LookupError, BadHttpMessage) as exc:
+        raise web.HTTPBadRequest(text=f"the form could not be read: {exc}") from None
     sent = form.get("csrf")
     expected = session.get("csrf")
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, str(expected)):
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a forged token may have them.
+    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent.encode(), str(expected).encode()):
         raise web.HTTPForbidden(text="CSRF token missing or wrong: reload the page and try again")
     return form
 

@@ -1,0 +1,92 @@
+"""The console and /v1/me under attack: odd paging and dates, broken form bodies, forged tokens, races.
+
+Each case here was a 500 (or could have been) before; a hostile or careless caller gets a 4xx page instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.console.test_console_http import CSRF, MakeKey, csrf_of, http, sign_in, url
+
+__all__ = ["http"]  # the fixture, shared with the other console tests
+
+
+@pytest.mark.parametrize("path", ["/console/users", "/console/audit"])
+async def test_a_page_number_of_thousands_of_digits_is_a_400(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, path: str
+) -> None:
+    """int() refuses strings over 4300 digits with a ValueError; the URL limit (8 KiB) lets 5000 through."""
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    async with http.get(url(gateway, path), params={"page": "9" * 5000}) as resp:
+        assert resp.status == 400
+        assert "must be a whole number from 1" in await resp.text()
+
+
+async def test_me_usage_up_to_the_last_day_of_the_calendar_is_a_400(
+    gateway: TestServer, http: aiohttp.ClientSession, key: str
+) -> None:
+    params = {"from": "9999-12-30", "to": "9999-12-31"}
+    async with http.get(url(gateway, "/v1/me/usage"), params=params, headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status == 400
+        assert "'to'" in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"csrf=x"),  # no boundary
+        ("multipart/form-data; boundary=b", b"--b\r\nGarbage"),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n\xff\r\n--b--\r\n',
+        ),
+        ("application/x-www-form-urlencoded; charset=no-such-charset", b"csrf=x"),
+    ],
+    ids=["no-boundary", "broken-multipart", "multipart-not-utf8", "unknown-charset"],
+)
+async def test_a_form_body_that_cannot_be_read_is_a_400(
+    gateway: TestServer, http: aiohttp.ClientSession, content_type: str, body: bytes
+) -> None:
+    async with http.get(url(gateway, "/console/sign-in")) as page:
+        await page.read()  # a session (and its CSRF token) exists
+    async with http.post(url(gateway, "/console/sign-in"), data=body, headers={"Content-Type": content_type}) as resp:
+        assert resp.status == 400
+        assert "the form could not be read" in await resp.text()
+
+
+@pytest.mark.parametrize("forged", ["%ff", "%C3%A9t%C3%A9", "%F0%9F%92%A5"], ids=["not-utf8", "accents", "emoji"])
+async def test_a_non_ascii_csrf_token_is_a_403(gateway: TestServer, http: aiohttp.ClientSession, forged: str) -> None:
+    """hmac.compare_digest raises TypeError on str with non-ASCII characters: the token is compared as bytes."""
+    async with http.get(url(gateway, "/console/sign-in")) as page:
+        assert CSRF.search(await page.text())
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with http.post(url(gateway, "/console/sign-in"), data=f"csrf={forged}&key=x", headers=headers) as resp:
+        assert resp.status == 403
+        assert "CSRF" in await resp.text()
+
+
+async def test_creating_one_email_at_once_makes_one_user(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, pool: asyncpg.Pool
+) -> None:
+    """Six admins' tabs create the same user (in any case) at once: one 201, the others a 409 page."""
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    csrf = await csrf_of(http, gateway, "/console/users")
+
+    async def create(email: str) -> int:
+        form = {"csrf": csrf, "email": email, "firstname": "Ada", "lastname": "Lovelace"}
+        async with http.post(url(gateway, "/console/users"), data=form) as resp:
+            return resp.status
+
+    emails = ["ada@example.com", "Ada@Example.com", "ADA@EXAMPLE.COM"] * 2
+    statuses = await asyncio.gather(*(create(e) for e in emails))
+    assert sorted(statuses) == [201, 409, 409, 409, 409, 409]
+    assert await pool.fetchval("SELECT count(*) FROM users") == 1
+    assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE user_id IS NOT NULL") == 1
