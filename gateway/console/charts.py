@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -45,6 +46,16 @@ _COMMON: dict[str, Any] = {
 }
 
 
+# pygal puts its config (series names included: model ids a caller chose) in an inline <script> even with js=[].
+# The CSP blocks it, with an error in the browser's console on every chart page: the charts go out without it.
+_SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL)
+
+
+def _render(chart: pygal.graph.graph.Graph) -> str:
+    """The chart as SVG markup for inline use, without pygal's script (its text is escaped: no `</script>` in it)."""
+    return _SCRIPT.sub("", str(chart.render(is_unicode=True)))
+
+
 def _labels(days: Sequence[date]) -> tuple[list[str], list[str]]:
     labels = [d.strftime("%d") for d in days]
     major = labels[:: max(1, len(labels) // 8)]
@@ -56,7 +67,7 @@ def spend_per_day(rows: Sequence[dict[str, Any]], title: str) -> str:
     chart = pygal.Bar(title=title, show_legend=False, value_formatter=lambda v: f"${v:,.2f}", **_COMMON)
     chart.x_labels, chart.x_labels_major = _labels([r["day"] for r in rows])
     chart.add("USD", [float(r["cost_usd"]) for r in rows])
-    return str(chart.render(is_unicode=True))
+    return _render(chart)
 
 
 def tokens_per_day_by_model(rows: Sequence[dict[str, Any]], days: Sequence[date], title: str) -> str:
@@ -69,7 +80,7 @@ def tokens_per_day_by_model(rows: Sequence[dict[str, Any]], days: Sequence[date]
         series.setdefault(r["name"], [None] * len(days))[index[r["day"]]] = float(r["tokens"])
     for name, values in sorted(series.items()):
         chart.add(name, values)
-    return str(chart.render(is_unicode=True))
+    return _render(chart)
 
 
 def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:
