@@ -25,7 +25,14 @@ def configure_logging(cfg: LoggingConfig) -> None:
         factory: structlog.types.WrapperClass | None = None
         logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
-        processors = [*shared, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        # Rich tracebacks show every frame's local variables by default: a posted key, a new key, a token.
+        no_locals: structlog.types.ExceptionRenderer = (
+            structlog.dev.RichTracebackFormatter(show_locals=False)
+            if structlog.dev.rich
+            else structlog.dev.plain_traceback
+        )
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=no_locals)
+        processors = [*shared, renderer]
         logger_factory = structlog.PrintLoggerFactory(sys.stderr)
     factory = structlog.make_filtering_bound_logger(_LEVELS[cfg.level])
     structlog.configure(
