@@ -90,3 +90,46 @@ async def test_creating_one_email_at_once_makes_one_user(
     assert sorted(statuses) == [201, 409, 409, 409, 409, 409]
     assert await pool.fetchval("SELECT count(*) FROM users") == 1
     assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE user_id IS NOT NULL") == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/console/users", "firstname", "Ada\x1b]0;owned\x07\x1b[2J"),  # would retitle and clear a terminal
+        ("/console/users", "lastname", "Love\r\nlace"),
+        ("/console/users", "email", "ada\u202emoc.elpmaxe@example.com"),  # reads as another address
+        ("/console/keys", "name", "ci\x1b[31m"),
+        ("/console/keys", "name", "\u2067ci\u2069"),
+    ],
+    ids=["escape", "line-break", "bidi-override", "key-escape", "bidi-isolate"],
+)
+async def test_control_characters_in_a_form_field_are_a_400(
+    gateway: TestServer,
+    http: aiohttp.ClientSession,
+    make_key: MakeKey,
+    pool: asyncpg.Pool,
+    path: str,
+    field: str,
+    value: str,
+) -> None:
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    csrf = await csrf_of(http, gateway, "/console/users")
+    form = {"csrf": csrf, "email": "ada@example.com", "firstname": "Ada", "lastname": "Lovelace", "name": "ci"}
+    async with http.post(url(gateway, path), data={**form, field: value}) as resp:
+        assert resp.status == 400
+        assert f"&#39;{field}&#39; must not contain control characters" in await resp.text()
+    assert await pool.fetchval("SELECT count(*) FROM users") == 0
+    assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1  # the admin's own
+
+
+async def test_names_in_any_script_are_welcome(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, pool: asyncpg.Pool
+) -> None:
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    csrf = await csrf_of(http, gateway, "/console/users")
+    form = {"csrf": csrf, "email": "zoë@exämple.com", "firstname": "Zoë 李 🧑‍💻", "lastname": "אברהם O'Brien"}
+    async with http.post(url(gateway, "/console/users"), data=form) as resp:
+        assert resp.status == 201
+    assert await pool.fetchval("SELECT firstname FROM users") == "Zoë 李 🧑‍💻"
