@@ -206,9 +206,10 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     """POST /console/sign-out: forget the session (CSRF-checked, so no other site can sign anyone out)."""
     session = await aiohttp_session.get_session(request)
     await check_csrf(request, session)
-    if isinstance(sid := session.get("sid"), str):
+    sid = session.get("sid")
+    session.invalidate()  # first: with the database away this browser still forgets the cookie (the page is a 503)
+    if isinstance(sid, str):
         await db.end_console_session(request.config_dict[SERVICES].pool, _hash(sid))
-    session.invalidate()
     raise web.HTTPSeeOther(SIGN_IN)
 
 

@@ -12,7 +12,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
+from tests.conftest import GatewayFactory
 from tests.console.test_console_http import CSRF, MakeKey, csrf_of, http, sign_in, url
+from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 
 __all__ = ["http"]  # the fixture, shared with the other console tests
 
@@ -133,3 +135,24 @@ async def test_names_in_any_script_are_welcome(
     async with http.post(url(gateway, "/console/users"), data=form) as resp:
         assert resp.status == 201
     assert await pool.fetchval("SELECT firstname FROM users") == "Zoë 李 🧑‍💻"
+
+
+async def test_signing_out_while_the_database_is_away_still_drops_the_cookie(
+    make_gateway: GatewayFactory, database_url: str, make_key: MakeKey, http: aiohttp.ClientSession
+) -> None:
+    """A 503 page, and this browser is signed out all the same (on a shared machine it must not stay signed in)."""
+    proxy = TcpProxy(upstream_of(database_url))
+    await proxy.start()
+    try:
+        server = await make_gateway(dsn=through(database_url, proxy.port))
+        admin, _ = await make_key("ops", admin=True)
+        await sign_in(http, server, admin)
+        csrf = await csrf_of(http, server, "/console/")
+        await proxy.cut()
+        async with http.post(url(server, "/console/sign-out"), data={"csrf": csrf}, allow_redirects=False) as resp:
+            assert resp.status == 503
+        await proxy.restore()
+        async with http.get(url(server, "/console/"), allow_redirects=False) as page:
+            assert page.status == 303 and page.headers["Location"] == "/console/sign-in"
+    finally:
+        await proxy.close()
