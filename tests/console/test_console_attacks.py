@@ -156,3 +156,89 @@ async def test_signing_out_while_the_database_is_away_still_drops_the_cookie(
             assert page.status == 303 and page.headers["Location"] == "/console/sign-in"
     finally:
         await proxy.close()
+
+
+async def test_a_planted_cookie_is_not_signed_in_by_the_victim(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey
+) -> None:
+    """Session fixation: the attacker's own pre-sign-in cookie, planted in the victim's browser, stays signed out."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as attacker:
+        async with attacker.get(url(gateway, "/console/sign-in")) as page:
+            await page.read()
+        planted = {c.key: c.value for c in attacker.cookie_jar}
+        admin, _ = await make_key("ops", admin=True)
+        http.cookie_jar.update_cookies(planted)
+        resp = await sign_in(http, gateway, admin)
+        assert str(resp.url).endswith("/console/")
+        resp.release()
+        assert {c.key: c.value for c in http.cookie_jar} != planted  # a new cookie on sign-in
+        async with attacker.get(url(gateway, "/console/"), allow_redirects=False) as page:
+            assert page.status == 303
+
+
+@pytest.mark.parametrize(
+    ("path", "form"),
+    [
+        ("/console/users", {"email": "eve@example.com", "firstname": "E", "lastname": "ve"}),
+        ("/console/users/{user}/regenerate", {"reason": "mine now"}),
+        ("/console/users/{user}/limit", {"increment": "1000000000"}),
+        ("/console/users/{user}/delete", {"sure": "on"}),
+        ("/console/keys", {"name": "eve", "admin": "on"}),
+        ("/console/keys/{admin_key}/revoke", {"reason": "bye"}),
+    ],
+)
+async def test_a_user_key_with_a_valid_token_gets_403_from_every_admin_action(
+    gateway: TestServer,
+    http: aiohttp.ClientSession,
+    make_key: MakeKey,
+    make_user: MakeKey,
+    pool: asyncpg.Pool,
+    path: str,
+    form: dict[str, str],
+) -> None:
+    _, admin_row = await make_key("ops", admin=True)
+    user_key, user_row = await make_user("mallory@example.com")
+    await sign_in(http, gateway, user_key)
+    csrf = await csrf_of(http, gateway, "/console/me")
+    before = await pool.fetch("SELECT * FROM api_keys ORDER BY id"), await pool.fetch("SELECT * FROM users")
+    target = path.format(user=user_row.user_id, admin_key=admin_row.id)
+    async with http.post(url(gateway, target), data={"csrf": csrf, **form}, allow_redirects=False) as resp:
+        assert resp.status == 403
+        assert "needs an admin key" in await resp.text()
+    after = await pool.fetch("SELECT * FROM api_keys ORDER BY id"), await pool.fetch("SELECT * FROM users")
+    assert after == before
+
+
+async def test_sign_in_ignores_a_next_parameter(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey
+) -> None:
+    """No open redirect: where sign-in leads depends only on the key's role."""
+    admin, _ = await make_key("ops", admin=True)
+    async with http.get(url(gateway, "/console/sign-in?next=//evil.example/")) as page:
+        token = CSRF.search(await page.text())
+    assert token
+    target = url(gateway, "/console/sign-in?next=https://evil.example/&redirect=//evil.example")
+    form = {"csrf": token.group(1), "key": admin, "next": "https://evil.example/"}
+    async with http.post(target, data=form, allow_redirects=False) as resp:
+        assert resp.status == 303 and resp.headers["Location"] == "/console/"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/console/", 303),
+        ("GET", "/console/no-such-page", 404),
+        ("GET", "/console/sign-out", 405),
+        ("POST", "/console/sign-out", 403),
+        ("GET", "/console/sign-in", 200),
+        ("GET", "/console/static/console.js", 200),
+    ],
+)
+async def test_every_answer_forbids_framing_and_caching(
+    gateway: TestServer, http: aiohttp.ClientSession, method: str, path: str, status: int
+) -> None:
+    async with http.request(method, url(gateway, path), allow_redirects=False) as resp:
+        assert resp.status == status
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["Cache-Control"] == "no-store"
