@@ -32,6 +32,7 @@ _STYLE = Style(
     legend_font_size=12,
     title_font_size=14,
 )
+MAX_SERIES = len(_STYLE.colors)  # series in one chart, "other" included
 _COMMON: dict[str, Any] = {
     "style": _STYLE,
     "js": [],  # pygal links a tooltip script from the web by default: none here
@@ -75,11 +76,22 @@ def tokens_per_day_by_model(rows: Sequence[dict[str, Any]], days: Sequence[date]
     chart = pygal.StackedBar(title=title, legend_at_bottom=True, value_formatter=lambda v: f"{v:,.0f}", **_COMMON)
     chart.x_labels, chart.x_labels_major = _labels(days)
     index = {d: i for i, d in enumerate(days)}
+    totals: dict[str, float] = {}
+    for r in rows:
+        totals[r["name"]] = totals.get(r["name"], 0.0) + float(r["tokens"])
+    # The largest models each get a series, the rest one "other" series: past the palette, colours repeat, and
+    # each series costs pygal ~4 ms of the event loop (model ids a passthrough rule records are the caller's).
+    top = sorted(totals, key=lambda name: (-totals[name], name))[: MAX_SERIES - 1 if len(totals) > MAX_SERIES else None]
+    other = f"{len(totals) - len(top)} other models"
+    kept = set(top)
     series: dict[str, list[float | None]] = {}
     for r in rows:
-        series.setdefault(r["name"], [None] * len(days))[index[r["day"]]] = float(r["tokens"])
-    for name, values in sorted(series.items()):
-        chart.add(name, values)
+        values = series.setdefault(r["name"] if r["name"] in kept else other, [None] * len(days))
+        values[index[r["day"]]] = (values[index[r["day"]]] or 0.0) + float(r["tokens"])
+    for name in sorted(kept):
+        chart.add(name, series[name])
+    if other in series:
+        chart.add(other, series[other])
     return _render(chart)
 
 
