@@ -242,3 +242,26 @@ async def test_every_answer_forbids_framing_and_caching(
         assert resp.headers["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
         assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_another_sessions_token_and_method_overrides_change_nothing(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, pool: asyncpg.Pool
+) -> None:
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as other:
+        await (await sign_in(other, gateway, admin)).release()
+        others_token = await csrf_of(other, gateway, "/console/keys")
+    mine = await csrf_of(http, gateway, "/console/keys")
+    assert others_token != mine
+    async with http.post(url(gateway, "/console/keys"), data={"csrf": others_token, "name": "ci"}) as resp:
+        assert resp.status == 403
+    override = {"X-HTTP-Method-Override": "POST", "X-Method-Override": "POST"}
+    params = {"_method": "POST", "csrf": mine, "name": "ci"}
+    async with http.get(url(gateway, "/console/keys"), params=params, headers=override) as resp:
+        assert resp.status == 200  # the keys page, read-only
+    async with http.get(url(gateway, "/console/sign-out"), params={"csrf": mine}, allow_redirects=False) as resp:
+        assert resp.status == 405
+    assert [k["name"] for k in await pool.fetch("SELECT name FROM api_keys")] == ["ops"]
+    async with http.get(url(gateway, "/console/keys"), allow_redirects=False) as resp:
+        assert resp.status == 200  # still signed in
