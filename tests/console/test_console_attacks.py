@@ -265,3 +265,21 @@ async def test_another_sessions_token_and_method_overrides_change_nothing(
     assert [k["name"] for k in await pool.fetch("SELECT name FROM api_keys")] == ["ops"]
     async with http.get(url(gateway, "/console/keys"), allow_redirects=False) as resp:
         assert resp.status == 200  # still signed in
+
+
+async def test_signing_in_in_a_loop_keeps_ten_sessions_per_key(
+    gateway: TestServer, make_key: MakeKey, pool: asyncpg.Pool
+) -> None:
+    """The key check is cached, so a script signs in hundreds of times a second: the table must not grow with it."""
+    admin, row = await make_key("ops", admin=True)
+    jars = [aiohttp.CookieJar(unsafe=True) for _ in range(12)]
+    for jar in jars:
+        async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+            await (await sign_in(browser, gateway, admin)).release()
+    assert await pool.fetchval("SELECT count(*) FROM console_sessions WHERE key_id = $1", row.id) == 10
+    for index, jar in enumerate(jars):
+        async with (
+            aiohttp.ClientSession(cookie_jar=jar) as browser,
+            browser.get(url(gateway, "/console/"), allow_redirects=False) as page,
+        ):
+            assert page.status == (303 if index < 2 else 200), index  # the two oldest were signed out
