@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -41,6 +41,7 @@ from gateway.state import REQUEST_ID, RUNTIME
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
 MAX_FORM_BYTES = 64 * 1024
+FORWARDING = ("X-Forwarded-For", "Forwarded")  # what gateway.client_address reads behind a trusted proxy
 SECRET_SETTING = "console_session_secret"  # gateway_settings row: one secret for every worker and replica
 
 
@@ -191,11 +192,18 @@ class _PostedKey:
 
     remote: str | None
     headers: CIMultiDict[str]
+    forwarded: tuple[Mapping[str, str], ...]
 
 
 async def _authenticate(request: web.Request, key: str) -> Principal:
-    """The auth stages (throttle, bcrypt once, Claude Code token mapping) run on the posted key as a header."""
-    stand_in = _PostedKey(request.remote, CIMultiDict({"Authorization": f"Bearer {key}"}))
+    """The auth stages (throttle, bcrypt once, Claude Code token mapping) run on the posted key as a header.
+
+    The forwarding headers come along: behind a trusted proxy the throttle counts guesses per client, as on the
+    API, not per proxy (where one guesser would lock every admin out of the console).
+    """
+    headers = CIMultiDict((name, value) for name in FORWARDING for value in request.headers.getall(name, ()))
+    headers["Authorization"] = f"Bearer {key}"
+    stand_in = _PostedKey(request.remote, headers, request.forwarded)
     ex = Exchange(Dialect.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False)
     await request.config_dict[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None

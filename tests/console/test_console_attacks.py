@@ -283,3 +283,32 @@ async def test_signing_in_in_a_loop_keeps_ten_sessions_per_key(
             browser.get(url(gateway, "/console/"), allow_redirects=False) as page,
         ):
             assert page.status == (303 if index < 2 else 200), index  # the two oldest were signed out
+
+
+async def test_behind_a_trusted_proxy_one_guesser_does_not_lock_admins_out_of_sign_in(
+    make_gateway: GatewayFactory, make_key: MakeKey
+) -> None:
+    """Sign-in's throttle counts guesses per client (X-Forwarded-For from a trusted proxy), as the API does."""
+    server = await make_gateway(server={"trusted_proxies": ["127.0.0.0/8"], "auth_failures_per_minute": 3})
+    admin, row = await make_key("ops", admin=True)
+    statuses = []
+    for i in range(5):
+        async with aiohttp.ClientSession(
+            headers={"X-Forwarded-For": "203.0.113.66"}, cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ) as guesser:
+            resp = await sign_in(guesser, server, f"gw-{row.lookup_id}_guess-{i}")
+            statuses.append(resp.status)
+            resp.release()
+    assert statuses[0] == 401 and statuses[-1] == 429  # the guesser is throttled
+    async with aiohttp.ClientSession(
+        headers={"X-Forwarded-For": "198.51.100.7"}, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as admins_browser:
+        resp = await sign_in(admins_browser, server, admin)
+        assert resp.status == 200 and str(resp.url).endswith("/console/")
+        resp.release()
+    async with aiohttp.ClientSession(
+        headers={"Forwarded": "for=198.51.100.8"}, cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as rfc7239_proxy:
+        resp = await sign_in(rfc7239_proxy, server, admin)
+        assert resp.status == 200
+        resp.release()
