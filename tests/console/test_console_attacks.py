@@ -312,3 +312,20 @@ async def test_behind_a_trusted_proxy_one_guesser_does_not_lock_admins_out_of_si
         resp = await sign_in(rfc7239_proxy, server, admin)
         assert resp.status == 200
         resp.release()
+
+
+async def test_a_key_pasted_into_the_search_box_is_not_shown(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, make_user: MakeKey
+) -> None:
+    """A careless admin pastes a user's key to find its owner: the page must not show the secret back."""
+    admin, _ = await make_key("ops", admin=True)
+    user_key, _ = await make_user("ada@example.com")
+    await sign_in(http, gateway, admin)
+    secret = user_key.split("_", 1)[1]
+    for q in (user_key, f"  whose is {user_key} ?"):
+        async with http.get(url(gateway, "/console/users"), params={"q": q}) as resp:
+            assert resp.status == 400
+            text = await resp.text()
+        assert secret not in text and "neither searched nor shown" in text
+    async with http.get(url(gateway, "/console/users"), params={"q": "gw-ops"}) as resp:
+        assert resp.status == 200  # a search for a name with the prefix is still a search
