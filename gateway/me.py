@@ -31,7 +31,10 @@ def _dialect(request: web.Request) -> Dialect:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    # One caller's figures: a cache in front must not hand them to the next caller (an `x-api-key` request is
+    # not an `Authorization` one, which shared caches already leave alone).
+    headers = {"Cache-Control": "private, no-store"}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 async def _caller(request: web.Request) -> Principal:

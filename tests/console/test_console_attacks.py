@@ -329,3 +329,14 @@ async def test_a_key_pasted_into_the_search_box_is_not_shown(
         assert secret not in text and "neither searched nor shown" in text
     async with http.get(url(gateway, "/console/users"), params={"q": "gw-ops"}) as resp:
         assert resp.status == 200  # a search for a name with the prefix is still a search
+
+
+@pytest.mark.parametrize("path", ["/v1/me", "/v1/me/usage"])
+async def test_me_answers_are_not_kept_by_a_cache_in_front(
+    gateway: TestServer, http: aiohttp.ClientSession, make_user: MakeKey, path: str
+) -> None:
+    """Behind a caching proxy, one user's /v1/me (sent with x-api-key) must not be served to the next user."""
+    user_key, _ = await make_user("ada@example.com")
+    async with http.get(url(gateway, path), headers={"x-api-key": user_key}) as resp:
+        assert resp.status == 200
+        assert "no-store" in resp.headers["Cache-Control"] and "private" in resp.headers["Cache-Control"]
