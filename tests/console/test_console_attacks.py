@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.console.pages import ClosedDays
 from tests.conftest import GatewayFactory
 from tests.console.test_console_http import CSRF, MakeKey, csrf_of, http, sign_in, url
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
@@ -340,3 +341,18 @@ async def test_me_answers_are_not_kept_by_a_cache_in_front(
     async with http.get(url(gateway, path), headers={"x-api-key": user_key}) as resp:
         assert resp.status == 200
         assert "no-store" in resp.headers["Cache-Control"] and "private" in resp.headers["Cache-Control"]
+
+
+async def test_a_bug_is_a_500_page_that_may_not_be_framed_or_cached(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: object) -> list[object]:
+        raise RuntimeError("a bug in a page")
+
+    monkeypatch.setattr(ClosedDays, "rows", broken)
+    admin, _ = await make_key("ops", admin=True)
+    await sign_in(http, gateway, admin)
+    async with http.get(url(gateway, "/console/")) as resp:
+        assert resp.status == 500
+        assert "a bug in a page" not in await resp.text()
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
