@@ -356,3 +356,22 @@ async def test_a_bug_is_a_500_page_that_may_not_be_framed_or_cached(
         assert resp.status == 500
         assert "a bug in a page" not in await resp.text()
         assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_regenerating_one_user_from_four_tabs_at_once_leaves_one_live_key(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, make_user: MakeKey, pool: asyncpg.Pool
+) -> None:
+    admin, _ = await make_key("ops", admin=True)
+    _, row = await make_user("ada@example.com")
+    await sign_in(http, gateway, admin)
+    csrf = await csrf_of(http, gateway, f"/console/users/{row.user_id}")
+
+    async def regenerate() -> int:
+        form = {"csrf": csrf, "reason": "laptop lost"}
+        async with http.post(url(gateway, f"/console/users/{row.user_id}/regenerate"), data=form) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(regenerate() for _ in range(4)))
+    assert all(status in (201, 409) for status in statuses) and 201 in statuses
+    live = "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL"
+    assert await pool.fetchval(live, row.user_id) == 1
