@@ -803,7 +803,7 @@ async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | N
 
 
 async def start_console_session(
-    pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int, *, per_key: int = 10
+    pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int, *, per_key: int = 20
 ) -> None:
     """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions).
 
