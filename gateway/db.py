@@ -822,10 +822,22 @@ async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | N
     return True
 
 
-async def start_console_session(pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int) -> None:
-    """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions)."""
+async def start_console_session(
+    pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int, *, per_key: int = 20
+) -> None:
+    """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions).
+
+    A key keeps its `per_key` newest sessions: a signed-in key can sign in again in a loop (its check is cached),
+    and the table must not grow with it; the oldest browser is signed out instead.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM console_sessions WHERE expires_at < now()")
+        await conn.execute(
+            "DELETE FROM console_sessions WHERE id_hash IN (SELECT id_hash FROM console_sessions WHERE key_id = $1"
+            " ORDER BY created_at DESC, id_hash OFFSET $2)",
+            key_id,
+            per_key - 1,
+        )
         await conn.execute(
             "INSERT INTO console_sessions (id_hash, key_id, expires_at)"
             " VALUES ($1, $2, now() + make_interval(secs => $3))",

@@ -31,7 +31,10 @@ def _dialect(request: web.Request) -> Dialect:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    # One caller's figures: a cache in front must not hand them to the next caller (an `x-api-key` request is
+    # not an `Authorization` one, which shared caches already leave alone).
+    headers = {"Cache-Control": "private, no-store"}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
 async def _caller(request: web.Request) -> Principal:
@@ -113,6 +116,8 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     end = _day(request, "to", now.date())
     if start > end:
         raise BadRequest("'from' is after 'to'")
+    if end == date.max:  # the day after it (the range's open end) does not exist: OverflowError, a 500
+        raise BadRequest(f"'to' must be before {date.max.isoformat()}")
     if (end - start).days >= MAX_RANGE_DAYS:
         raise BadRequest(f"the range is longer than {MAX_RANGE_DAYS} days; ask for less")
     after = end + timedelta(days=1)

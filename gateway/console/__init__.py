@@ -16,6 +16,7 @@ import aiohttp_jinja2
 import aiohttp_session
 import asyncpg
 import jinja2
+import structlog
 from aiohttp import web
 
 from gateway import db
@@ -23,7 +24,9 @@ from gateway.config import GatewayConfig
 from gateway.console import actions, pages
 from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
 from gateway.services import SERVICES
+from gateway.state import REQUEST_ID
 
+log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC = Path(__file__).with_name("static")
 
@@ -58,6 +61,11 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
             "who": request.get(VISITOR),
         }
         response = aiohttp_jinja2.render_template("error.html", request, context, status=exc.status)
+    except Exception:  # a bug of ours: logged whole, and still a page that may not be framed or cached
+        log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)
+        context = {"status": 500, "reason": "Internal Server Error", "who": request.get(VISITOR)}
+        context["message"] = "Something went wrong in the gateway; the gateway's log has the details."
+        response = aiohttp_jinja2.render_template("error.html", request, context, status=500)
     response.headers.update(SECURITY_HEADERS)
     return response
 

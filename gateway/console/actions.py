@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from uuid import UUID
 
 import aiohttp_jinja2
@@ -25,6 +26,8 @@ from gateway.state import RUNTIME
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_INCREMENT = 10**15
+# Bidi embeddings, overrides and isolates: they make a name read backwards on every page that shows it.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class FormError(web.HTTPBadRequest):
@@ -42,6 +45,9 @@ def _field(form: Form, name: str, *, max_len: int = 200, required: bool = True) 
         raise FormError(text=f"'{name}' is longer than {max_len} characters")
     if "\x00" in value:  # PostgreSQL text cannot hold NUL
         raise FormError(text=f"'{name}' must not contain NUL characters")
+    # Line breaks and escapes (ESC sequences reach the terminal of whoever runs `gateway keys list`), bidi tricks.
+    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in value):
+        raise FormError(text=f"'{name}' must not contain control characters (line breaks, escapes, bidi overrides)")
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -31,6 +32,7 @@ _STYLE = Style(
     legend_font_size=12,
     title_font_size=14,
 )
+MAX_SERIES = len(_STYLE.colors)  # series in one chart, "other" included
 _COMMON: dict[str, Any] = {
     "style": _STYLE,
     "js": [],  # pygal links a tooltip script from the web by default: none here
@@ -45,6 +47,16 @@ _COMMON: dict[str, Any] = {
 }
 
 
+# pygal puts its config (series names included: model ids a caller chose) in an inline <script> even with js=[].
+# The CSP blocks it, with an error in the browser's console on every chart page: the charts go out without it.
+_SCRIPT = re.compile(r"<script\b.*?</script>", re.DOTALL)
+
+
+def _render(chart: pygal.graph.graph.Graph) -> str:
+    """The chart as SVG markup for inline use, without pygal's script (its text is escaped: no `</script>` in it)."""
+    return _SCRIPT.sub("", str(chart.render(is_unicode=True)))
+
+
 def _labels(days: Sequence[date]) -> tuple[list[str], list[str]]:
     labels = [d.strftime("%d") for d in days]
     major = labels[:: max(1, len(labels) // 8)]
@@ -56,7 +68,7 @@ def spend_per_day(rows: Sequence[dict[str, Any]], title: str) -> str:
     chart = pygal.Bar(title=title, show_legend=False, value_formatter=lambda v: f"${v:,.2f}", **_COMMON)
     chart.x_labels, chart.x_labels_major = _labels([r["day"] for r in rows])
     chart.add("USD", [float(r["cost_usd"]) for r in rows])
-    return str(chart.render(is_unicode=True))
+    return _render(chart)
 
 
 def tokens_per_day_by_model(rows: Sequence[dict[str, Any]], days: Sequence[date], title: str) -> str:
@@ -64,12 +76,23 @@ def tokens_per_day_by_model(rows: Sequence[dict[str, Any]], days: Sequence[date]
     chart = pygal.StackedBar(title=title, legend_at_bottom=True, value_formatter=lambda v: f"{v:,.0f}", **_COMMON)
     chart.x_labels, chart.x_labels_major = _labels(days)
     index = {d: i for i, d in enumerate(days)}
+    totals: dict[str, float] = {}
+    for r in rows:
+        totals[r["name"]] = totals.get(r["name"], 0.0) + float(r["tokens"])
+    # The largest models each get a series, the rest one "other" series: past the palette, colours repeat, and
+    # each series costs pygal ~4 ms of the event loop (model ids a passthrough rule records are the caller's).
+    top = sorted(totals, key=lambda name: (-totals[name], name))[: MAX_SERIES - 1 if len(totals) > MAX_SERIES else None]
+    other = f"{len(totals) - len(top)} other models"
+    kept = set(top)
     series: dict[str, list[float | None]] = {}
     for r in rows:
-        series.setdefault(r["name"], [None] * len(days))[index[r["day"]]] = float(r["tokens"])
-    for name, values in sorted(series.items()):
-        chart.add(name, values)
-    return str(chart.render(is_unicode=True))
+        values = series.setdefault(r["name"] if r["name"] in kept else other, [None] * len(days))
+        values[index[r["day"]]] = (values[index[r["day"]]] or 0.0) + float(r["tokens"])
+    for name in sorted(kept):
+        chart.add(name, series[name])
+    if other in series:
+        chart.add(other, series[other])
+    return _render(chart)
 
 
 def percentile_ms(histogram: Sequence[int], fraction: float) -> float | None:

@@ -22,6 +22,7 @@ from gateway.budgets import month_of
 from gateway.config import GatewayConfig
 from gateway.console import charts
 from gateway.console.session import Visitor, page
+from gateway.keys import lookup_id_of
 from gateway.services import SERVICES, Services
 from gateway.state import RUNTIME
 
@@ -60,7 +61,8 @@ def _limits(cfg: GatewayConfig) -> dict[str, Any]:
 
 def _page_number(request: web.Request) -> int:
     value = request.query.get("page", "1")
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    # The length first: int() refuses strings over 4300 digits with a ValueError (a 500 otherwise).
+    if not (value.isascii() and value.isdigit() and len(value) <= len(str(MAX_PAGE)) and 1 <= int(value) <= MAX_PAGE):
         raise web.HTTPBadRequest(text=f"'page' must be a whole number from 1 to {MAX_PAGE}")
     return int(value)
 
@@ -154,6 +156,11 @@ async def users(request: web.Request, who: Visitor) -> web.StreamResponse:
     """Users with this month's usage; ?q= searches email and name, ?page= pages."""
     cfg, svc, month = _ctx(request)
     search = request.query.get("q", "").strip()[:200].replace("\x00", "")
+    if any(lookup_id_of(word) for word in search.split()):  # pasted to find its owner: never echo a secret
+        raise web.HTTPBadRequest(
+            text="That is a gateway key, a secret: it is neither searched nor shown. Search by the owner's email"
+            " or name; if the key was shared, regenerate it."
+        )
     number = _page_number(request)
     rows, total = await db.find_users(
         svc.pool, month, search=search, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, **_limits(cfg)

@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -24,6 +24,7 @@ import aiohttp_jinja2
 import aiohttp_session
 import asyncpg
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 from multidict import CIMultiDict, MultiDictProxy
@@ -40,6 +41,7 @@ from gateway.state import REQUEST_ID, RUNTIME
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
 MAX_FORM_BYTES = 64 * 1024
+FORWARDING = ("X-Forwarded-For", "Forwarded")  # what gateway.client_address reads behind a trusted proxy
 SECRET_SETTING = "console_session_secret"  # gateway_settings row: one secret for every worker and replica
 
 
@@ -108,10 +110,15 @@ async def check_csrf(request: web.Request, session: aiohttp_session.Session) -> 
     """
     if request.content_length is None or request.content_length > MAX_FORM_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM_BYTES, actual_size=request.content_length or 0)
-    form = await request.post()
+    try:
+        form = await request.post()
+    # No multipart boundary, broken part headers, bytes that are not UTF-8, an unknown charset.
+    except (ValueError, LookupError, BadHttpMessage) as exc:
+        raise web.HTTPBadRequest(text=f"the form could not be read: {exc}") from None
     sent = form.get("csrf")
     expected = session.get("csrf")
-    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, str(expected)):
+    # As bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a forged token may have them.
+    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent.encode(), str(expected).encode()):
         raise web.HTTPForbidden(text="CSRF token missing or wrong: reload the page and try again")
     return form
 
@@ -185,11 +192,18 @@ class _PostedKey:
 
     remote: str | None
     headers: CIMultiDict[str]
+    forwarded: tuple[Mapping[str, str], ...]
 
 
 async def _authenticate(request: web.Request, key: str) -> Principal:
-    """The auth stages (throttle, bcrypt once, Claude Code token mapping) run on the posted key as a header."""
-    stand_in = _PostedKey(request.remote, CIMultiDict({"Authorization": f"Bearer {key}"}))
+    """The auth stages (throttle, bcrypt once, Claude Code token mapping) run on the posted key as a header.
+
+    The forwarding headers come along: behind a trusted proxy the throttle counts guesses per client, as on the
+    API, not per proxy (where one guesser would lock every admin out of the console).
+    """
+    headers = CIMultiDict((name, value) for name in FORWARDING for value in request.headers.getall(name, ()))
+    headers["Authorization"] = f"Bearer {key}"
+    stand_in = _PostedKey(request.remote, headers, request.forwarded)
     ex = Exchange(Dialect.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False)
     await request.config_dict[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None
@@ -200,9 +214,10 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     """POST /console/sign-out: forget the session (CSRF-checked, so no other site can sign anyone out)."""
     session = await aiohttp_session.get_session(request)
     await check_csrf(request, session)
-    if isinstance(sid := session.get("sid"), str):
+    sid = session.get("sid")
+    session.invalidate()  # first: with the database away this browser still forgets the cookie (the page is a 503)
+    if isinstance(sid, str):
         await db.end_console_session(request.config_dict[SERVICES].pool, _hash(sid))
-    session.invalidate()
     raise web.HTTPSeeOther(SIGN_IN)
 
 
