@@ -15,8 +15,11 @@ BACKOFF_S after a failure requests do not wait on Redis at all.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -137,6 +140,7 @@ class RedisLimiter:
         self._tickets = Tickets()
         self._down_until = 0.0  # monotonic time before which Redis is not asked
         self._outage_logged = False
+        self._pending: set[asyncio.Task[None]] = set()  # lease releases for checks cancelled mid-way
 
     async def acquire(self, scopes: Sequence[Scope]) -> Verdict:
         if time.monotonic() < self._down_until:
@@ -146,8 +150,15 @@ class RedisLimiter:
         for scope in scopes:
             limit = scope.limit
             args += [limit.requests_per_minute, limit.tokens_per_minute, limit.in_flight]
+        check = asyncio.ensure_future(self._check(keys=[self._prefix + s.name for s in scopes], args=args))
         try:
-            answer = await self._check(keys=[self._prefix + s.name for s in scopes], args=args)
+            answer = await asyncio.shield(check)
+        except asyncio.CancelledError:
+            # the caller hung up (handler_cancellation) while Redis may already have counted this request:
+            # release its lease once the answer is in, else the slot stays taken for LEASE_MS
+            self._pending.add(task := asyncio.create_task(self._release_cancelled(check, scopes, ticket)))
+            task.add_done_callback(self._pending.discard)
+            raise
         except (RedisError, OSError) as exc:
             self._failed(exc, "check")
             return self._unavailable()
@@ -159,7 +170,9 @@ class RedisLimiter:
         return admitted_verdict(verdict, ticket) if verdict.admitted else verdict
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None:
-        if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
+        # tried even during a backoff: it runs after the reply, so nobody waits on it, and a lease not
+        # released here would hold its in-flight slot for LEASE_MS after a mere blip
+        if not ticket:  # admitted unchecked
             return
         args: list[int | str] = [ticket, tokens]
         for scope in scopes:
@@ -168,6 +181,11 @@ class RedisLimiter:
             await self._settle(keys=[self._prefix + s.name for s in scopes], args=args)
         except (RedisError, OSError) as exc:  # the request is over: only count it (a lost settlement)
             self._failed(exc, "settle")
+
+    async def _release_cancelled(self, check: asyncio.Future[Any], scopes: Sequence[Scope], ticket: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if (await check)[0]:  # admitted: counted and leased in Redis
+                await self.release(scopes, ticket, 0)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

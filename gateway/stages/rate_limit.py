@@ -116,5 +116,7 @@ def duration(ms: int) -> str:
     """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
-    minutes, seconds = divmod(ms / 1000, 60)
-    return f"{int(minutes)}m{seconds:.0f}s" if minutes else f"{seconds:g}s"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
+    minutes, seconds = divmod(math.ceil(ms / 1000), 60)  # whole seconds, rounded up: never "1m60s"
+    return f"{minutes}m{seconds}s"

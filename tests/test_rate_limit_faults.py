@@ -1,0 +1,118 @@
+"""Rate limits under attack: hang-ups at each point, Redis blips mid-request, the 429's reset headers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.config import RateLimit
+from gateway.rate_limits.limiter import Scope
+from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
+from gateway.stages.rate_limit import duration
+from tests.redis_server import redis_url
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[str]:
+    yield from redis_url()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"gw-test:{secrets.token_hex(6)}:"
+
+
+@pytest.fixture
+async def direct(redis: str) -> AsyncIterator[Redis]:
+    """A plain client beside the limiter's, to look at (and pause) Redis."""
+    client = Redis.from_url(redis)
+    yield client
+    await client.aclose()
+
+
+async def test_a_lease_ended_during_a_redis_backoff_is_still_released(redis: str, prefix: str, direct: Redis) -> None:
+    """A Redis blip while a request is in flight must not hold that request's slot for LEASE_MS (15 min)."""
+    limiter = RedisLimiter(redis, prefix=prefix, timeout_s=0.1, fail_closed=False)
+    slot = [Scope("key:1", RateLimit(in_flight=1))]
+    try:
+        held = await limiter.acquire(slot)
+        assert held.admitted and held.ticket
+        await direct.execute_command("CLIENT", "PAUSE", "300", "ALL")  # a blip: Redis stalls for 0.3 s
+        blip = await limiter.acquire([Scope("key:2", RateLimit(requests_per_minute=5))])
+        assert blip.admitted and not blip.ticket  # failed open; the limiter now backs off for BACKOFF_S
+        await asyncio.sleep(0.4)  # Redis is back, the backoff still runs; the held request ends now
+        await limiter.release(slot, held.ticket, 0)
+        assert await direct.zcard(f"{prefix}key:1:f") == 0
+        await asyncio.sleep(BACKOFF_S)
+        assert (await limiter.acquire(slot)).admitted
+    finally:
+        await limiter.aclose()
+
+
+@contextlib.asynccontextmanager
+async def slow_answers(redis: str, delay_s: float) -> AsyncIterator[str]:
+    """A TCP proxy to Redis that passes commands at once and holds each answer back `delay_s`."""
+    host, port = redis.removeprefix("redis://").split("/")[0].split(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        writers.extend((client_w, server_w))
+        await asyncio.gather(pipe(client_r, server_w, 0), pipe(server_r, client_w, delay_s))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await server.wait_closed()
+
+
+async def test_a_caller_hanging_up_while_redis_answers_the_check_leaves_no_lease(
+    redis: str, prefix: str, direct: Redis
+) -> None:
+    """handler_cancellation: a client gone while the check is on the wire cancels it after Redis counted it."""
+    async with slow_answers(redis, 0.3) as slow:
+        limiter = RedisLimiter(slow, prefix=prefix, timeout_s=2.0, fail_closed=True)
+        slot = [Scope("key:1", RateLimit(in_flight=1))]
+        try:
+            await limiter.acquire([Scope("key:0", RateLimit(in_flight=1))])  # connected, the script loaded
+            check = asyncio.create_task(limiter.acquire(slot))
+            await asyncio.sleep(0.1)  # the script has run in Redis; its answer is on its way
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
+            for _ in range(40):
+                if await direct.zcard(f"{prefix}key:1:f") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await direct.zcard(f"{prefix}key:1:f") == 0  # the slot is free again, not held 15 min
+        finally:
+            await limiter.aclose()
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [(20, "20ms"), (1500, "1.5s"), (59_999, "59.999s"), (60_000, "1m0s"), (119_600, "2m0s"), (360_000, "6m0s")],
+)
+def test_openai_reset_durations_are_well_formed(ms: int, text: str) -> None:
+    assert duration(ms) == text  # never "1m60s"
