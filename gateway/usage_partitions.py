@@ -73,7 +73,8 @@ async def ensure_partitions(pool: asyncpg.Pool, today: date, ahead: int = AHEAD_
 async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months: int) -> list[str]:
     """Drop whole months older than `retention_months` before today's month; returns the names dropped.
 
-    Only partitions named `usage_log_YYYY_MM` are considered; the DEFAULT partition is never dropped.
+    Only partitions named `usage_log_YYYY_MM` are considered; the DEFAULT partition is never dropped, but
+    its rows older than the kept months are deleted.
     """
     if retention_months <= 0:
         return []
@@ -86,6 +87,11 @@ async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months:
             if match and date(int(match[1]), int(match[2]), 1) < keep_from:
                 await conn.execute(f"DROP TABLE {name}")  # name matched ^usage_log_\d{4}_\d{2}$
                 dropped.append(name)
+        # rows for months without a partition wait in the DEFAULT one (spilled rows replayed after their
+        # month was dropped, clocks far off): retention applies to them too, else they stay forever
+        keep_from_at = datetime.combine(keep_from, datetime.min.time(), UTC)
+        if await _is_partitioned(conn):
+            await conn.execute("DELETE FROM usage_log_default WHERE created_at < $1", keep_from_at)
     return dropped
 
 

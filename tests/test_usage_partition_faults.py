@@ -1,0 +1,61 @@
+"""usage_log's partitions against a careless operator: rows far off in time, replays after retention."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import asyncpg
+
+from gateway import db
+from gateway.usage_partitions import drop_old_partitions, ensure_partitions
+from tests.pg import create_test_database
+from tests.test_usage_partitions import MakeKey, learn_columns, row, where_rows_are
+
+
+async def test_retention_also_applies_to_old_rows_waiting_in_the_default_partition(
+    pool: asyncpg.Pool, make_key: MakeKey
+) -> None:
+    """Spilled rows replayed after their month's partition was dropped land in DEFAULT; retention takes them."""
+    _, key = await make_key()
+    await learn_columns(pool)
+    await ensure_partitions(pool, date(2025, 11, 1), ahead=1)
+    await db.insert_usage(
+        pool,
+        [
+            row(key.id, datetime(2025, 3, 10, tzinfo=UTC)),  # replayed long after its month went
+            row(key.id, datetime(1970, 1, 1, tzinfo=UTC)),  # a device without a clock
+            row(key.id, datetime(2025, 11, 2, tzinfo=UTC)),
+        ],
+    )
+    assert await where_rows_are(pool) == {"usage_log_default": 2, "usage_log_2025_11": 1}
+    await drop_old_partitions(pool, date(2025, 12, 1), retention_months=2)
+    assert await where_rows_are(pool) == {"usage_log_2025_11": 1}
+
+
+async def test_migration_makes_partitions_only_for_months_with_rows(tmp_path: Path) -> None:
+    """One row stamped 1970 must not make one partition per month since then."""
+    early = tmp_path / "early"
+    early.mkdir()
+    for path in db.migration_files():
+        if path.name < "009":
+            shutil.copy(path, early / path.name)
+    dsn, drop = await create_test_database()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await db.migrate(conn, early)
+        await learn_columns(conn)
+        key_id = await conn.fetchval(
+            "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin) VALUES ('x', 'h', 'n', false) RETURNING id"
+        )
+        rows = [row(key_id, datetime(1970, 1, 1, tzinfo=UTC)), row(key_id, datetime(2024, 3, 1, tzinfo=UTC))]
+        await conn.copy_records_to_table("usage_log", records=rows, columns=db.USAGE_COLUMNS)
+        await db.migrate(conn)
+        parts = await conn.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_log'::regclass")
+        assert parts == 2 + 3 + 1  # the two months with rows, this month and two ahead, DEFAULT
+        where = await conn.fetch("SELECT tableoid::regclass::text AS part FROM usage_log ORDER BY created_at")
+        assert [r["part"] for r in where] == ["usage_log_1970_01", "usage_log_2024_03"]
+    finally:
+        await conn.close()
+        await drop()
