@@ -7,14 +7,22 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
+import asyncpg
 import pytest
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
+from gateway import db
 from gateway.config import RateLimit
+from gateway.keys import generate_key
 from gateway.rate_limits.limiter import Scope
 from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
 from gateway.stages.rate_limit import duration
+from tests.conftest import GatewayFactory
+from tests.pg import create_test_database
 from tests.redis_server import redis_url
+from tests.test_rate_limits import MakeKey
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +124,46 @@ async def test_a_caller_hanging_up_while_redis_answers_the_check_leaves_no_lease
 )
 def test_openai_reset_durations_are_well_formed(ms: int, text: str) -> None:
     assert duration(ms) == text  # never "1m60s"
+
+
+async def test_gateways_on_different_databases_sharing_one_redis_do_not_share_counts(
+    make_gateway: GatewayFactory, make_key: MakeKey, redis: str, prefix: str
+) -> None:
+    """Staging beside production on one Redis, key_prefix left alike: key 1 of one is not key 1 of the other."""
+    section = {"redis_url": redis, "key_prefix": prefix, "key": {"requests_per_minute": 1}}
+    other_dsn, drop = await create_test_database()
+    try:
+        conn = await asyncpg.connect(other_dsn)
+        try:
+            await db.migrate(conn)
+        finally:
+            await conn.close()
+        other_pool = await db.create_pool(other_dsn, min_size=1, max_size=2)
+        try:
+            new = generate_key(rounds=4)
+            other = await db.insert_key(
+                other_pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name="b", is_admin=False
+            )
+        finally:
+            await other_pool.close()
+        key, row = await make_key()
+        assert row.id == other.id  # the same key id in both databases
+        here = await make_gateway(rate_limits=section)
+        there = await make_gateway(rate_limits=section, dsn=other_dsn)
+        try:
+            assert await status_of(here, key) == 200
+            assert await status_of(there, new.plaintext) == 200  # its own first request of the minute
+            assert await status_of(here, key) == 429
+        finally:
+            await there.close()  # before its database goes
+    finally:
+        await drop()
+
+
+async def status_of(server: TestServer, key: str) -> int:
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(str(server.make_url("/v1/messages")), json=body, headers={"x-api-key": key}) as r,
+    ):
+        return r.status

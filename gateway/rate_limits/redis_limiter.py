@@ -1,7 +1,8 @@
 """Rate limits shared by every replica: one atomic Lua script per check, and one per settlement.
 
 The scripts follow the rules in gateway/rate_limits/limiter.py, on Redis' clock (TIME), so replicas with
-skewed clocks still count the same minute. Keys, under `rate_limits.key_prefix` + scope name:
+skewed clocks still count the same minute. Keys, under `rate_limits.key_prefix` + the database's namespace
+(gateway_settings.rate_limit_namespace, so gateways on different databases never share counts) + scope name:
     <p>:r           sorted set: admission times (score, ms) of the last minute, member = ticket
     <p>:t:<minute>  integer: tokens settled in that fixed minute (expires after two minutes)
     <p>:f           sorted set: in-flight leases, score = lease expiry (ms)
