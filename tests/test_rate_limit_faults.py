@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -22,7 +23,7 @@ from gateway.stages.rate_limit import duration
 from tests.conftest import GatewayFactory
 from tests.pg import create_test_database
 from tests.redis_server import redis_url
-from tests.test_rate_limits import MakeKey
+from tests.test_rate_limits import MakeKey, MakeUser
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +168,36 @@ async def status_of(server: TestServer, key: str) -> int:
         s.post(str(server.make_url("/v1/messages")), json=body, headers={"x-api-key": key}) as r,
     ):
         return r.status
+
+
+async def admin_call(server: TestServer, admin: str, method: str, path: str, data: bytes = b"") -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, str(server.make_url(path)), data=data, headers=headers) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_an_override_given_a_field_twice_is_refused(gateway: TestServer, make_key: MakeKey) -> None:
+    admin, row = await make_key("admin", admin=True)
+    body = b'{"requestsPerMinute": 5, "inFlight": 1, "requestsPerMinute": null}'
+    status, answer = await admin_call(gateway, admin, "PUT", f"/v1/rate-limits/key/{row.id}", body)
+    assert status == 400 and "'requestsPerMinute' is given more than once" in answer["error"]
+    assert (await admin_call(gateway, admin, "GET", "/v1/rate-limits"))[1]["overrides"] == []
+
+
+async def test_the_override_of_a_deleted_user_can_still_be_removed(
+    gateway: TestServer, make_key: MakeKey, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    admin, _ = await make_key("admin", admin=True)
+    _, user_key = await make_user()
+    assert user_key.user_id is not None
+    path = f"/v1/rate-limits/user/{user_key.user_id}"
+    assert (await admin_call(gateway, admin, "PUT", path, b'{"requestsPerMinute": 5}'))[0] == 200
+    await db.delete_user(pool, user_key.user_id, actor_key_id=None)
+    listed = (await admin_call(gateway, admin, "GET", "/v1/rate-limits"))[1]["overrides"]
+    assert [o["id"] for o in listed] == [str(user_key.user_id)]  # still listed...
+    assert (await admin_call(gateway, admin, "DELETE", path))[0] == 200  # ...so it must be removable
+    assert (await admin_call(gateway, admin, "GET", "/v1/rate-limits"))[1]["overrides"] == []
+    assert (await admin_call(gateway, admin, "DELETE", path))[0] == 404  # gone now
