@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -16,10 +17,11 @@ from redis.asyncio import Redis
 
 from gateway import db
 from gateway.config import RateLimit
+from gateway.dialect import Dialect
 from gateway.keys import generate_key
-from gateway.rate_limits.limiter import Scope
+from gateway.rate_limits.limiter import Scope, Verdict
 from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
-from gateway.stages.rate_limit import duration
+from gateway.stages.rate_limit import duration, refusal
 from tests.conftest import GatewayFactory
 from tests.pg import create_test_database
 from tests.redis_server import redis_url
@@ -201,3 +203,11 @@ async def test_the_override_of_a_deleted_user_can_still_be_removed(
     assert (await admin_call(gateway, admin, "DELETE", path))[0] == 200  # ...so it must be removable
     assert (await admin_call(gateway, admin, "GET", "/v1/rate-limits"))[1]["overrides"] == []
     assert (await admin_call(gateway, admin, "DELETE", path))[0] == 404  # gone now
+
+
+def test_anthropic_reset_time_is_never_before_the_reset() -> None:
+    verdict = Verdict(False, Scope("key:1", RateLimit(requests_per_minute=1)), "requests", 500, 0, 500, -1, 0, "")
+    now = datetime(2026, 1, 1, 0, 0, 0, 700_000, tzinfo=UTC)  # the slot frees at 00:00:01.2
+    headers = refusal(verdict, Dialect.ANTHROPIC, now=now).headers
+    assert headers["anthropic-ratelimit-requests-reset"] == "2026-01-01T00:00:02Z"  # not 00:00:01, too early
+    assert headers["Retry-After"] == "1"

@@ -96,7 +96,10 @@ def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> 
             continue
         remaining = max(remaining, 0)
         if dialect is Dialect.ANTHROPIC:
-            reset = (now + timedelta(milliseconds=reset_ms)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            at = now + timedelta(milliseconds=reset_ms)
+            if at.microsecond:  # up to the whole second: a reset truncated to before it would invite an early retry
+                at = at.replace(microsecond=0) + timedelta(seconds=1)
+            reset = at.isoformat(timespec="seconds").replace("+00:00", "Z")
             headers |= {
                 f"anthropic-ratelimit-{kind}-limit": str(maximum),
                 f"anthropic-ratelimit-{kind}-remaining": str(remaining),
