@@ -19,10 +19,13 @@ from gateway import db
 from gateway.config import RateLimit
 from gateway.dialect import Dialect
 from gateway.keys import generate_key
+from gateway.rate_limits import limiter as limiter_module
+from gateway.rate_limits import redis_limiter as redis_limiter_module
 from gateway.rate_limits.limiter import Scope, Verdict
 from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
 from gateway.stages.rate_limit import duration, refusal
 from tests.conftest import GatewayFactory
+from tests.fakes.upstream import FakeUpstream
 from tests.pg import create_test_database
 from tests.redis_server import redis_url
 from tests.test_rate_limits import MakeKey, MakeUser
@@ -211,3 +214,34 @@ def test_anthropic_reset_time_is_never_before_the_reset() -> None:
     headers = refusal(verdict, Dialect.ANTHROPIC, now=now).headers
     assert headers["anthropic-ratelimit-requests-reset"] == "2026-01-01T00:00:02Z"  # not 00:00:01, too early
     assert headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("counted", ["local", "redis"])
+async def test_a_stream_longer_than_a_lease_keeps_its_in_flight_slot(
+    make_gateway: GatewayFactory,
+    make_user: MakeUser,
+    upstream: FakeUpstream,
+    redis: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    counted: str,
+) -> None:
+    """A stream running past LEASE_MS (15 min; 0.3 s here) must not let its caller start one request more."""
+    monkeypatch.setattr(limiter_module, "LEASE_MS", 300)
+    monkeypatch.setattr(redis_limiter_module, "LEASE_MS", 300)
+    upstream.enqueue(chunk_delay_s=0.25)  # a slow stream: a second and more
+    section: dict[str, Any] = {"key_prefix": prefix, "key": {"in_flight": 1}}
+    if counted == "redis":
+        section["redis_url"] = redis
+    server = await make_gateway(rate_limits=section)
+    key, _ = await make_user()
+    body = {"model": "claude-fast", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(str(server.make_url("/v1/messages")), json=body, headers={"x-api-key": key}) as stream,
+    ):
+        assert stream.status == 200
+        await stream.content.readline()
+        await asyncio.sleep(0.7)  # two lease lengths on, the stream still runs
+        assert await status_of(server, key) == 429
+        await stream.read()

@@ -125,6 +125,20 @@ return 1
 """
 
 
+# KEYS: the prefixes of the scopes with an in-flight limit. ARGV: ticket, lease ms. XX: a lease already ended
+# (released, or expired) is not brought back.
+RENEW = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+for _, p in ipairs(KEYS) do
+  if redis.call('ZADD', p .. ':f', 'XX', 'CH', expiry, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', p .. ':f', tonumber(ARGV[2]))
+  end
+end
+return 1
+"""
+
+
 class RedisLimiter:
     def __init__(
         self, url: str, *, prefix: str, timeout_s: float, fail_closed: bool, metrics: Metrics | None = None
@@ -136,6 +150,7 @@ class RedisLimiter:
         )
         self._check = self._redis.register_script(CHECK)
         self._settle = self._redis.register_script(SETTLE)
+        self._renew = self._redis.register_script(RENEW)
         self._prefix, self._fail_closed = prefix, fail_closed
         self._metrics = metrics or Metrics()
         self._tickets = Tickets()
@@ -182,6 +197,15 @@ class RedisLimiter:
             await self._settle(keys=[self._prefix + s.name for s in scopes], args=args)
         except (RedisError, OSError) as exc:  # the request is over: only count it (a lost settlement)
             self._failed(exc, "settle")
+
+    async def renew(self, scopes: Sequence[Scope], ticket: str) -> None:
+        if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
+            return
+        keys = [self._prefix + s.name for s in scopes if s.limit.in_flight]
+        try:
+            await self._renew(keys=keys, args=[ticket, LEASE_MS])
+        except (RedisError, OSError) as exc:  # the lease keeps its old expiry; the next renewal tries again
+            self._failed(exc, "renew")
 
     async def _release_cancelled(self, check: asyncio.Future[Any], scopes: Sequence[Scope], ticket: str) -> None:
         with contextlib.suppress(RedisError, OSError):

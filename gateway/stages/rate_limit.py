@@ -19,6 +19,7 @@ from gateway.errors import RateLimited
 from gateway.keys import Principal
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
+from gateway.rate_limits import limiter as leases  # LEASE_MS read at each use
 from gateway.rate_limits.limiter import IN_FLIGHT, TOKENS, Limiter, Scope, Verdict
 from gateway.rate_limits.overrides import RateLimitOverrides
 
@@ -61,17 +62,40 @@ class CheckRateLimit:
             assert verdict.scope is not None
             self._metrics.rate_limit_rejections.inc((verdict.scope.name.split(":")[0], verdict.refused_by))
             raise refusal(verdict, ex.dialect)
-        if not any(s.limit.tokens_per_minute or s.limit.in_flight for s in scopes):
+        in_flight = bool(verdict.ticket) and any(s.limit.in_flight for s in scopes)
+        if not in_flight and not any(s.limit.tokens_per_minute for s in scopes):
             await call_next(ex)  # requests per minute only: nothing to settle afterwards
             return
+        keeper = LeaseKeeper(self._limiter, scopes, verdict.ticket, self._settling) if in_flight else None
         try:
             await call_next(ex)
         finally:
+            if keeper is not None:
+                keeper.stop()
             # settled in the background: the reply is complete, the caller need not wait for Redis
             tokens = ex.usage.input_tokens + ex.usage.output_tokens
             task = asyncio.create_task(self._limiter.release(scopes, verdict.ticket, tokens))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
+
+
+class LeaseKeeper:
+    """Renews one running request's in-flight lease every LEASE_MS / 3 (a long stream outlasts a lease, and
+    an expired lease would let the caller start one request more than its limit). A timer, not a task: most
+    requests end before the first renewal."""
+
+    def __init__(self, limiter: Limiter, scopes: list[Scope], ticket: str, tasks: set[asyncio.Task[None]]) -> None:
+        self._limiter, self._scopes, self._ticket, self._tasks = limiter, scopes, ticket, tasks
+        self._handle = asyncio.get_running_loop().call_later(leases.LEASE_MS / 3000, self._renew)
+
+    def _renew(self) -> None:
+        task = asyncio.create_task(self._limiter.renew(self._scopes, self._ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._handle = asyncio.get_running_loop().call_later(leases.LEASE_MS / 3000, self._renew)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> RateLimited:
