@@ -599,10 +599,20 @@ def _usage_log(raw: Any) -> UsageLogConfig:
             _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
         ),
         spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
-        retention_months=_non_negative(
-            _get(s, "retention_months", "usage_log", int, d.retention_months), "usage_log.retention_months"
-        ),
+        retention_months=_retention_months(_get(s, "retention_months", "usage_log", int, d.retention_months)),
     )
+
+
+MAX_RETENTION_MONTHS = 1200  # 100 years; "keep forever" is 0. Beyond ~24,000 the cut-off month is before year 1,
+# which date() refuses: the partition keeper would stop for good, and no month ahead would be made again.
+
+
+def _retention_months(value: int) -> int:
+    if not 0 <= value <= MAX_RETENTION_MONTHS:
+        raise ConfigError(
+            f"usage_log.retention_months: must be 0 (keep everything) to {MAX_RETENTION_MONTHS}, got {value}"
+        )
+    return value
 
 
 def _non_negative(value: int, where: str) -> int:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from gateway import db
+from gateway.config import ConfigError
 from gateway.usage_partitions import drop_old_partitions, ensure_partitions
+from tests.conftest import gateway_config
 from tests.pg import create_test_database
 from tests.test_usage_partitions import MakeKey, learn_columns, row, where_rows_are
 
@@ -59,3 +63,10 @@ async def test_migration_makes_partitions_only_for_months_with_rows(tmp_path: Pa
     finally:
         await conn.close()
         await drop()
+
+
+@pytest.mark.parametrize("months", [-1, 99_999])
+def test_retention_beyond_any_calendar_is_a_config_error(months: int) -> None:
+    """99999 "to keep everything" would reach before year 1: the daily partition keeper would die on it."""
+    with pytest.raises(ConfigError, match=re.escape("usage_log.retention_months: must be 0 (keep everything) to 1200")):
+        gateway_config("http://127.0.0.1:1", usage_log={"retention_months": months})
