@@ -168,7 +168,7 @@ class RateLimit:
     """Limits for one key or user; 0 means no limit of that kind."""
 
     requests_per_minute: int = 0  # in any sliding 60 s
-    tokens_per_minute: int = 0  # input + output tokens, settled after each request
+    tokens_per_minute: int = 0  # input + cache-write + output tokens, settled after each request
     in_flight: int = 0  # requests being served at once
 
     @property

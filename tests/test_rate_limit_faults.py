@@ -245,3 +245,19 @@ async def test_a_stream_longer_than_a_lease_keeps_its_in_flight_slot(
         await asyncio.sleep(0.7)  # two lease lengths on, the stream still runs
         assert await status_of(server, key) == 429
         await stream.read()
+
+
+async def test_cache_writes_count_in_tokens_per_minute(
+    make_gateway: GatewayFactory, make_user: MakeUser, upstream: FakeUpstream, redis: str, prefix: str
+) -> None:
+    """A caller marking every prompt for caching: 900 tokens written to the cache are 900 tokens of input."""
+    upstream.usage(input_tokens=10, cache_creation_input_tokens=900, output_tokens=5)
+    section = {"redis_url": redis, "key_prefix": prefix, "key": {"tokens_per_minute": 800}}
+    server = await make_gateway(rate_limits=section)
+    key, _ = await make_user()
+    assert await status_of(server, key) == 200
+    for _ in range(40):  # settled in the background
+        if (status := await status_of(server, key)) == 429:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 429

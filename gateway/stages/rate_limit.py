@@ -4,7 +4,8 @@ Runs after authentication (it needs the key and user) and before the budget chec
 429 in the caller's dialect with `Retry-After` and the rate-limit headers its SDK reads: OpenAI's
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration, e.g. `6m0s`, `1.5s`) on
 OpenAI routes, Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset as an
-RFC 3339 time) on /v1/messages. Tokens (input + output) are settled when the request ends, stream included.
+RFC 3339 time) on /v1/messages. Tokens (input, cache writes and output; cache reads are free, as at Anthropic)
+are settled when the request ends, stream included.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class CheckRateLimit:
             if keeper is not None:
                 keeper.stop()
             # settled in the background: the reply is complete, the caller need not wait for Redis
-            tokens = ex.usage.input_tokens + ex.usage.output_tokens
+            # cache writes are fresh input the upstream processed (Anthropic counts them in its input tokens
+            # per minute); left out, a caller marking every prompt for caching would pass the limit almost free
+            tokens = ex.usage.input_tokens + ex.usage.cache_write_tokens + ex.usage.output_tokens
             task = asyncio.create_task(self._limiter.release(scopes, verdict.ticket, tokens))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
