@@ -27,6 +27,9 @@ log = structlog.get_logger("gateway.partitions")
 AHEAD_MONTHS = 2  # a month's partition exists at least two months before its first row
 PARTITION_LOCK = 0x7573_6167_655F_70  # pg_advisory_xact_lock key ("usage_p")
 EVERY_S = 24 * 3600.0
+# DDL on a partition queues for an exclusive lock behind any long query on usage_log, and every read and
+# write of usage_log then queues behind it: give up after this long and try again at the next round.
+LOCK_TIMEOUT = "1s"
 _NAME = re.compile(r"^usage_log_(\d{4})_(\d{2})$")
 
 
@@ -45,6 +48,7 @@ async def ensure_partitions(pool: asyncpg.Pool, today: date, ahead: int = AHEAD_
     created = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         if not await _is_partitioned(conn):
             return []
         existing = set(await _partitions(conn))
@@ -74,7 +78,8 @@ async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months:
     """Drop whole months older than `retention_months` before today's month; returns the names dropped.
 
     Only partitions named `usage_log_YYYY_MM` are considered; the DEFAULT partition is never dropped, but
-    its rows older than the kept months are deleted.
+    its rows older than the kept months are deleted. Raises asyncpg.LockNotAvailableError when a query on
+    usage_log holds it longer than LOCK_TIMEOUT (the caller tries again at its next round).
     """
     if retention_months <= 0:
         return []
@@ -82,6 +87,7 @@ async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months:
     dropped = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         for name in await _partitions(conn):
             match = _NAME.match(name)
             if match and date(int(match[1]), int(match[2]), 1) < keep_from:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from datetime import UTC, date, datetime
@@ -70,3 +71,25 @@ def test_retention_beyond_any_calendar_is_a_config_error(months: int) -> None:
     """99999 "to keep everything" would reach before year 1: the daily partition keeper would die on it."""
     with pytest.raises(ConfigError, match=re.escape("usage_log.retention_months: must be 0 (keep everything) to 1200")):
         gateway_config("http://127.0.0.1:1", usage_log={"retention_months": months})
+
+
+async def test_retention_waiting_on_a_long_query_does_not_stall_usage_log(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    """A report reading usage_log while the daily retention runs: DROP queues for its exclusive lock, and
+    every read and insert of usage_log would queue behind the DROP until the report ends."""
+    await ensure_partitions(pool, date(2025, 1, 1), ahead=1)
+    report = await asyncpg.connect(database_url)
+    try:
+        async with report.transaction():
+            await report.fetchval("SELECT count(*) FROM usage_log")  # holds its lock until the report ends
+            dropping = asyncio.create_task(drop_old_partitions(pool, date(2026, 11, 1), retention_months=2))
+            await asyncio.sleep(0.2)
+            async with asyncio.timeout(5):  # not until the report ends
+                await pool.fetchval("SELECT count(*) FROM usage_log WHERE created_at > now()")
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await dropping  # given up, tried again at the next round
+    finally:
+        await report.close()
+    dropped = await drop_old_partitions(pool, date(2026, 11, 1), retention_months=2)  # the report is over
+    assert {"usage_log_2025_01", "usage_log_2025_02"} <= set(dropped)
