@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import anthropic
 import asyncpg
+import openai
 import pytest
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
@@ -261,3 +263,32 @@ async def test_cache_writes_count_in_tokens_per_minute(
             break
         await asyncio.sleep(0.05)
     assert status == 429
+
+
+@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
+async def test_sdks_wait_the_retry_after_and_then_get_through(
+    make_gateway: GatewayFactory, make_user: MakeUser, upstream: FakeUpstream, redis: str, prefix: str, sdk: str
+) -> None:
+    """The in-flight 429 says Retry-After: 1; each SDK's own retry waits that long and finds the slot free."""
+    upstream.enqueue(delay_s=0.5)  # holds the one slot for half a second
+    section = {"redis_url": redis, "key_prefix": prefix, "key": {"in_flight": 1}}
+    server = await make_gateway(rate_limits=section)
+    key, _ = await make_user()
+    holder = asyncio.create_task(status_of(server, key))
+    await asyncio.sleep(0.2)
+    started = asyncio.get_running_loop().time()
+    if sdk == "anthropic":
+        claude = anthropic.AsyncAnthropic(base_url=str(server.make_url("/")), api_key=key, max_retries=1)
+        reply = await claude.messages.with_raw_response.create(
+            model="claude-fast", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+        await claude.close()
+    else:
+        gpt = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=key, max_retries=1)
+        reply = await gpt.chat.completions.with_raw_response.create(
+            model="claude-fast", messages=[{"role": "user", "content": "hi"}]
+        )
+        await gpt.close()
+    assert reply.retries_taken == 1  # refused once, then served
+    assert asyncio.get_running_loop().time() - started >= 0.9  # after Retry-After, not its own shorter backoff
+    assert await holder == 200
