@@ -71,15 +71,15 @@ async def test_a_lease_ended_during_a_redis_backoff_is_still_released(redis: str
 
 
 @contextlib.asynccontextmanager
-async def slow_answers(redis: str, delay_s: float) -> AsyncIterator[str]:
-    """A TCP proxy to Redis that passes commands at once and holds each answer back `delay_s`."""
+async def slow_answers(redis: str, delay_s: list[float]) -> AsyncIterator[str]:
+    """A TCP proxy to Redis that passes commands at once and holds each answer back `delay_s[0]` (settable)."""
     host, port = redis.removeprefix("redis://").split("/")[0].split(":")
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: list[float]) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
+                if delay[0]:
+                    await asyncio.sleep(delay[0])
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -89,7 +89,7 @@ async def slow_answers(redis: str, delay_s: float) -> AsyncIterator[str]:
     async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(host, int(port))
         writers.extend((client_w, server_w))
-        await asyncio.gather(pipe(client_r, server_w, 0), pipe(server_r, client_w, delay_s))
+        await asyncio.gather(pipe(client_r, server_w, [0.0]), pipe(server_r, client_w, delay_s))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
@@ -107,7 +107,7 @@ async def test_a_caller_hanging_up_while_redis_answers_the_check_leaves_no_lease
     redis: str, prefix: str, direct: Redis
 ) -> None:
     """handler_cancellation: a client gone while the check is on the wire cancels it after Redis counted it."""
-    async with slow_answers(redis, 0.3) as slow:
+    async with slow_answers(redis, [0.3]) as slow:
         limiter = RedisLimiter(slow, prefix=prefix, timeout_s=2.0, fail_closed=True)
         slot = [Scope("key:1", RateLimit(in_flight=1))]
         try:
@@ -122,6 +122,32 @@ async def test_a_caller_hanging_up_while_redis_answers_the_check_leaves_no_lease
                     break
                 await asyncio.sleep(0.05)
             assert await direct.zcard(f"{prefix}key:1:f") == 0  # the slot is free again, not held 15 min
+        finally:
+            await limiter.aclose()
+
+
+async def test_a_check_timing_out_after_redis_counted_it_leaves_no_lease(
+    redis: str, prefix: str, direct: Redis
+) -> None:
+    """Redis slower than redis_timeout_s for a moment (a fork for a snapshot): the check is admitted unchecked,
+    but Redis ran it and holds its lease; left there, a key with in_flight: 1 is refused for LEASE_MS."""
+    delay = [0.0]
+    async with slow_answers(redis, delay) as slow:
+        limiter = RedisLimiter(slow, prefix=prefix, timeout_s=0.1, fail_closed=False)
+        slot = [Scope("key:1", RateLimit(in_flight=1))]
+        try:
+            await limiter.acquire([Scope("key:0", RateLimit(in_flight=1))])  # connected, the script loaded
+            delay[0] = 0.3
+            unchecked = await limiter.acquire(slot)
+            assert unchecked.admitted and not unchecked.ticket  # timed out: failed open
+            delay[0] = 0.0
+            for _ in range(60):
+                if await direct.zcard(f"{prefix}key:1:f") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert await direct.zcard(f"{prefix}key:1:f") == 0
+            await asyncio.sleep(0.1)  # the lease went once the backoff was over
+            assert (await limiter.acquire(slot)).ticket  # checked again, and admitted
         finally:
             await limiter.aclose()
 

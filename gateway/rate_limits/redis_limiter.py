@@ -177,6 +177,10 @@ class RedisLimiter:
             raise
         except (RedisError, OSError) as exc:
             self._failed(exc, "check")
+            if any(s.limit.in_flight for s in scopes):
+                # a timeout may come after Redis ran the check: its lease would hold a slot for LEASE_MS
+                self._pending.add(task := asyncio.create_task(self._release_late(scopes, ticket)))
+                task.add_done_callback(self._pending.discard)
             return self._unavailable()
         self._recovered()
         admitted, index, kind, retry, r_rem, r_reset, t_rem, t_reset = (int(v) for v in answer)
@@ -206,6 +210,10 @@ class RedisLimiter:
             await self._renew(keys=keys, args=[ticket, LEASE_MS])
         except (RedisError, OSError) as exc:  # the lease keeps its old expiry; the next renewal tries again
             self._failed(exc, "renew")
+
+    async def _release_late(self, scopes: Sequence[Scope], ticket: str) -> None:
+        await asyncio.sleep(BACKOFF_S)  # once Redis had a moment; removing a lease never made is harmless
+        await self.release(scopes, ticket, 0)
 
     async def _release_cancelled(self, check: asyncio.Future[Any], scopes: Sequence[Scope], ticket: str) -> None:
         with contextlib.suppress(RedisError, OSError):
