@@ -30,6 +30,7 @@ EVERY_S = 24 * 3600.0
 # DDL on a partition queues for an exclusive lock behind any long query on usage_log, and every read and
 # write of usage_log then queues behind it: give up after this long and try again at the next round.
 LOCK_TIMEOUT = "1s"
+RETRY_S = 600.0  # after a failed round (a report held the lock all along, the database was away)
 _NAME = re.compile(r"^usage_log_(\d{4})_(\d{2})$")
 
 
@@ -102,22 +103,29 @@ async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months:
 
 
 async def keep_partitions(
-    pool: asyncpg.Pool, retention_months: int, *, today: Callable[[], date], every_s: float = EVERY_S
+    pool: asyncpg.Pool,
+    retention_months: int,
+    *,
+    today: Callable[[], date],
+    every_s: float = EVERY_S,
 ) -> None:
     """Run forever (a background task): ensure partitions ahead and apply retention, at start and daily.
 
-    A failure (database away) is logged and tried again at the next round; the DEFAULT partition holds any
-    row that arrives for a month whose partition could not be made in time.
+    A failure (database away, a lock not had within LOCK_TIMEOUT) is logged and tried again after RETRY_S,
+    not a day later; the DEFAULT partition holds any row that arrives for a month whose partition could not
+    be made in time.
     """
     while True:
+        wait_s = every_s
         try:
             created = await ensure_partitions(pool, today())
             dropped = await drop_old_partitions(pool, today(), retention_months)
             if created or dropped:
                 log.info("usage_partitions", created=created, dropped=dropped)
         except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
-            log.warning("usage_partitions_failed", error=str(exc))
-        await asyncio.sleep(every_s)
+            log.warning("usage_partitions_failed", error=str(exc), retry_s=RETRY_S)
+            wait_s = min(every_s, RETRY_S)
+        await asyncio.sleep(wait_s)
 
 
 async def _is_partitioned(conn: asyncpg.Connection) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 from datetime import UTC, date, datetime
@@ -11,9 +12,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway import db
+from gateway import db, usage_partitions
 from gateway.config import ConfigError
-from gateway.usage_partitions import drop_old_partitions, ensure_partitions
+from gateway.usage_partitions import drop_old_partitions, ensure_partitions, keep_partitions
 from tests.conftest import gateway_config
 from tests.pg import create_test_database
 from tests.test_usage_partitions import MakeKey, learn_columns, row, where_rows_are
@@ -93,3 +94,28 @@ async def test_retention_waiting_on_a_long_query_does_not_stall_usage_log(
         await report.close()
     dropped = await drop_old_partitions(pool, date(2026, 11, 1), retention_months=2)  # the report is over
     assert {"usage_log_2025_01", "usage_log_2025_02"} <= set(dropped)
+
+
+async def test_a_round_that_could_not_drop_is_tried_again_soon_not_a_day_later(
+    pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage_partitions, "RETRY_S", 0.3, raising=False)
+    await ensure_partitions(pool, date(2025, 1, 1), ahead=0)
+    report = await asyncpg.connect(database_url)
+    keeper = None
+    try:
+        async with report.transaction():
+            await report.fetchval("SELECT count(*) FROM usage_log")
+            keeper = asyncio.create_task(keep_partitions(pool, 2, today=lambda: date(2026, 11, 1), every_s=3600))
+            await asyncio.sleep(1.5)  # the first round gave up on its lock
+        for _ in range(50):  # the report is over: the next try drops the old month
+            if not await pool.fetchval("SELECT to_regclass('usage_log_2025_01') IS NOT NULL"):
+                break
+            await asyncio.sleep(0.1)
+        assert not await pool.fetchval("SELECT to_regclass('usage_log_2025_01') IS NOT NULL")
+    finally:
+        await report.close()
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
