@@ -7,6 +7,7 @@ appear only in the create and regenerate responses.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -460,19 +461,23 @@ async def list_rate_limits(api: UserKeysApi, request: web.Request, admin: Princi
     return _json({"defaults": defaults, "counting": shared, "overrides": overrides})
 
 
-async def _rate_limit_scope(request: web.Request) -> tuple[str, str]:
-    """(scope, id) from the path, checked against the database: 404 for an unknown scope, key or user."""
+async def _rate_limit_scope(request: web.Request, *, must_exist: bool = True) -> tuple[str, str]:
+    """(scope, id) from the path, checked against the database: 404 for an unknown scope, key or user.
+
+    `must_exist=False` (DELETE) takes the id of a key or user that is gone: its override is still listed and
+    must stay removable.
+    """
     scope, raw_id = request.match_info["scope"], request.match_info["id"]
     pool = request.app[SERVICES].pool
     if scope == "key" and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 19:
-        if await pool.fetchval("SELECT 1 FROM api_keys WHERE id = $1", int(raw_id)):
+        if not must_exist or await pool.fetchval("SELECT 1 FROM api_keys WHERE id = $1", int(raw_id)):
             return scope, str(int(raw_id))
     elif scope == "user":
         try:
             user_id = uuid.UUID(raw_id)
         except ValueError:
             user_id = None
-        if user_id is not None and await db.get_user(pool, user_id) is not None:
+        if user_id is not None and (not must_exist or await db.get_user(pool, user_id) is not None):
             return scope, str(user_id)
     elif scope != "key":
         raise AdminError(404, f"no rate-limit scope {scope!r}; use /v1/rate-limits/key/<key id> or /user/<user id>")
@@ -488,6 +493,7 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principa
 
     scope, scope_id = await _rate_limit_scope(request)
     body = await _body(request, set(RATE_LIMIT_FIELDS))
+    json.loads(await request.read(), object_pairs_hook=_once_each)  # parsed by _body: only duplicates raise
     values: dict[str, int | None] = {}
     for camel, name in RATE_LIMIT_FIELDS.items():
         value = body.get(camel)
@@ -503,9 +509,20 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principa
     return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
 
 
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's fields, 400 for one given twice: orjson keeps the last silently, and with
+    `{"requestsPerMinute": 5, ..., "requestsPerMinute": null}` which one was meant is anyone's guess."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise AdminError(400, f"field {name!r} is given more than once; send it once")
+        fields[name] = value
+    return fields
+
+
 async def delete_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
     """DELETE /v1/rate-limits/{key|user}/{id}: back to the defaults; 404 when there was no override."""
-    scope, scope_id = await _rate_limit_scope(request)
+    scope, scope_id = await _rate_limit_scope(request, must_exist=False)
     svc = request.app[SERVICES]
     assert svc.rate_limit_overrides is not None
     if not await svc.rate_limit_overrides.delete(scope, scope_id):

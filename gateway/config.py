@@ -168,7 +168,7 @@ class RateLimit:
     """Limits for one key or user; 0 means no limit of that kind."""
 
     requests_per_minute: int = 0  # in any sliding 60 s
-    tokens_per_minute: int = 0  # input + output tokens, settled after each request
+    tokens_per_minute: int = 0  # input + cache-write + output tokens, settled after each request
     in_flight: int = 0  # requests being served at once
 
     @property
@@ -610,10 +610,20 @@ def _usage_log(raw: Any) -> UsageLogConfig:
             _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
         ),
         spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
-        retention_months=_non_negative(
-            _get(s, "retention_months", "usage_log", int, d.retention_months), "usage_log.retention_months"
-        ),
+        retention_months=_retention_months(_get(s, "retention_months", "usage_log", int, d.retention_months)),
     )
+
+
+MAX_RETENTION_MONTHS = 1200  # 100 years; "keep forever" is 0. Beyond ~24,000 the cut-off month is before year 1,
+# which date() refuses: the partition keeper would stop for good, and no month ahead would be made again.
+
+
+def _retention_months(value: int) -> int:
+    if not 0 <= value <= MAX_RETENTION_MONTHS:
+        raise ConfigError(
+            f"usage_log.retention_months: must be 0 (keep everything) to {MAX_RETENTION_MONTHS}, got {value}"
+        )
+    return value
 
 
 def _non_negative(value: int, where: str) -> int:

@@ -13,9 +13,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
+import structlog
 from pypika import Criterion, Field, Order, Parameter, PostgreSQLQuery, Table
 from pypika import functions as fn
 from pypika.queries import QueryBuilder
@@ -42,7 +44,15 @@ async def create_pool(
 ) -> asyncpg.Pool:
     # timeout: connecting; command_timeout: any statement (a batch COPY included).
     # statement_cache_size=0 behind PgBouncer in transaction mode: a named prepared statement lives on one
-    # server connection, and the next transaction may run on another.
+    # server connection, and the next transaction may run on another. Forgotten, every request risks a
+    # "prepared statement does not exist" 500, so a pooler seen in between turns the cache off by itself.
+    if statement_cache_size and await behind_a_pooler(dsn):
+        structlog.get_logger("gateway.db").warning(
+            "statement_cache_off",
+            reason="the server listens on another port than the one dialled: a pooler (PgBouncer) or proxy is"
+            " in between; set database.statement_cache_size: 0 to say so",
+        )
+        statement_cache_size = 0
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -51,6 +61,24 @@ async def create_pool(
         command_timeout=30,
         statement_cache_size=statement_cache_size,
     )
+
+
+async def behind_a_pooler(dsn: str) -> bool:
+    """Whether PostgreSQL listens on another TCP port than the DSN's (PgBouncer: 6432 onto 5432).
+
+    False over a unix socket (no port). A published container port (5433 onto 5432) reads as a pooler too:
+    the cost is only asyncpg's statement cache.
+    """
+    try:
+        dialled = urlsplit(dsn).port or int(os.environ.get("PGPORT") or 5432)
+    except ValueError:  # several hosts (h1:5432,h2:5432): no one port to compare
+        return False
+    conn = await asyncpg.connect(dsn, timeout=5, statement_cache_size=0)
+    try:
+        port = await conn.fetchval("SELECT inet_server_port()")
+    finally:
+        await conn.close()
+    return port is not None and port != dialled
 
 
 # --- migrations --------------------------------------------------------------------------------------

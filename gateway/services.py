@@ -164,7 +164,9 @@ async def open_services(
     limiter: Limiter = (
         RedisLimiter(
             limits.redis_url,
-            prefix=limits.key_prefix,
+            # the database's own namespace after the prefix: gateways on different databases sharing one Redis
+            # (staging beside production, prefix left at its default) would otherwise share key 1's counts
+            prefix=limits.key_prefix + await db.setting(pool, "rate_limit_namespace", secrets.token_hex(4)) + ":",
             timeout_s=limits.redis_timeout_s,
             fail_closed=limits.fail == "closed",
             metrics=metrics,

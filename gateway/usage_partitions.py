@@ -27,6 +27,10 @@ log = structlog.get_logger("gateway.partitions")
 AHEAD_MONTHS = 2  # a month's partition exists at least two months before its first row
 PARTITION_LOCK = 0x7573_6167_655F_70  # pg_advisory_xact_lock key ("usage_p")
 EVERY_S = 24 * 3600.0
+# DDL on a partition queues for an exclusive lock behind any long query on usage_log, and every read and
+# write of usage_log then queues behind it: give up after this long and try again at the next round.
+LOCK_TIMEOUT = "1s"
+RETRY_S = 600.0  # after a failed round (a report held the lock all along, the database was away)
 _NAME = re.compile(r"^usage_log_(\d{4})_(\d{2})$")
 
 
@@ -45,6 +49,7 @@ async def ensure_partitions(pool: asyncpg.Pool, today: date, ahead: int = AHEAD_
     created = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         if not await _is_partitioned(conn):
             return []
         existing = set(await _partitions(conn))
@@ -73,7 +78,9 @@ async def ensure_partitions(pool: asyncpg.Pool, today: date, ahead: int = AHEAD_
 async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months: int) -> list[str]:
     """Drop whole months older than `retention_months` before today's month; returns the names dropped.
 
-    Only partitions named `usage_log_YYYY_MM` are considered; the DEFAULT partition is never dropped.
+    Only partitions named `usage_log_YYYY_MM` are considered; the DEFAULT partition is never dropped, but
+    its rows older than the kept months are deleted. Raises asyncpg.LockNotAvailableError when a query on
+    usage_log holds it longer than LOCK_TIMEOUT (the caller tries again at its next round).
     """
     if retention_months <= 0:
         return []
@@ -81,31 +88,44 @@ async def drop_old_partitions(pool: asyncpg.Pool, today: date, retention_months:
     dropped = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         for name in await _partitions(conn):
             match = _NAME.match(name)
             if match and date(int(match[1]), int(match[2]), 1) < keep_from:
                 await conn.execute(f"DROP TABLE {name}")  # name matched ^usage_log_\d{4}_\d{2}$
                 dropped.append(name)
+        # rows for months without a partition wait in the DEFAULT one (spilled rows replayed after their
+        # month was dropped, clocks far off): retention applies to them too, else they stay forever
+        keep_from_at = datetime.combine(keep_from, datetime.min.time(), UTC)
+        if await _is_partitioned(conn):
+            await conn.execute("DELETE FROM usage_log_default WHERE created_at < $1", keep_from_at)
     return dropped
 
 
 async def keep_partitions(
-    pool: asyncpg.Pool, retention_months: int, *, today: Callable[[], date], every_s: float = EVERY_S
+    pool: asyncpg.Pool,
+    retention_months: int,
+    *,
+    today: Callable[[], date],
+    every_s: float = EVERY_S,
 ) -> None:
     """Run forever (a background task): ensure partitions ahead and apply retention, at start and daily.
 
-    A failure (database away) is logged and tried again at the next round; the DEFAULT partition holds any
-    row that arrives for a month whose partition could not be made in time.
+    A failure (database away, a lock not had within LOCK_TIMEOUT) is logged and tried again after RETRY_S,
+    not a day later; the DEFAULT partition holds any row that arrives for a month whose partition could not
+    be made in time.
     """
     while True:
+        wait_s = every_s
         try:
             created = await ensure_partitions(pool, today())
             dropped = await drop_old_partitions(pool, today(), retention_months)
             if created or dropped:
                 log.info("usage_partitions", created=created, dropped=dropped)
         except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
-            log.warning("usage_partitions_failed", error=str(exc))
-        await asyncio.sleep(every_s)
+            log.warning("usage_partitions_failed", error=str(exc), retry_s=RETRY_S)
+            wait_s = min(every_s, RETRY_S)
+        await asyncio.sleep(wait_s)
 
 
 async def _is_partitioned(conn: asyncpg.Connection) -> bool:

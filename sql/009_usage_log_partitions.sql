@@ -5,8 +5,8 @@
 -- columns, defaults and CHECK constraints, every non-primary index is recreated from its definition, and
 -- the rows move over. The primary key becomes (id, created_at): PostgreSQL requires the partition key in
 -- it; both are made in the gateway process, so a replayed batch still conflicts with its first copy.
--- Partitions: every month from the oldest row to two months ahead (the gateway keeps creating them ahead),
--- plus a DEFAULT partition so that a row for a month without one is stored, never refused.
+-- Partitions: every month that holds rows, this month and two months ahead (the gateway keeps creating
+-- them ahead), plus a DEFAULT partition so that a row for a month without one is stored, never refused.
 -- On a large table this rewrites every row under an exclusive lock: run it at a quiet time.
 DO $$
 DECLARE
@@ -23,16 +23,19 @@ BEGIN
 
     CREATE TABLE usage_log_partitioned (LIKE usage_log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
         PARTITION BY RANGE (created_at);
-    SELECT least(this_month, coalesce(date_trunc('month', min(created_at) AT TIME ZONE 'UTC')::date, this_month))
-        INTO m FROM usage_log;
-    WHILE m <= this_month + interval '2 months' LOOP
+    -- only months that hold rows, not every month since the oldest: one row stamped 1970 by a device
+    -- without a clock would otherwise make ~700 empty partitions that every query plans over
+    FOR m IN
+        SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date FROM usage_log
+        UNION SELECT (this_month + make_interval(months => ahead))::date FROM generate_series(0, 2) AS ahead
+        ORDER BY 1
+    LOOP
         EXECUTE format(
             'CREATE TABLE %I PARTITION OF usage_log_partitioned FOR VALUES FROM (%L) TO (%L)',
             'usage_log_' || to_char(m, 'YYYY_MM'),
             m::timestamp AT TIME ZONE 'UTC',
             (m + interval '1 month')::timestamp AT TIME ZONE 'UTC'
         );
-        m := m + interval '1 month';
     END LOOP;
     CREATE TABLE usage_log_default PARTITION OF usage_log_partitioned DEFAULT;
 

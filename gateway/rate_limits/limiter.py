@@ -8,7 +8,7 @@ The rules, shared with the Redis script (gateway/rate_limits/redis_limiter.py) s
   reply, so they are added when the request ends; a request is refused while the estimate is at or above
   the limit. Bound: usage can exceed the limit by what the requests admitted meanwhile consume.
 - requests in flight: a set of leases; a lease ends with its request, or after LEASE_MS if the process
-  that held it died.
+  that held it died (a running request renews its lease every LEASE_MS / 3: a stream may outlast one).
 A request is checked against every scope it belongs to (its key, its user) at once: it is refused when any
 scope refuses, and counted in none of them then.
 """
@@ -27,7 +27,7 @@ from typing import Protocol
 from gateway.config import RateLimit
 
 WINDOW_MS = 60_000
-LEASE_MS = 15 * 60_000  # an in-flight lease outlives any request (first byte within 10 min, then streaming)
+LEASE_MS = 15 * 60_000  # an in-flight lease outlives a crashed process by this much; running requests renew it
 IN_FLIGHT_RETRY_MS = 1_000  # what Retry-After says when only the in-flight limit refuses
 MAX_SCOPES = 100_000  # the local limiter forgets the least recently used scopes beyond this
 
@@ -67,6 +67,8 @@ class Limiter(Protocol):
     async def acquire(self, scopes: Sequence[Scope]) -> Verdict: ...
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None: ...
+
+    async def renew(self, scopes: Sequence[Scope], ticket: str) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -177,6 +179,13 @@ class LocalLimiter:
             if scope.limit.tokens_per_minute:
                 state.cur += tokens
             state.leases.pop(ticket, None)
+
+    async def renew(self, scopes: Sequence[Scope], ticket: str) -> None:
+        now = self._clock() * 1000
+        for scope in scopes:
+            leases = self._state(scope.name, now).leases
+            if ticket in leases:
+                leases[ticket] = now + LEASE_MS
 
     async def aclose(self) -> None:
         return None

@@ -1,7 +1,8 @@
 """Rate limits shared by every replica: one atomic Lua script per check, and one per settlement.
 
 The scripts follow the rules in gateway/rate_limits/limiter.py, on Redis' clock (TIME), so replicas with
-skewed clocks still count the same minute. Keys, under `rate_limits.key_prefix` + scope name:
+skewed clocks still count the same minute. Keys, under `rate_limits.key_prefix` + the database's namespace
+(gateway_settings.rate_limit_namespace, so gateways on different databases never share counts) + scope name:
     <p>:r           sorted set: admission times (score, ms) of the last minute, member = ticket
     <p>:t:<minute>  integer: tokens settled in that fixed minute (expires after two minutes)
     <p>:f           sorted set: in-flight leases, score = lease expiry (ms)
@@ -15,8 +16,11 @@ BACKOFF_S after a failure requests do not wait on Redis at all.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -121,6 +125,20 @@ return 1
 """
 
 
+# KEYS: the prefixes of the scopes with an in-flight limit. ARGV: ticket, lease ms. XX: a lease already ended
+# (released, or expired) is not brought back.
+RENEW = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+for _, p in ipairs(KEYS) do
+  if redis.call('ZADD', p .. ':f', 'XX', 'CH', expiry, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', p .. ':f', tonumber(ARGV[2]))
+  end
+end
+return 1
+"""
+
+
 class RedisLimiter:
     def __init__(
         self, url: str, *, prefix: str, timeout_s: float, fail_closed: bool, metrics: Metrics | None = None
@@ -132,11 +150,13 @@ class RedisLimiter:
         )
         self._check = self._redis.register_script(CHECK)
         self._settle = self._redis.register_script(SETTLE)
+        self._renew = self._redis.register_script(RENEW)
         self._prefix, self._fail_closed = prefix, fail_closed
         self._metrics = metrics or Metrics()
         self._tickets = Tickets()
         self._down_until = 0.0  # monotonic time before which Redis is not asked
         self._outage_logged = False
+        self._pending: set[asyncio.Task[None]] = set()  # lease releases for checks cancelled mid-way
 
     async def acquire(self, scopes: Sequence[Scope]) -> Verdict:
         if time.monotonic() < self._down_until:
@@ -146,10 +166,21 @@ class RedisLimiter:
         for scope in scopes:
             limit = scope.limit
             args += [limit.requests_per_minute, limit.tokens_per_minute, limit.in_flight]
+        check = asyncio.ensure_future(self._check(keys=[self._prefix + s.name for s in scopes], args=args))
         try:
-            answer = await self._check(keys=[self._prefix + s.name for s in scopes], args=args)
+            answer = await asyncio.shield(check)
+        except asyncio.CancelledError:
+            # the caller hung up (handler_cancellation) while Redis may already have counted this request:
+            # release its lease once the answer is in, else the slot stays taken for LEASE_MS
+            self._pending.add(task := asyncio.create_task(self._release_cancelled(check, scopes, ticket)))
+            task.add_done_callback(self._pending.discard)
+            raise
         except (RedisError, OSError) as exc:
             self._failed(exc, "check")
+            if any(s.limit.in_flight for s in scopes):
+                # a timeout may come after Redis ran the check: its lease would hold a slot for LEASE_MS
+                self._pending.add(task := asyncio.create_task(self._release_late(scopes, ticket)))
+                task.add_done_callback(self._pending.discard)
             return self._unavailable()
         self._recovered()
         admitted, index, kind, retry, r_rem, r_reset, t_rem, t_reset = (int(v) for v in answer)
@@ -159,7 +190,9 @@ class RedisLimiter:
         return admitted_verdict(verdict, ticket) if verdict.admitted else verdict
 
     async def release(self, scopes: Sequence[Scope], ticket: str, tokens: int) -> None:
-        if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
+        # tried even during a backoff: it runs after the reply, so nobody waits on it, and a lease not
+        # released here would hold its in-flight slot for LEASE_MS after a mere blip
+        if not ticket:  # admitted unchecked
             return
         args: list[int | str] = [ticket, tokens]
         for scope in scopes:
@@ -168,6 +201,24 @@ class RedisLimiter:
             await self._settle(keys=[self._prefix + s.name for s in scopes], args=args)
         except (RedisError, OSError) as exc:  # the request is over: only count it (a lost settlement)
             self._failed(exc, "settle")
+
+    async def renew(self, scopes: Sequence[Scope], ticket: str) -> None:
+        if not ticket or time.monotonic() < self._down_until:  # admitted unchecked, or Redis is away
+            return
+        keys = [self._prefix + s.name for s in scopes if s.limit.in_flight]
+        try:
+            await self._renew(keys=keys, args=[ticket, LEASE_MS])
+        except (RedisError, OSError) as exc:  # the lease keeps its old expiry; the next renewal tries again
+            self._failed(exc, "renew")
+
+    async def _release_late(self, scopes: Sequence[Scope], ticket: str) -> None:
+        await asyncio.sleep(BACKOFF_S)  # once Redis had a moment; removing a lease never made is harmless
+        await self.release(scopes, ticket, 0)
+
+    async def _release_cancelled(self, check: asyncio.Future[Any], scopes: Sequence[Scope], ticket: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if (await check)[0]:  # admitted: counted and leased in Redis
+                await self.release(scopes, ticket, 0)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

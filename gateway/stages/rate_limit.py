@@ -4,7 +4,8 @@ Runs after authentication (it needs the key and user) and before the budget chec
 429 in the caller's dialect with `Retry-After` and the rate-limit headers its SDK reads: OpenAI's
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (reset as a duration, e.g. `6m0s`, `1.5s`) on
 OpenAI routes, Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset as an
-RFC 3339 time) on /v1/messages. Tokens (input + output) are settled when the request ends, stream included.
+RFC 3339 time) on /v1/messages. Tokens (input, cache writes and output; cache reads are free, as at Anthropic)
+are settled when the request ends, stream included.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.errors import RateLimited
 from gateway.keys import Principal
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Next
+from gateway.rate_limits import limiter as leases  # LEASE_MS read at each use
 from gateway.rate_limits.limiter import IN_FLIGHT, TOKENS, Limiter, Scope, Verdict
 from gateway.rate_limits.overrides import RateLimitOverrides
 
@@ -61,17 +63,42 @@ class CheckRateLimit:
             assert verdict.scope is not None
             self._metrics.rate_limit_rejections.inc((verdict.scope.name.split(":")[0], verdict.refused_by))
             raise refusal(verdict, ex.dialect)
-        if not any(s.limit.tokens_per_minute or s.limit.in_flight for s in scopes):
+        in_flight = bool(verdict.ticket) and any(s.limit.in_flight for s in scopes)
+        if not in_flight and not any(s.limit.tokens_per_minute for s in scopes):
             await call_next(ex)  # requests per minute only: nothing to settle afterwards
             return
+        keeper = LeaseKeeper(self._limiter, scopes, verdict.ticket, self._settling) if in_flight else None
         try:
             await call_next(ex)
         finally:
+            if keeper is not None:
+                keeper.stop()
             # settled in the background: the reply is complete, the caller need not wait for Redis
-            tokens = ex.usage.input_tokens + ex.usage.output_tokens
+            # cache writes are fresh input the upstream processed (Anthropic counts them in its input tokens
+            # per minute); left out, a caller marking every prompt for caching would pass the limit almost free
+            tokens = ex.usage.input_tokens + ex.usage.cache_write_tokens + ex.usage.output_tokens
             task = asyncio.create_task(self._limiter.release(scopes, verdict.ticket, tokens))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
+
+
+class LeaseKeeper:
+    """Renews one running request's in-flight lease every LEASE_MS / 3 (a long stream outlasts a lease, and
+    an expired lease would let the caller start one request more than its limit). A timer, not a task: most
+    requests end before the first renewal."""
+
+    def __init__(self, limiter: Limiter, scopes: list[Scope], ticket: str, tasks: set[asyncio.Task[None]]) -> None:
+        self._limiter, self._scopes, self._ticket, self._tasks = limiter, scopes, ticket, tasks
+        self._handle = asyncio.get_running_loop().call_later(leases.LEASE_MS / 3000, self._renew)
+
+    def _renew(self) -> None:
+        task = asyncio.create_task(self._limiter.renew(self._scopes, self._ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._handle = asyncio.get_running_loop().call_later(leases.LEASE_MS / 3000, self._renew)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> RateLimited:
@@ -96,7 +123,10 @@ def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> 
             continue
         remaining = max(remaining, 0)
         if dialect is Dialect.ANTHROPIC:
-            reset = (now + timedelta(milliseconds=reset_ms)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            at = now + timedelta(milliseconds=reset_ms)
+            if at.microsecond:  # up to the whole second: a reset truncated to before it would invite an early retry
+                at = at.replace(microsecond=0) + timedelta(seconds=1)
+            reset = at.isoformat(timespec="seconds").replace("+00:00", "Z")
             headers |= {
                 f"anthropic-ratelimit-{kind}-limit": str(maximum),
                 f"anthropic-ratelimit-{kind}-remaining": str(remaining),
@@ -116,5 +146,7 @@ def duration(ms: int) -> str:
     """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
     if ms < 1000:
         return f"{max(ms, 0)}ms"
-    minutes, seconds = divmod(ms / 1000, 60)
-    return f"{int(minutes)}m{seconds:.0f}s" if minutes else f"{seconds:g}s"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
+    minutes, seconds = divmod(math.ceil(ms / 1000), 60)  # whole seconds, rounded up: never "1m60s"
+    return f"{minutes}m{seconds}s"
