@@ -65,14 +65,15 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -111,10 +112,13 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
     embedded = None
     pid_file = None
     try:
+        # Bound before the database is touched: a port in use must not cost the first admin key, made and
+        # then never shown. Listening waits for the migrations, so nobody connects to a server not yet ready.
+        sock = _listen_or_explain(host, port, reuse_port=workers > 1, listen=False)
+        port = sock.getsockname()[1]
         dsn, embedded = database_url(cfg)
         first_key = asyncio.run(prepare_database(cfg, dsn, database_label(cfg)))
-        sock = _listen_or_explain(host, port, reuse_port=workers > 1)
-        port = sock.getsockname()[1]
+        _listen_or_explain_bound(sock, host, port)
         if claim is not None:
             claim.describe(f"pid {os.getpid()}, port {port}")
         log.info(
@@ -162,17 +166,29 @@ def _exit_now(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _listen_or_explain(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen_or_explain(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
     try:
-        return _listen_socket(host, port, reuse_port=reuse_port)
+        return _listen_socket(host, port, reuse_port=reuse_port, listen=listen)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise InstanceError(
-                f"cannot listen on {host}:{port}: the address is already in use (another gateway or program); "
-                f"pick another port with --port {port + 1 if port else 8001} (or PORT=..., server.port in "
-                "gateway.yaml), or stop what holds it"
-            ) from None
-        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror} (see --host, GATEWAY_HOST)") from None
+        raise _cannot_listen(exc, host, port) from None
+
+
+def _listen_or_explain_bound(sock: socket.socket, host: str, port: int) -> None:
+    """Start listening on a socket bound earlier; SO_REUSEADDR lets two sockets bind while neither listens."""
+    try:
+        sock.listen(1024)
+    except OSError as exc:
+        raise _cannot_listen(exc, host, port) from None
+
+
+def _cannot_listen(exc: OSError, host: str, port: int) -> InstanceError:
+    if exc.errno == errno.EADDRINUSE:
+        return InstanceError(
+            f"cannot listen on {host}:{port}: the address is already in use (another gateway or program); "
+            f"pick another port with --port {port + 1 if port else 8001} (or PORT=..., server.port in "
+            "gateway.yaml), or stop what holds it"
+        )
+    return InstanceError(f"cannot listen on {host}:{port}: {exc.strerror} (see --host, GATEWAY_HOST)")
 
 
 def pid_file_path(cfg: GatewayConfig) -> Path:
