@@ -288,6 +288,8 @@ def interpolate(value: str, environ: Mapping[str, str], where: str) -> str:
             return default
         raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
 
+    if "${" in _VAR.sub("", value):  # `${NAME` unclosed, `${NAME-x}`, `${A:-${B}}`: else sent on as a literal key
+        raise ConfigError(f"{where}: a `${{` that is not ${{VAR}} or ${{VAR:-default}} (VAR: letters, digits, _)")
     return _VAR.sub(substitute, value)
 
 
@@ -407,8 +409,11 @@ def _networks(raw: Any, where: str) -> tuple[str, ...]:
 def _database(raw: Any) -> DatabaseConfig:
     s = _section(raw, "database", {"url", "embedded_data_dir", "pool_min", "pool_max", "statement_cache_size"})
     d = DatabaseConfig()
+    url = _get(s, "url", "database", str, d.url)
+    if url and not url.startswith(("postgresql://", "postgres://")):  # never echoed: it may hold a password
+        raise ConfigError("database.url: not a postgresql:// URL (e.g. postgresql://gateway:PASSWORD@db:5432/gateway)")
     return DatabaseConfig(
-        url=_get(s, "url", "database", str, d.url),
+        url=url,
         embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
         pool_min=_get(s, "pool_min", "database", int, d.pool_min),
         pool_max=_positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max"),
@@ -888,10 +893,14 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 (byte {exc.object[exc.start]:#04x})") from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # one line, as every config error
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
     return parse_config(raw, environ, source=str(path))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.pg import create_test_database
-from tests.test_first_hour import clean_env, cli, free_port, write_config
+from tests.test_first_hour import ROOT, clean_env, cli, free_port, write_config
 from tests.test_readme import KEY
 
 
@@ -61,3 +61,67 @@ def test_first_admin_key_is_not_lost_when_the_port_is_taken(tmp_path: Path, empt
         server.terminate()
         server.wait(30)
         server.stdout.close()
+
+
+def _check(tmp_path: Path, text: bytes | str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`gateway config check FILE` on the shipped gateway.yaml with one edit, as an operator types it."""
+    path = tmp_path / "gateway.yaml"
+    if isinstance(text, str):
+        path.write_text(text)
+    else:
+        path.write_bytes(text)
+    return cli(path, "config", "check", str(path), env=clean_env(**env))
+
+
+SHIPPED = (ROOT / "gateway.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            ("${ANTHROPIC_API_KEY:-}", "${ANTHROPIC_API_KEY"),
+            "providers.anthropic.api_key: a `${` that is not ${VAR} or ${VAR:-default} (VAR: letters, digits, _)",
+            id="unclosed-brace",
+        ),
+        pytest.param(
+            ("${ANTHROPIC_API_KEY:-}", "${ANTHROPIC-API-KEY}"),
+            "providers.anthropic.api_key: a `${` that is not ${VAR} or ${VAR:-default} (VAR: letters, digits, _)",
+            id="dashes-in-name",
+        ),
+        pytest.param(
+            ("url: ${DATABASE_URL:-}", "url: secretpw@localhost:5432"),
+            "database.url: not a postgresql:// URL (e.g. postgresql://gateway:PASSWORD@db:5432/gateway)",
+            id="database-url-without-scheme",
+        ),
+    ],
+)
+def test_config_typos_are_one_line_naming_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    """Each of these passed `config check`: the gateway then sent `${ANTHROPIC_API_KEY` to Anthropic as its key,
+    or failed at start on the database URL that the check had called ok."""
+    old, new = edit
+    assert old in SHIPPED
+    result = _check(tmp_path, SHIPPED.replace(old, new, 1))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip().splitlines() == [f"gateway: config error: {message}"]
+    assert "secretpw" not in result.stderr  # a URL's password is never echoed
+
+
+def test_a_config_file_in_another_encoding_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """gateway.yaml saved as Latin-1 by an editor (a comment with `é`) gave a UnicodeDecodeError traceback."""
+    text = SHIPPED.replace("# Aliases callers put", "# Aliases (café) callers put").encode("latin-1")
+    line = SHIPPED.splitlines().index(next(x for x in SHIPPED.splitlines() if x.startswith("# Aliases"))) + 1
+    result = _check(tmp_path, text)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"gateway: config error: {tmp_path / 'gateway.yaml'}: line {line} is not UTF-8 (byte 0xe9)"
+    ]
+
+
+def test_a_yaml_error_is_one_line(tmp_path: Path) -> None:
+    """A NUL byte in the file gave a two-line message, the second one `in "<unicode string>", position 0)`."""
+    result = _check(tmp_path, "server: {port: 8000}\n\x00\n")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gateway: config error: "), result.stderr
+    assert "not valid YAML" in lines[0]
