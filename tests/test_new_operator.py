@@ -6,6 +6,7 @@ The CLI and `gateway serve` run as subprocesses, as typed; helpers come from tes
 from __future__ import annotations
 
 import asyncio
+import shlex
 import socket
 import subprocess
 import sys
@@ -125,3 +126,15 @@ def test_a_yaml_error_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gateway: config error: "), result.stderr
     assert "not valid YAML" in lines[0]
+
+
+def test_output_piped_to_a_reader_that_stops_early_is_not_an_error(tmp_path: Path) -> None:
+    """`gateway config check | head -1` printed `gateway: [Errno 32] Broken pipe`, as if the check had failed."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(SHIPPED)
+    cmd = f"{shlex.quote(sys.executable)} -m gateway config check {shlex.quote(str(config))} | true"
+    result = subprocess.run(
+        ["bash", "-c", cmd], capture_output=True, text=True, env=clean_env(), cwd=tmp_path, timeout=60
+    )
+    assert "Broken pipe" not in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
