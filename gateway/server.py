@@ -138,7 +138,7 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
         if first_key:
             _print_first_key(first_key, host, port)
         _until_serving_signals()
-        pid_file = instance.record(cfg, port)
+        pid_file = _record_or_warn(cfg, port)
         if workers == 1:
             _run_worker(cfg, dsn, sock)
             return 0
@@ -150,6 +150,21 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
             embedded.stop()  # ours while we hold the data dir, even when an earlier run left it running
         if claim is not None:
             claim.release()
+
+
+def _record_or_warn(cfg: GatewayConfig, port: int) -> Path | None:
+    """The pid file serves `gateway reload` and the CLI's which-database check; a server that cannot write it
+    (a read-only checkout, the image's root-owned /app) still serves, and says how to reload without it."""
+    try:
+        return instance.record(cfg, port)
+    except OSError as exc:
+        log.warning(
+            "pid_file_unwritable",
+            path=str(instance.pid_file_path(cfg)),
+            problem=exc.strerror or str(exc),
+            hint=f"`gateway reload` cannot find this server; reload it with kill -HUP {os.getpid()}",
+        )
+        return None
 
 
 def _until_serving_signals() -> None:

@@ -10,13 +10,14 @@ import shlex
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.pg import create_test_database
-from tests.test_first_hour import ROOT, clean_env, cli, free_port, write_config
+from tests.test_first_hour import ROOT, Served, clean_env, cli, free_port, write_config
 from tests.test_readme import KEY
 
 
@@ -138,3 +139,26 @@ def test_output_piped_to_a_reader_that_stops_early_is_not_an_error(tmp_path: Pat
     )
     assert "Broken pipe" not in result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_serve_runs_where_it_cannot_write_its_pid_file(tmp_path: Path, database_url: str) -> None:
+    """A read-only checkout (and the image, whose /app belongs to root while the gateway runs as uid 10001):
+    `gateway serve` printed its first admin key, then died with `gateway: [Errno 13] Permission denied:
+    '.gateway'`. We run as root in CI, so a regular file where the directory should be stands in for it."""
+    blocked = tmp_path / "read-only"
+    blocked.write_text("")
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    config.write_text(config.read_text().replace(f"{tmp_path}/.gateway/pgdata", f"{blocked}/pgdata"))
+    port = free_port()
+    served = Served(config, port, clean_env(DATABASE_URL=database_url))
+    try:
+        warning = served.wait_event("pid_file_unwritable", timeout_s=60)
+        assert warning["path"] == f"{blocked}/gateway.pid"
+        assert f"kill -HUP {served.proc.pid}" in warning["hint"]
+        with urllib.request.urlopen(f"{served.base}/health", timeout=10) as answer:
+            assert answer.status == 200
+        assert served.stop() == 0
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait(30)
