@@ -162,3 +162,21 @@ def test_serve_runs_where_it_cannot_write_its_pid_file(tmp_path: Path, database_
         if served.proc.poll() is None:
             served.proc.kill()
             served.proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--port", "99999"), "argument --port: 99999 is not a TCP port (0-65535)"),
+        (("--port", "-1"), "argument --port: -1 is not a TCP port (0-65535)"),
+        (("--port", "http"), "argument --port: 'http' is not a whole number"),
+        (("--workers", "0"), "argument --workers: must be 1 or more, got 0"),
+        (("--workers", "-2"), "argument --workers: must be 1 or more, got -2"),
+    ],
+)
+def test_serve_flags_out_of_range_are_a_usage_error(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    """`--port 99999` was an OverflowError traceback; `--workers -2` started no worker and exited 0."""
+    result = cli(write_config(tmp_path, "http://127.0.0.1:9"), "serve", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"gateway serve: error: {message}"
+    assert "Traceback" not in result.stderr
