@@ -412,11 +412,15 @@ def _database(raw: Any) -> DatabaseConfig:
     url = _get(s, "url", "database", str, d.url)
     if url and not url.startswith(("postgresql://", "postgres://")):  # never echoed: it may hold a password
         raise ConfigError("database.url: not a postgresql:// URL (e.g. postgresql://gateway:PASSWORD@db:5432/gateway)")
+    pool_min = _non_negative(_get(s, "pool_min", "database", int, d.pool_min), "database.pool_min")
+    pool_max = _positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max")
+    if pool_min > pool_max:  # asyncpg's ValueError surfaced only at start, as a traceback
+        raise ConfigError(f"database.pool_min: {pool_min} is more than pool_max ({pool_max})")
     return DatabaseConfig(
         url=url,
         embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
-        pool_min=_get(s, "pool_min", "database", int, d.pool_min),
-        pool_max=_positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max"),
+        pool_min=pool_min,
+        pool_max=pool_max,
         statement_cache_size=_non_negative(
             _get(s, "statement_cache_size", "database", int, d.statement_cache_size), "database.statement_cache_size"
         ),

@@ -96,6 +96,14 @@ SHIPPED = (ROOT / "gateway.yaml").read_text()
             "database.url: not a postgresql:// URL (e.g. postgresql://gateway:PASSWORD@db:5432/gateway)",
             id="database-url-without-scheme",
         ),
+        pytest.param(
+            ("pool_min: 1\n", "pool_min: 20\n"),
+            "database.pool_min: 20 is more than pool_max (10)",
+            id="pool-min-above-max",
+        ),
+        pytest.param(
+            ("pool_min: 1\n", "pool_min: -1\n"), "database.pool_min: must be 0 or more, got -1", id="pool-min-negative"
+        ),
     ],
 )
 def test_config_typos_are_one_line_naming_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
