@@ -155,6 +155,17 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
 def _record_or_warn(cfg: GatewayConfig, port: int) -> Path | None:
     """The pid file serves `gateway reload` and the CLI's which-database check; a server that cannot write it
     (a read-only checkout, the image's root-owned /app) still serves, and says how to reload without it."""
+    other = instance.running(cfg)
+    if other is not None and other.pid != os.getpid():
+        # A second server of this checkout on a database of its own (DATABASE_URL, as the refusal of a second
+        # embedded one advises) took the file over and deleted it at exit: the first became unreachable.
+        log.warning(
+            "pid_file_taken",
+            path=str(instance.pid_file_path(cfg)),
+            owner=other.pid,
+            hint=f"`gateway reload` reaches pid {other.pid}, not this server; reload it with kill -HUP {os.getpid()}",
+        )
+        return None
     try:
         return instance.record(cfg, port)
     except OSError as exc:

@@ -188,3 +188,28 @@ def test_serve_flags_out_of_range_are_a_usage_error(tmp_path: Path, args: tuple[
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"gateway serve: error: {message}"
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_server_on_its_own_database_leaves_the_first_ones_pid_file(tmp_path: Path, database_url: str) -> None:
+    """The refusal of a second embedded server advises DATABASE_URL; that second server then overwrote the
+    first's pid file and deleted it at exit, so `gateway reload` found no gateway while the first still ran."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    env = clean_env(DATABASE_URL=database_url)
+    first = Served(config, free_port(), env)
+    second = None
+    try:
+        first.wait_ready()
+        second = Served(config, free_port(), env)
+        taken = second.wait_event("pid_file_taken", timeout_s=60)
+        assert taken["owner"] == first.proc.pid
+        assert f"kill -HUP {second.proc.pid}" in taken["hint"]
+        assert second.stop() == 0
+        assert first.pid_file.read_text().split("\n", 1)[0] == str(first.proc.pid)
+        reload = cli(config, "reload", env=env)
+        assert reload.returncode == 0, reload.stderr
+        assert f"asked gateway {first.proc.pid} to reload" in reload.stdout
+    finally:
+        for served in (first, second):
+            if served is not None and served.proc.poll() is None:
+                served.proc.kill()
+                served.proc.wait(30)
