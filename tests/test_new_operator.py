@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -213,3 +214,24 @@ def test_a_second_server_on_its_own_database_leaves_the_first_ones_pid_file(tmp_
             if served is not None and served.proc.poll() is None:
                 served.proc.kill()
                 served.proc.wait(30)
+
+
+def test_ctrl_c_says_the_server_is_stopping(tmp_path: Path, database_url: str) -> None:
+    """Ctrl-C printed nothing while the server waited up to shutdown_grace_s (30 s) for streams in flight:
+    it looked hung, and a new operator pressed Ctrl-C again, cutting those streams off."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    served = Served(config, free_port(), clean_env(DATABASE_URL=database_url))
+    try:
+        served.wait_ready()
+        with urllib.request.urlopen(f"{served.base}/health", timeout=10) as answer:  # the app is up
+            assert answer.status == 200
+        served.proc.send_signal(signal.SIGINT)
+        assert served.proc.wait(30) == 0
+        stopping = served.wait_event("stopping")
+        assert stopping["in_flight"] == 0
+        assert stopping["grace_s"] == 30
+        assert "a second Ctrl-C stops at once" in stopping["hint"]
+    finally:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait(30)
