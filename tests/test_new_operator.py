@@ -235,3 +235,21 @@ def test_ctrl_c_says_the_server_is_stopping(tmp_path: Path, database_url: str) -
         if served.proc.poll() is None:
             served.proc.kill()
             served.proc.wait(30)
+
+
+def test_serve_typed_from_another_directory_says_where_it_looked(tmp_path: Path) -> None:
+    """`~/gateway/scripts/serve` from the home directory said only `gateway.yaml: cannot read (No such file or
+    directory)`, although the file is right there in the checkout."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gateway"), "keys", "list"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gateway: config error: gateway.yaml: no such file in {tmp_path} "
+        "(run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
+    )
