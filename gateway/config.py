@@ -895,11 +895,12 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     path = Path(path) if path is not None else default_config_path(environ)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if path.is_absolute():
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
         # `~/gateway/scripts/serve` typed from the home directory: the path is relative to where one stands.
-        where = "" if path.is_absolute() else f" in {Path.cwd()}"
         raise ConfigError(
-            f"{path}: no such file{where} (run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
+            f"{path}: no such file in {Path.cwd()} (run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
