@@ -900,7 +900,8 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
         # `~/gateway/scripts/serve` typed from the home directory: the path is relative to where one stands.
         raise ConfigError(
-            f"{path}: no such file in {Path.cwd()} (run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
+            f"{path}: no such file in {Path.cwd()} "
+            "(run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
