@@ -253,3 +253,18 @@ def test_serve_typed_from_another_directory_says_where_it_looked(tmp_path: Path)
         f"gateway: config error: gateway.yaml: no such file in {tmp_path} "
         "(run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
     )
+
+
+def test_the_readmes_placeholder_key_is_warned_about_like_a_missing_one(tmp_path: Path, database_url: str) -> None:
+    """`export ANTHROPIC_API_KEY=sk-ant-...` typed as the README shows it: the server started without a word, and
+    every request then failed with the provider's refusal."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    served = Served(config, free_port(), clean_env(DATABASE_URL=database_url, ANTHROPIC_API_KEY="sk-ant-..."))
+    try:
+        warning = served.wait_event("provider_credentials_missing", timeout_s=60)
+        assert warning["variable"] == "ANTHROPIC_API_KEY"
+        assert "placeholder API key: ANTHROPIC_API_KEY is 'sk-ant-...'" in warning["problem"]
+    finally:
+        served.stop()
+    check = cli(config, "config", "check", env=clean_env(ANTHROPIC_API_KEY="sk-ant-..."))
+    assert "placeholder API key" in check.stderr
