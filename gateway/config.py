@@ -342,6 +342,14 @@ def _get(spec: dict[str, Any], key: str, where: str, kind: type[T], default: T |
         raise ConfigError(f"{path}: expected {kind.__name__}, got {value!r}") from None
 
 
+def _non_empty(value: str, path: str, *, has_default: bool = True) -> str:
+    """An empty string where a name or a path belongs: `host: ''` listened on every interface, `model: ''` (an
+    unset `${CLAUDE_FAST_MODEL:-}`) failed every request upstream, an empty directory meant the checkout's root."""
+    if not value.strip():
+        raise ConfigError(f"{path}: empty" + (" (leave the key out for the default)" if has_default else ""))
+    return value
+
+
 def _as_bool(value: Any, path: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -370,7 +378,7 @@ def _server(raw: Any) -> ServerConfig:
     if not 0 <= port <= 65535:
         raise ConfigError(f"server.port: {port} is not a TCP port")
     return ServerConfig(
-        host=_get(s, "host", "server", str, d.host),
+        host=_non_empty(_get(s, "host", "server", str, d.host), "server.host"),
         port=port,
         max_body_bytes=_positive(_get(s, "max_body_bytes", "server", int, d.max_body_bytes), "server.max_body_bytes"),
         workers=_positive(_get(s, "workers", "server", int, d.workers), "server.workers"),
@@ -418,7 +426,9 @@ def _database(raw: Any) -> DatabaseConfig:
         raise ConfigError(f"database.pool_min: {pool_min} is more than pool_max ({pool_max})")
     return DatabaseConfig(
         url=url,
-        embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
+        embedded_data_dir=_non_empty(
+            _get(s, "embedded_data_dir", "database", str, d.embedded_data_dir), "database.embedded_data_dir"
+        ),
         pool_min=pool_min,
         pool_max=pool_max,
         statement_cache_size=_non_negative(
@@ -486,7 +496,8 @@ def _fallbacks(raw: Any, where: str, providers: Mapping[str, ProviderConfig]) ->
         if provider not in providers:
             known = ", ".join(sorted(providers))
             raise ConfigError(f"{where}[{i}].provider: {provider!r} is not a declared provider ({known})")
-        deployments.append(Deployment(provider=provider, model=_get(spec, "model", f"{where}[{i}]", str)))
+        model = _non_empty(_get(spec, "model", f"{where}[{i}]", str), f"{where}[{i}].model", has_default=False)
+        deployments.append(Deployment(provider=provider, model=model))
     return tuple(deployments)
 
 
@@ -528,7 +539,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
         aliases[str(name)] = ModelAlias(
             name=str(name),
             provider=provider,
-            model=_get(spec, "model", where, str),
+            model=_non_empty(_get(spec, "model", where, str), f"{where}.model", has_default=False),
             default_max_tokens=_positive(
                 _get(spec, "default_max_tokens", where, int, 4096), f"{where}.default_max_tokens"
             ),
@@ -607,7 +618,7 @@ def _usage_log(raw: Any) -> UsageLogConfig:
         max_queue_rows=_positive(
             _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
         ),
-        spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
+        spill_dir=_non_empty(_get(s, "spill_dir", "usage_log", str, d.spill_dir), "usage_log.spill_dir"),
         retention_months=_non_negative(
             _get(s, "retention_months", "usage_log", int, d.retention_months), "usage_log.retention_months"
         ),

@@ -105,6 +105,26 @@ SHIPPED = (ROOT / "gateway.yaml").read_text()
         pytest.param(
             ("pool_min: 1\n", "pool_min: -1\n"), "database.pool_min: must be 0 or more, got -1", id="pool-min-negative"
         ),
+        pytest.param(
+            ("host: ${GATEWAY_HOST:-127.0.0.1}", "host: ''"),
+            "server.host: empty (leave the key out for the default)",
+            id="empty-host-listened-everywhere",
+        ),
+        pytest.param(
+            ("model: ${CLAUDE_FAST_MODEL:-claude-haiku-4-5}", "model: ${CLAUDE_FAST_MODEL:-}"),
+            "models.claude-fast.model: empty",
+            id="empty-model",
+        ),
+        pytest.param(
+            ("embedded_data_dir: ./.gateway/pgdata", "embedded_data_dir: ''"),
+            "database.embedded_data_dir: empty (leave the key out for the default)",
+            id="empty-data-dir",
+        ),
+        pytest.param(
+            ("flush_rows: 500", "flush_rows: 500\n  spill_dir: ''"),
+            "usage_log.spill_dir: empty (leave the key out for the default)",
+            id="empty-spill-dir",
+        ),
     ],
 )
 def test_config_typos_are_one_line_naming_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
