@@ -288,3 +288,18 @@ def test_the_readmes_placeholder_key_is_warned_about_like_a_missing_one(tmp_path
         served.stop()
     check = cli(config, "config", "check", env=clean_env(ANTHROPIC_API_KEY="sk-ant-..."))
     assert "placeholder API key" in check.stderr
+
+
+def test_a_venv_left_without_pip_by_an_interrupted_first_run_is_rebuilt(tmp_path: Path) -> None:
+    """Ctrl-C during the first `./scripts/serve`, inside `python -m venv`, left .venv without pip; every later
+    run then stopped at `No module named pip`. (The install itself is kept offline here, so it fails fast.)"""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    script = f"source scripts/_venv.sh && venv={shlex.quote(str(venv))} && ensure_venv runtime"
+    env = clean_env(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path), PIP_CONFIG_FILE="/dev/null")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert f"recreating {venv}: it has no pip (an interrupted first run?)" in result.stderr
+    assert "No module named pip" not in result.stderr
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr
