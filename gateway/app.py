@@ -444,6 +444,17 @@ def build_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.on_response_prepare.append(_add_request_id)
+
+    async def announce_stop(app: web.Application) -> None:
+        # After Ctrl-C or SIGTERM the server may wait up to shutdown_grace_s for streams: say so, or it looks hung.
+        log.info(
+            "stopping",
+            in_flight=slots.in_progress,
+            grace_s=cfg.server.shutdown_grace_s,
+            hint="new connections are refused; requests in flight may finish; a second Ctrl-C stops at once",
+        )
+
+    app.on_shutdown.append(announce_stop)
     for path, dialect, route, billable in MODEL_ROUTES:
         handler = pipeline_handler(dialect, route, billable=billable, slots=slots)
         app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth

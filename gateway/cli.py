@@ -222,6 +222,29 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------------------
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _port(text: str) -> int:
+    """`--port`: 0..65535 (0: any free port); out of range, bind() raised an OverflowError traceback."""
+    port = _integer(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
+def _positive(text: str) -> int:
+    """`--workers`: 0 read as "the config's value" and a negative count started no worker and exited 0."""
+    number = _integer(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="A fast AI gateway in front of Anthropic.")
     parser.add_argument("--config", help="path to gateway.yaml (default: $GATEWAY_CONFIG or ./gateway.yaml)")
@@ -235,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", cmd_serve)
     serve.add_argument("--host", help="address to listen on (default: server.host)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: server.port, 8000)")
+    serve.add_argument("--workers", type=_positive, help="worker processes sharing the port (default: server.workers)")
     command("migrate", cmd_migrate)
     command("reload", cmd_reload)
 
@@ -260,7 +283,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "config"):
         args.config = None
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone early (`| head`) is then caught below
+        return status
+    except BrokenPipeError:
+        # `gateway keys list | head -1`: the reader has what it wanted; nothing to report. Python would
+        # otherwise complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         print(f"gateway: config error: {exc}", file=sys.stderr)
         return 2

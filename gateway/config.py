@@ -288,6 +288,8 @@ def interpolate(value: str, environ: Mapping[str, str], where: str) -> str:
             return default
         raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
 
+    if "${" in _VAR.sub("", value):  # `${NAME` unclosed, `${NAME-x}`, `${A:-${B}}`: else sent on as a literal key
+        raise ConfigError(f"{where}: a `${{` that is not ${{VAR}} or ${{VAR:-default}} (VAR: letters, digits, _)")
     return _VAR.sub(substitute, value)
 
 
@@ -340,6 +342,14 @@ def _get(spec: dict[str, Any], key: str, where: str, kind: type[T], default: T |
         raise ConfigError(f"{path}: expected {kind.__name__}, got {value!r}") from None
 
 
+def _non_empty(value: str, path: str, *, has_default: bool = True) -> str:
+    """An empty string where a name or a path belongs: `host: ''` listened on every interface, `model: ''` (an
+    unset `${CLAUDE_FAST_MODEL:-}`) failed every request upstream, an empty directory meant the checkout's root."""
+    if not value.strip():
+        raise ConfigError(f"{path}: empty" + (" (leave the key out for the default)" if has_default else ""))
+    return value
+
+
 def _as_bool(value: Any, path: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -371,7 +381,7 @@ def _server(raw: Any) -> ServerConfig:
     if not 0 <= port <= 65535:
         raise ConfigError(f"server.port: {port} is not a TCP port")
     return ServerConfig(
-        host=_get(s, "host", "server", str, d.host),
+        host=_non_empty(_get(s, "host", "server", str, d.host), "server.host"),
         port=port,
         max_body_bytes=_positive(_get(s, "max_body_bytes", "server", int, d.max_body_bytes), "server.max_body_bytes"),
         workers=_positive(_get(s, "workers", "server", int, d.workers), "server.workers"),
@@ -412,11 +422,20 @@ def _networks(raw: Any, where: str) -> tuple[str, ...]:
 def _database(raw: Any) -> DatabaseConfig:
     s = _section(raw, "database", {"url", "embedded_data_dir", "pool_min", "pool_max", "statement_cache_size"})
     d = DatabaseConfig()
+    url = _get(s, "url", "database", str, d.url)
+    if url and not url.startswith(("postgresql://", "postgres://")):  # never echoed: it may hold a password
+        raise ConfigError("database.url: not a postgresql:// URL (e.g. postgresql://gateway:PASSWORD@db:5432/gateway)")
+    pool_min = _non_negative(_get(s, "pool_min", "database", int, d.pool_min), "database.pool_min")
+    pool_max = _positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max")
+    if pool_min > pool_max:  # asyncpg's ValueError surfaced only at start, as a traceback
+        raise ConfigError(f"database.pool_min: {pool_min} is more than pool_max ({pool_max})")
     return DatabaseConfig(
-        url=_get(s, "url", "database", str, d.url),
-        embedded_data_dir=_get(s, "embedded_data_dir", "database", str, d.embedded_data_dir),
-        pool_min=_get(s, "pool_min", "database", int, d.pool_min),
-        pool_max=_positive(_get(s, "pool_max", "database", int, d.pool_max), "database.pool_max"),
+        url=url,
+        embedded_data_dir=_non_empty(
+            _get(s, "embedded_data_dir", "database", str, d.embedded_data_dir), "database.embedded_data_dir"
+        ),
+        pool_min=pool_min,
+        pool_max=pool_max,
         statement_cache_size=_non_negative(
             _get(s, "statement_cache_size", "database", int, d.statement_cache_size), "database.statement_cache_size"
         ),
@@ -482,7 +501,8 @@ def _fallbacks(raw: Any, where: str, providers: Mapping[str, ProviderConfig]) ->
         if provider not in providers:
             known = ", ".join(sorted(providers))
             raise ConfigError(f"{where}[{i}].provider: {provider!r} is not a declared provider ({known})")
-        deployments.append(Deployment(provider=provider, model=_get(spec, "model", f"{where}[{i}]", str)))
+        model = _non_empty(_get(spec, "model", f"{where}[{i}]", str), f"{where}[{i}].model", has_default=False)
+        deployments.append(Deployment(provider=provider, model=model))
     return tuple(deployments)
 
 
@@ -530,7 +550,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderConfig]) -> dict[str, Mode
         aliases[str(name)] = ModelAlias(
             name=str(name),
             provider=provider,
-            model=_get(spec, "model", where, str),
+            model=_non_empty(_get(spec, "model", where, str), f"{where}.model", has_default=False),
             default_max_tokens=_positive(
                 _get(spec, "default_max_tokens", where, int, 4096), f"{where}.default_max_tokens"
             ),
@@ -609,7 +629,7 @@ def _usage_log(raw: Any) -> UsageLogConfig:
         max_queue_rows=_positive(
             _get(s, "max_queue_rows", "usage_log", int, d.max_queue_rows), "usage_log.max_queue_rows"
         ),
-        spill_dir=_get(s, "spill_dir", "usage_log", str, d.spill_dir),
+        spill_dir=_non_empty(_get(s, "spill_dir", "usage_log", str, d.spill_dir), "usage_log.spill_dir"),
         retention_months=_retention_months(_get(s, "retention_months", "usage_log", int, d.retention_months)),
     )
 
@@ -914,12 +934,24 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     path = Path(path) if path is not None else default_config_path(environ)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        if path.is_absolute():
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        # `~/gateway/scripts/serve` typed from the home directory: the path is relative to where one stands.
+        raise ConfigError(
+            f"{path}: no such file in {Path.cwd()} "
+            "(run from the checkout, or give --config FILE or GATEWAY_CONFIG=FILE)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 (byte {exc.object[exc.start]:#04x})") from None
     try:
         raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader that refuses duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", exc)).split())  # one line, as every config error
+        raise ConfigError(f"{path}:{where} is not valid YAML ({problem})") from None
     return parse_config(raw, environ, source=str(path))

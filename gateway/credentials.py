@@ -29,10 +29,17 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 class MissingKey:
     provider: str
     variable: str  # e.g. "ANTHROPIC_API_KEY"
+    placeholder: str = ""  # the key is a documentation placeholder such as `sk-ant-...` (shown: it is no secret)
 
     def describe(self, whose: str = "") -> str:
         """One line: `provider 'anthropic' has no API key: set ANTHROPIC_API_KEY ...`."""
         where = f" in {whose}" if whose else ""
+        if self.placeholder:
+            return (
+                f"provider {self.provider!r} has a placeholder API key: {self.variable} is {self.placeholder!r}"
+                f"{where}, as written in the README; every request routed to it will fail (set {self.variable} "
+                "to the real key)"
+            )
         return (
             f"provider {self.provider!r} has no API key: {self.variable} is unset or empty{where}; every request "
             f"routed to it will fail (set {self.variable}, or providers.{self.provider}.api_key in gateway.yaml)"
@@ -43,10 +50,15 @@ def missing_keys(cfg: GatewayConfig) -> list[MissingKey]:
     """The providers that need an API key and have none, in declaration order."""
     raw = _raw_providers(cfg.source)
     return [
-        MissingKey(name, _variable(p, raw.get(name)))
+        MissingKey(name, _variable(p, raw.get(name)), p.api_key if _is_placeholder(p.api_key) else "")
         for name, p in cfg.providers.items()
-        if not p.api_key and _needs_key(p)
+        if (not p.api_key or _is_placeholder(p.api_key)) and _needs_key(p)
     ]
+
+
+def _is_placeholder(key: str) -> bool:
+    """`export ANTHROPIC_API_KEY=sk-ant-...` copied as written: no provider key ends in an ellipsis."""
+    return key.endswith(("...", "…"))
 
 
 def _needs_key(p: ProviderConfig) -> bool:

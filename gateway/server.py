@@ -65,14 +65,15 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def _listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen_socket(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(1024)
+    if listen:
+        sock.listen(1024)
     sock.setblocking(False)
     return sock
 
@@ -111,10 +112,13 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
     embedded = None
     pid_file = None
     try:
+        # Bound before the database is touched: a port in use must not cost the first admin key, made and
+        # then never shown. Listening waits for the migrations, so nobody connects to a server not yet ready.
+        sock = _listen_or_explain(host, port, reuse_port=workers > 1, listen=False)
+        port = sock.getsockname()[1]
         dsn, embedded = database_url(cfg)
         first_key = asyncio.run(prepare_database(cfg, dsn, database_label(cfg)))
-        sock = _listen_or_explain(host, port, reuse_port=workers > 1)
-        port = sock.getsockname()[1]
+        _listen_or_explain_bound(sock, host, port)
         if claim is not None:
             claim.describe(f"pid {os.getpid()}, port {port}")
         log.info(
@@ -134,7 +138,7 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
         if first_key:
             _print_first_key(first_key, host, port)
         _until_serving_signals()
-        pid_file = instance.record(cfg, port)
+        pid_file = _record_or_warn(cfg, port)
         if workers == 1:
             _run_worker(cfg, dsn, sock)
             return 0
@@ -146,6 +150,32 @@ def serve(cfg: GatewayConfig, *, host: str | None = None, port: int | None = Non
             embedded.stop()  # ours while we hold the data dir, even when an earlier run left it running
         if claim is not None:
             claim.release()
+
+
+def _record_or_warn(cfg: GatewayConfig, port: int) -> Path | None:
+    """The pid file serves `gateway reload` and the CLI's which-database check; a server that cannot write it
+    (a read-only checkout, the image's root-owned /app) still serves, and says how to reload without it."""
+    other = instance.running(cfg)
+    if other is not None and other.pid != os.getpid():
+        # A second server of this checkout on a database of its own (DATABASE_URL, as the refusal of a second
+        # embedded one advises) took the file over and deleted it at exit: the first became unreachable.
+        log.warning(
+            "pid_file_taken",
+            path=str(instance.pid_file_path(cfg)),
+            owner=other.pid,
+            hint=f"`gateway reload` reaches pid {other.pid}, not this server; reload it with kill -HUP {os.getpid()}",
+        )
+        return None
+    try:
+        return instance.record(cfg, port)
+    except OSError as exc:
+        log.warning(
+            "pid_file_unwritable",
+            path=str(instance.pid_file_path(cfg)),
+            problem=exc.strerror or str(exc),
+            hint=f"`gateway reload` cannot find this server; reload it with kill -HUP {os.getpid()}",
+        )
+        return None
 
 
 def _until_serving_signals() -> None:
@@ -162,17 +192,29 @@ def _exit_now(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _listen_or_explain(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen_or_explain(host: str, port: int, *, reuse_port: bool, listen: bool = True) -> socket.socket:
     try:
-        return _listen_socket(host, port, reuse_port=reuse_port)
+        return _listen_socket(host, port, reuse_port=reuse_port, listen=listen)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise InstanceError(
-                f"cannot listen on {host}:{port}: the address is already in use (another gateway or program); "
-                f"pick another port with --port {port + 1 if port else 8001} (or PORT=..., server.port in "
-                "gateway.yaml), or stop what holds it"
-            ) from None
-        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror} (see --host, GATEWAY_HOST)") from None
+        raise _cannot_listen(exc, host, port) from None
+
+
+def _listen_or_explain_bound(sock: socket.socket, host: str, port: int) -> None:
+    """Start listening on a socket bound earlier; SO_REUSEADDR lets two sockets bind while neither listens."""
+    try:
+        sock.listen(1024)
+    except OSError as exc:
+        raise _cannot_listen(exc, host, port) from None
+
+
+def _cannot_listen(exc: OSError, host: str, port: int) -> InstanceError:
+    if exc.errno == errno.EADDRINUSE:
+        return InstanceError(
+            f"cannot listen on {host}:{port}: the address is already in use (another gateway or program); "
+            f"pick another port with --port {port + 1 if port else 8001} (or PORT=..., server.port in "
+            "gateway.yaml), or stop what holds it"
+        )
+    return InstanceError(f"cannot listen on {host}:{port}: {exc.strerror} (see --host, GATEWAY_HOST)")
 
 
 def pid_file_path(cfg: GatewayConfig) -> Path:

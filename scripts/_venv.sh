@@ -44,6 +44,12 @@ ensure_venv() {
       return 0
     fi
   done
+  if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    # A first run stopped (Ctrl-C) inside `python -m venv` leaves a venv without pip; every later run failed
+    # with `No module named pip`.
+    echo "recreating $venv: it has no pip (an interrupted first run?)" >&2
+    "${PYTHON:-python3}" -m venv --clear "$venv"
+  fi
   echo "installing the project into $venv ([$extras]; first time, or setup.cfg or pyproject.toml changed)" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -e "$repo_root[$extras]"
   printf '%s' "$wanted" >"$venv/.installed-$kind"

@@ -380,7 +380,7 @@ def test_address_in_use_names_the_address_and_how_to_change_it(tmp_path: Path, d
     ]
 
 
-@pytest.mark.parametrize("args", [("serve",), ("keys", "create", "--name", "x"), ("migrate",)])
+@pytest.mark.parametrize("args", [("serve", "--port", "0"), ("keys", "create", "--name", "x"), ("migrate",)])
 def test_missing_database_is_one_line(tmp_path: Path, database_url: str, args: tuple[str, ...]) -> None:
     missing = database_url.rsplit("/", 1)[0] + "/no_such_gateway_db"
     result = cli(write_config(tmp_path, "http://127.0.0.1:9"), *args, env=clean_env(DATABASE_URL=missing))
