@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +61,31 @@ def test_first_admin_key_is_not_lost_when_the_port_is_taken(tmp_path: Path, empt
         printed = "".join(server.stdout.readline() for _ in range(5))
         assert "First admin key" in printed
         assert KEY.search(printed), printed
+        _wait_until_healthy(port)  # a SIGTERM while it still starts would be answered only after its start-up
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:  # never leave a server (and its pipe) behind for the next test
+            server.kill()
+            server.wait(10)
+        assert server.stdout is not None
         server.stdout.close()
+
+
+def _wait_until_healthy(port: int, within_s: float = 60.0) -> None:
+    """Poll GET /health until it answers 200 (the server has finished starting)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gateway on port {port} did not become healthy within {within_s:g} s")
+        time.sleep(0.1)
 
 
 def _check(tmp_path: Path, text: bytes | str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -80,12 +80,22 @@ def _jwt(value: str, line: bytes) -> bool:
     return bool(JwtTokenDetector.is_formally_valid(value))
 
 
+# What documentation writes where a password goes (postgresql://gateway:PASSWORD@db/...): no secret.
+_PLACEHOLDER_PASSWORDS = frozenset(
+    {"password", "passwd", "secret", "changeme", "yourpassword", "your_password", "example", "placeholder"}
+)
+
+
 def _url_password(value: str, line: bytes) -> bool:
     from detect_secrets.filters import heuristic
 
     # shorter than 6 is a placeholder (user:pw@), and replacing it everywhere would hit unrelated text
     return (
-        len(value) >= 6 and not heuristic.is_templated_secret(value) and value.strip("*xX.") != "" and value[0] != "$"
+        len(value) >= 6
+        and not heuristic.is_templated_secret(value)
+        and value.strip("*xX.") != ""
+        and value[0] != "$"
+        and value.strip("<>{}[]").lower() not in _PLACEHOLDER_PASSWORDS
     )
 
 

@@ -252,6 +252,10 @@ def test_raw_redaction_falls_back_to_equal_json_when_a_value_is_also_in_a_signed
         ("secret_assignment", "token: ${VAULT_TOKEN_ABC123}", False),  # a template
         ("aws_access_key", "AKIAIOSFODNN7EXAMPLE from the AWS docs", False),  # built-in allowlist
         ("url_credentials", "https://user:pw@host", False),  # too short to be a password
+        ("url_credentials", "postgresql://gateway:PASSWORD@db:5432/gateway", False),  # a documentation placeholder
+        ("url_credentials", "postgresql://gw:<password>@db/gateway", False),
+        ("url_credentials", "redis://:changeme@cache:6379/0", False),
+        ("url_credentials", "postgresql://gateway:Zq7-pL2xVm@db:5432/gateway", True),  # a real-looking one still is
     ],
 )
 def test_near_misses_are_not_findings(detector: str, text: str, found: bool) -> None:
