@@ -47,7 +47,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _iso(value: Any) -> str:
+def _iso(value: date) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 

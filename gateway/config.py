@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -306,6 +306,7 @@ def _interpolate_tree(node: Any, environ: Mapping[str, str], where: str) -> Any:
 # --- typed readers: each names the YAML path in its error -------------------------------------------
 
 T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 
 
 def _section(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
@@ -330,14 +331,14 @@ def _get(spec: dict[str, Any], key: str, where: str, kind: type[T], default: T |
     value = spec[key]
     try:
         if kind is bool:
-            return _as_bool(value, path)  # type: ignore[return-value]
+            return cast(T, _as_bool(value, path))  # kind is bool, so T is bool
         if kind in (int, float) and isinstance(value, bool):
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         if kind is str and not isinstance(value, str | int | float):
             raise ValueError
-        return kind(value)  # type: ignore[call-arg]
+        return cast(Callable[[Any], T], kind)(value)  # int, float, str, ...: each converts one value
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: expected {kind.__name__}, got {value!r}") from None
 
@@ -364,8 +365,8 @@ def _as_bool(value: Any, path: str) -> bool:
 MIN_THINKING_BUDGET = 1024  # thinking.budget_tokens >= 1024 (platform.claude.com, extended thinking)
 
 
-def _positive(value: T, path: str) -> T:
-    if value <= 0:  # type: ignore[operator]
+def _positive(value: Number, path: str) -> Number:
+    if value <= 0:
         raise ConfigError(f"{path}: must be positive, got {value!r}")
     return value
 
@@ -904,7 +905,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
     at the end of gateway.yaml would replace every alias above it without a word.
     """
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, yaml.Node] = {}
             for key_node, _ in node.value:

@@ -18,11 +18,16 @@ from uuid import UUID
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 from pypika import Criterion, Field, Order, Parameter, PostgreSQLQuery, Table
 from pypika import functions as fn
+from pypika.enums import Matching
 from pypika.queries import QueryBuilder
+from pypika.terms import BasicCriterion, Function
 
 SQL_DIR = Path(os.environ.get("GATEWAY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
+# A connection of its own (asyncpg.connect) or one borrowed from the pool (pool.acquire()): the same API.
+Connection = asyncpg.Connection | PoolConnectionProxy
 MIGRATION_LOCK = 0x6761_7465_7761_79  # pg_advisory_lock key ("gateway"): replicas starting together wait in turn
 
 
@@ -36,6 +41,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
 )
+# The same, or any other error PostgreSQL reports: what a background task or a health check shrugs off.
+UNAVAILABLE_OR_FAILED: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
 LOOKUP_TIMEOUT_S = 3.0  # a key lookup that takes longer is treated as the database being away
 
 
@@ -91,7 +98,7 @@ def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return files
 
 
-async def migrate(conn: asyncpg.Connection, sql_dir: Path = SQL_DIR) -> list[str]:
+async def migrate(conn: Connection, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply the `sql/` files not yet recorded in schema_migrations, each in its own transaction.
 
     Returns the names applied. Safe to run twice and from several processes at once: each file's transaction
@@ -121,7 +128,7 @@ async def ping(pool: asyncpg.Pool) -> bool:
     try:
         row = await _looked_up(pool, "SELECT 1", timeout_s=2)
         return row is not None and row[0] == 1
-    except (*UNAVAILABLE, asyncpg.PostgresError):
+    except UNAVAILABLE_OR_FAILED:
         return False
 
 
@@ -149,12 +156,19 @@ _KEY_SELECT = """
 """
 
 
+def _returned(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row an INSERT or UPDATE ... RETURNING wrote; raises LookupError if it matched none (a bug, not input)."""
+    if row is None:
+        raise LookupError("a RETURNING statement returned no row")
+    return row
+
+
 def _key(row: asyncpg.Record) -> KeyRow:
     return KeyRow(**dict(row))
 
 
 async def insert_key(
-    conn: asyncpg.Pool | asyncpg.Connection,
+    conn: asyncpg.Pool | Connection,
     *,
     lookup_id: str,
     key_hash: str,
@@ -170,7 +184,7 @@ async def insert_key(
         is_admin,
         user_id,
     )
-    return _key(await conn.fetchrow(_KEY_SELECT + " WHERE k.id = $1", key_id))
+    return _key(_returned(await conn.fetchrow(_KEY_SELECT + " WHERE k.id = $1", key_id)))
 
 
 async def find_key(pool: asyncpg.Pool, lookup_id: str) -> KeyRow | None:
@@ -364,14 +378,14 @@ async def create_user(
         except asyncpg.UniqueViolationError as exc:
             what = "claudecodeUserKey" if "claudecode" in (exc.constraint_name or "") else "email"
             raise Conflict(f"a user with this {what} already exists") from None
-        user = UserRow(**dict(row))
+        user = UserRow(**dict(_returned(row)))
         key_row = await insert_key(conn, lookup_id=key[0], key_hash=key[1], name=email, is_admin=False, user_id=user.id)
         await _audit(conn, user.id, "created", None, actor_key_id, None, key_row.id)
     return user, key_row
 
 
 async def _audit(
-    conn: asyncpg.Connection,
+    conn: Connection,
     user_id: UUID,
     action: str,
     reason: str | None,
@@ -447,7 +461,7 @@ async def regenerate_user_key(
         old = await conn.fetchval(
             "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
         )
-        user = UserRow(**dict(row))
+        user = UserRow(**dict(_returned(row)))
         new = await insert_key(
             conn, lookup_id=key[0], key_hash=key[1], name=user.email, is_admin=False, user_id=user_id
         )
@@ -732,8 +746,10 @@ def _user_filter(search: str, param: str) -> Criterion:
     users = Table("users")
     where: Criterion = users.deleted_at.isnull()
     if search:
-        name = fn.Concat(users.firstname, " ", users.lastname)
-        where &= users.email.ilike(Parameter(param)) | name.ilike(Parameter(param))
+        name = Function("CONCAT", users.firstname, " ", users.lastname)
+        # BasicCriterion is what Term.ilike builds; ilike's own annotation takes only a str pattern, not a Parameter
+        pattern = Parameter(param)
+        where &= BasicCriterion(Matching.ilike, users.email, pattern) | BasicCriterion(Matching.ilike, name, pattern)
     return where
 
 
@@ -776,7 +792,7 @@ async def audit_page(
 ) -> tuple[list[dict[str, Any]], int]:
     """Management actions (key_audit and gateway_audit), newest first, with who did them; and how many match."""
     trail, users = Table("audit_trail"), Table("users")
-    actor, target = Table("api_keys").as_("actor"), Table("api_keys").as_("target")
+    actor, target = Table("api_keys", alias="actor"), Table("api_keys", alias="target")
     where: Criterion = trail.user_id == Parameter("$1")
     args = [] if user_id is None else [user_id]
     query = (

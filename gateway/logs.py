@@ -17,7 +17,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def console_renderer(*, colors: bool) -> structlog.dev.ConsoleRenderer:
     """Readable lines; a traceback without its frames' local variables, which hold the caller's key, the
     provider's request headers and the prompt (structlog's rich tracebacks show them by default)."""
-    if structlog.dev.rich is None:
+    if getattr(structlog.dev, "rich", None) is None:  # structlog.dev sets it to the rich module if importable
         return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)
     formatter = structlog.dev.RichTracebackFormatter(show_locals=False)
     return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)
@@ -30,9 +30,10 @@ def configure_logging(cfg: LoggingConfig) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[structlog.types.Processor]
+    logger_factory: structlog.BytesLoggerFactory | structlog.PrintLoggerFactory
     if use_json:
         processors = [*shared, structlog.processors.format_exc_info, structlog.processors.JSONRenderer(orjson.dumps)]
-        factory: structlog.types.WrapperClass | None = None
         logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
     else:
         processors = [*shared, console_renderer(colors=sys.stderr.isatty())]

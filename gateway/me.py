@@ -7,6 +7,7 @@ come from the month counters and the daily rollups, never from a scan of the usa
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -44,7 +45,9 @@ async def _caller(request: web.Request) -> Principal:
     return ex.principal
 
 
-def _guarded(handler: Any) -> Any:
+def _guarded(
+    handler: Callable[[web.Request, Principal], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
             try:

@@ -169,7 +169,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         registry = CollectorRegistry()
-        registry.register(self)  # type: ignore[arg-type]
+        registry.register(self)
         return generate_latest(registry)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -211,7 +211,7 @@ async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminK
 
 
 @contextlib.asynccontextmanager
-async def database_only(cfg: GatewayConfig):  # type: ignore[no-untyped-def]
+async def database_only(cfg: GatewayConfig) -> AsyncIterator[asyncpg.Pool]:
     """A migrated pool for CLI commands (keys, migrate): no upstream session, no flusher."""
     dsn, embedded = database_url(cfg)
     pool = await db.create_pool(dsn, min_size=1, max_size=2, statement_cache_size=cfg.database.statement_cache_size)

@@ -122,17 +122,17 @@ async def keep_partitions(
             dropped = await drop_old_partitions(pool, today(), retention_months)
             if created or dropped:
                 log.info("usage_partitions", created=created, dropped=dropped)
-        except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except db.UNAVAILABLE_OR_FAILED as exc:
             log.warning("usage_partitions_failed", error=str(exc), retry_s=RETRY_S)
             wait_s = min(every_s, RETRY_S)
         await asyncio.sleep(wait_s)
 
 
-async def _is_partitioned(conn: asyncpg.Connection) -> bool:
+async def _is_partitioned(conn: db.Connection) -> bool:
     return bool(await conn.fetchval("SELECT relkind = 'p' FROM pg_class WHERE oid = 'usage_log'::regclass"))
 
 
-async def _partitions(conn: asyncpg.Connection) -> list[str]:
+async def _partitions(conn: db.Connection) -> list[str]:
     rows = await conn.fetch(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
         " WHERE i.inhparent = 'usage_log'::regclass ORDER BY 1"

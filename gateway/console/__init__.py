@@ -14,7 +14,6 @@ from typing import Any
 
 import aiohttp_jinja2
 import aiohttp_session
-import asyncpg
 import jinja2
 import structlog
 from aiohttp import web
@@ -46,7 +45,7 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
     """HTTP errors as console pages (redirects pass through), every answer with the security headers."""
     try:
         response = await handler(request)
-    except (*db.UNAVAILABLE, asyncpg.PostgresConnectionError):
+    except db.UNAVAILABLE:  # asyncpg.PostgresConnectionError among them
         context = {"status": 503, "reason": "Service Unavailable", "who": request.get(VISITOR)}
         context["message"] = "The gateway cannot reach its database right now; try again in a moment."
         response = aiohttp_jinja2.render_template("error.html", request, context, status=503)

@@ -89,7 +89,7 @@ async def create_user(request: web.Request, who: Visitor) -> web.StreamResponse:
             email=email,
             firstname=_field(form, "firstname"),
             lastname=_field(form, "lastname"),
-            claudecode_hmac=claudecode_hmac(svc.claudecode_tokens.secret, token) if token else None,  # type: ignore[arg-type]
+            claudecode_hmac=claudecode_hmac(svc.claudecode_tokens.secret, token) if token else None,
             key=(lookup_id, key_hash),
             actor_key_id=who.key_id,
         )

@@ -25,6 +25,7 @@ import aiohttp_session
 import asyncpg
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 from multidict import CIMultiDict, MultiDictProxy
@@ -57,7 +58,7 @@ class Visitor:
 
 
 VISITOR = web.RequestKey("console_visitor", Visitor)
-Form = MultiDictProxy[str | bytes | web.FileField]  # what request.post() returns
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]  # what request.post() returns
 Page = Callable[[web.Request, Visitor], Awaitable[web.StreamResponse]]
 
 
@@ -72,9 +73,18 @@ class CookieSessions:
     async def start(self, pool: asyncpg.Pool) -> None:
         secret = self._cfg.session_secret or await db.setting(pool, SECRET_SETTING, secrets.token_hex(32))
         fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
-        common = {"cookie_name": COOKIE, "max_age": self._cfg.session_max_age_s, "path": "/console"}
-        self._plain = EncryptedCookieStorage(fernet, secure=False, httponly=True, samesite="Strict", **common)
-        self._tls = EncryptedCookieStorage(fernet, secure=True, httponly=True, samesite="Strict", **common)
+        self._plain, self._tls = self._storage(fernet, secure=False), self._storage(fernet, secure=True)
+
+    def _storage(self, fernet: Fernet, *, secure: bool) -> EncryptedCookieStorage:
+        return EncryptedCookieStorage(
+            fernet,
+            cookie_name=COOKIE,
+            max_age=self._cfg.session_max_age_s,
+            path="/console",
+            secure=secure,
+            httponly=True,
+            samesite="Strict",
+        )
 
     def storage_for(self, request: web.Request) -> EncryptedCookieStorage:
         assert self._plain is not None and self._tls is not None, "CookieSessions.start() runs at startup"
@@ -84,13 +94,9 @@ class CookieSessions:
         tls = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
         return self._tls if mode == "true" or (mode == "auto" and tls) else self._plain
 
-    def middleware(
-        self,
-    ) -> Callable[[web.Request, Callable[..., Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         @web.middleware
-        async def sessions(
-            request: web.Request, handler: Callable[..., Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
+        async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
             return await aiohttp_session.session_middleware(self.storage_for(request))(request, handler)
 
         return sessions

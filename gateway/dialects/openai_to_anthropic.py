@@ -420,8 +420,8 @@ class _Conversation:
             blocks.append(_tool_use(call_id, call.get("function"), f"{call_where}.function"))
             self.sources[id(blocks[-1])] = (f"{call_where}.id", call_id)
             if any(b["type"] == "tool_use" and b["id"] == blocks[-1]["id"] for b in blocks[:-1]):
-                message = f"{call_where}.id: {call_id!r} is used twice in this message; tool call ids must be unique"
-                raise TranslationError(message, f"{call_where}.id")
+                twice = f"{call_where}.id: {call_id!r} is used twice in this message; tool call ids must be unique"
+                raise TranslationError(twice, f"{call_where}.id")
         if message.get("function_call") is not None:  # legacy: one call, no id; synthesise a stable one
             block = _tool_use("", message["function_call"], f"{where}.function_call")
             block["id"] = self._legacy_call_ids[block["name"]] = tool_use_id(f"call_{block['name']}_{i}")

@@ -56,8 +56,9 @@ def structured_output(fmt: object, *, native: bool, where: str) -> dict[str, Any
         raise StructuredOutputError(
             f"{where}.type: {kind!r} is not supported; use text, json_object or json_schema", f"{where}.type"
         )
-    spec = fmt.get("json_schema") if "json_schema" in fmt else fmt  # Chat nests it; Responses does not
-    schema = spec.get("schema") if isinstance(spec, Mapping) else None
+    nested = fmt.get("json_schema") if "json_schema" in fmt else fmt  # Chat nests it; Responses does not
+    spec: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
+    schema = spec.get("schema")
     param = f"{where}.json_schema.schema" if where == "response_format" else f"{where}.schema"
     if not isinstance(schema, Mapping):
         raise StructuredOutputError(f"{param}: a JSON schema object is required", param)
@@ -156,8 +157,9 @@ def unwrap_message(message: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _is_ours(block: object) -> bool:
-    is_tool_use = isinstance(block, Mapping) and block.get("type") == "tool_use"
-    return is_tool_use and block.get("name") == STRUCTURED_OUTPUT_TOOL  # type: ignore[union-attr]
+    if not isinstance(block, Mapping):
+        return False
+    return block.get("type") == "tool_use" and block.get("name") == STRUCTURED_OUTPUT_TOOL
 
 
 def _as_text(block: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class FindingsLog:
     async def _write(self, rows: Sequence[Sequence[object]], facts: RequestFacts, detectors: list[str]) -> None:
         try:
             await db.insert_dlp_findings(self._pool, rows)
-        except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except db.UNAVAILABLE_OR_FAILED as exc:
             # The request went on (redacted or recorded); the log line keeps the finding without its value.
             log.warning(
                 "dlp_findings_not_stored",

@@ -145,8 +145,8 @@ class _Chunks:
                 chunk, self._held = self._held + chunk, b""
             if self._secret in chunk:  # an upstream echoing its credential (memmem: no allocation)
                 chunk = chunk.replace(self._secret, REDACTED)
-            if held := _secret_begun_at_end(chunk, self._secret):
-                chunk, self._held = chunk[:-held], chunk[-held:]
+            if begun := _secret_begun_at_end(chunk, self._secret):
+                chunk, self._held = chunk[:-begun], chunk[-begun:]
             if chunk:
                 return chunk
 

@@ -56,7 +56,7 @@ class RateLimitOverrides:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except (*db.UNAVAILABLE, asyncpg.PostgresError) as exc:  # keep the last known overrides
+            except db.UNAVAILABLE_OR_FAILED as exc:  # keep the last known overrides
                 log.warning("rate_limit_overrides_refresh_failed", error=str(exc))
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.client_address import ClientAddress
@@ -13,9 +14,9 @@ from gateway.pipeline import Exchange, Next
 from gateway.throttle import AuthThrottle
 
 
-def presented_credential(headers: object) -> str | None:
+def presented_credential(headers: Mapping[str, str]) -> str | None:
     """The key a caller sent: `x-api-key` (Anthropic SDKs) or `Authorization: Bearer` (OpenAI SDKs)."""
-    get = headers.get  # type: ignore[attr-defined]
+    get = headers.get
     key = get("x-api-key")
     if key:
         return str(key).strip() or None
