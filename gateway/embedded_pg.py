@@ -56,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from gateway.processes import is_running
+
 DATABASE = "gateway"
 SUPERUSER = "postgres"
 PORT = 5432  # only names the socket file (.s.PGSQL.5432): no TCP port is opened
@@ -384,7 +386,7 @@ def _clear_stale_locks(data_dir: Path, socket_dir: Path) -> None:
 def _is_postmaster(pid: int) -> bool:
     """Whether `pid` is a live postgres process (not a zombie, not a program that reused the pid)."""
     if not Path("/proc/self").exists():  # no /proc (macOS): the signal check is all there is
-        return _signal_reaches(pid)
+        return is_running(pid)
     try:
         proc_stat = Path(f"/proc/{pid}/stat").read_text()  # "8685 (postgres) S 1 ..."
     except FileNotFoundError:
@@ -392,16 +394,6 @@ def _is_postmaster(pid: int) -> bool:
     name_end = proc_stat.rfind(")")
     name, state = proc_stat[proc_stat.find("(") + 1 : name_end], proc_stat[name_end + 2 : name_end + 3]
     return name == "postgres" and state != "Z"
-
-
-def _signal_reaches(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, and someone else's
-    return True
 
 
 def _ensure_database(server: EmbeddedPostgres, tools: _Toolchain) -> None:

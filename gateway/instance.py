@@ -23,6 +23,7 @@ import asyncpg
 
 from gateway import db
 from gateway.config import GatewayConfig
+from gateway.processes import is_running
 
 
 class InstanceError(Exception):
@@ -96,21 +97,11 @@ def running(cfg: GatewayConfig) -> RunningGateway | None:
         pid = int(lines[0])
     except (OSError, ValueError, IndexError):
         return None
-    if not _alive(pid) or not _is_gateway(pid):
+    if not is_running(pid) or not _is_gateway(pid):
         return None
     fields = dict(line.partition("=")[::2] for line in lines[1:])
     port = int(fields["port"]) if fields.get("port", "").isdigit() else None
     return RunningGateway(pid, port, fields.get("database", ""))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, and someone else's
-    return True
 
 
 def _is_gateway(pid: int) -> bool:

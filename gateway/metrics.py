@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from gateway.config import ModelAlias
+from gateway.processes import is_running
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FLUSH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -147,7 +148,7 @@ class Metrics:
         snapshots = [self.snapshot()]
         for path in Path(directory).glob("worker-*.json"):
             pid = path.stem.split("-", 1)[1]
-            if pid != str(os.getpid()) and _alive(pid):
+            if pid != str(os.getpid()) and is_running(pid):
                 try:
                     snapshots.append(orjson.loads(path.read_bytes()))
                 except (OSError, orjson.JSONDecodeError):
@@ -189,13 +190,3 @@ def _summed_rows(parts: Iterator[list[list[Any]]]) -> dict[tuple[str, ...], list
             for i, value in enumerate(row):
                 current[i] += value
     return total
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -208,18 +207,3 @@ async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminK
         log.warning("env_admin_key_revoked", key_id=row.id, hint="unset GATEWAY_ADMIN_KEY or set a new one")
         return None
     return EnvAdminKey(key=key.encode(), principal=Principal.from_row(row))
-
-
-@contextlib.asynccontextmanager
-async def database_only(cfg: GatewayConfig) -> AsyncIterator[asyncpg.Pool]:
-    """A migrated pool for CLI commands (keys, migrate): no upstream session, no flusher."""
-    dsn, embedded = database_url(cfg)
-    pool = await db.create_pool(dsn, min_size=1, max_size=2, statement_cache_size=cfg.database.statement_cache_size)
-    try:
-        async with pool.acquire() as conn:
-            await db.migrate(conn)
-        yield pool
-    finally:
-        await pool.close()
-        if embedded is not None and embedded.started:
-            embedded.stop()  # we started it for this command; a running `gateway serve` keeps its own

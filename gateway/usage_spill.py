@@ -20,6 +20,7 @@ from uuid import UUID
 import orjson
 
 from gateway.db import USAGE_COLUMNS
+from gateway.processes import is_running
 
 Row = tuple[Any, ...]
 _UUIDS = {USAGE_COLUMNS.index("id"), USAGE_COLUMNS.index("user_id")}
@@ -56,18 +57,6 @@ def decode(line: bytes) -> Row:
     return tuple(values)
 
 
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SpillDir:
     def __init__(self, directory: Path, *, pid: int | None = None) -> None:
         self.directory, self.pid = directory, pid or os.getpid()
@@ -102,7 +91,7 @@ class SpillDir:
             return []
         replaying = list(self.directory.glob("usage-spill-*.jsonl.replaying-*"))
         mine_or_orphaned = [
-            p for p in replaying if p.name.endswith(f"-{self.pid}") or not _alive(p.name.split("-")[-1])
+            p for p in replaying if p.name.endswith(f"-{self.pid}") or not is_running(p.name.split("-")[-1])
         ]
         candidates = self.pending_files() + mine_or_orphaned
         claimed = []
