@@ -20,21 +20,20 @@ from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.dialects.thinking import thinking_headers
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
     answer,
     anthropic_reply,
-    json_object,
     readable_upstream,
     relay_error,
     send_to_anthropic,
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, bill_message, relay_stream
+from gateway.relays.stream import OutputMeter, TranslatedStream, bill_message, relay_stream
 
 
 async def relay_chat_over_anthropic(ex: Exchange) -> None:
@@ -94,33 +93,26 @@ async def _openai_stream(ex: Exchange, reply: UpstreamReply, custom: frozenset[s
     await relay_stream(ex, reply, chat, {**EVENT_STREAM, **notes})
 
 
-class ChatOverAnthropic:
+class ChatOverAnthropic(TranslatedStream[ChatStreamTranslator]):
     """Anthropic's events in, Chat Completions chunks out (custom tool calls held back and answered as such)."""
 
     statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
 
     def __init__(self, meter: OutputMeter, translator: ChatStreamTranslator, custom: frozenset[str], provider: str):
-        self.meter, self._translator, self._provider = meter, translator, provider
-        self._parser = sse.SSEParser()
+        super().__init__(meter, translator, provider)
         self._held = ChatCustomCalls(custom) if custom else None
-
-    @property
-    def finished(self) -> bool:
-        return self._translator.finished
 
     def feed(self, chunk: bytes) -> bytes:
         frames: list[bytes] = []
         with readable_upstream(self._provider):  # an event the translator cannot read: a 502, written in-band
-            for event, data in self._parser.feed(chunk):
-                parsed = json_object(data)
-                self.meter.anthropic_event(event, parsed)
+            for event, parsed in self._anthropic_events(chunk):
                 chunks = self._translator.feed(event, parsed)
                 frames.extend(sse.data_frame(c) for c in (self._held.feed(chunks) if self._held else chunks))
         return b"".join(frames)
 
     def end(self) -> bytes:
-        if not self._translator.finished:  # the body ended cleanly but early: [DONE] alone would pass it off as whole
-            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        if not self._translator.finished:
+            raise self._stopped_short("message_stop")
         return sse.DONE_FRAME
 
     def error_frame(self, err: GatewayError) -> bytes:

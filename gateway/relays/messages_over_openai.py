@@ -29,7 +29,7 @@ from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.common import answer, json_object, relay_error, send, translating
-from gateway.relays.stream import OutputMeter, is_count, relay_stream
+from gateway.relays.stream import OutputMeter, TranslatedStream, is_count, relay_stream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
@@ -95,18 +95,8 @@ async def _anthropic_stream(ex: Exchange, reply: UpstreamReply) -> None:
     await relay_stream(ex, reply, MessagesOverOpenAI(OutputMeter(ex.usage), translator, ex.target.provider.name))
 
 
-class MessagesOverOpenAI:
+class MessagesOverOpenAI(TranslatedStream[AnthropicStreamTranslator]):
     """Chat Completions chunks in, Anthropic events out, ending in message_stop."""
-
-    statuses: Mapping[int, int] = {}
-
-    def __init__(self, meter: OutputMeter, translator: AnthropicStreamTranslator, provider: str) -> None:
-        self.meter, self._translator, self._provider = meter, translator, provider
-        self._parser = sse.SSEParser()
-
-    @property
-    def finished(self) -> bool:
-        return self._translator.finished
 
     def feed(self, chunk: bytes) -> bytes:
         events: list[Event] = []
@@ -128,7 +118,7 @@ class MessagesOverOpenAI:
         if self._translator.finished:
             return b""
         if not self._translator.saw_finish_reason:  # the body ended cleanly but early
-            raise UpstreamUnreachable(f"{self._provider} ended the stream before a finish_reason")
+            raise self._stopped_short("a finish_reason")
         return _frames(self._translator.finish())  # a server that never sends [DONE]
 
     def error_frame(self, err: GatewayError) -> bytes:

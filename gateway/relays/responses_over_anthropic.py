@@ -11,7 +11,6 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
 from gateway.dialects.responses import (
     ResponseContext,
@@ -22,21 +21,20 @@ from gateway.dialects.responses import (
 )
 from gateway.dialects.responses_stream import ResponsesStreamTranslator
 from gateway.dialects.thinking import thinking_headers
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
     EVENT_STREAM,
     answer,
     anthropic_reply,
-    json_object,
     readable_upstream,
     relay_error,
     send_to_anthropic,
     translating,
     translation_options,
 )
-from gateway.relays.stream import OutputMeter, bill_message, relay_stream
+from gateway.relays.stream import OutputMeter, TranslatedStream, bill_message, relay_stream
 
 
 async def relay_responses_over_anthropic(ex: Exchange) -> None:
@@ -77,31 +75,21 @@ async def _stream(ex: Exchange, reply: UpstreamReply, ctx: ResponseContext, note
     await relay_stream(ex, reply, translator, {**EVENT_STREAM, **notes})
 
 
-class ResponsesOverAnthropic:
+class ResponsesOverAnthropic(TranslatedStream[ResponsesStreamTranslator]):
     """Anthropic's events in, Responses events out, ending in response.completed (or .failed / .incomplete)."""
 
     statuses: Mapping[int, int] = CLIENT_STATUSES  # an in-stream overloaded_error is a 503, as unstreamed
 
-    def __init__(self, meter: OutputMeter, translator: ResponsesStreamTranslator, provider: str) -> None:
-        self.meter, self._translator, self._provider = meter, translator, provider
-        self._parser = sse.SSEParser()
-
-    @property
-    def finished(self) -> bool:
-        return self._translator.finished
-
     def feed(self, chunk: bytes) -> bytes:
         frames: list[bytes] = []
         with readable_upstream(self._provider):  # an event the translator cannot read: a 502, written in-band
-            for event, data in self._parser.feed(chunk):
-                parsed = json_object(data)
-                self.meter.anthropic_event(event, parsed)
+            for event, parsed in self._anthropic_events(chunk):
                 frames.extend(event_frame(e) for e in self._translator.feed(event, parsed))
         return b"".join(frames)
 
     def end(self) -> bytes:
-        if not self._translator.finished:  # ended cleanly but early: response.completed would pass it off as whole
-            raise UpstreamUnreachable(f"{self._provider} ended the stream before message_stop")
+        if not self._translator.finished:
+            raise self._stopped_short("message_stop")
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:

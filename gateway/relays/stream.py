@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import structlog
 from aiohttp import web
 
+from gateway.dialects import sse
 from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Usage
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import EVENT_STREAM, eof_quietly, start_stream, write_quietly
+from gateway.relays.common import EVENT_STREAM, eof_quietly, json_object, start_stream, write_quietly
 from gateway.stages.usage_log import CLIENT_CLOSED
 
 log = structlog.get_logger("gateway.relay")
@@ -188,6 +189,40 @@ class StreamTranslator(Protocol):
     def end(self) -> bytes: ...
 
     def error_frame(self, err: GatewayError) -> bytes: ...
+
+
+class _Finishing(Protocol):
+    @property
+    def finished(self) -> bool: ...
+
+
+Translator = TypeVar("Translator", bound=_Finishing)
+
+
+class TranslatedStream(Generic[Translator]):
+    """What the translating StreamTranslators share: the meter, an SSE parser over the upstream's chunks, and a
+    dialect translator (gateway/dialects/) whose `finished` says the caller got the stream's final event."""
+
+    statuses: Mapping[int, int] = {}
+
+    def __init__(self, meter: OutputMeter, translator: Translator, provider: str) -> None:
+        self.meter, self._translator, self._provider = meter, translator, provider
+        self._parser = sse.SSEParser()
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    def _anthropic_events(self, chunk: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The chunk's complete Anthropic events, parsed, each told to the meter before it is translated."""
+        for event, data in self._parser.feed(chunk):
+            parsed = json_object(data)
+            self.meter.anthropic_event(event, parsed)
+            yield event, parsed
+
+    def _stopped_short(self, final_event: str) -> UpstreamUnreachable:
+        """The upstream body ended cleanly but early: the caller's own final event would pass it off as whole."""
+        return UpstreamUnreachable(f"{self._provider} ended the stream before {final_event}")
 
 
 async def relay_stream(
