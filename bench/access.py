@@ -36,8 +36,9 @@ import asyncpg  # noqa: E402
 from bench.database import open_database  # noqa: E402
 from gateway import db  # noqa: E402
 from gateway.keys import generate_key, lookup_id_of  # noqa: E402
-from tests.fakes.reverse_proxy import free_port, nginx_in_front  # noqa: E402
+from tests.fakes.reverse_proxy import nginx_in_front  # noqa: E402
 from tests.fakes.upstream import FakeUpstream  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 BODY = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 JSON = {"Content-Type": "application/json"}

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.net import free_port
+
 LOCAL_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -24,12 +26,6 @@ def _answers(port: int) -> bool:
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_url() -> Iterator[str]:

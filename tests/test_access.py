@@ -28,8 +28,9 @@ from gateway.instance import record as write_pid_file
 from gateway.keys import generate_key, lookup_id_of
 from gateway.usage_spill import SpillDir
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
-from tests.fakes.reverse_proxy import free_port, haproxy_in_front, nginx_in_front
+from tests.fakes.reverse_proxy import haproxy_in_front, nginx_in_front
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port, wait_healthy
 
 JSON = {"Content-Type": "application/json"}
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -201,7 +202,7 @@ async def test_twelve_30_mb_unauthenticated_bodies_leave_the_worker_under_120_mb
     )  # fmt: skip
     try:
         async with nginx_in_front(port, tmp_path) as url, client("127.0.0.2") as s:
-            await _wait_healthy(s, url)
+            await wait_healthy(s, url)
             big = b'{"model": "claude-fast", "x": "' + b"a" * (30 * 1024 * 1024) + b'"}'
             answers = await asyncio.gather(
                 *(
@@ -218,18 +219,6 @@ async def test_twelve_30_mb_unauthenticated_bodies_leave_the_worker_under_120_mb
     statuses = [a[0] if isinstance(a, tuple) else repr(a) for a in answers]
     assert set(statuses) <= {401, "ClientOSError", "ServerDisconnectedError"} and 401 in statuses, statuses
     assert peak_mb < 120, f"peak RSS {peak_mb:.0f} MB"
-
-
-async def _wait_healthy(s: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(200):
-        try:
-            async with s.get(f"{url}/health") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not become healthy")
 
 
 def _peak_rss_mb(pid: int) -> float:

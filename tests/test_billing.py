@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -25,6 +24,7 @@ from gateway.usage_spill import SpillDir
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port, wait_healthy
 
 MAX_COUNT = 10_000_000  # gateway.pipeline.MAX_COUNT: no request consumes more tokens of one kind
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ async def test_sigkill_during_an_outage_loses_at_most_one_flush_interval(
     """The README's bound: rows recorded more than one flush interval before a SIGKILL are on disk or stored."""
     interval_ms = 100
     key, _ = await make_key()
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"server: {{port: {port}}}\ndatabase: {{url: '{through(database_url, proxy.port)}'}}\n"
@@ -187,7 +187,7 @@ async def test_sigkill_during_an_outage_loses_at_most_one_flush_interval(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
-            await _ready(s, base)
+            await wait_healthy(s, base)
             headers = {"x-api-key": key}
             async with s.post(f"{base}/v1/messages", json=BODY, headers=headers) as r:
                 assert r.status == 200  # the key is verified (and cached) while the database is up
@@ -203,24 +203,6 @@ async def test_sigkill_during_an_outage_loses_at_most_one_flush_interval(
     # Spill files, including one a replay attempt had claimed (renamed) when the process died.
     on_disk = sum(len(SpillDir.read(p)) for p in (tmp_path / "spill").glob("usage-spill-*"))
     assert await db.count_usage(pool) + on_disk == 11
-
-
-async def _ready(s: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(100):
-        try:
-            async with s.get(f"{base}/health") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("gateway serve did not become ready")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_shutdown_during_a_flush_loses_no_row(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from gateway import db
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
@@ -88,7 +88,7 @@ async def test_forty_concurrent_requests_on_two_serve_processes(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}
     procs, urls = [], []
     for i in range(2):
-        port = _free_port()
+        port = free_port()
         config = tmp_path / f"gateway-{i}.yaml"
         config.write_text(
             f"server: {{port: {port}}}\ndatabase: {{url: '{database_url}'}}\n"
@@ -103,7 +103,7 @@ async def test_forty_concurrent_requests_on_two_serve_processes(
     try:
         async with aiohttp.ClientSession() as s:
             for base in urls:
-                await _ready(s, base)
+                await wait_healthy(s, base)
         statuses = await _burst([f"{u}/v1/messages" for u in urls], key)
     finally:
         for proc in procs:
@@ -137,24 +137,6 @@ async def test_max_in_flight_per_user_refuses_the_extra_requests(
         refused = next(body for status, body in answers if status == 429)
         assert "in progress" in refused["error"]["message"]
         assert (await one())[0] == 200  # the slots are free again once the requests ended
-
-
-async def _ready(s: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(100):
-        try:
-            async with s.get(f"{base}/health") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("gateway serve did not become ready")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_forty_concurrent_requests_against_a_key_usd_limit_overshoot_by_at_most_one(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from gateway import db
 from gateway.app import SERVICES
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
@@ -230,7 +230,7 @@ async def test_two_gateway_serve_processes_share_one_budget(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}
     procs, bases = [], []
     for i in range(2):
-        port = _free_port()
+        port = free_port()
         config = tmp_path / f"gateway-{i}.yaml"
         config.write_text(
             f"server: {{port: {port}}}\ndatabase: {{url: '{database_url}'}}\n"
@@ -273,9 +273,3 @@ async def test_two_gateway_serve_processes_share_one_budget(
         codes = [await asyncio.wait_for(proc.wait(), 20) for proc in procs]
     assert codes == [0, 0]
     assert await db.count_usage(pool) == served  # both flushed everything on SIGTERM
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -30,15 +30,10 @@ from aiohttp.test_utils import TestServer
 from gateway import db
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream, anthropic_error, openai_error
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
 from tests.pg import create_test_database
-from tests.test_first_hour import ROOT, Served, clean_env, cli, free_port, write_config
+from tests.test_first_hour import ROOT, Served, clean_env, cli, write_config
 from tests.test_readme import KEY
 
 

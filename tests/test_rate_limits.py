@@ -28,7 +28,8 @@ from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
 from gateway.services import SERVICES
 from tests.conftest import GatewayFactory, gateway_config
 from tests.fakes.upstream import FakeUpstream
-from tests.redis_server import free_port, redis_url
+from tests.net import free_port
+from tests.redis_server import redis_url
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]

@@ -26,7 +26,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import orjson
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("## Quick start", "## Users and keys (admin workflow)")
@@ -67,12 +67,6 @@ def shell_commands(readme: str) -> list[str]:
                     commands.append(pending.strip())
                 pending = ""
     return commands
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from gateway import db
 from gateway.keys import generate_key
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port
 
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +82,6 @@ async def test_oversized_headers_are_refused(gateway: TestServer, key: str) -> N
     assert status in (400, 431)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_sigterm_lets_a_stream_finish_flushes_usage_and_exits_0(
     database_url: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
@@ -95,7 +89,7 @@ async def test_sigterm_lets_a_stream_finish_flushes_usage_and_exits_0(
     await upstream.start()
     new = generate_key(rounds=4)
     row = await db.insert_key(pool, lookup_id=new.lookup_id, key_hash=new.key_hash, name="t", is_admin=False)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"server: {{port: {port}, shutdown_grace_s: 10}}\n"

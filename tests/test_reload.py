@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from gateway.runtime import reload_config
 from gateway.state import RUNTIME, SERVICES
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.upstream import FakeUpstream
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
@@ -117,16 +117,10 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
     assert [r.json["model"] for r in upstream.requests] == ["claude-haiku-4-5", "claude-haiku-9"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_gateway_reload_signals_the_running_server(
     tmp_path: Path, upstream: FakeUpstream, database_url: str, key: str
 ) -> None:
-    path, port = tmp_path / "gateway.yaml", _free_port()
+    path, port = tmp_path / "gateway.yaml", free_port()
     extra = f"database: {{url: '{database_url}', embedded_data_dir: '{tmp_path}/pg'}}\n"
     write_config(path, upstream.url, fast_model="claude-haiku-4-5", extra=extra, port=port)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}

@@ -29,7 +29,8 @@ import pytest
 
 from gateway import db
 from tests.fakes.upstream import FakeUpstream
-from tests.redis_server import free_port, redis_url
+from tests.net import free_port
+from tests.redis_server import redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
