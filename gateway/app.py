@@ -244,8 +244,7 @@ def pipeline_handler(
             refusal = err.message
             raise
         except asyncio.CancelledError:
-            # A stream's relay settles its own status: a caller gone after the final event was served (200).
-            status = ex.status if ex.streamed and ex.status else CLIENT_CLOSED
+            status = ex.status_when_cancelled()
             raise
         finally:
             _observe(app[SERVICES].metrics, ex, status, refusal)

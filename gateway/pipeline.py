@@ -132,6 +132,9 @@ class Target:
     fallbacks: tuple[Target, ...] = ()
 
 
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+
+
 @dataclass(slots=True)
 class Exchange:
     """One request's state; each stage fills its own field."""
@@ -157,6 +160,11 @@ class Exchange:
     # The edge's sketch proved raw_body holds one top-level "model"; stays true when the body is parsed later
     # (the DLP stage does), so the relay can still patch the model in place instead of re-serialising.
     single_model: bool = False
+
+    def status_when_cancelled(self) -> int:
+        """The status of a request whose caller left: a stream's relay has already judged how far it got (200
+        after the final event, an in-stream error's status, or 499); anything else is a 499."""
+        return self.status if self.streamed and self.status else CLIENT_CLOSED
 
     def full_body(self) -> dict[str, Any]:
         """The whole parsed body (parsed now if only a sketch was read); 400 when it is not a JSON object."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from gateway.errors import GatewayError
-from gateway.pipeline import Exchange, Next
+from gateway.pipeline import CLIENT_CLOSED, Exchange, Next
 from gateway.usage import UsageLog
 
-CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
+__all__ = ["CLIENT_CLOSED", "LogUsage"]  # CLIENT_CLOSED is imported from here by the relays
 
 
 class LogUsage:
@@ -25,8 +25,8 @@ class LogUsage:
         except GatewayError as err:
             status = err.status_for(ex.dialect)
             raise
-        except asyncio.CancelledError:  # the caller left; a stream's relay has already judged how far it got
-            status = ex.status if ex.streamed else CLIENT_CLOSED
+        except asyncio.CancelledError:  # the caller left
+            status = ex.status_when_cancelled()
             raise
         finally:
             if ex.billable:
