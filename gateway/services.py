@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import db
 from gateway.budgets import UsageView, utc_now
-from gateway.config import GatewayConfig, ProviderConfig
+from gateway.config import GatewayConfig, ProviderConfig, RateLimitConfig
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
 from gateway.metrics import Metrics
@@ -28,7 +28,6 @@ from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.rate_limits.limiter import Limiter, LocalLimiter
 from gateway.rate_limits.overrides import RateLimitOverrides
-from gateway.rate_limits.redis_limiter import RedisLimiter
 from gateway.stages.auth import EnvAdminKey
 from gateway.usage import UsageLog
 from gateway.usage_partitions import keep_partitions
@@ -160,19 +159,7 @@ async def open_services(
     metrics.gauge("gateway_db_pool_connections_in_use", lambda: pool.get_size() - pool.get_idle_size())
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
     limits = cfg.rate_limits
-    limiter: Limiter = (
-        RedisLimiter(
-            limits.redis_url,
-            # the database's own namespace after the prefix: gateways on different databases sharing one Redis
-            # (staging beside production, prefix left at its default) would otherwise share key 1's counts
-            prefix=limits.key_prefix + await db.setting(pool, "rate_limit_namespace", secrets.token_hex(4)) + ":",
-            timeout_s=limits.redis_timeout_s,
-            fail_closed=limits.fail == "closed",
-            metrics=metrics,
-        )
-        if limits.redis_url
-        else LocalLimiter()
-    )
+    limiter = await _rate_limiter(limits, pool, metrics)
     overrides = RateLimitOverrides(pool, limits.overrides_refresh_s)
     await overrides.refresh()
     overrides.start()
@@ -193,6 +180,26 @@ async def open_services(
         rate_limiter=limiter,
         rate_limit_overrides=overrides,
         background=[partitions],
+    )
+
+
+async def _rate_limiter(limits: RateLimitConfig, pool: asyncpg.Pool, metrics: Metrics) -> Limiter:
+    """Redis when `rate_limits.redis_url` is set (shared by replicas), else counts in this process.
+
+    The redis client is imported only here, when it is used: it costs about 6 MB of RSS per worker.
+    """
+    if not limits.redis_url:
+        return LocalLimiter()
+    from gateway.rate_limits.redis_limiter import RedisLimiter
+
+    return RedisLimiter(
+        limits.redis_url,
+        # the database's own namespace after the prefix: gateways on different databases sharing one Redis
+        # (staging beside production, prefix left at its default) would otherwise share key 1's counts
+        prefix=limits.key_prefix + await db.setting(pool, "rate_limit_namespace", secrets.token_hex(4)) + ":",
+        timeout_s=limits.redis_timeout_s,
+        fail_closed=limits.fail == "closed",
+        metrics=metrics,
     )
 
 
