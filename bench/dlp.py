@@ -27,8 +27,8 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.app import body_sketch
 from gateway.config import DlpConfig, DlpPolicy, ModelAlias, RoutingConfig
-from gateway.dialect import Dialect
 from gateway.dlp.findings import FindingsLog
+from gateway.error_shape import ErrorShape
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange
 from gateway.stages.dlp import PreventDataLoss
@@ -52,24 +52,24 @@ def _stage(enabled: bool) -> PreventDataLoss:
     return PreventDataLoss(cfg, models, RoutingConfig(), Metrics(), _NoFindings())
 
 
-def _cases() -> dict[str, tuple[Dialect, str, bytes]]:
+def _cases() -> dict[str, tuple[ErrorShape, str, bytes]]:
     small = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi, how are you?"}]}
     chat = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi, how are you?"}]}
     claude_code = (BODIES / "claude_code_stream.json").read_bytes()
     with_token = claude_code.replace(b'"say hi"', f'"say hi, my token is {TOKEN}"'.encode(), 1)
     return {
-        "claude_code": (Dialect.ANTHROPIC, "messages", claude_code),
-        "claude_code_redacted": (Dialect.ANTHROPIC, "messages", with_token),
-        "small_messages": (Dialect.ANTHROPIC, "messages", orjson.dumps(small)),
-        "small_chat": (Dialect.OPENAI, "chat_completions", orjson.dumps(chat)),
+        "claude_code": (ErrorShape.ANTHROPIC, "messages", claude_code),
+        "claude_code_redacted": (ErrorShape.ANTHROPIC, "messages", with_token),
+        "small_messages": (ErrorShape.ANTHROPIC, "messages", orjson.dumps(small)),
+        "small_chat": (ErrorShape.OPENAI, "chat_completions", orjson.dumps(chat)),
     }
 
 
-def _exchange_factory(dialect: Dialect, route: str, raw: bytes) -> Callable[[], Exchange]:
+def _exchange_factory(dialect: ErrorShape, route: str, raw: bytes) -> Callable[[], Exchange]:
     request = make_mocked_request("POST", "/v1/messages" if route == "messages" else "/v1/chat/completions")
 
     def make() -> Exchange:
-        sketch = body_sketch(raw) if dialect is Dialect.ANTHROPIC else None
+        sketch = body_sketch(raw) if dialect is ErrorShape.ANTHROPIC else None
         body, sketched = (sketch, True) if sketch is not None else (orjson.loads(raw), False)
         return Exchange(dialect, route, request, raw, body, "bench", sketched=sketched)
 

@@ -21,14 +21,14 @@ from aiohttp import web
 from aiohttp.hdrs import EXPECT
 
 from gateway import db
-from gateway.budgets import month_of
+from gateway.accounting.month_view import month_of
+from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
+from gateway.composition import Services
 from gateway.config import GatewayConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
-from gateway.services import Services
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -133,7 +133,7 @@ def _int_query(request: web.Request, name: str, default: int, maximum: int, mini
 
 async def _authenticate(request: web.Request) -> Principal:
     """Run the pipeline's auth and key-mapping stages on a management request."""
-    ex = Exchange(Dialect.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
+    ex = Exchange(ErrorShape.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
     await request.app[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None
     return ex.principal
@@ -160,7 +160,7 @@ def admin_only(
         except AdminError as err:
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape
-            return _json({"error": err.message}, err.status_for(Dialect.OPENAI))
+            return _json({"error": err.message}, err.status_for(ErrorShape.OPENAI))
         except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
             response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
             response.headers["Retry-After"] = "5"
@@ -281,7 +281,7 @@ class UserKeysApi:
         )
 
     async def usage(self, request: web.Request, admin: Principal) -> web.Response:
-        month = month_of(self._svc.usage_view.clock())
+        month = month_of(self._svc.month_view.clock())
         rows = await db.users_month_usage(self._svc.pool, month)
         default_usd = Decimal(str(self._cfg.budgets.monthly_limit_usd))
         default_tokens = self._cfg.budgets.monthly_token_limit

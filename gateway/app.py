@@ -22,8 +22,10 @@ from aiohttp import HttpVersion11, web
 from aiohttp.hdrs import EXPECT
 
 from gateway import admin, console, db, me
+from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
+from gateway.composition import Services, open_services
 from gateway.config import GatewayConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -35,13 +37,11 @@ from gateway.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from gateway.hot_reload import Runtime, build_runtime, reload_config
 from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
 from gateway.models_list import list_models
 from gateway.pipeline import Exchange
-from gateway.runtime import Runtime, build_runtime, reload_config
-from gateway.services import Services, open_services
 from gateway.stages.usage_log import CLIENT_CLOSED
-from gateway.state import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 
 log = structlog.get_logger("gateway")
 
@@ -49,18 +49,18 @@ log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def dialect_of(request: web.Request) -> Dialect:
+def dialect_of(request: web.Request) -> ErrorShape:
     """Which error shape a caller understands, judged by the route it called."""
     if request.path.startswith("/v1/messages"):
-        return Dialect.ANTHROPIC
+        return ErrorShape.ANTHROPIC
     if request.path.startswith("/v1/models") and (
         "anthropic-version" in request.headers or "x-api-key" in request.headers
     ):
-        return Dialect.ANTHROPIC
-    return Dialect.OPENAI
+        return ErrorShape.ANTHROPIC
+    return ErrorShape.OPENAI
 
 
-def error_response(err: GatewayError, dialect: Dialect, *, plain: bool = False) -> web.Response:
+def error_response(err: GatewayError, dialect: ErrorShape, *, plain: bool = False) -> web.Response:
     """The error in the caller's dialect, or as the management API's `{"error": "..."}` when `plain`."""
     body = {"error": err.message} if plain else err.render(dialect)
     return web.Response(
@@ -213,7 +213,7 @@ def new_request_id(request: web.Request) -> str:
 
 
 def pipeline_handler(
-    dialect: Dialect, route: str, *, billable: bool = True, slots: ConcurrencyLimit | None = None
+    dialect: ErrorShape, route: str, *, billable: bool = True, slots: ConcurrencyLimit | None = None
 ) -> Handler:
     """A model route: authenticate from the headers, then take a slot, then read the body, then the pipeline.
 
@@ -235,7 +235,7 @@ def pipeline_handler(
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
                 ex.raw_body, ex.body, ex.sketched = await read_json_body(
-                    request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is Dialect.ANTHROPIC
+                    request, server.max_body_bytes, server.body_timeout_s, sketch=dialect is ErrorShape.ANTHROPIC
                 )
                 await served(ex)
             status = ex.status
@@ -330,7 +330,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     """GET /metrics in Prometheus' text format; an admin key unless metrics.require_admin is false."""
     runtime = request.app[RUNTIME]
     if runtime.config.metrics.require_admin:
-        ex = Exchange(Dialect.OPENAI, "metrics", request, b"", {}, request[REQUEST_ID], billable=False)
+        ex = Exchange(ErrorShape.OPENAI, "metrics", request, b"", {}, request[REQUEST_ID], billable=False)
         await runtime.auth_pipeline(ex)
         if ex.principal is None or not ex.principal.is_admin:
             raise Forbidden("/metrics needs an admin key (or set metrics.port to serve it on a private port)")
@@ -406,10 +406,10 @@ def health_check() -> Handler:
 
 
 MODEL_ROUTES = (  # path, caller dialect, route name (metrics, logs), billable
-    ("/v1/messages", Dialect.ANTHROPIC, "messages", True),
-    ("/v1/messages/count_tokens", Dialect.ANTHROPIC, "count_tokens", False),
-    ("/v1/chat/completions", Dialect.OPENAI, "chat_completions", True),
-    ("/v1/responses", Dialect.OPENAI, "responses", True),
+    ("/v1/messages", ErrorShape.ANTHROPIC, "messages", True),
+    ("/v1/messages/count_tokens", ErrorShape.ANTHROPIC, "count_tokens", False),
+    ("/v1/chat/completions", ErrorShape.OPENAI, "chat_completions", True),
+    ("/v1/responses", ErrorShape.OPENAI, "responses", True),
 )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 
 
 class GatewayError(Exception):
@@ -44,12 +44,12 @@ class GatewayError(Exception):
         self.extra = extra or {}  # top-level fields beside "error" (the budget errors carry usage figures)
         self.headers = headers or {}
 
-    def status_for(self, dialect: Dialect) -> int:
+    def status_for(self, dialect: ErrorShape) -> int:
         return self.status
 
-    def render(self, dialect: Dialect) -> dict[str, Any]:
+    def render(self, dialect: ErrorShape) -> dict[str, Any]:
         """The JSON body for this error in the caller's wire format."""
-        if dialect is Dialect.ANTHROPIC:
+        if dialect is ErrorShape.ANTHROPIC:
             body: dict[str, Any] = {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
         else:
             error = {"message": self.message, "type": self.openai_type, "param": None, "code": self.openai_code}
@@ -65,9 +65,9 @@ class BadRequest(GatewayError):
         super().__init__(message, **kwargs)
         self.param = param
 
-    def render(self, dialect: Dialect) -> dict[str, Any]:
+    def render(self, dialect: ErrorShape) -> dict[str, Any]:
         body = super().render(dialect)
-        if dialect is Dialect.OPENAI:
+        if dialect is ErrorShape.OPENAI:
             body["error"]["param"] = self.param
         return body
 
@@ -125,9 +125,9 @@ class BudgetExceeded(GatewayError):
         super().__init__(message, **kwargs)
         self.code = code
 
-    def render(self, dialect: Dialect) -> dict[str, Any]:
+    def render(self, dialect: ErrorShape) -> dict[str, Any]:
         body = super().render(dialect)
-        if dialect is Dialect.OPENAI:
+        if dialect is ErrorShape.OPENAI:
             body["error"]["code"] = self.code
         return body
 
@@ -144,9 +144,9 @@ class RateLimited(GatewayError):
         super().__init__(message, **kwargs)
         self.kind = kind
 
-    def render(self, dialect: Dialect) -> dict[str, Any]:
+    def render(self, dialect: ErrorShape) -> dict[str, Any]:
         body = super().render(dialect)
-        if dialect is Dialect.OPENAI:
+        if dialect is ErrorShape.OPENAI:
             body["error"]["type"] = self.kind
         return body
 
@@ -194,14 +194,14 @@ class UpstreamError(GatewayError):
         self.upstream_type = upstream_type
         self.body = body
 
-    def status_for(self, dialect: Dialect) -> int:
+    def status_for(self, dialect: ErrorShape) -> int:
         # Anthropic's 529 "overloaded" is not an HTTP status OpenAI clients know; they retry on 503.
-        if dialect is Dialect.OPENAI and self.upstream_status == 529:
+        if dialect is ErrorShape.OPENAI and self.upstream_status == 529:
             return 503
         return self.upstream_status
 
-    def render(self, dialect: Dialect) -> dict[str, Any]:
-        if dialect is Dialect.ANTHROPIC:
+    def render(self, dialect: ErrorShape) -> dict[str, Any]:
+        if dialect is ErrorShape.ANTHROPIC:
             return {"type": "error", "error": {"type": self.upstream_type, "message": self.message}}
         error = {"message": self.message, "type": _OPENAI_TYPES.get(self.upstream_type, "server_error")}
         return {"error": {**error, "param": None, "code": self.upstream_type}}

@@ -16,19 +16,19 @@ import orjson
 from aiohttp import web
 
 from gateway import db
-from gateway.budgets import month_of
-from gateway.dialect import Dialect
+from gateway.accounting.month_view import month_of
+from gateway.app_keys import REQUEST_ID, RUNTIME
+from gateway.composition import SERVICES
+from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
 from gateway.keys import Principal
 from gateway.pipeline import Exchange
-from gateway.services import SERVICES
-from gateway.state import REQUEST_ID, RUNTIME
 
 MAX_RANGE_DAYS = 366
 
 
-def _dialect(request: web.Request) -> Dialect:
-    return Dialect.ANTHROPIC if "x-api-key" in request.headers else Dialect.OPENAI
+def _dialect(request: web.Request) -> ErrorShape:
+    return ErrorShape.ANTHROPIC if "x-api-key" in request.headers else ErrorShape.OPENAI
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -72,7 +72,7 @@ async def me(request: web.Request, who: Principal) -> web.Response:
      "requests": 7}
     """
     svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
-    month = month_of(svc.usage_view.clock())
+    month = month_of(svc.month_view.clock())
     key_counter = await db.month_counter(svc.pool, month, "key", str(who.key_id))
     user = await db.get_user(svc.pool, who.user_id) if who.user_id else None
     counter = await db.month_counter(svc.pool, month, "user", str(who.user_id)) if user else key_counter
@@ -114,7 +114,7 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     user reports its own.
     """
     svc = request.app[SERVICES]
-    now = svc.usage_view.clock()
+    now = svc.month_view.clock()
     start = _day(request, "from", month_of(now))
     end = _day(request, "to", now.date())
     if start > end:

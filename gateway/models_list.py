@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.config import ModelAlias
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 
 CREATED_AT = "2025-01-01T00:00:00Z"  # aliases have no release date; a fixed one keeps the list stable
 CREATED_UNIX = 1735689600
@@ -26,22 +26,22 @@ def _anthropic_entry(alias: ModelAlias) -> dict[str, Any]:
 
 
 def list_models(
-    aliases: Mapping[str, ModelAlias], dialect: Dialect, model_id: str | None = None
+    aliases: Mapping[str, ModelAlias], dialect: ErrorShape, model_id: str | None = None
 ) -> tuple[dict[str, Any], int]:
     """The list (or one entry when `model_id` is given) and the HTTP status to answer with."""
-    entry = _anthropic_entry if dialect is Dialect.ANTHROPIC else _openai_entry
+    entry = _anthropic_entry if dialect is ErrorShape.ANTHROPIC else _openai_entry
     if model_id is not None:
         alias = aliases.get(model_id)
         if alias is not None:
             return entry(alias), 200
         message = f"unknown model {model_id!r}; configured aliases: {', '.join(sorted(aliases))}"
-        if dialect is Dialect.ANTHROPIC:
+        if dialect is ErrorShape.ANTHROPIC:
             return {"type": "error", "error": {"type": "not_found_error", "message": message}}, 404
         return {
             "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_found"}
         }, 404
     data = [entry(a) for a in aliases.values()]
-    if dialect is Dialect.ANTHROPIC:
+    if dialect is ErrorShape.ANTHROPIC:
         ids = [d["id"] for d in data]
         return {
             "data": data,

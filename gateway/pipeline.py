@@ -20,14 +20,14 @@ import structlog
 from aiohttp import web
 
 from gateway.config import GatewayConfig, ModelAlias, Retries
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest
 from gateway.keys import Principal
-from gateway.upstream import DeploymentHealth
+from gateway.retry_policy import DeploymentHealth
 
 if TYPE_CHECKING:
+    from gateway.composition import Services
     from gateway.providers.base import Provider
-    from gateway.services import Services
 
 log = structlog.get_logger("gateway.usage")
 
@@ -139,7 +139,7 @@ CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer 
 class Exchange:
     """One request's state; each stage fills its own field."""
 
-    dialect: Dialect  # the wire format the caller speaks; fixed by the route
+    dialect: ErrorShape  # the wire format the caller speaks; fixed by the route
     route: str  # messages | count_tokens | chat_completions
     request: web.Request  # read by the auth stage (headers) and the relay (to answer); no stage writes to it
     raw_body: bytes
@@ -220,12 +220,12 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
         ),
         "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
         "budget": CheckBudget(
-            svc.usage_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
+            svc.month_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
         ),
         "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
         "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
         # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
-        "usage_log": LogUsage(svc.usage_log),
+        "usage_log": LogUsage(svc.ledger),
     }
     return tuple(available[name] for name in cfg.pipeline)
 

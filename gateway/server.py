@@ -16,13 +16,13 @@ from aiohttp import web
 
 from gateway import db, instance
 from gateway.app import build_app
+from gateway.composition import database_url
 from gateway.config import GatewayConfig
 from gateway.credentials import missing_keys
 from gateway.embedded_pg import DataDirBusy, lock_data_dir
 from gateway.instance import InstanceError, database_label
 from gateway.keys import generate_key
 from gateway.logs import configure_logging
-from gateway.services import database_url
 
 log = structlog.get_logger("gateway")
 

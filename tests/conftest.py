@@ -192,5 +192,5 @@ async def key(make_key: Callable[..., Awaitable[tuple[str, db.KeyRow]]]) -> str:
 async def flushed_usage(server: TestServer, pool: asyncpg.Pool) -> list[dict[str, Any]]:
     """Every usage row, after making the gateway write what it has queued."""
     app: web.Application = server.app
-    await app[SERVICES].usage_log.flush()
+    await app[SERVICES].ledger.flush()
     return await db.usage_rows(pool)

@@ -22,11 +22,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import bcrypt_executor, throttle
+from gateway.accounting.spill import SpillDir
 from gateway.bcrypt_executor import BcryptExecutor
 from gateway.errors import ServiceUnavailable
 from gateway.instance import record as write_pid_file
 from gateway.keys import generate_key, lookup_id_of
-from gateway.usage_spill import SpillDir
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
 from tests.fakes.reverse_proxy import haproxy_in_front, nginx_in_front
 from tests.fakes.upstream import FakeUpstream

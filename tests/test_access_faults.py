@@ -21,11 +21,11 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from gateway.app import build_app
+from gateway.app_keys import SERVICES
 from gateway.config import ConfigError, parse_config
 from gateway.keys import generate_key
 from gateway.logs import console_renderer, not_a_malformed_request
 from gateway.providers.base import REDACTED, _Chunks
-from gateway.state import SERVICES
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, gateway_config
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 from tests.fakes.upstream import FakeUpstream
@@ -61,7 +61,7 @@ async def test_a_database_that_stops_answering_delays_a_known_key_by_the_lookup_
     known, _ = await make_key("known")
     unknown, _ = await make_key("unknown")
     assert (await post(server, known))[0] == 200  # verified once, now in the cache
-    await server.app[SERVICES].usage_log.flush()  # written now: the lookup finds an idle connection, sends its query
+    await server.app[SERVICES].ledger.flush()  # written now: the lookup finds an idle connection, sends its query
 
     db_proxy.freeze()
     await asyncio.sleep(0.2)  # the verdict expires: the lookup goes to a database that never answers
@@ -333,7 +333,7 @@ async def test_a_flood_of_health_checks_runs_one_ping_at_a_time_and_answers_in_b
         return await ping(pool)
 
     monkeypatch.setattr(db, "ping", counted)
-    await server.app[SERVICES].usage_log.flush()
+    await server.app[SERVICES].ledger.flush()
     db_proxy.freeze()  # each ping now waits for its timeout: the flood arrives while the first is in flight
 
     async def check() -> int:

@@ -18,9 +18,9 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from gateway.accounting.spill import SpillDir
 from gateway.app import SERVICES
 from gateway.config import load_config
-from gateway.usage_spill import SpillDir
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 from tests.fakes.upstream import FakeUpstream
@@ -129,7 +129,7 @@ async def test_one_row_the_driver_refuses_does_not_take_its_batch_down(
 ) -> None:
     gateway = await make_gateway(usage_log={"flush_interval_ms": 60_000})  # only this test flushes
     key, _ = await make_user()
-    usage_log = gateway.app[SERVICES].usage_log
+    usage_log = gateway.app[SERVICES].ledger
     await usage_log.flush()
     for _ in range(20):
         assert await post(gateway, key) == 200
@@ -156,7 +156,7 @@ async def test_a_failed_flush_spills_its_rows_at_once(
     await proxy.cut()
     for _ in range(3):
         assert await post(server, key) == 200
-    usage_log = server.app[SERVICES].usage_log
+    usage_log = server.app[SERVICES].ledger
     assert await usage_log.flush() == 0
     assert usage_log.pending == 0  # nothing waits in memory for the queue's bound
     spill = SpillDir(tmp_path / "spill")
@@ -210,7 +210,7 @@ async def test_shutdown_during_a_flush_loses_no_row(
 ) -> None:
     """Shutdown used to cancel the flusher in the middle of its write, and the batch it held was gone."""
     key, _ = await make_key()
-    usage_log = gateway.app[SERVICES].usage_log
+    usage_log = gateway.app[SERVICES].ledger
     blocker = await asyncpg.connect(database_url)
     try:
         blocking = blocker.transaction()

@@ -17,8 +17,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
-from gateway.state import SERVICES
-from gateway.usage_spill import SpillDir
+from gateway.accounting.spill import SpillDir
+from gateway.app_keys import SERVICES
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream
 from tests.test_openai_provider import openai_overrides
@@ -223,7 +223,7 @@ async def test_a_torn_spill_line_or_a_refused_row_does_not_block_the_replay_of_t
     replayed, and their rows never reached a month counter."""
     server = await make_gateway(usage_log={"flush_interval_ms": 60_000})  # only this test flushes
     key, _ = await make_user()
-    usage_log = server.app[SERVICES].usage_log
+    usage_log = server.app[SERVICES].ledger
     for _ in range(4):
         assert (await _post(server, "/v1/messages", key, {"model": "claude-fast", "max_tokens": 8, "messages": HI}))[
             0
@@ -447,11 +447,11 @@ async def test_a_replay_interrupted_and_done_again_counts_each_row_once_in_the_b
     for _ in range(4):
         body = {"model": "claude-fast", "max_tokens": 8, "messages": HI}
         assert (await _post(server, "/v1/messages", key, body))[0] == 200
-    rows = list(services.usage_log._rows)
-    services.usage_log._rows.clear()
+    rows = list(services.ledger._rows)
+    services.ledger._rows.clear()
     assert len(rows) == 4
     SpillDir(tmp_path / "spill").append(rows)  # this process's own spill file, its rows counted by the view
-    services.usage_log._flush_rows = 2  # replayed in two chunks of two rows
+    services.ledger._flush_rows = 2  # replayed in two chunks of two rows
     real_insert, calls = db.insert_usage, 0
 
     async def away_on_the_second_chunk(pool: asyncpg.Pool, batch: Any) -> None:
@@ -462,15 +462,15 @@ async def test_a_replay_interrupted_and_done_again_counts_each_row_once_in_the_b
         await real_insert(pool, batch)
 
     monkeypatch.setattr(db, "insert_usage", away_on_the_second_chunk)
-    await services.usage_log.flush()  # the first chunk stored, the second not
+    await services.ledger.flush()  # the first chunk stored, the second not
     monkeypatch.setattr(db, "insert_usage", real_insert)
-    await services.usage_log.flush()  # the whole file again
-    await services.usage_view.refresh()
+    await services.ledger.flush()  # the whole file again
+    await services.month_view.refresh()
     stored = await pool.fetchval(
         "SELECT tokens FROM usage_counters WHERE scope = 'user' AND scope_id = $1", str(row.user_id)
     )
     assert stored == sum(r["input_tokens"] + r["output_tokens"] for r in await db.usage_rows(pool))
-    assert services.usage_view.tokens_used(row.user_id) == stored
+    assert services.month_view.tokens_used(row.user_id) == stored
 
 
 @pytest.mark.parametrize(

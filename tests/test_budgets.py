@@ -126,7 +126,7 @@ async def test_month_rollover_starts_a_fresh_budget(
     await flushed_usage(server, pool)
     counters = await pool.fetch("SELECT month, tokens FROM usage_counters WHERE scope = 'user' ORDER BY month")
     assert [(str(c["month"]), c["tokens"]) for c in counters] == [("2026-01-01", 130), ("2026-02-01", 65)]
-    await server.app[SERVICES].usage_view.refresh()  # a refresh in February must not bring January back
+    await server.app[SERVICES].month_view.refresh()  # a refresh in February must not bring January back
     assert (await call(server, key))[0] == 200
 
 

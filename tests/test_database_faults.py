@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from gateway.accounting.spill import SpillDir
 from gateway.app import SERVICES
-from gateway.usage_spill import SpillDir
 from tests.conftest import GatewayFactory
 from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
 
@@ -111,11 +111,11 @@ async def test_a_spill_file_replayed_twice_writes_nothing_twice(
     server = await make_gateway()
     for _ in range(3):
         assert (await post(server, key))[0] == 200
-    await server.app[SERVICES].usage_log.flush()
+    await server.app[SERVICES].ledger.flush()
     rows = [tuple(r[c] for c in db.USAGE_COLUMNS) for r in await db.usage_rows(pool)]
     SpillDir(tmp_path / "spill", pid=999_999).append(rows)  # as if a dead worker had spilled them too
     assert (await post(server, key))[0] == 200
-    await server.app[SERVICES].usage_log.flush()
+    await server.app[SERVICES].ledger.flush()
     assert await db.count_usage(pool) == 4
     assert await pool.fetchval("SELECT requests FROM usage_counters WHERE scope = 'key'") == 4
     assert not SpillDir(tmp_path / "spill").has_work()
@@ -135,7 +135,7 @@ async def test_shutdown_while_the_database_is_away_spills_and_the_next_start_rep
 
     again = await make_gateway(dsn=proxied_url)
     assert (await post(again, key))[0] == 200
-    await again.app[SERVICES].usage_log.flush()
+    await again.app[SERVICES].ledger.flush()
     assert await db.count_usage(pool) == 4 and not spill.has_work()
 
 

@@ -62,9 +62,9 @@ async def _post(server: TestServer, raw: bytes, key: str) -> tuple[int, str]:
 
 
 async def _row(server: TestServer, pool: asyncpg.Pool, request_id: str) -> dict[str, Any] | None:
-    from gateway.state import SERVICES
+    from gateway.app_keys import SERVICES
 
-    await server.app[SERVICES].usage_log.flush()
+    await server.app[SERVICES].ledger.flush()
     row = await pool.fetchrow("SELECT * FROM usage_log WHERE request_id = $1", request_id)
     return dict(row) if row else None
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from gateway import db
 from gateway.config import RateLimit
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.keys import generate_key
 from gateway.rate_limits import limiter as limiter_module
 from gateway.rate_limits import redis_limiter as redis_limiter_module
@@ -239,7 +239,7 @@ async def test_the_override_of_a_deleted_user_can_still_be_removed(
 def test_anthropic_reset_time_is_never_before_the_reset() -> None:
     verdict = Verdict(False, Scope("key:1", RateLimit(requests_per_minute=1)), "requests", 500, 0, 500, -1, 0, "")
     now = datetime(2026, 1, 1, 0, 0, 0, 700_000, tzinfo=UTC)  # the slot frees at 00:00:01.2
-    headers = refusal(verdict, Dialect.ANTHROPIC, now=now).headers
+    headers = refusal(verdict, ErrorShape.ANTHROPIC, now=now).headers
     assert headers["anthropic-ratelimit-requests-reset"] == "2026-01-01T00:00:02Z"  # not 00:00:01, too early
     assert headers["Retry-After"] == "1"
 

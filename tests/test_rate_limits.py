@@ -20,12 +20,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from gateway.composition import SERVICES
 from gateway.config import ConfigError, RateLimit
 from gateway.errors import ServiceUnavailable
 from gateway.metrics import Metrics
 from gateway.rate_limits.limiter import Limiter, LocalLimiter, Scope
 from gateway.rate_limits.redis_limiter import BACKOFF_S, RedisLimiter
-from gateway.services import SERVICES
 from tests.conftest import GatewayFactory, gateway_config
 from tests.fakes.upstream import FakeUpstream
 from tests.net import free_port
@@ -198,7 +198,7 @@ async def test_tokens_per_minute_through_the_gateway_leave_usage_rows_only_for_s
     served = statuses.count(200)
     # 0, 100 and 200 tokens used are under 250; the fourth may slip in if the third's settlement is late
     assert 3 <= served <= 4 and statuses[served:] == [429] * (6 - served)
-    await server.app[SERVICES].usage_log.flush()
+    await server.app[SERVICES].ledger.flush()
     assert await db.count_usage(pool) == served
 
 

@@ -16,9 +16,9 @@ import structlog
 from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
+from gateway.app_keys import RUNTIME, SERVICES
 from gateway.config import load_config
-from gateway.runtime import reload_config
-from gateway.state import RUNTIME, SERVICES
+from gateway.hot_reload import reload_config
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.upstream import FakeUpstream
 from tests.net import free_port

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.config import Retries
-from gateway.upstream import backoff_s, retry_after_s
+from gateway.retry_policy import backoff_s, retry_after_s
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream, anthropic_error
 

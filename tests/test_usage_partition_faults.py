@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from gateway import db, usage_partitions
+from gateway.accounting.partitions import drop_old_partitions, ensure_partitions, keep_partitions
 from gateway.config import ConfigError
-from gateway.usage_partitions import drop_old_partitions, ensure_partitions, keep_partitions
 from tests.conftest import gateway_config
 from tests.pg import create_test_database
 from tests.test_usage_partitions import MakeKey, learn_columns, row, where_rows_are

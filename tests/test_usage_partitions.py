@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from gateway import db
-from gateway.usage_partitions import drop_old_partitions, ensure_partitions, month_start
+from gateway.accounting.partitions import drop_old_partitions, ensure_partitions, month_start
 from tests.pg import create_test_database
 
 MakeKey = Callable[..., Awaitable[tuple[str, db.KeyRow]]]

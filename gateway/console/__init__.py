@@ -19,11 +19,11 @@ import structlog
 from aiohttp import web
 
 from gateway import db
+from gateway.app_keys import REQUEST_ID
+from gateway.composition import SERVICES
 from gateway.config import GatewayConfig
 from gateway.console import actions, pages
 from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
-from gateway.services import SERVICES
-from gateway.state import REQUEST_ID
 
 log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

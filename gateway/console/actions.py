@@ -18,11 +18,11 @@ import asyncpg
 from aiohttp import web
 
 from gateway import db
+from gateway.app_keys import RUNTIME
+from gateway.composition import SERVICES, Services
 from gateway.console.pages import user_id_of
 from gateway.console.session import Form, Visitor, page
 from gateway.keys import KEY_PREFIX, claudecode_hmac, generate_key
-from gateway.services import SERVICES, Services
-from gateway.state import RUNTIME
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_INCREMENT = 10**15

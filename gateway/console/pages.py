@@ -18,13 +18,13 @@ import asyncpg
 from aiohttp import web
 
 from gateway import db
-from gateway.budgets import month_of
+from gateway.accounting.month_view import month_of
+from gateway.app_keys import RUNTIME
+from gateway.composition import SERVICES, Services
 from gateway.config import GatewayConfig
 from gateway.console import charts
 from gateway.console.session import Visitor, page
 from gateway.keys import lookup_id_of
-from gateway.services import SERVICES, Services
-from gateway.state import RUNTIME
 
 PAGE_SIZE = 25
 MAX_PAGE = 100_000
@@ -32,7 +32,7 @@ MAX_PAGE = 100_000
 
 def _ctx(request: web.Request) -> tuple[GatewayConfig, Services, date]:
     svc = request.config_dict[SERVICES]
-    return request.config_dict[RUNTIME].config, svc, month_of(svc.usage_view.clock())
+    return request.config_dict[RUNTIME].config, svc, month_of(svc.month_view.clock())
 
 
 def next_month(month: date) -> date:
@@ -120,7 +120,7 @@ def _costliest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
     """This month: totals, spend per day, per model and route, top users, users near limits, errors and latency."""
     cfg, svc, month = _ctx(request)
-    today = svc.usage_view.clock().date()
+    today = svc.month_view.clock().date()
     start, end = month, next_month(month)
     closed = await request.config_dict[CLOSED_DAYS].rows(svc.pool, month, today)
     breakdown = closed + await db.usage_breakdown(svc.pool, max(today, start), end)
@@ -193,7 +193,7 @@ async def user(request: web.Request, who: Visitor) -> web.StreamResponse:
 
 async def user_usage(svc: Services, cfg: GatewayConfig, month: date, found: db.UserRow) -> dict[str, Any]:
     """A user's month: counters against limits, and the chart and table of daily tokens per model."""
-    today = svc.usage_view.clock().date()
+    today = svc.month_view.clock().date()
     days = month_days(month, today)
     counter = await db.month_counter(svc.pool, month, "user", str(found.id))
     key = await db.user_live_key(svc.pool, found.id)
@@ -249,7 +249,7 @@ async def me(request: web.Request, who: Visitor) -> web.StreamResponse:
     if found is not None:
         context |= {"user": found, **await user_usage(svc, cfg, month, found)}
     else:  # an admin or service key: its own usage
-        today = svc.usage_view.clock().date()
+        today = svc.month_view.clock().date()
         rows = await db.key_usage_by_day(svc.pool, who.key_id, month, next_month(month))
         counter = await db.month_counter(svc.pool, month, "key", str(who.key_id))
         context |= {

@@ -31,13 +31,13 @@ from cryptography.fernet import Fernet
 from multidict import CIMultiDict, MultiDictProxy
 
 from gateway import db
+from gateway.app_keys import REQUEST_ID, RUNTIME
+from gateway.composition import SERVICES
 from gateway.config import ConsoleConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import Principal
 from gateway.pipeline import Exchange
-from gateway.services import SERVICES
-from gateway.state import REQUEST_ID, RUNTIME
 
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
@@ -179,7 +179,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         principal = await _authenticate(request, key.strip() if isinstance(key, str) else "")
     except GatewayError as err:
         context = {"csrf": csrf_token(session), "error": err.message}
-        return aiohttp_jinja2.render_template("sign_in.html", request, context, status=err.status_for(Dialect.OPENAI))
+        return aiohttp_jinja2.render_template(
+            "sign_in.html", request, context, status=err.status_for(ErrorShape.OPENAI)
+        )
     sid = secrets.token_urlsafe(32)
     max_age = request.config_dict[RUNTIME].config.console.session_max_age_s
     await db.start_console_session(request.config_dict[SERVICES].pool, _hash(sid), principal.key_id, max_age)
@@ -210,7 +212,9 @@ async def _authenticate(request: web.Request, key: str) -> Principal:
     headers = CIMultiDict((name, value) for name in FORWARDING for value in request.headers.getall(name, ()))
     headers["Authorization"] = f"Bearer {key}"
     stand_in = _PostedKey(request.remote, headers, request.forwarded)
-    ex = Exchange(Dialect.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False)
+    ex = Exchange(
+        ErrorShape.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False
+    )
     await request.config_dict[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None
     return ex.principal

@@ -14,7 +14,7 @@ import structlog
 from gateway import db
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from gateway.composition import Services
 
 log = structlog.get_logger("gateway.dlp")
 MAX_LOCATION = 200  # a location may name keys of a tool call's input, which the caller chose

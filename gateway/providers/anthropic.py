@@ -9,7 +9,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from gateway.config import ProviderConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.providers.base import HttpProvider, UpstreamCall
 
 DEFAULT_VERSION = "2023-06-01"
@@ -18,7 +18,7 @@ DEFAULT_VERSION = "2023-06-01"
 class AnthropicProvider(HttpProvider):
     """POSTs to `<base_url><path>?<query>` with the provider's own key; the caller's key never leaves."""
 
-    dialect: ClassVar[Dialect] = Dialect.ANTHROPIC
+    dialect: ClassVar[ErrorShape] = ErrorShape.ANTHROPIC
 
     def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(cfg, session)

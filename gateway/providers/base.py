@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import ProviderConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, ProviderRefusedCredentials, UpstreamTimeout, UpstreamUnreachable
 
 log = structlog.get_logger("gateway.upstream")
@@ -50,7 +50,7 @@ class Provider(Protocol):
     """One upstream wire API. A new provider is one module here plus `type:` in gateway.yaml."""
 
     name: str
-    dialect: ClassVar[Dialect]
+    dialect: ClassVar[ErrorShape]
 
     async def send(self, call: UpstreamCall) -> UpstreamReply: ...
     async def aclose(self) -> None: ...

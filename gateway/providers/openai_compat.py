@@ -12,7 +12,7 @@ from typing import ClassVar
 import aiohttp
 
 from gateway.config import ProviderConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.providers.base import HttpProvider, UpstreamCall
 
 CHAT_COMPLETIONS_PATH = "/chat/completions"
@@ -21,7 +21,7 @@ CHAT_COMPLETIONS_PATH = "/chat/completions"
 class OpenAICompatProvider(HttpProvider):
     """POSTs to `<base_url><path>` with `Authorization: Bearer <api_key>`; the caller's key never leaves."""
 
-    dialect: ClassVar[Dialect] = Dialect.OPENAI
+    dialect: ClassVar[ErrorShape] = ErrorShape.OPENAI
 
     def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(cfg, session)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest
 from gateway.pipeline import Exchange
 from gateway.relays.anthropic_passthrough import relay_anthropic
@@ -27,14 +27,14 @@ log = structlog.get_logger("gateway.relay")
 
 Relay = Callable[[Exchange], Awaitable[None]]
 
-RELAYS: dict[tuple[str, Dialect], Relay] = {
-    ("messages", Dialect.ANTHROPIC): relay_anthropic,
-    ("count_tokens", Dialect.ANTHROPIC): relay_anthropic,
-    ("chat_completions", Dialect.ANTHROPIC): relay_chat_over_anthropic,
-    ("chat_completions", Dialect.OPENAI): relay_openai,
-    ("responses", Dialect.ANTHROPIC): relay_responses_over_anthropic,
-    ("messages", Dialect.OPENAI): relay_messages_over_openai,
-    ("count_tokens", Dialect.OPENAI): relay_messages_over_openai,  # answered with an estimate, never sent up
+RELAYS: dict[tuple[str, ErrorShape], Relay] = {
+    ("messages", ErrorShape.ANTHROPIC): relay_anthropic,
+    ("count_tokens", ErrorShape.ANTHROPIC): relay_anthropic,
+    ("chat_completions", ErrorShape.ANTHROPIC): relay_chat_over_anthropic,
+    ("chat_completions", ErrorShape.OPENAI): relay_openai,
+    ("responses", ErrorShape.ANTHROPIC): relay_responses_over_anthropic,
+    ("messages", ErrorShape.OPENAI): relay_messages_over_openai,
+    ("count_tokens", ErrorShape.OPENAI): relay_messages_over_openai,  # answered with an estimate, never sent up
 }
 
 

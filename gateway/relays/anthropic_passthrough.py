@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from gateway.dialect import Dialect
 from gateway.dialects import sse
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
@@ -89,7 +89,7 @@ class AnthropicPassthrough:
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error")
+        return sse.frame(orjson.dumps(err.render(ErrorShape.ANTHROPIC)), "error")
 
 
 # The events parsed on the side; ping and block starts and stops are only relayed.

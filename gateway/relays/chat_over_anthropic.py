@@ -8,7 +8,6 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai import (
     CLIENT_STATUSES,
@@ -20,6 +19,7 @@ from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
 from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
 from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.dialects.thinking import thinking_headers
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
@@ -116,4 +116,4 @@ class ChatOverAnthropic(TranslatedStream[ChatStreamTranslator]):
         return sse.DONE_FRAME
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME
+        return sse.data_frame(err.render(ErrorShape.OPENAI)) + sse.DONE_FRAME

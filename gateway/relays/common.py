@@ -17,14 +17,14 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.composition import SERVICES
 from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
 from gateway.errors import BadRequest, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.services import SERVICES
+from gateway.retry_policy import send_with_fallbacks
 from gateway.stages.usage_log import CLIENT_CLOSED
-from gateway.upstream import send_with_fallbacks
 
 log = structlog.get_logger("gateway.relay")
 
@@ -144,7 +144,7 @@ def _top_level_model_values(raw: bytes) -> list[tuple[int, int]] | None:
 
 
 async def send(ex: Exchange, build: Callable[[Target], UpstreamCall]) -> UpstreamReply:
-    """The one place every relay reaches upstream: retries and fallbacks (gateway/upstream.py) included.
+    """The one place every relay reaches upstream: retries and fallbacks (gateway/retry_policy.py) included.
 
     `build(target)` makes the call for one deployment (its model id goes in the body), so a fallback to
     another deployment sends its own model. `ex.target` ends as the deployment that answered.

@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
 from gateway.dialects.openai_to_anthropic_reply import (
@@ -24,6 +23,7 @@ from gateway.dialects.openai_to_anthropic_reply import (
     chat_completion_to_message,
     error_to_anthropic,
 )
+from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
@@ -122,4 +122,4 @@ class MessagesOverOpenAI(TranslatedStream[AnthropicStreamTranslator]):
         return _frames(self._translator.finish())  # a server that never sends [DONE]
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.frame(orjson.dumps(err.render(Dialect.ANTHROPIC)), "error")
+        return sse.frame(orjson.dumps(err.render(ErrorShape.ANTHROPIC)), "error")

@@ -16,10 +16,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.dialect import Dialect
 from gateway.dialects import sse
 from gateway.dialects.openai_to_anthropic import stream_flag
 from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
+from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
@@ -145,7 +145,7 @@ class OpenAIPassthrough:
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.data_frame(err.render(Dialect.OPENAI)) + sse.DONE_FRAME
+        return sse.data_frame(err.render(ErrorShape.OPENAI)) + sse.DONE_FRAME
 
 
 def _warn_no_usage(ex: Exchange) -> None:

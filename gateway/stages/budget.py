@@ -1,7 +1,7 @@
 """Stage 3: refuse a request before any upstream token is spent once its monthly budget is used up.
 
 Two limits, as the original design had them: a monthly token limit per user (`limitToken`) and a monthly
-USD limit per gateway key (`monthlyLimitUsd`). Usage comes from the in-process UsageView, never a query.
+USD limit per gateway key (`monthlyLimitUsd`). Usage comes from the in-process MonthView, never a query.
 
 A request admitted reserves what it may cost (input estimated from the body's size, plus its max_tokens, at
 its model's price) until its usage row is recorded, and is admitted only while the month's usage plus the
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from gateway.budgets import Amounts, UsageView
+from gateway.accounting.month_view import Amounts, MonthView
 from gateway.config import BudgetConfig, GatewayConfig, ModelAlias, Price
 from gateway.dialects.thinking import NO_THINKING_EFFORTS, effort_budget
 from gateway.errors import BudgetExceeded
@@ -105,7 +105,7 @@ class CheckBudget:
 
     def __init__(
         self,
-        usage: UsageView,
+        usage: MonthView,
         budgets: BudgetConfig,
         metrics: Metrics | None = None,
         price_of: PriceOf | None = None,

@@ -15,7 +15,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from gateway.config import RateLimit, RateLimitConfig
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import RateLimited
 from gateway.keys import Principal
 from gateway.metrics import Metrics
@@ -101,7 +101,7 @@ class LeaseKeeper:
         self._handle.cancel()
 
 
-def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> RateLimited:
+def refusal(verdict: Verdict, dialect: ErrorShape, now: datetime | None = None) -> RateLimited:
     """The 429 for a refused verdict: the message, Retry-After and the dialect's rate-limit headers."""
     assert verdict.scope is not None
     limit = verdict.scope.limit
@@ -122,7 +122,7 @@ def refusal(verdict: Verdict, dialect: Dialect, now: datetime | None = None) -> 
         if not maximum:
             continue
         remaining = max(remaining, 0)
-        if dialect is Dialect.ANTHROPIC:
+        if dialect is ErrorShape.ANTHROPIC:
             at = now + timedelta(milliseconds=reset_ms)
             if at.microsecond:  # up to the whole second: a reset truncated to before it would invite an early retry
                 at = at.replace(microsecond=0) + timedelta(seconds=1)

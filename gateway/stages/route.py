@@ -14,7 +14,7 @@ from gateway.config import ModelAlias, ProviderConfig, RoutingConfig
 from gateway.errors import BadRequest, UnknownModel
 from gateway.pipeline import Exchange, Next, Target
 from gateway.providers.base import Provider
-from gateway.upstream import DeploymentHealth
+from gateway.retry_policy import DeploymentHealth
 
 MAX_MODEL_ID = 256
 MAX_REMEMBERED_IDS = 1024  # distinct non-alias model ids whose route is kept (bounded: ids come from callers)

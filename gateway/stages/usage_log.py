@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.accounting.ledger import Ledger
 from gateway.errors import GatewayError
 from gateway.pipeline import CLIENT_CLOSED, Exchange, Next
-from gateway.usage import UsageLog
 
 __all__ = ["CLIENT_CLOSED", "LogUsage"]  # CLIENT_CLOSED is imported from here by the relays
 
@@ -14,7 +14,7 @@ __all__ = ["CLIENT_CLOSED", "LogUsage"]  # CLIENT_CLOSED is imported from here b
 class LogUsage:
     """Queue the request's usage row after the relay finished, failed or was cancelled."""
 
-    def __init__(self, usage_log: UsageLog) -> None:
+    def __init__(self, usage_log: Ledger) -> None:
         self._log = usage_log
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:

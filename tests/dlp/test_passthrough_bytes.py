@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 
 from gateway import db
 from gateway.config import DlpConfig, DlpPolicy, ModelAlias, RoutingConfig
-from gateway.dialect import Dialect
 from gateway.dlp.findings import FindingsLog
+from gateway.error_shape import ErrorShape
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange
 from gateway.stages.dlp import PreventDataLoss
@@ -85,7 +85,7 @@ async def test_a_value_written_with_escapes_is_still_found_and_redacted(
 
 def exchange(body: bytes) -> Exchange:
     request = make_mocked_request("POST", "/v1/messages")
-    return Exchange(Dialect.ANTHROPIC, "messages", request, body, {"model": "claude-quality"}, "r1", sketched=True)
+    return Exchange(ErrorShape.ANTHROPIC, "messages", request, body, {"model": "claude-quality"}, "r1", sketched=True)
 
 
 @pytest.mark.parametrize("enabled_for", ["claude-fast", None], ids=["other-alias", "nowhere"])

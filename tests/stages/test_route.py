@@ -8,7 +8,7 @@ from unittest.mock import MagicMock
 import pytest
 
 from gateway.config import parse_config
-from gateway.dialect import Dialect
+from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, UnknownModel
 from gateway.pipeline import Exchange
 from gateway.stages.route import RouteToProvider
@@ -35,7 +35,7 @@ def stage(**routing: Any) -> RouteToProvider:
 
 
 def exchange(model: Any) -> Exchange:
-    return Exchange(Dialect.ANTHROPIC, "messages", MagicMock(), b"", {"model": model}, "rid")
+    return Exchange(ErrorShape.ANTHROPIC, "messages", MagicMock(), b"", {"model": model}, "rid")
 
 
 async def passed(ex: Exchange) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import structlog
 
+from gateway.composition import Services
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.pipeline import Exchange, Next, build_stages, chain
 from gateway.relays import relay
-from gateway.services import Services
 
 log = structlog.get_logger("gateway.reload")
 

@@ -48,7 +48,7 @@ def scopes(month: date, key_id: int, user_id: UUID | None) -> list[Scope]:
     return [*keyed, (month, "user", str(user_id))] if user_id is not None else keyed
 
 
-class UsageView:
+class MonthView:
     """Month-to-date tokens per user and USD per key, as the budget check sees them."""
 
     def __init__(self, pool: asyncpg.Pool | None, *, refresh_s: float = 2.0, clock: Callable[[], datetime] = utc_now):

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.runtime import Runtime
-from gateway.services import SERVICES
+from gateway.composition import SERVICES
+from gateway.hot_reload import Runtime
 
 if TYPE_CHECKING:
     from gateway.app import ConcurrencyLimit

@@ -22,11 +22,11 @@ import asyncpg
 import structlog
 
 from gateway import db
-from gateway.budgets import Amounts, UsageView, month_of, scopes
+from gateway.accounting.month_view import Amounts, MonthView, month_of, scopes
+from gateway.accounting.spill import SpillDir
 from gateway.config import Price
 from gateway.metrics import Metrics
 from gateway.pipeline import Exchange, Usage
-from gateway.usage_spill import SpillDir
 
 log = structlog.get_logger("gateway.usage")
 _MILLION = Decimal(1_000_000)
@@ -88,14 +88,14 @@ def _amounts(batch: list[tuple[Any, ...]]) -> Amounts:
     return totals
 
 
-class UsageLog:
+class Ledger:
     """Batches usage rows off the request path; `record` never waits on the database."""
 
     def __init__(
         self,
         pool: asyncpg.Pool | None,
         price_for: Callable[[str], Price | None],
-        view: UsageView,
+        view: MonthView,
         *,
         flush_interval_ms: int = 200,
         flush_rows: int = 500,

@@ -18,7 +18,10 @@ import structlog
 from aiohttp import web
 
 from gateway import db
-from gateway.budgets import UsageView, utc_now
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.month_view import MonthView, utc_now
+from gateway.accounting.partitions import keep_partitions
+from gateway.accounting.spill import SpillDir
 from gateway.config import GatewayConfig, ProviderConfig, RateLimitConfig
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
@@ -29,9 +32,6 @@ from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.rate_limits.limiter import Limiter, LocalLimiter
 from gateway.rate_limits.overrides import RateLimitOverrides
 from gateway.stages.auth import EnvAdminKey
-from gateway.usage import UsageLog
-from gateway.usage_partitions import keep_partitions
-from gateway.usage_spill import SpillDir
 
 log = structlog.get_logger("gateway")
 
@@ -46,8 +46,8 @@ class Services:
     pool: asyncpg.Pool
     key_cache: KeyCache
     claudecode_tokens: ClaudeCodeTokens
-    usage_view: UsageView
-    usage_log: UsageLog
+    month_view: MonthView
+    ledger: Ledger
     providers: dict[str, Provider]
     http: aiohttp.ClientSession
     env_admin: EnvAdminKey | None = None
@@ -68,8 +68,8 @@ class Services:
             for name, p in cfg.providers.items()
         }
         self.provider_configs = dict(cfg.providers)
-        self.usage_log.price_for = cfg.price_for
-        self.usage_view.refresh_s = cfg.budgets.refresh_s
+        self.ledger.price_for = cfg.price_for
+        self.month_view.refresh_s = cfg.budgets.refresh_s
 
     async def aclose(self) -> None:
         for task in self.background:
@@ -77,8 +77,8 @@ class Services:
         if self.rate_limit_overrides is not None:
             await self.rate_limit_overrides.close()
         await self.rate_limiter.aclose()
-        await self.usage_view.close()
-        await self.usage_log.close()
+        await self.month_view.close()
+        await self.ledger.close()
         for provider in self.providers.values():
             await provider.aclose()
         await self.http.close()
@@ -139,11 +139,11 @@ async def open_services(
         ttl_s=auth.cache_ttl_s,
         max_size=auth.cache_size,
     )
-    view = UsageView(pool, refresh_s=cfg.budgets.refresh_s, clock=clock or utc_now)
+    view = MonthView(pool, refresh_s=cfg.budgets.refresh_s, clock=clock or utc_now)
     await view.refresh()
     view.start()
     metrics = Metrics()
-    usage_log = UsageLog(
+    ledger = Ledger(
         pool,
         cfg.price_for,
         view,
@@ -153,8 +153,8 @@ async def open_services(
         max_queue_rows=cfg.usage_log.max_queue_rows,
         spill=SpillDir(Path(cfg.usage_log.spill_dir)),
     )
-    usage_log.start()
-    metrics.gauge("gateway_usage_queue_rows", lambda: usage_log.pending)
+    ledger.start()
+    metrics.gauge("gateway_usage_queue_rows", lambda: ledger.pending)
     metrics.gauge("gateway_db_pool_connections_idle", pool.get_idle_size)
     metrics.gauge("gateway_db_pool_connections_in_use", lambda: pool.get_size() - pool.get_idle_size())
     env_admin = await _env_admin_key(pool, auth.admin_key, auth.bcrypt_rounds) if auth.admin_key else None
@@ -170,7 +170,7 @@ async def open_services(
         key_cache,
         tokens,
         view,
-        usage_log,
+        ledger,
         providers,
         http,
         env_admin,

@@ -5,6 +5,6 @@ from __future__ import annotations
 import enum
 
 
-class Dialect(enum.Enum):
+class ErrorShape(enum.Enum):
     ANTHROPIC = "anthropic"  # Messages API: /v1/messages
     OPENAI = "openai"  # Chat Completions API: /v1/chat/completions
