@@ -1,0 +1,56 @@
+"""JWTs for callers: a Bearer token from the configured issuer and audience authenticates as a gateway user.
+
+The user is the one whose email is the token's `user_claim` (caller_jwt.user_claim in gateway.yaml); the request
+then carries that user's Principal (their key's id, limits and usage rows) exactly as if their key had been sent.
+A verified token is remembered by its SHA-256 until it expires (at most `ttl_s`), so the hot path pays one dict
+lookup; the issuer is asked for keys only when a token names one the gateway has not seen (see issuer.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from gateway import db
+from gateway.errors import Unauthenticated
+from gateway.keys import Principal, fingerprint
+from gateway.sso.config import CallerJwtConfig
+from gateway.sso.issuer import IssuerKeys
+
+
+class CallerTokens:
+    """Turn a caller's JWT into the Principal of the gateway user it names; Unauthenticated (401) otherwise."""
+
+    def __init__(
+        self,
+        cfg: CallerJwtConfig,
+        keys: IssuerKeys,
+        find_user_key: Callable[[str], Awaitable[db.KeyRow | None]],
+        *,
+        ttl_s: float = 10.0,
+        max_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg, self._keys, self._find = cfg, keys, find_user_key
+        self._ttl_s, self._max_size, self._clock = ttl_s, max_size, clock
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+
+    async def principal_for(self, token: str) -> Principal:
+        """The Principal of the user the token names (cached until min(exp, now + ttl_s))."""
+        digest = fingerprint(token)
+        now = self._clock()
+        if (hit := self._verified.get(digest)) is not None and hit[1] > now:
+            return hit[0]
+        claims = await self._keys.verify(token, audience=self._cfg.audience)
+        user = claims.get(self._cfg.user_claim)
+        if not isinstance(user, str) or not user:
+            raise Unauthenticated(f"invalid token: it has no {self._cfg.user_claim!r} claim naming a gateway user")
+        row = await self._find(user)
+        if row is None:
+            raise Unauthenticated(f"invalid token: {user!r} is not a gateway user with a live key")
+        principal = Principal.from_row(row)
+        self._verified[digest] = (principal, min(float(claims["exp"]), now + self._ttl_s))
+        if len(self._verified) > self._max_size:
+            self._verified.popitem(last=False)
+        return principal
