@@ -12,6 +12,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+import jwt
+
 from gateway import db
 from gateway.errors import Unauthenticated
 from gateway.keys import Principal, fingerprint
@@ -34,13 +36,14 @@ class CallerTokens:
     ) -> None:
         self._cfg, self._keys, self._find = cfg, keys, find_user_key
         self._ttl_s, self._max_size, self._clock = ttl_s, max_size, clock
-        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[Principal, float, str | None]] = OrderedDict()
 
     async def principal_for(self, token: str) -> Principal:
         """The Principal of the user the token names (cached until min(exp, now + ttl_s))."""
         digest = fingerprint(token)
         now = self._clock()
-        if (hit := self._verified.get(digest)) is not None and hit[1] > now:
+        # A remembered token stops answering once its key left the issuer's set (a rotation seen since).
+        if (hit := self._verified.get(digest)) is not None and hit[1] > now and self._keys.still_signs(hit[2]):
             return hit[0]
         claims = await self._keys.verify(token, audience=self._cfg.audience)
         user = claims.get(self._cfg.user_claim)
@@ -50,7 +53,8 @@ class CallerTokens:
         if row is None:
             raise Unauthenticated(f"invalid token: {user!r} is not a gateway user with a live key")
         principal = Principal.from_row(row)
-        self._verified[digest] = (principal, min(float(claims["exp"]), now + self._ttl_s))
+        kid = jwt.get_unverified_header(token).get("kid")  # verified above: the header parses
+        self._verified[digest] = (principal, min(float(claims["exp"]), now + self._ttl_s), kid)
         if len(self._verified) > self._max_size:
             self._verified.popitem(last=False)
         return principal

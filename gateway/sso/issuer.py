@@ -71,6 +71,10 @@ class IssuerKeys:
             raise ServiceUnavailable(f"the issuer {self.settings.issuer} does not publish {name}")
         return url
 
+    def still_signs(self, kid: str | None) -> bool:
+        """Whether a key verified before is still in the issuer's set (a refetch after a rotation drops old ones)."""
+        return self._pick(kid) is not None
+
     async def verify(self, token: str, *, audience: str | Sequence[str], nonce: str | None = None) -> dict[str, Any]:
         """The claims of a token this issuer signed for `audience`; Unauthenticated (401) for any other token.
 

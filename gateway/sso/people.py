@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import asyncpg
@@ -100,6 +100,12 @@ async def principal_of(pool: asyncpg.Pool, person: Identity) -> Principal:
     )
 
 
+def client_secret_basic(client_id: str, secret: str) -> str:
+    """The Authorization header of client_secret_basic: both parts form-urlencoded first (RFC 6749 2.3.1)."""
+    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
 def pkce_pair() -> tuple[str, str]:
     """A PKCE code verifier and its S256 challenge (RFC 7636 4.1-4.2)."""
     verifier = secrets.token_urlsafe(48)
@@ -140,12 +146,12 @@ class PeopleSignIn:
         """Exchange the code (client_secret_basic + the PKCE verifier), then check the ID token; 401 if bad."""
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.cfg.redirect_url}
         form["code_verifier"] = verifier
-        auth = aiohttp.BasicAuth(self.cfg.client_id, self.cfg.client_secret.get_secret_value())
+        auth = client_secret_basic(self.cfg.client_id, self.cfg.client_secret.get_secret_value())
         url = await self.keys.endpoint("token_endpoint")
         timeout = aiohttp.ClientTimeout(total=self.cfg.http_timeout_s)
-        headers = {"Accept-Encoding": "identity", "Accept": "application/json"}
+        headers = {"Accept-Encoding": "identity", "Accept": "application/json", "Authorization": auth}
         try:
-            async with self._http.post(url, data=form, auth=auth, timeout=timeout, headers=headers) as resp:
+            async with self._http.post(url, data=form, timeout=timeout, headers=headers) as resp:
                 body = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
