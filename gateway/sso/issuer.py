@@ -117,7 +117,7 @@ class IssuerKeys:
             if since >= self.settings.jwks_cache_s or (
                 since >= self.settings.jwks_min_refetch_s and self._pick(kid) is None
             ):
-                await self._refresh()
+                await self._refresh_or_keep()
         if (key := self._pick(kid)) is None:
             raise Unauthenticated(f"invalid token: the issuer has no signing key {kid!r}")
         return key
@@ -126,6 +126,16 @@ class IssuerKeys:
         if kid is None and len(self._keys) == 1:  # an issuer with one key may leave kid out
             return next(iter(self._keys.values()))
         return self._keys.get(kid) if isinstance(kid, str) else None
+
+    async def _refresh_or_keep(self) -> None:
+        """Refetch the keys; with the issuer unreachable, keep the ones we have (503 only when there are none)."""
+        try:
+            await self._refresh()
+        except ServiceUnavailable as exc:
+            if not self._keys:
+                raise
+            self._fetched_at = self._clock()  # try again after jwks_min_refetch_s / jwks_cache_s, not per request
+            log.warning("sso_keys_kept", issuer=self.settings.issuer, error=exc.message)
 
     async def _refresh(self) -> None:
         document = await self._get_json(await self.endpoint("jwks_uri"))

@@ -14,6 +14,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,7 @@ import asyncpg
 import jwt
 import openai
 import pytest
+import yaml
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 
@@ -220,6 +222,25 @@ async def test_unknown_key_ids_refetch_at_most_once_per_interval(
     assert (await post(server, "/v1/messages", before, body))[0] == 200  # the cached token still answers
 
 
+async def test_an_unreachable_issuer_leaves_the_cached_keys_working(
+    rotating_idp: OidcProvider, start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    idp = rotating_idp
+    await make_user("alice@example.com")
+    server = await start_gateway(idp, sso=None, caller=caller_section(idp, jwks_cache_s=0.2))
+    body = ROUTES["/v1/messages"][0]
+    assert (await post(server, "/v1/messages", idp.sign({"email": "alice@example.com", "aud": CALLER_AUDIENCE}), body))[
+        0
+    ] == 200
+    idp.stop()
+    await asyncio.sleep(0.3)  # the key cache is stale: the next token tries the issuer, which is down
+    fresh = idp.sign({"email": "alice@example.com", "aud": CALLER_AUDIENCE, "jti": "another"})
+    assert (await post(server, "/v1/messages", fresh, body))[0] == 200
+    unknown = idp.sign({"email": "alice@example.com", "aud": CALLER_AUDIENCE}, key=SigningKey.make("key-9"))
+    status, answer = await post(server, "/v1/messages", unknown, body)
+    assert "key-9" in assert_dialect_401(status, answer, "anthropic")
+
+
 # --- people on the management API ---------------------------------------------------------------------------
 
 
@@ -364,3 +385,14 @@ def test_the_client_secret_never_prints() -> None:
     assert cfg.identity.sso is not None
     assert cfg.identity.sso.client_secret.get_secret_value() == "very-secret-value"
     assert "very-secret-value" not in repr(cfg) and "very-secret-value" not in str(cfg.identity)
+
+
+def test_the_readme_keycloak_example_is_a_valid_config() -> None:
+    """The README's *Single sign-on* YAML, as written, parses (with its secret variable set)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Single sign-on\n") :]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    cfg = parse_config({**MINIMAL, **example}, {"GATEWAY_SSO_CLIENT_SECRET": "from-keycloak"})
+    assert cfg.identity.sso is not None and cfg.identity.caller_jwt is not None
+    assert cfg.identity.sso.roles["finance"] is Role.VIEWER
+    assert cfg.identity.sso.redirect_url.endswith("/console/sso/callback")
