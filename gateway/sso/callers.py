@@ -18,7 +18,7 @@ from gateway import db
 from gateway.errors import Unauthenticated
 from gateway.keys import Principal, fingerprint
 from gateway.sso.config import CallerJwtConfig
-from gateway.sso.issuer import IssuerKeys
+from gateway.sso.issuer import IssuerKeys, looks_like_jwt, unverified_issuer
 
 
 class CallerTokens:
@@ -37,6 +37,15 @@ class CallerTokens:
         self._cfg, self._keys, self._find = cfg, keys, find_user_key
         self._ttl_s, self._max_size, self._clock = ttl_s, max_size, clock
         self._verified: OrderedDict[bytes, tuple[Principal, float, str | None]] = OrderedDict()
+
+    def accepts(self, token: str) -> bool:
+        """Whether `token` is this issuer's to judge: a JWT remembered, or one naming this issuer as `iss` (unverified).
+
+        A JWT-shaped credential from anyone else (a registered Claude Code token, say) is left to the other stages.
+        """
+        if not looks_like_jwt(token):
+            return False
+        return fingerprint(token) in self._verified or unverified_issuer(token) == self._keys.settings.issuer
 
     async def principal_for(self, token: str) -> Principal:
         """The Principal of the user the token names (cached until min(exp, now + ttl_s))."""

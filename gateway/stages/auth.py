@@ -12,7 +12,6 @@ from gateway.errors import Unauthenticated
 from gateway.keys import KeyCache, Principal, lookup_id_of
 from gateway.pipeline import Exchange, Next
 from gateway.sso.callers import CallerTokens
-from gateway.sso.issuer import looks_like_jwt
 from gateway.throttle import AuthThrottle
 
 
@@ -82,7 +81,7 @@ class Authenticate:
             ex.principal = self._env_admin.principal
         elif (lookup_id := lookup_id_of(credential)) is not None:
             ex.principal = self._keys.cached(credential) or await self._check(ex, credential, lookup_id)
-        elif self._callers is not None and looks_like_jwt(credential):
+        elif self._callers is not None and self._callers.accepts(credential):
             ex.principal = await self._callers.principal_for(credential)
         elif not self._defer_foreign:
             raise Unauthenticated("invalid API key: gateway keys start with 'gw-'")

@@ -98,6 +98,25 @@ async def test_caller_jwt_with_the_anthropic_and_openai_sdks(
     assert all(r["user_id"] == alice.user_id and r["status"] == 200 for r in mine)
 
 
+async def test_a_jwt_shaped_claude_code_token_from_elsewhere_still_maps_to_its_user(
+    idp: OidcProvider, start_gateway: StartGateway, make_key: MakeUser
+) -> None:
+    """Only tokens naming the caller_jwt issuer are judged as caller JWTs; other JWT-shaped credentials reach the
+    Claude Code token mapping as before."""
+    admin, _ = await make_key("ops", admin=True)
+    server = await start_gateway(idp, sso=None, caller=caller_section(idp))
+    foreign = jwt.encode(
+        {"iss": "https://other.example.com", "sub": "cc"}, "a-secret-of-theirs-32-bytes-long!", "HS256"
+    )
+    user = {"email": "cc@example.com", "firstname": "C", "lastname": "C", "claudecodeUserKey": foreign}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.make_url("/v1/user-api-keys"), json=user, headers={"x-api-key": admin}) as resp,
+    ):
+        assert resp.status == 201, await resp.text()
+    assert (await post(server, "/v1/messages", foreign, ROUTES["/v1/messages"][0]))[0] == 200
+
+
 def hostile_tokens(idp: OidcProvider) -> dict[str, str]:
     """Tokens that must all be refused: each differs from a good one in exactly the way its name says."""
     good = {"email": "alice@example.com", "aud": CALLER_AUDIENCE, "sub": "alice-cli"}
