@@ -29,6 +29,8 @@ from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
+from gateway.sso.people import person_from_bearer, principal_of
+from gateway.stages.auth import presented_credential
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -132,7 +134,10 @@ def _int_query(request: web.Request, name: str, default: int, maximum: int, mini
 
 
 async def _authenticate(request: web.Request) -> Principal:
-    """Run the pipeline's auth and key-mapping stages on a management request."""
+    """A person's SSO token (gateway/sso/people.py), else the pipeline's auth and key-mapping stages."""
+    people = request.app[SERVICES].sign_ins.people
+    if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
+        return await principal_of(request.app[SERVICES].pool, person)
     ex = Exchange(ErrorShape.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
     await request.app[RUNTIME].auth_pipeline(ex)
     assert ex.principal is not None

@@ -31,6 +31,7 @@ from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.rate_limits.limiter import Limiter, LocalLimiter
 from gateway.rate_limits.overrides import RateLimitOverrides
+from gateway.sso import SignIns, open_sign_ins
 from gateway.stages.auth import EnvAdminKey
 
 log = structlog.get_logger("gateway")
@@ -58,6 +59,7 @@ class Services:
     rate_limiter: Limiter = field(default_factory=LocalLimiter)  # Redis when rate_limits.redis_url is set
     rate_limit_overrides: RateLimitOverrides | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at close
+    sign_ins: SignIns = field(default_factory=SignIns)  # single sign-on and caller JWTs (gateway/sso)
 
     def apply_config(self, cfg: GatewayConfig) -> None:
         """Take a reloaded config's providers, pricing and budget refresh; requests in flight keep theirs."""
@@ -180,6 +182,7 @@ async def open_services(
         rate_limiter=limiter,
         rate_limit_overrides=overrides,
         background=[partitions],
+        sign_ins=open_sign_ins(cfg.identity, http, pool, auth.cache_ttl_s),
     )
 
 

@@ -18,6 +18,8 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from gateway.sso.config import IdentityConfig, parse_identity
+
 # the only order they can run in
 PIPELINE_STAGES = ("auth", "key_mapping", "rate_limit", "budget", "dlp", "route", "usage_log")
 REQUIRED_STAGES = frozenset({"auth", "route"})
@@ -259,6 +261,7 @@ class GatewayConfig:
     rate_limits: RateLimitConfig = RateLimitConfig()
     source: str = "<defaults>"
     console: ConsoleConfig = ConsoleConfig()
+    identity: IdentityConfig = field(default_factory=IdentityConfig)  # sso: and caller_jwt: (gateway/sso/config.py)
 
     def unpriced_models(self) -> list[str]:
         """Provider models an alias routes to that have no price: their cost is recorded as unknown."""
@@ -853,6 +856,8 @@ def _budget_env_overrides(raw: Any, environ: Mapping[str, str]) -> Any:
 
 
 TOP_LEVEL = {
+    "sso",
+    "caller_jwt",
     "server",
     "database",
     "providers",
@@ -878,6 +883,10 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
     doc["budgets"] = _budget_env_overrides(doc.get("budgets"), environ)
     providers = _providers(doc.get("providers"))
     models = _models(doc.get("models"), providers)
+    try:
+        identity = parse_identity(doc.get("sso"), doc.get("caller_jwt"), environ)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return GatewayConfig(
         server=_server(doc.get("server")),
         database=_database(doc.get("database")),
@@ -895,6 +904,7 @@ def parse_config(raw: Any, environ: Mapping[str, str], source: str = "<memory>")
         rate_limits=_rate_limits(doc.get("rate_limits")),
         source=source,
         console=_console(doc.get("console")),
+        identity=identity,
     )
 
 

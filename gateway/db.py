@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -867,7 +867,13 @@ async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | N
 
 
 async def start_console_session(
-    pool: asyncpg.Pool, id_hash: bytes, key_id: int, max_age_s: int, *, per_key: int = 20
+    pool: asyncpg.Pool,
+    id_hash: bytes,
+    key_id: int,
+    max_age_s: int,
+    *,
+    per_key: int = 20,
+    sso: SsoSession | None = None,
 ) -> None:
     """Record a console sign-in (and forget expired ones, so the table stays the size of the live sessions).
 
@@ -883,11 +889,12 @@ async def start_console_session(
             per_key - 1,
         )
         await conn.execute(
-            "INSERT INTO console_sessions (id_hash, key_id, expires_at)"
-            " VALUES ($1, $2, now() + make_interval(secs => $3))",
+            "INSERT INTO console_sessions (id_hash, key_id, expires_at, sso_subject, sso_role, sso_team)"
+            " VALUES ($1, $2, now() + make_interval(secs => $3), $4, $5, $6)",
             id_hash,
             key_id,
             float(max_age_s),
+            *(astuple(sso) if sso else (None, None, None)),
         )
 
 
@@ -929,3 +936,50 @@ async def user_live_key(pool: asyncpg.Pool, user_id: UUID) -> KeyRow | None:
     """The user's one unrevoked gateway key, if any."""
     row = await pool.fetchrow(_KEY_SELECT + " WHERE k.user_id = $1 AND k.revoked_at IS NULL", user_id)
     return _key(row) if row else None
+
+
+@dataclass(frozen=True, slots=True)
+class SsoSession:
+    """Who signed in to the console through OpenID Connect: `sso:<email or sub>`, the mapped role, the team name."""
+
+    subject: str
+    role: str
+    team: str | None
+
+
+async def console_session_sso(pool: asyncpg.Pool, id_hash: bytes) -> SsoSession | None:
+    """The SSO identity of a console session (None for a session signed in with a key)."""
+    row = await pool.fetchrow(
+        "SELECT sso_subject, sso_role, sso_team FROM console_sessions WHERE id_hash = $1 AND sso_subject IS NOT NULL",
+        id_hash,
+    )
+    return SsoSession(row["sso_subject"], row["sso_role"], row["sso_team"]) if row else None
+
+
+async def user_key_by_email(pool: asyncpg.Pool, email: str) -> KeyRow | None:
+    """The live gateway key of the undeleted user with this email (any case), if any."""
+    row = await _looked_up(
+        pool,
+        _KEY_SELECT + " WHERE lower(u.email) = lower($1) AND u.deleted_at IS NULL AND k.revoked_at IS NULL",
+        email,
+    )
+    return _key(row) if row else None
+
+
+async def sso_identity_key(pool: asyncpg.Pool, name: str, make: Callable[[], tuple[str, str]]) -> KeyRow:
+    """The key row standing for an SSO identity (`name` = 'sso:<subject>'), made on first use.
+
+    `make()` gives (lookup_id, key_hash) of a key whose plaintext nobody keeps. Two first sign-ins at once: the
+    partial unique index api_keys_sso_identity lets one insert win; the other reads its row.
+    """
+    query = _KEY_SELECT + " WHERE k.name = $1 AND k.user_id IS NULL AND k.revoked_at IS NULL"
+    if (row := await pool.fetchrow(query, name)) is not None:
+        return _key(row)
+    lookup_id, key_hash = make()
+    await pool.execute(
+        "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin) VALUES ($1, $2, $3, false) ON CONFLICT DO NOTHING",
+        lookup_id,
+        key_hash,
+        name,
+    )
+    return _key(_returned(await pool.fetchrow(query, name)))

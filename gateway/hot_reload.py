@@ -21,7 +21,7 @@ from gateway.relays import relay
 
 log = structlog.get_logger("gateway.reload")
 
-RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console")
+RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console", "identity")
 
 
 async def _authenticated(ex: Exchange) -> None:

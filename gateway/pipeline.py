@@ -214,6 +214,7 @@ def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
             env_admin=svc.env_admin,
             throttle=AuthThrottle(limit),
             client_address=client_address,
+            callers=svc.sign_ins.callers,
         ),
         "key_mapping": MapClaudeCodeKey(
             svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address

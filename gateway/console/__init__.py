@@ -22,7 +22,7 @@ from gateway import db
 from gateway.app_keys import REQUEST_ID
 from gateway.composition import SERVICES
 from gateway.config import GatewayConfig
-from gateway.console import actions, pages
+from gateway.console import actions, pages, sso
 from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
 
 log = structlog.get_logger("gateway")
@@ -71,7 +71,8 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def _template_globals(request: web.Request) -> dict[str, Any]:
     session = await aiohttp_session.get_session(request)
-    return {"flash": session.pop("flash", None), "path": request.path, "who": None}
+    sso_on = request.config_dict[SERVICES].sign_ins.people is not None  # "Sign in with SSO" on the sign-in page
+    return {"flash": session.pop("flash", None), "path": request.path, "who": None, "sso": sso_on}
 
 
 def _money(value: Any) -> str:
@@ -91,6 +92,7 @@ def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Applicatio
     sessions = CookieSessions(cfg.console)
     console = web.Application(middlewares=[sessions.middleware(), error_pages])
     console[pages.CLOSED_DAYS] = pages.ClosedDays()
+    console[sso.COOKIE_SESSIONS] = sessions
     aiohttp_jinja2.setup(
         console,
         loader=jinja2.PackageLoader("gateway.console", "templates"),
@@ -108,6 +110,7 @@ def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Applicatio
     r.add_get("/sign-in", sign_in_form)
     r.add_post("/sign-in", sign_in)
     r.add_post("/sign-out", sign_out)
+    sso.add_routes(r)
     r.add_get("/", pages.overview)
     r.add_get("/users", pages.users)
     r.add_post("/users", actions.create_user)

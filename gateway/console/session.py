@@ -38,6 +38,8 @@ from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import Principal
 from gateway.pipeline import Exchange
+from gateway.roles import Actor, Role
+from gateway.sso.people import resolve_team
 
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
@@ -55,6 +57,7 @@ class Visitor:
     is_admin: bool
     user_id: UUID | None
     csrf: str
+    actor: Actor | None = None  # set for a person signed in through SSO: their role and team (gateway/sso)
 
 
 VISITOR = web.RequestKey("console_visitor", Visitor)
@@ -69,10 +72,11 @@ class CookieSessions:
         self._cfg = cfg
         self._plain: EncryptedCookieStorage | None = None
         self._tls: EncryptedCookieStorage | None = None
+        self.fernet: Fernet | None = None  # also seals the single sign-on flow's cookie (gateway/console/sso.py)
 
     async def start(self, pool: asyncpg.Pool) -> None:
         secret = self._cfg.session_secret or await db.setting(pool, SECRET_SETTING, secrets.token_hex(32))
-        fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
+        self.fernet = fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
         self._plain, self._tls = self._storage(fernet, secure=False), self._storage(fernet, secure=True)
 
     def _storage(self, fernet: Fernet, *, secure: bool) -> EncryptedCookieStorage:
@@ -135,10 +139,14 @@ async def visitor(request: web.Request) -> Visitor | None:
     sid = session.get("sid")
     if not isinstance(sid, str):
         return None
-    row = await db.console_session_key(request.config_dict[SERVICES].pool, _hash(sid))
+    pool = request.config_dict[SERVICES].pool
+    row = await db.console_session_key(pool, _hash(sid))
     if row is None:
         session.invalidate()
         return None
+    if session.get("sso") and (person := await db.console_session_sso(pool, _hash(sid))) is not None:
+        actor = Actor(person.subject, Role(person.role), await resolve_team(pool, person.team), row.user_id)
+        return Visitor(row.id, person.subject, actor.role is Role.ADMIN, row.user_id, csrf_token(session), actor)
     return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session))
 
 

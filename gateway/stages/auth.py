@@ -11,6 +11,7 @@ from gateway.client_address import ClientAddress
 from gateway.errors import Unauthenticated
 from gateway.keys import KeyCache, Principal, lookup_id_of
 from gateway.pipeline import Exchange, Next
+from gateway.sso.callers import CallerTokens
 from gateway.throttle import AuthThrottle
 
 
@@ -52,6 +53,7 @@ class Authenticate:
     key-mapping stage when the pipeline has one (`defer_foreign`), and refused here otherwise.
     A key verified recently is answered from memory; any other check is one guess, counted by `throttle`
     per (client address, key prefix) before it costs a query or a bcrypt (gateway/throttle.py).
+    With `caller_jwt:` configured, a JWT is checked against that issuer instead (gateway/sso/callers.py).
     """
 
     def __init__(
@@ -62,8 +64,9 @@ class Authenticate:
         env_admin: EnvAdminKey | None = None,
         throttle: AuthThrottle | None = None,
         client_address: ClientAddress | None = None,
+        callers: CallerTokens | None = None,
     ) -> None:
-        self._keys, self._defer_foreign, self._env_admin = keys, defer_foreign, env_admin
+        self._keys, self._defer_foreign, self._env_admin, self._callers = keys, defer_foreign, env_admin, callers
         self._throttle = throttle or AuthThrottle(20)
         self._client_address = client_address or ClientAddress()
 
@@ -78,6 +81,8 @@ class Authenticate:
             ex.principal = self._env_admin.principal
         elif (lookup_id := lookup_id_of(credential)) is not None:
             ex.principal = self._keys.cached(credential) or await self._check(ex, credential, lookup_id)
+        elif self._callers is not None and self._callers.accepts(credential):
+            ex.principal = await self._callers.principal_for(credential)
         elif not self._defer_foreign:
             raise Unauthenticated("invalid API key: gateway keys start with 'gw-'")
         await call_next(ex)
