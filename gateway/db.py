@@ -9,10 +9,10 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple, dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -23,7 +23,7 @@ from pypika import Criterion, Field, Order, Parameter, PostgreSQLQuery, Table
 from pypika import functions as fn
 from pypika.enums import Matching
 from pypika.queries import QueryBuilder
-from pypika.terms import BasicCriterion, Function
+from pypika.terms import AtTimezone, BasicCriterion, EmptyCriterion, Function, Term
 
 SQL_DIR = Path(os.environ.get("GATEWAY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
 # A connection of its own (asyncpg.connect) or one borrowed from the pool (pool.acquire()): the same API.
@@ -504,32 +504,82 @@ async def users_month_usage(pool: asyncpg.Pool, month: date) -> list[dict[str, A
     return [dict(r) for r in rows]
 
 
+# --- queries assembled at run time -----------------------------------------------------------------------
+# A query whose shape depends on the request (which filters are set, paging, the grouping asked for) is built
+# with pypika, never by joining SQL text; every value goes in as a $n parameter (Params), so a filter value
+# never becomes SQL and one plan serves every page. Statements whose shape is fixed stay plain SQL strings.
+
+
+class Params:
+    """The values of a query's $n parameters in the order they are used: `param(value)` is the next `$n`.
+
+    >>> param = Params()
+    >>> str(param(10)), str(param("audit")), param.values
+    ('$1', '$2', [10, 'audit'])
+    """
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> Parameter:
+        self.values.append(value)
+        return Parameter(f"${len(self.values)}")
+
+
+def _utc_days(column: Field, start: date | None, end: date | None, param: Params) -> Criterion:
+    """`column` (timestamptz) within the UTC days `start`..`end`, both inclusive; None: open on that side.
+
+    Bounds are instants (midnight UTC), so the column's own index serves the range.
+    """
+    where: Criterion = EmptyCriterion()
+    if start is not None:
+        where &= column >= param(datetime.combine(start, time(), UTC))
+    if end is not None and end < date.max:  # the last representable day: no upper bound at all
+        where &= column < param(datetime.combine(end + timedelta(days=1), time(), UTC))
+    return where
+
+
+def _as_int(term: Parameter) -> int:
+    """A $n where pypika's annotation asks for an int (LIMIT, OFFSET); it renders any term there."""
+    return cast(int, term)
+
+
+def _page(query: QueryBuilder, param: Params, limit: int, offset: int) -> QueryBuilder:
+    """`LIMIT $n OFFSET $m`: one prepared statement serves every page, where literal numbers would prepare one
+    statement per page (asyncpg's statement cache is keyed by the SQL text)."""
+    return query.limit(_as_int(param(limit))).offset(_as_int(param(offset)))
+
+
+# pypika's Cast, Coalesce, NullIf and AtTimezone carry no annotations (mypy --strict refuses to call them);
+# these names give them the signatures used here.
+_cast: Callable[[Term, str], Term] = fn.Cast
+_coalesce: Callable[[Term, Any], Term] = fn.Coalesce
+_nullif: Callable[[Term, Any], Term] = fn.NullIf
+_at_time_zone: Callable[[Term, str], Term] = AtTimezone
+
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
 async def user_usage_history(
     pool: asyncpg.Pool, user_id: UUID, *, start: date | None, end: date | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     """Usage per UTC day and model for one user, newest day first; `end` is inclusive."""
-    rows = await pool.fetch(
-        """
-        SELECT (created_at AT TIME ZONE 'UTC')::date AS day, alias, provider_model,
-               count(*) AS requests,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-               sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens,
-               sum(cost_usd) AS cost_usd, count(*) - count(cost_usd) AS unpriced_requests
-        FROM usage_log
-        WHERE user_id = $1
-          AND ($2::date IS NULL OR (created_at AT TIME ZONE 'UTC')::date >= $2::date)
-          AND ($3::date IS NULL OR (created_at AT TIME ZONE 'UTC')::date <= $3::date)
-        GROUP BY 1, 2, 3
-        ORDER BY 1 DESC, 2, 3
-        LIMIT $4 OFFSET $5
-        """,
-        user_id,
-        start,
-        end,
-        limit,
-        offset,
+    log, param = Table("usage_log"), Params()
+    day = _cast(_at_time_zone(log.created_at, "UTC"), "date").as_("day")
+    alias, model = log.field("alias"), log.provider_model
+    query = (
+        PostgreSQLQuery.from_(log)
+        .select(day, alias, model, fn.Count("*").as_("requests"))
+        .select(*(fn.Sum(log.field(c)).as_(c) for c in _TOKEN_COLUMNS))
+        .select(fn.Sum(log.cost_usd).as_("cost_usd"), (fn.Count("*") - fn.Count(log.cost_usd)).as_("unpriced_requests"))
+        .where(log.user_id == param(user_id))
+        .where(_utc_days(log.created_at, start, end, param))
+        .groupby(day, alias, model)
+        .orderby(day, order=Order.desc)
+        .orderby(alias, model)
     )
-    return [dict(r) for r in rows]
+    query = _page(query, param, limit, offset)
+    return [dict(r) for r in await pool.fetch(query.get_sql(), *param.values)]
 
 
 # --- data-loss prevention findings -----------------------------------------------------------------------
@@ -553,6 +603,9 @@ async def insert_dlp_findings(pool: asyncpg.Pool, rows: Sequence[Sequence[Any]])
         await conn.copy_records_to_table("dlp_findings", records=rows, columns=DLP_FINDING_COLUMNS)
 
 
+_FINDINGS_LISTED = ("id", "created_at", *DLP_FINDING_COLUMNS)
+
+
 async def dlp_findings(
     pool: asyncpg.Pool,
     *,
@@ -564,28 +617,18 @@ async def dlp_findings(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Findings, newest first, filtered by UTC day range (inclusive), user, detector and action."""
-    rows = await pool.fetch(
-        """
-        SELECT id, created_at, request_id, key_id, user_id, route, alias, detector, action, location, occurrences
-        FROM dlp_findings
-        WHERE ($1::date IS NULL OR created_at >= $1::date::timestamp AT TIME ZONE 'UTC')
-          AND ($2::date IS NULL OR created_at < ($2::date + 1)::timestamp AT TIME ZONE 'UTC')
-          AND ($3::uuid IS NULL OR user_id = $3)
-          AND ($4::text IS NULL OR detector = $4)
-          AND ($5::text IS NULL OR action = $5)
-        ORDER BY created_at DESC, id DESC
-        LIMIT $6 OFFSET $7
-        """,
-        start,
-        end,
-        user_id,
-        detector,
-        action,
-        limit,
-        offset,
+    """Findings, newest first, filtered by UTC day range (inclusive), user, detector and action (None: any)."""
+    findings, param = Table("dlp_findings"), Params()
+    query = (
+        PostgreSQLQuery.from_(findings)
+        .select(*_FINDINGS_LISTED)
+        .where(_utc_days(findings.created_at, start, end, param))
     )
-    return [dict(r) for r in rows]
+    for column, value in (("user_id", user_id), ("detector", detector), ("action", action)):
+        if value is not None:
+            query = query.where(findings.field(column) == param(value))
+    query = _page(query.orderby(findings.created_at, findings.id, order=Order.desc), param, limit, offset)
+    return [dict(r) for r in await pool.fetch(query.get_sql(), *param.values)]
 
 
 # --- the console: daily rollups and what its pages read ----------------------------------------------
@@ -706,49 +749,82 @@ async def latency_by_day(pool: asyncpg.Pool, start: date, end: date) -> dict[dat
 
 # One row per live user with this month's tokens (user counter) and USD (their live key's counter, which is
 # what the budget check compares with the key's limit), limits resolved against the configured defaults.
-_USERS_MONTH = """
-SELECT u.id, u.email, u.firstname, u.lastname, u.created_at, k.id AS key_id, k.lookup_id,
-       coalesce(u.limit_tokens, $2) AS limit_tokens, coalesce(k.monthly_limit_usd, $3) AS limit_usd,
-       coalesce(cu.tokens, 0) AS tokens, coalesce(cu.requests, 0) AS requests,
-       coalesce(cu.cost_usd, 0) AS cost_usd, coalesce(ck.cost_usd, 0) AS key_cost_usd
-FROM users u
-LEFT JOIN api_keys k ON k.user_id = u.id AND k.revoked_at IS NULL
-LEFT JOIN usage_counters cu ON cu.month = $1 AND cu.scope = 'user' AND cu.scope_id = u.id::text
-LEFT JOIN usage_counters ck ON ck.month = $1 AND ck.scope = 'key' AND ck.scope_id = k.id::text
-WHERE u.deleted_at IS NULL
-"""
+# $1: the month, $2: the default token limit, $3: the default USD limit.
+_u, _k = Table("users", alias="u"), Table("api_keys", alias="k")
+_cu, _ck = Table("usage_counters", alias="cu"), Table("usage_counters", alias="ck")
+_USERS_MONTH = (
+    PostgreSQLQuery.from_(_u)
+    .left_join(_k)
+    .on((_k.user_id == _u.id) & _k.revoked_at.isnull())
+    .left_join(_cu)
+    .on((_cu.month == Parameter("$1")) & (_cu.scope == "user") & (_cu.scope_id == _cast(_u.id, "text")))
+    .left_join(_ck)
+    .on((_ck.month == Parameter("$1")) & (_ck.scope == "key") & (_ck.scope_id == _cast(_k.id, "text")))
+    .select(_u.id, _u.email, _u.firstname, _u.lastname, _u.created_at, _k.id.as_("key_id"), _k.lookup_id)
+    .select(
+        _coalesce(_u.limit_tokens, Parameter("$2")).as_("limit_tokens"),
+        _coalesce(_k.monthly_limit_usd, Parameter("$3")).as_("limit_usd"),
+        _coalesce(_cu.tokens, 0).as_("tokens"),
+        _coalesce(_cu.requests, 0).as_("requests"),
+        _coalesce(_cu.cost_usd, 0).as_("cost_usd"),
+        _coalesce(_ck.cost_usd, 0).as_("key_cost_usd"),
+    )
+    .where(_u.deleted_at.isnull())
+)
+_TOP_USERS = (
+    _USERS_MONTH.where(_cu.requests > 0)
+    .orderby(_cu.cost_usd, _cu.tokens, order=Order.desc)
+    .orderby(_u.email)
+    .limit(_as_int(Parameter("$4")))
+    .get_sql()
+)
+_month = _USERS_MONTH.as_("m")
+_NEAR_LIMIT = (
+    PostgreSQLQuery.from_(_month)
+    .select("*")
+    .where(
+        (_month.tokens >= _cast(Parameter("$4"), "numeric") * _month.limit_tokens)
+        | (_month.key_cost_usd >= _cast(Parameter("$4"), "numeric") * _month.limit_usd)
+    )
+    # fullest first; DESC puts NULLs (a limit of 0) first, as PostgreSQL does by default
+    .orderby(
+        Function(
+            "GREATEST",
+            _month.tokens / _cast(_nullif(_month.limit_tokens, 0), "numeric"),
+            _month.key_cost_usd / _nullif(_month.limit_usd, 0),
+        ),
+        order=Order.desc,
+    )
+    .orderby(_month.email)
+    .limit(100)
+    .get_sql()
+)
 
 
 async def top_users(
     pool: asyncpg.Pool, month: date, *, default_tokens: int, default_usd: Decimal, limit: int = 10
 ) -> list[dict[str, Any]]:
     """The users who spent most this month (USD, then tokens), with their limits."""
-    sql = f"{_USERS_MONTH} AND cu.requests > 0 ORDER BY cu.cost_usd DESC, cu.tokens DESC, u.email LIMIT $4"
-    return [dict(r) for r in await pool.fetch(sql, month, default_tokens, default_usd, limit)]
+    return [dict(r) for r in await pool.fetch(_TOP_USERS, month, default_tokens, default_usd, limit)]
 
 
 async def users_near_limit(
     pool: asyncpg.Pool, month: date, *, default_tokens: int, default_usd: Decimal, ratio: float = 0.8
 ) -> list[dict[str, Any]]:
     """Users at or over `ratio` of their token limit or of their key's USD limit this month, fullest first."""
-    sql = f"""
-        SELECT * FROM ({_USERS_MONTH}) m
-        WHERE m.tokens >= $4::numeric * m.limit_tokens OR m.key_cost_usd >= $4::numeric * m.limit_usd
-        ORDER BY greatest(m.tokens / nullif(m.limit_tokens, 0)::numeric, m.key_cost_usd / nullif(m.limit_usd, 0))
-                 DESC NULLS FIRST, m.email
-        LIMIT 100
-    """
-    return [dict(r) for r in await pool.fetch(sql, month, default_tokens, default_usd, Decimal(str(ratio)))]
+    args = (month, default_tokens, default_usd, Decimal(str(ratio)))
+    return [dict(r) for r in await pool.fetch(_NEAR_LIMIT, *args)]
 
 
-def _user_filter(search: str, param: str) -> Criterion:
-    """Live users, and when `search` is given, those whose email or "first last" contains the `param` value."""
+def _user_filter(search: str, param: Params) -> Criterion:
+    """Live users, and when `search` is given, those whose email or "first last" contains it (any case)."""
     users = Table("users")
     where: Criterion = users.deleted_at.isnull()
     if search:
         name = Function("CONCAT", users.firstname, " ", users.lastname)
+        # LIKE's own wildcards in the search are literal characters
+        pattern = param("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         # BasicCriterion is what Term.ilike builds; ilike's own annotation takes only a str pattern, not a Parameter
-        pattern = Parameter(param)
         where &= BasicCriterion(Matching.ilike, users.email, pattern) | BasicCriterion(Matching.ilike, name, pattern)
     return where
 
@@ -764,15 +840,15 @@ async def find_users(
     default_usd: Decimal,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of live users whose email or name contains `search` (any case), newest first, and the match count."""
-    users = Table("users")
-    pattern = [("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")] if search else []
-    count = PostgreSQLQuery.from_(users).select(fn.Count("*")).where(_user_filter(search, "$1"))
-    total = await pool.fetchval(count.get_sql(), *pattern)
-    page = PostgreSQLQuery.from_(users).select(users.id).where(_user_filter(search, "$4"))
-    page = page.orderby(users.created_at, order=Order.desc).orderby(users.id).limit(limit).offset(offset)
-    sql = f"{_USERS_MONTH} AND u.id IN ({page.get_sql()}) ORDER BY u.created_at DESC, u.id"
-    rows = await pool.fetch(sql, month, default_tokens, default_usd, *pattern)
-    return [dict(r) for r in rows], int(total)
+    users, counted, param = Table("users"), Params(), Params()
+    count = PostgreSQLQuery.from_(users).select(fn.Count("*")).where(_user_filter(search, counted))
+    total = await pool.fetchval(count.get_sql(), *counted.values)
+    for value in (month, default_tokens, default_usd):  # $1..$3 of _USERS_MONTH
+        param(value)
+    page = PostgreSQLQuery.from_(users).select(users.id).where(_user_filter(search, param))
+    page = _page(page.orderby(users.created_at, order=Order.desc).orderby(users.id), param, limit, offset)
+    query = _USERS_MONTH.where(_u.id.isin(page)).orderby(_u.created_at, order=Order.desc).orderby(_u.id)
+    return [dict(r) for r in await pool.fetch(query.get_sql(), *param.values)], int(total)
 
 
 async def recent_usage(pool: asyncpg.Pool, user_id: UUID, *, limit: int = 20) -> list[dict[str, Any]]:
@@ -793,8 +869,8 @@ async def audit_page(
     """Management actions (key_audit and gateway_audit), newest first, with who did them; and how many match."""
     trail, users = Table("audit_trail"), Table("users")
     actor, target = Table("api_keys", alias="actor"), Table("api_keys", alias="target")
-    where: Criterion = trail.user_id == Parameter("$1")
-    args = [] if user_id is None else [user_id]
+    counted, param = Params(), Params()
+    count = PostgreSQLQuery.from_(trail).select(fn.Count("*"))
     query = (
         PostgreSQLQuery.from_(trail)
         .left_join(actor)
@@ -815,16 +891,13 @@ async def audit_page(
             target.name.as_("target_name"),
             target.lookup_id.as_("target_lookup_id"),
         )
-        .orderby(trail.created_at, order=Order.desc)
-        .orderby(trail.id, order=Order.desc)
-        .limit(limit)
-        .offset(offset)
+        .orderby(trail.created_at, trail.id, order=Order.desc)
     )
-    count = PostgreSQLQuery.from_(trail).select(fn.Count("*"))
     if user_id is not None:
-        query, count = query.where(where), count.where(where)
-    rows = await pool.fetch(query.get_sql(), *args)
-    return [dict(r) for r in rows], int(await pool.fetchval(count.get_sql(), *args))
+        query, count = query.where(trail.user_id == param(user_id)), count.where(trail.user_id == counted(user_id))
+    query = _page(query, param, limit, offset)
+    rows = await pool.fetch(query.get_sql(), *param.values)
+    return [dict(r) for r in rows], int(await pool.fetchval(count.get_sql(), *counted.values))
 
 
 async def service_keys(pool: asyncpg.Pool) -> list[KeyRow]:
