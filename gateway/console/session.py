@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -36,6 +36,7 @@ from gateway.dialect import Dialect
 from gateway.errors import GatewayError
 from gateway.keys import Principal
 from gateway.pipeline import Exchange
+from gateway.roles import Actor, Role
 from gateway.services import SERVICES
 from gateway.state import REQUEST_ID, RUNTIME
 
@@ -55,6 +56,7 @@ class Visitor:
     is_admin: bool
     user_id: UUID | None
     csrf: str
+    actor: Actor  # the role (and a team_admin's team) pages check, and the identity audit rows name
 
 
 VISITOR = web.RequestKey("console_visitor", Visitor)
@@ -139,11 +141,12 @@ async def visitor(request: web.Request) -> Visitor | None:
     if row is None:
         session.invalidate()
         return None
-    return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session))
+    return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session), Principal.from_row(row).actor)
 
 
-def page(*, admin: bool) -> Callable[[Page], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-    """Guard a console handler: no session -> the sign-in page; a POST needs the CSRF token; admin pages 403 others."""
+def page(roles: Set[Role]) -> Callable[[Page], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """Guard a console handler: no session -> the sign-in page; a POST needs the CSRF token; a role not in `roles`
+    gets 403. The roles come from the console's page table (gateway/console/__init__.py)."""
 
     def wrap(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -152,8 +155,10 @@ def page(*, admin: bool) -> Callable[[Page], Callable[[web.Request], Awaitable[w
                 raise web.HTTPSeeOther(SIGN_IN)
             if request.method == "POST":
                 await check_csrf(request, await aiohttp_session.get_session(request))
-            if admin and not who.is_admin:
-                return aiohttp_jinja2.render_template("forbidden.html", request, {"who": who}, status=403)
+            if not who.actor.may(roles):
+                others = sorted(r.value for r in roles if r is not Role.ADMIN)
+                context = {"who": who, "others": others}
+                return aiohttp_jinja2.render_template("forbidden.html", request, context, status=403)
             request[VISITOR] = who
             return await handler(request, who)
 
