@@ -3,8 +3,14 @@ user mid-month, what a team_admin may and may not do, and the acting identity on
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -322,3 +328,40 @@ async def test_the_environment_admin_key_is_named_in_the_audit(make_gateway: Gat
 async def test_a_management_key_cannot_regenerate_itself_as_a_user(gateway: TestServer, admin: str) -> None:
     status, body = await call(gateway, "POST", "/v1/me/regenerate", admin)
     assert status == 403 and "user's own gateway key" in body["error"]["message"]
+
+
+# --- the README's example, as written --------------------------------------------------------------------
+
+
+def readme_commands() -> str:
+    """The bash block of the README's *Teams and roles* section, as one script."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("## Teams and roles\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    return str(block)
+
+
+async def test_the_readme_teams_example_works_as_written(
+    gateway: TestServer, upstream: FakeUpstream, admin: str
+) -> None:
+    upstream.usage(input_tokens=25, output_tokens=6)  # 31 tokens a request: 0, 31 < 50, then 62 >= 50
+    env = {"PATH": os.environ["PATH"], "GW": str(gateway.make_url("")).rstrip("/"), "ADMIN": admin}
+    commands = readme_commands().replace("\\\n", " ").splitlines()  # continuation lines joined
+    runnable = [c for c in commands if c.strip() and c[0] != "#"]
+    runnable.insert(-1, "sleep 1")  # the usage flush (every 50 ms here) before the team's month is read
+    script = "\n".join(["set -euo pipefail", *(f"{c}\necho" for c in runnable)])
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    statuses, refused, usage = [line for line in done.stdout.splitlines() if line.strip()]
+    assert statuses.split() == ["200", "200", "429", "429"]
+    body = json.loads(refused)
+    assert (body["scope"], body["tokensUsed"], body["tokenLimit"]) == ("team", 62, 50)
+    team = json.loads(usage)
+    assert (team["name"], team["totalTokens"], [u["email"] for u in team["users"]]) == (
+        "Platform",
+        62,
+        ["grace@example.com"],
+    )
