@@ -365,3 +365,53 @@ async def test_the_readme_teams_example_works_as_written(
         62,
         ["grace@example.com"],
     )
+
+
+# --- the console -----------------------------------------------------------------------------------------
+
+
+async def test_console_team_admin_sees_and_changes_its_own_team_only_and_is_audited(
+    gateway: TestServer, upstream: FakeUpstream, pool: asyncpg.Pool, admin: str
+) -> None:
+    ours = await new_team(gateway, admin, "Platform")
+    theirs = await new_team(gateway, admin, "Research")
+    lead, lead_id = await management_key(pool, "team_admin", ours["id"])
+    ada = await user_in(gateway, admin, "ada@example.com", ours["id"])
+    eve = await user_in(gateway, admin, "eve@example.com", theirs["id"])
+    assert (await message(gateway, ada["apiKey"]))[0] == 200
+    await flushed_usage(gateway, pool)
+    csrf = re.compile(r'name="csrf" value="([^"]+)"')
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(gateway.make_url("/console/sign-in")) as page:
+            token = csrf.search(await page.text())
+        assert token
+        form = {"csrf": token.group(1), "key": lead}
+        async with http.post(gateway.make_url("/console/sign-in"), data=form) as resp:
+            assert resp.status == 200
+        async with http.get(gateway.make_url("/console/users")) as page:
+            text = await page.text()
+            assert page.status == 200 and "ada@example.com" in text and "eve@example.com" not in text
+            session_csrf = csrf.search(text)
+        assert session_csrf
+        async with http.get(gateway.make_url("/console/teams")) as page:
+            text = await page.text()
+            assert page.status == 200 and "Platform" in text and "Research" not in text and "ada@example.com" in text
+        async with http.get(gateway.make_url(f"/console/users/{eve['id']}")) as page:
+            assert page.status == 403
+        posted = {"csrf": session_csrf.group(1), "increment": "5"}
+        limit = gateway.make_url(f"/console/users/{eve['id']}/limit")
+        async with http.post(limit, data=posted, allow_redirects=False) as resp:
+            assert resp.status == 403
+        limit = gateway.make_url(f"/console/users/{ada['id']}/limit")
+        async with http.post(limit, data=posted, allow_redirects=False) as resp:
+            assert resp.status == 303
+        new_user = {"csrf": session_csrf.group(1), "email": "sam@example.com", "firstname": "S", "lastname": "M"}
+        async with http.post(gateway.make_url("/console/users"), data=new_user) as resp:
+            assert resp.status == 201
+    sam = next(u for u in await db.list_users(pool) if u.email == "sam@example.com")
+    assert sam.team_id == ours["id"]  # a team_admin's new user joins its team
+    trail = await pool.fetch("SELECT action, actor FROM key_audit WHERE actor = $1 ORDER BY id", f"key:{lead_id}")
+    assert [(r["action"], r["actor"]) for r in trail] == [
+        ("token_limit_increased", f"key:{lead_id}"),
+        ("created", f"key:{lead_id}"),
+    ]
