@@ -1,4 +1,7 @@
-"""The management API (/v1/user-api-keys): users, their keys and the Claude Code mapping. Admin keys only.
+"""The management API's user endpoints (/v1/user-api-keys): users, their keys and the Claude Code mapping.
+
+Which role may call each endpoint is declared in gateway/management.py's route table; a team_admin is limited
+here to the users of its own team (403 for any other), and never raises a limit above its team's.
 
 Field names are the original design's contract (camelCase). Errors are `{"error": "..."}`. Plaintext keys
 appear only in the create and regenerate responses.
@@ -7,6 +10,7 @@ appear only in the create and regenerate responses.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import uuid
@@ -18,24 +22,21 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
-from aiohttp.hdrs import EXPECT
 
 from gateway import db
 from gateway.accounting.month_view import month_of
-from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
+from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES
 from gateway.composition import Services
 from gateway.config import GatewayConfig
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
-from gateway.sso.people import person_from_bearer, principal_of
+from gateway.roles import Actor, Role
+from gateway.sso.people import actor_of, key_of, person_from_bearer, principal_of
 from gateway.stages.auth import presented_credential
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey"}
+CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey", "teamId"}
 MAX_HISTORY_PAGE = 1000
 
 
@@ -144,49 +145,79 @@ async def _authenticate(request: web.Request) -> Principal:
     return ex.principal
 
 
-def admin_only(
-    handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]],
-    send_continue: Callable[[web.Request], Awaitable[None]],
-) -> Handler:
-    """Authenticate, require an admin key, and answer every failure as {"error": "..."}.
+async def authenticate_actor(request: web.Request) -> Actor:
+    """The identity acting on a management request: a person's SSO token (their mapped role and team, audited as
+    `sso:<email or sub>`), else the key's own role (`Principal.actor`).
 
-    `Expect: 100-continue` is answered only once the caller proved to be an admin (see continue_after_auth).
+    Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role.
     """
+    svc = request.app[SERVICES]
+    people = svc.sign_ins.people
+    if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
+        row = await key_of(svc.pool, person)
+        return dataclasses.replace(await actor_of(svc.pool, person), key_id=row.id)
+    return (await _authenticate(request)).actor
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            admin = await _authenticate(request)
-            if not admin.is_admin:
-                raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
-            if EXPECT in request.headers:
-                await send_continue(request)
-            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
-                return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
-        except AdminError as err:
-            return _json({"error": err.message}, err.status)
-        except GatewayError as err:  # 401 from the auth stages, in this API's error shape
-            return _json({"error": err.message}, err.status_for(ErrorShape.OPENAI))
-        except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
-            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
-            response.headers["Retry-After"] = "5"
-            return response
 
-    return guarded
+def team_id_field(body: dict[str, Any], name: str = "teamId") -> int | None:
+    """An optional team id in a body: null or absent -> None; a positive integer otherwise (400 for anything else)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or not 0 < value < 2**63:
+        raise AdminError(400, f"'{name}' must be a team id (a positive integer) or null")
+    return value
 
 
 class UserKeysApi:
-    """Handlers for /v1/user-api-keys, given the running gateway's config and services."""
+    """Handlers for /v1/user-api-keys, given the running gateway's config and services.
+
+    Every handler takes (request, actor): `actor` is who calls, already admitted by the route's roles.
+    """
 
     def __init__(self, cfg: GatewayConfig, svc: Services) -> None:
         self._cfg, self._svc = cfg, svc
         self._hmac_secret: bytes = svc.claudecode_tokens.secret
 
+    @property
+    def config(self) -> GatewayConfig:
+        return self._cfg
+
+    @property
+    def services(self) -> Services:
+        return self._svc
+
+    def evict_user(self, user_id: uuid.UUID) -> None:
+        """Forget this process's cached verdicts for a user's keys and token (their limits or team changed)."""
+        self._svc.claudecode_tokens.evict_user(user_id)
+        self._svc.key_cache.evict_user(user_id)
+
     def _new_key(self) -> tuple[str, tuple[str, str]]:
         new = generate_key(self._cfg.auth.bcrypt_rounds)
         return new.plaintext, (new.lookup_id, new.key_hash)
 
-    async def create(self, request: web.Request, admin: Principal) -> web.Response:
+    async def _user_for(self, request: web.Request, actor: Actor, *, change: bool) -> db.UserRow:
+        """The user named in the path, if `actor` may read (or, with `change`, manage) them: 404 / 403 otherwise."""
+        user_id = _user_id(request)
+        user = await db.get_user(self._svc.pool, user_id)
+        if user is None:
+            raise AdminError(404, f"no user with id {user_id}")
+        if not (actor.manages_team(user.team_id) if change else actor.reads_team(user.team_id)):
+            raise AdminError(403, "a team_admin key manages the users of its own team only")
+        return user
+
+    def _team_of_new_user(self, body: dict[str, Any], actor: Actor) -> int | None:
+        """The team a new user goes into: a team_admin's own (it may name no other), or the admin's `teamId`."""
+        team_id = team_id_field(body)
+        if actor.role is Role.TEAM_ADMIN:
+            if team_id is not None and team_id != actor.team_id:
+                raise AdminError(403, "a team_admin key creates users in its own team only")
+            return actor.team_id
+        return team_id
+
+    async def create(self, request: web.Request, actor: Actor) -> web.Response:
         body = await _body(request, CREATE_FIELDS)
+        team_id = self._team_of_new_user(body, actor)
         email = _text(body, "email", max_len=254)
         if not EMAIL.match(email):
             raise AdminError(400, f"'email' is not an email address: {email!r}")
@@ -205,18 +236,21 @@ class UserKeysApi:
                 lastname=_text(body, "lastname"),
                 claudecode_hmac=claudecode_hmac(self._hmac_secret, cc_token) if cc_token is not None else None,
                 key=key,
-                actor_key_id=admin.key_id,
+                actor=actor,
+                team_id=team_id,
             )
         except db.Conflict as exc:
             raise AdminError(409, str(exc)) from None
+        except LookupError as exc:
+            raise AdminError(404, str(exc)) from None
         self._svc.claudecode_tokens.evict_all_unknown()  # the token may have been refused a moment ago
         return _json(
             {**_user(user), "apiKey": plaintext, "claudecodeUserKey": cc_token, "aigatewayUserKey": plaintext}, 201
         )
 
-    async def delete(self, request: web.Request, admin: Principal) -> web.Response:
-        user_id = _user_id(request)
-        revoked = await db.delete_user(self._svc.pool, user_id, actor_key_id=admin.key_id)
+    async def delete(self, request: web.Request, actor: Actor) -> web.Response:
+        user_id = (await self._user_for(request, actor, change=True)).id
+        revoked = await db.delete_user(self._svc.pool, user_id, actor=actor)
         if revoked is None:
             raise AdminError(404, f"no user with id {user_id}")
         for key_id in revoked:
@@ -224,8 +258,8 @@ class UserKeysApi:
         self._svc.claudecode_tokens.evict_user(user_id)
         return _json({"success": True})
 
-    async def regenerate(self, request: web.Request, admin: Principal) -> web.Response:
-        user_id = _user_id(request)
+    async def regenerate(self, request: web.Request, actor: Actor) -> web.Response:
+        user_id = (await self._user_for(request, actor, change=True)).id
         body = await _body(request, {"reason"}, optional=True)
         reason = body.get("reason")
         if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
@@ -238,9 +272,7 @@ class UserKeysApi:
             return key
 
         try:
-            done = await db.regenerate_user_key(
-                self._svc.pool, user_id, new_key=new_key, reason=reason, actor_key_id=admin.key_id
-            )
+            done = await db.regenerate_user_key(self._svc.pool, user_id, new_key=new_key, reason=reason, actor=actor)
         except db.Conflict as exc:
             raise AdminError(409, str(exc)) from None
         if done is None:
@@ -254,8 +286,8 @@ class UserKeysApi:
         answer = {"apiKey": plaintext, "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext}
         return _json({**_user(user), **answer})
 
-    async def increase_token_limit(self, request: web.Request, admin: Principal) -> web.Response:
-        user_id = _user_id(request)
+    async def increase_token_limit(self, request: web.Request, actor: Actor) -> web.Response:
+        user_id = (await self._user_for(request, actor, change=True)).id
         body = await _body(request, {"increment"})
         increment = body.get("increment")
         if not isinstance(increment, int) or isinstance(increment, bool) or increment <= 0:
@@ -268,8 +300,11 @@ class UserKeysApi:
                 user_id,
                 increment,
                 default_limit=self._cfg.budgets.monthly_token_limit,
-                actor_key_id=admin.key_id,
+                actor=actor,
+                within_team_limit=actor.role is not Role.ADMIN,  # a team_admin never above its team's limit
             )
+        except db.AboveTeamLimit as exc:
+            raise AdminError(403, f"a team_admin key cannot raise a limit above its team's: {exc}") from None
         except asyncpg.NumericValueOutOfRangeError:
             raise AdminError(400, "the new limit would exceed the largest storable limit") from None
         if new_limit is None:
@@ -278,16 +313,23 @@ class UserKeysApi:
         self._svc.key_cache.evict_user(user_id)
         return _json({"id": str(user_id), "newLimit": new_limit})
 
-    async def list(self, request: web.Request, admin: Principal) -> web.Response:
-        users = await db.list_users(self._svc.pool)
+    async def list(self, request: web.Request, actor: Actor) -> web.Response:
+        users = await db.list_users(self._svc.pool, team_id=_team_filter(actor))
         default = self._cfg.budgets.monthly_token_limit
         return _json(
-            [{**_user(u), "limitToken": u.limit_tokens if u.limit_tokens is not None else default} for u in users]
+            [
+                {
+                    **_user(u),
+                    "limitToken": u.limit_tokens if u.limit_tokens is not None else default,
+                    "teamId": u.team_id,
+                }
+                for u in users
+            ]
         )
 
-    async def usage(self, request: web.Request, admin: Principal) -> web.Response:
+    async def usage(self, request: web.Request, actor: Actor) -> web.Response:
         month = month_of(self._svc.month_view.clock())
-        rows = await db.users_month_usage(self._svc.pool, month)
+        rows = await db.users_month_usage(self._svc.pool, month, team_id=_team_filter(actor))
         default_usd = Decimal(str(self._cfg.budgets.monthly_limit_usd))
         default_tokens = self._cfg.budgets.monthly_token_limit
         out = []
@@ -309,14 +351,13 @@ class UserKeysApi:
                     "limitToken": int(limit_tokens),
                     "overLimit": r["cost_usd"] >= limit_usd or r["tokens"] >= limit_tokens,
                     "month": month.isoformat()[:7],
+                    "teamId": r["team_id"],
                 }
             )
         return _json(out)
 
-    async def usage_history(self, request: web.Request, admin: Principal) -> web.Response:
-        user_id = _user_id(request)
-        if await db.get_user(self._svc.pool, user_id) is None:
-            raise AdminError(404, f"no user with id {user_id}")
+    async def usage_history(self, request: web.Request, actor: Actor) -> web.Response:
+        user_id = (await self._user_for(request, actor, change=False)).id
         start, end = _day(request, "from"), _day(request, "to")
         if start and end and start > end:
             raise AdminError(400, "'from' is after 'to'")
@@ -333,7 +374,15 @@ class UserKeysApi:
         )
 
 
-async def dlp_findings(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+def _team_filter(actor: Actor) -> int | None:
+    """The team whose users `actor` lists: a team_admin's own; None (everyone) for an admin or a viewer."""
+    return actor.team_id if actor.role is Role.TEAM_ADMIN else None
+
+
+ApiHandler = Callable[[UserKeysApi, web.Request, Actor], Awaitable[web.Response]]
+
+
+async def dlp_findings(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """GET /v1/dlp-findings: what the DLP stage found (never the values), newest first, one page at a time.
 
     Query: from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
@@ -415,27 +464,6 @@ def _history_entry(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_routes(app: web.Application) -> None:
-    from gateway.app import _send_continue, continue_after_auth  # here: gateway.app imports this module
-
-    api, routes = UserKeysApi, app.router
-    add = {"GET": routes.add_get, "POST": routes.add_post, "PUT": routes.add_put, "DELETE": routes.add_delete}
-    for method, path, handler in (
-        ("POST", "/v1/user-api-keys", api.create),
-        ("GET", "/v1/user-api-keys", api.list),
-        ("GET", "/v1/user-api-keys/usage", api.usage),
-        ("DELETE", "/v1/user-api-keys/{id}", api.delete),
-        ("POST", "/v1/user-api-keys/{id}/regenerate", api.regenerate),
-        ("POST", "/v1/user-api-keys/{id}/increase-token-limit", api.increase_token_limit),
-        ("GET", "/v1/user-api-keys/{id}/usage-history", api.usage_history),
-        ("GET", "/v1/dlp-findings", dlp_findings),
-        ("GET", "/v1/rate-limits", list_rate_limits),
-        ("PUT", "/v1/rate-limits/{scope}/{id}", put_rate_limit),
-        ("DELETE", "/v1/rate-limits/{scope}/{id}", delete_rate_limit),
-    ):  # add_get answers HEAD too; no 100 Continue before authentication: a refused body is never invited
-        add[method](path, admin_only(handler, _send_continue), expect_handler=continue_after_auth)
-
-
 # --- rate-limit overrides (/v1/rate-limits) ----------------------------------------------------------
 
 RATE_LIMIT_FIELDS = {
@@ -453,7 +481,7 @@ def _limits_json(values: Any) -> dict[str, Any]:
     }
 
 
-async def list_rate_limits(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+async def list_rate_limits(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """GET /v1/rate-limits: the configured defaults and every override (null field: the default)."""
     svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
     assert svc.rate_limit_overrides is not None
@@ -489,7 +517,7 @@ async def _rate_limit_scope(request: web.Request, *, must_exist: bool = True) ->
     raise AdminError(404, f"no {scope} with id {raw_id!r}")
 
 
-async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """PUT /v1/rate-limits/{key|user}/{id} {"requestsPerMinute": 60, "tokensPerMinute": null, "inFlight": 0}.
 
     Absent or null: the default from gateway.yaml; 0: no limit of that kind. Replaces the whole override.
@@ -509,6 +537,9 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principa
     assert svc.rate_limit_overrides is not None
     override = Override(**values)
     await svc.rate_limit_overrides.put(scope, scope_id, override)
+    await db.audit_change(
+        svc.pool, "rate_limit_set", actor, target=f"rate-limit:{scope}:{scope_id}", reason=str(values)
+    )
     limits = request.app[RUNTIME].config.rate_limits
     effective = override.over(limits.key if scope == "key" else limits.user)
     return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
@@ -525,11 +556,12 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return fields
 
 
-async def delete_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
+async def delete_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """DELETE /v1/rate-limits/{key|user}/{id}: back to the defaults; 404 when there was no override."""
     scope, scope_id = await _rate_limit_scope(request, must_exist=False)
     svc = request.app[SERVICES]
     assert svc.rate_limit_overrides is not None
     if not await svc.rate_limit_overrides.delete(scope, scope_id):
         raise AdminError(404, f"no rate-limit override for {scope} {scope_id}")
+    await db.audit_change(svc.pool, "rate_limit_deleted", actor, target=f"rate-limit:{scope}:{scope_id}")
     return _json({"scope": scope, "id": scope_id, "deleted": True})

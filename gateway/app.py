@@ -21,7 +21,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 from aiohttp.hdrs import EXPECT
 
-from gateway import admin, console, db, me
+from gateway import console, db, management, me
 from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 from gateway.composition import Services, open_services
 from gateway.config import GatewayConfig
@@ -462,7 +462,7 @@ def build_app(
     app.router.add_get("/health", health_check())
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_document())
-    admin.add_routes(app)
+    management.add_routes(app, send_continue=_send_continue, expect=continue_after_auth)
     me.add_routes(app)
     console.add_routes(app, cfg)
     app.router.add_get("/", root)  # aiohttp answers HEAD for every GET route

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -216,4 +217,4 @@ async def _env_admin_key(pool: asyncpg.Pool, key: str, rounds: int) -> EnvAdminK
     if row.revoked_at is not None:
         log.warning("env_admin_key_revoked", key_id=row.id, hint="unset GATEWAY_ADMIN_KEY or set a new one")
         return None
-    return EnvAdminKey(key=key.encode(), principal=Principal.from_row(row))
+    return EnvAdminKey(key=key.encode(), principal=dataclasses.replace(Principal.from_row(row), from_env=True))

@@ -25,6 +25,8 @@ from pypika.enums import Matching
 from pypika.queries import QueryBuilder
 from pypika.terms import AtTimezone, BasicCriterion, EmptyCriterion, Function, Term
 
+from gateway.roles import Actor
+
 SQL_DIR = Path(os.environ.get("GATEWAY_SQL_DIR", Path(__file__).resolve().parent.parent / "sql"))
 # A connection of its own (asyncpg.connect) or one borrowed from the pool (pool.acquire()): the same API.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -147,12 +149,18 @@ class KeyRow:
     user_id: UUID | None = None
     monthly_limit_usd: Decimal | None = None  # NULL: the default from gateway.yaml
     limit_tokens: int | None = None  # the user's monthly token limit; NULL: the default
+    role: str | None = None  # a management key's role (admin | team_admin | viewer); NULL: a user's or service key
+    role_team_id: int | None = None  # the team a team_admin key administers
+    team_id: int | None = None  # the team of the key's user (its usage counts there), if any
+    team_limit_tokens: int | None = None  # that team's monthly limits; NULL: none
+    team_limit_usd: Decimal | None = None
 
 
 _KEY_SELECT = """
     SELECT k.id, k.lookup_id, k.key_hash, k.name, k.is_admin, k.created_at, k.revoked_at,
-           k.user_id, k.monthly_limit_usd, u.limit_tokens
-    FROM api_keys k LEFT JOIN users u ON u.id = k.user_id
+           k.user_id, k.monthly_limit_usd, u.limit_tokens, k.role, k.team_id AS role_team_id,
+           t.id AS team_id, t.limit_tokens AS team_limit_tokens, t.limit_usd AS team_limit_usd
+    FROM api_keys k LEFT JOIN users u ON u.id = k.user_id LEFT JOIN teams t ON t.id = u.team_id
 """
 
 
@@ -175,14 +183,21 @@ async def insert_key(
     name: str,
     is_admin: bool,
     user_id: UUID | None = None,
+    role: str | None = None,
+    role_team_id: int | None = None,
 ) -> KeyRow:
+    """Insert a key; `is_admin` implies role admin, and `role` admin implies is_admin (the two stay in step)."""
+    role = "admin" if is_admin else role
     key_id = await conn.fetchval(
-        "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin, user_id) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin, user_id, role, team_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         lookup_id,
         key_hash,
         name,
-        is_admin,
+        role == "admin",
         user_id,
+        role,
+        role_team_id,
     )
     return _key(_returned(await conn.fetchrow(_KEY_SELECT + " WHERE k.id = $1", key_id)))
 
@@ -262,20 +277,23 @@ USAGE_COLUMNS = (
     "cache_write_1h_tokens",
     "web_search_requests",
     "usage_estimated",
+    "team_id",  # sql/011_teams_and_roles.sql
 )
 _COLUMN_LIST = ", ".join(USAGE_COLUMNS)
 
-# Rows new to usage_log (a replayed batch adds nothing) increment the month's counters of their user and key.
+# Rows new to usage_log (a replayed batch adds nothing) increment the month's counters of their key, user, team.
 _STORE_BATCH = f"""
 WITH stored AS (
     INSERT INTO usage_log ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_incoming
     ON CONFLICT (id, created_at) DO NOTHING  -- usage_log's key: partitioned by created_at (sql/009)
-    RETURNING key_id, user_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
+    RETURNING key_id, user_id, team_id, date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
               input_tokens + output_tokens + cache_read_tokens + cache_write_tokens AS tokens, cost_usd
 ), scoped AS (
     SELECT 'key' AS scope, key_id::text AS scope_id, month, tokens, cost_usd FROM stored
     UNION ALL
     SELECT 'user', user_id::text, month, tokens, cost_usd FROM stored WHERE user_id IS NOT NULL
+    UNION ALL
+    SELECT 'team', team_id::text, month, tokens, cost_usd FROM stored WHERE team_id IS NOT NULL
 )
 INSERT INTO usage_counters AS c (scope, scope_id, month, tokens, cost_usd, requests, unpriced)
 SELECT scope, scope_id, month, sum(tokens), coalesce(sum(cost_usd), 0), count(*), count(*) - count(cost_usd)
@@ -345,9 +363,10 @@ class UserRow:
     limit_tokens: int | None
     created_at: datetime
     updated_at: datetime
+    team_id: int | None = None
 
 
-_USER_COLUMNS = "id, email, firstname, lastname, limit_tokens, created_at, updated_at"
+_USER_COLUMNS = "id, email, firstname, lastname, limit_tokens, created_at, updated_at, team_id"
 
 
 class Conflict(Exception):
@@ -362,25 +381,30 @@ async def create_user(
     lastname: str,
     claudecode_hmac: bytes | None,
     key: tuple[str, str],
-    actor_key_id: int | None,
+    actor: Actor | None,
+    team_id: int | None = None,
 ) -> tuple[UserRow, KeyRow]:
-    """Insert a user and their first gateway key (`key` = (lookup_id, bcrypt hash)) in one transaction."""
+    """Insert a user (in `team_id`, if given) and their first gateway key (`key` = (lookup_id, bcrypt hash)) in one
+    transaction. Raises Conflict for a taken email or token, LookupError for a team that does not exist."""
     async with pool.acquire() as conn, conn.transaction():
+        if team_id is not None and await team_by_id(conn, team_id, lock=True) is None:
+            raise LookupError(f"no team with id {team_id}")
         try:
             row = await conn.fetchrow(
-                f"INSERT INTO users (email, firstname, lastname, claudecode_key_hmac) VALUES ($1, $2, $3, $4)"
-                f" RETURNING {_USER_COLUMNS}",
+                f"INSERT INTO users (email, firstname, lastname, claudecode_key_hmac, team_id)"
+                f" VALUES ($1, $2, $3, $4, $5) RETURNING {_USER_COLUMNS}",
                 email,
                 firstname,
                 lastname,
                 claudecode_hmac,
+                team_id,
             )
         except asyncpg.UniqueViolationError as exc:
             what = "claudecodeUserKey" if "claudecode" in (exc.constraint_name or "") else "email"
             raise Conflict(f"a user with this {what} already exists") from None
         user = UserRow(**dict(_returned(row)))
         key_row = await insert_key(conn, lookup_id=key[0], key_hash=key[1], name=email, is_admin=False, user_id=user.id)
-        await _audit(conn, user.id, "created", None, actor_key_id, None, key_row.id)
+        await _audit(conn, user.id, "created", None, actor, None, key_row.id)
     return user, key_row
 
 
@@ -389,19 +413,21 @@ async def _audit(
     user_id: UUID,
     action: str,
     reason: str | None,
-    actor_key_id: int | None,
+    actor: Actor | None,
     old_key_id: int | None,
     new_key_id: int | None,
 ) -> None:
+    """One audit row of a change to a user, naming who made it (`actor.subject`; None: the command line)."""
     await conn.execute(
-        "INSERT INTO key_audit (user_id, action, reason, actor_key_id, old_key_id, new_key_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO key_audit (user_id, action, reason, actor_key_id, old_key_id, new_key_id, actor)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         user_id,
         action,
         reason,
-        actor_key_id,
+        actor.key_id if actor else None,
         old_key_id,
         new_key_id,
+        actor.subject if actor else None,
     )
 
 
@@ -410,12 +436,17 @@ async def get_user(pool: asyncpg.Pool, user_id: UUID) -> UserRow | None:
     return UserRow(**dict(row)) if row else None
 
 
-async def list_users(pool: asyncpg.Pool) -> list[UserRow]:
-    rows = await pool.fetch(f"SELECT {_USER_COLUMNS} FROM users WHERE deleted_at IS NULL ORDER BY created_at, id")
+async def list_users(pool: asyncpg.Pool, *, team_id: int | None = None) -> list[UserRow]:
+    """Live users, oldest first; only those of `team_id` when given."""
+    rows = await pool.fetch(
+        f"SELECT {_USER_COLUMNS} FROM users WHERE deleted_at IS NULL AND ($1::bigint IS NULL OR team_id = $1)"
+        " ORDER BY created_at, id",
+        team_id,
+    )
     return [UserRow(**dict(r)) for r in rows]
 
 
-async def delete_user(pool: asyncpg.Pool, user_id: UUID, *, actor_key_id: int | None) -> list[int] | None:
+async def delete_user(pool: asyncpg.Pool, user_id: UUID, *, actor: Actor | None) -> list[int] | None:
     """Soft-delete a user: revoke their keys, free their Claude Code token. Returns revoked key ids (None: no user)."""
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.execute(
@@ -428,7 +459,7 @@ async def delete_user(pool: asyncpg.Pool, user_id: UUID, *, actor_key_id: int | 
         revoked = await conn.fetch(
             "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id", user_id
         )
-        await _audit(conn, user_id, "deleted", None, actor_key_id, revoked[0]["id"] if revoked else None, None)
+        await _audit(conn, user_id, "deleted", None, actor, revoked[0]["id"] if revoked else None, None)
     return [r["id"] for r in revoked]
 
 
@@ -438,7 +469,7 @@ async def regenerate_user_key(
     *,
     new_key: Callable[[], Awaitable[tuple[str, str]]],
     reason: str | None,
-    actor_key_id: int | None,
+    actor: Actor | None,
 ) -> tuple[UserRow, KeyRow, int | None] | None:
     """Revoke the user's live key and issue `new_key()` (lookup id, hash), with an audit row; None: no such user.
 
@@ -465,14 +496,28 @@ async def regenerate_user_key(
         new = await insert_key(
             conn, lookup_id=key[0], key_hash=key[1], name=user.email, is_admin=False, user_id=user_id
         )
-        await _audit(conn, user_id, "regenerated", reason, actor_key_id, old, new.id)
+        await _audit(conn, user_id, "regenerated", reason, actor, old, new.id)
     return user, new, old
 
 
+class AboveTeamLimit(Exception):
+    """A team_admin asked for a user limit above the team's monthly token limit; the message gives both."""
+
+
 async def increase_token_limit(
-    pool: asyncpg.Pool, user_id: UUID, increment: int, *, default_limit: int, actor_key_id: int | None
+    pool: asyncpg.Pool,
+    user_id: UUID,
+    increment: int,
+    *,
+    default_limit: int,
+    actor: Actor | None,
+    within_team_limit: bool = False,
 ) -> int | None:
-    """Add `increment` to the user's monthly token limit (starting from the default); None: no such user."""
+    """Add `increment` to the user's monthly token limit (starting from the default); None: no such user.
+
+    `within_team_limit` (a team_admin's change): raises AboveTeamLimit, changing nothing, when the new limit would
+    exceed the user's team's monthly token limit; the team row is locked meanwhile, so a concurrent change of it waits.
+    """
     async with pool.acquire() as conn, conn.transaction():
         new_limit = await conn.fetchval(
             "UPDATE users SET limit_tokens = coalesce(limit_tokens, $2) + $3, updated_at = now()"
@@ -481,25 +526,34 @@ async def increase_token_limit(
             default_limit,
             increment,
         )
-        if new_limit is not None:
-            await _audit(conn, user_id, "token_limit_increased", f"+{increment}", actor_key_id, None, None)
-    return None if new_limit is None else int(new_limit)
+        if new_limit is None:
+            return None
+        if within_team_limit:
+            cap = await conn.fetchval(
+                "SELECT t.limit_tokens FROM users u JOIN teams t ON t.id = u.team_id WHERE u.id = $1 FOR UPDATE OF t",
+                user_id,
+            )
+            if cap is not None and new_limit > cap:
+                raise AboveTeamLimit(f"the new limit ({new_limit}) would exceed the team's monthly token limit ({cap})")
+        await _audit(conn, user_id, "token_limit_increased", f"+{increment}", actor, None, None)
+    return int(new_limit)
 
 
-async def users_month_usage(pool: asyncpg.Pool, month: date) -> list[dict[str, Any]]:
-    """Each live user with this month's counters and their key's USD limit (NULL: default)."""
+async def users_month_usage(pool: asyncpg.Pool, month: date, *, team_id: int | None = None) -> list[dict[str, Any]]:
+    """Each live user (of `team_id` when given) with this month's counters and their key's USD limit (NULL: default)."""
     rows = await pool.fetch(
         """
-        SELECT u.id, u.email, u.firstname, u.lastname, u.created_at, u.updated_at, u.limit_tokens,
+        SELECT u.id, u.email, u.firstname, u.lastname, u.created_at, u.updated_at, u.limit_tokens, u.team_id,
                coalesce(c.tokens, 0) AS tokens, coalesce(c.requests, 0) AS requests,
                coalesce(c.cost_usd, 0) AS cost_usd, k.monthly_limit_usd
         FROM users u
         LEFT JOIN usage_counters c ON c.scope = 'user' AND c.scope_id = u.id::text AND c.month = $1
         LEFT JOIN api_keys k ON k.user_id = u.id AND k.revoked_at IS NULL
-        WHERE u.deleted_at IS NULL
+        WHERE u.deleted_at IS NULL AND ($2::bigint IS NULL OR u.team_id = $2)
         ORDER BY u.created_at, u.id
         """,
         month,
+        team_id,
     )
     return [dict(r) for r in rows]
 
@@ -816,10 +870,13 @@ async def users_near_limit(
     return [dict(r) for r in await pool.fetch(_NEAR_LIMIT, *args)]
 
 
-def _user_filter(search: str, param: Params) -> Criterion:
-    """Live users, and when `search` is given, those whose email or "first last" contains it (any case)."""
+def _user_filter(search: str, param: Params, team_id: int | None = None) -> Criterion:
+    """Live users (of `team_id` when given), and when `search` is given, those whose email or "first last" contains
+    it (any case)."""
     users = Table("users")
     where: Criterion = users.deleted_at.isnull()
+    if team_id is not None:
+        where &= users.team_id == param(team_id)
     if search:
         name = Function("CONCAT", users.firstname, " ", users.lastname)
         # LIKE's own wildcards in the search are literal characters
@@ -838,14 +895,16 @@ async def find_users(
     offset: int,
     default_tokens: int,
     default_usd: Decimal,
+    team_id: int | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """A page of live users whose email or name contains `search` (any case), newest first, and the match count."""
+    """A page of live users (of `team_id` when given) whose email or name contains `search` (any case), newest
+    first, and the match count."""
     users, counted, param = Table("users"), Params(), Params()
-    count = PostgreSQLQuery.from_(users).select(fn.Count("*")).where(_user_filter(search, counted))
+    count = PostgreSQLQuery.from_(users).select(fn.Count("*")).where(_user_filter(search, counted, team_id))
     total = await pool.fetchval(count.get_sql(), *counted.values)
     for value in (month, default_tokens, default_usd):  # $1..$3 of _USERS_MONTH
         param(value)
-    page = PostgreSQLQuery.from_(users).select(users.id).where(_user_filter(search, param))
+    page = PostgreSQLQuery.from_(users).select(users.id).where(_user_filter(search, param, team_id))
     page = _page(page.orderby(users.created_at, order=Order.desc).orderby(users.id), param, limit, offset)
     query = _USERS_MONTH.where(_u.id.isin(page)).orderby(_u.created_at, order=Order.desc).orderby(_u.id)
     return [dict(r) for r in await pool.fetch(query.get_sql(), *param.values)], int(total)
@@ -885,6 +944,9 @@ async def audit_page(
             trail.action,
             trail.reason,
             trail.user_id,
+            trail.actor,
+            trail.team_id,
+            trail.target,
             users.email.as_("user_email"),
             actor.name.as_("actor_name"),
             actor.lookup_id.as_("actor_lookup_id"),
@@ -906,22 +968,69 @@ async def service_keys(pool: asyncpg.Pool) -> list[KeyRow]:
 
 
 async def create_service_key(
-    pool: asyncpg.Pool, *, lookup_id: str, key_hash: str, name: str, is_admin: bool, actor_key_id: int | None
+    pool: asyncpg.Pool,
+    *,
+    lookup_id: str,
+    key_hash: str,
+    name: str,
+    is_admin: bool,
+    actor: Actor | None,
+    role: str | None = None,
+    role_team_id: int | None = None,
 ) -> KeyRow:
-    """A gateway key that belongs to no user, with its audit row, in one transaction."""
+    """A gateway key that belongs to no user (a management key when it has a `role`), audited, in one transaction.
+
+    Raises LookupError when `role_team_id` names no live team.
+    """
     async with pool.acquire() as conn, conn.transaction():
-        row = await insert_key(conn, lookup_id=lookup_id, key_hash=key_hash, name=name, is_admin=is_admin)
-        await conn.execute(
-            "INSERT INTO gateway_audit (action, reason, actor_key_id, target_key_id) VALUES ($1, $2, $3, $4)",
-            "admin_key_created" if is_admin else "key_created",
-            None,
-            actor_key_id,
-            row.id,
+        if role_team_id is not None and await team_by_id(conn, role_team_id, lock=True) is None:
+            raise LookupError(f"no team with id {role_team_id}")
+        row = await insert_key(
+            conn,
+            lookup_id=lookup_id,
+            key_hash=key_hash,
+            name=name,
+            is_admin=is_admin,
+            role=role,
+            role_team_id=role_team_id,
         )
+        action = "admin_key_created" if row.is_admin else f"{row.role}_key_created" if row.role else "key_created"
+        await _gateway_audit(conn, action, actor, target_key_id=row.id, team_id=role_team_id)
     return row
 
 
-async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | None, actor_key_id: int | None) -> bool:
+async def _gateway_audit(
+    conn: Connection | asyncpg.Pool,
+    action: str,
+    actor: Actor | None,
+    *,
+    reason: str | None = None,
+    target_key_id: int | None = None,
+    team_id: int | None = None,
+    target: str | None = None,
+) -> None:
+    """One audit row of a change that is not to a user (keys, teams, rate limits), naming who made it."""
+    await conn.execute(
+        "INSERT INTO gateway_audit (action, reason, actor_key_id, target_key_id, actor, team_id, target)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        action,
+        reason,
+        actor.key_id if actor else None,
+        target_key_id,
+        actor.subject if actor else None,
+        team_id,
+        target,
+    )
+
+
+async def audit_change(
+    pool: asyncpg.Pool, action: str, actor: Actor | None, *, target: str, reason: str | None = None
+) -> None:
+    """Audit a change made elsewhere (a rate-limit override, written by gateway/rate_limits/overrides.py)."""
+    await _gateway_audit(pool, action, actor, target=target, reason=reason)
+
+
+async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | None, actor: Actor | None) -> bool:
     """Revoke a key that belongs to no user (a user's key is regenerated or deleted with the user); False: none."""
     async with pool.acquire() as conn, conn.transaction():
         status = await conn.execute(
@@ -929,13 +1038,7 @@ async def revoke_service_key(pool: asyncpg.Pool, key_id: int, *, reason: str | N
         )
         if not status.endswith(" 1"):
             return False
-        await conn.execute(
-            "INSERT INTO gateway_audit (action, reason, actor_key_id, target_key_id)"
-            " VALUES ('key_revoked', $1, $2, $3)",
-            reason,
-            actor_key_id,
-            key_id,
-        )
+        await _gateway_audit(conn, "key_revoked", actor, reason=reason, target_key_id=key_id)
     return True
 
 
@@ -1056,3 +1159,187 @@ async def sso_identity_key(pool: asyncpg.Pool, name: str, make: Callable[[], tup
         name,
     )
     return _key(_returned(await pool.fetchrow(query, name)))
+
+
+# --- teams (issue 21) --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRow:
+    id: int
+    name: str
+    limit_tokens: int | None  # monthly; NULL: no team token limit
+    limit_usd: Decimal | None  # monthly; NULL: no team USD limit
+    created_at: datetime
+    updated_at: datetime
+
+
+_TEAM_COLUMNS = "id, name, limit_tokens, limit_usd, created_at, updated_at"
+
+
+async def team_by_id(conn: asyncpg.Pool | Connection, team_id: int, *, lock: bool = False) -> TeamRow | None:
+    """A live team by id; `lock` (inside a transaction) holds its row until the commit, so it cannot be deleted."""
+    sql = f"SELECT {_TEAM_COLUMNS} FROM teams WHERE id = $1 AND deleted_at IS NULL" + (" FOR SHARE" if lock else "")
+    row = await conn.fetchrow(sql, team_id)
+    return TeamRow(**dict(row)) if row else None
+
+
+async def team_by_name(conn: asyncpg.Pool | Connection, name: str) -> TeamRow | None:
+    """A live team by name, in any case (how a team claimed from single sign-on is found)."""
+    row = await conn.fetchrow(
+        f"SELECT {_TEAM_COLUMNS} FROM teams WHERE lower(name) = lower($1) AND deleted_at IS NULL", name
+    )
+    return TeamRow(**dict(row)) if row else None
+
+
+async def create_team(
+    pool: asyncpg.Pool, *, name: str, limit_tokens: int | None, limit_usd: Decimal | None, actor: Actor | None
+) -> TeamRow:
+    """A new team, audited; Conflict when a live team has that name (in any case)."""
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO teams (name, limit_tokens, limit_usd) VALUES ($1, $2, $3) RETURNING {_TEAM_COLUMNS}",
+                name,
+                limit_tokens,
+                limit_usd,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a team named {name!r} already exists") from None
+        team = TeamRow(**dict(_returned(row)))
+        await _gateway_audit(conn, "team_created", actor, team_id=team.id, reason=name)
+    return team
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChange:
+    """What a PATCH of a team changes: only the fields marked `set_*` (a limit set to None: no team limit)."""
+
+    name: str | None = None
+    set_limit_tokens: bool = False
+    limit_tokens: int | None = None
+    set_limit_usd: bool = False
+    limit_usd: Decimal | None = None
+
+    def describe(self) -> str:
+        parts = [f"name={self.name}"] if self.name is not None else []
+        parts += [f"limit_tokens={self.limit_tokens}"] if self.set_limit_tokens else []
+        parts += [f"limit_usd={self.limit_usd}"] if self.set_limit_usd else []
+        return ", ".join(parts)
+
+
+async def update_team(pool: asyncpg.Pool, team_id: int, change: TeamChange, *, actor: Actor | None) -> TeamRow | None:
+    """Rename a team or set its limits (one audit row); None: no such team; Conflict: the name is taken."""
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow(
+                "UPDATE teams SET name = coalesce($2, name),"
+                " limit_tokens = CASE WHEN $3 THEN $4 ELSE limit_tokens END,"
+                " limit_usd = CASE WHEN $5 THEN $6 ELSE limit_usd END, updated_at = now()"
+                f" WHERE id = $1 AND deleted_at IS NULL RETURNING {_TEAM_COLUMNS}",
+                team_id,
+                change.name,
+                change.set_limit_tokens,
+                change.limit_tokens,
+                change.set_limit_usd,
+                change.limit_usd,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a team named {change.name!r} already exists") from None
+        if row is None:
+            return None
+        action = "team_renamed" if change.name is not None else "team_limits_changed"
+        await _gateway_audit(conn, action, actor, team_id=team_id, reason=change.describe())
+    return TeamRow(**dict(row))
+
+
+async def delete_team(pool: asyncpg.Pool, team_id: int, *, actor: Actor | None) -> bool:
+    """Delete an empty team (kept as deleted, so its usage and audit rows still name it); False: no such team.
+
+    Raises Conflict while a live user is in it or a live team_admin key administers it (move or delete them first).
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM teams WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", team_id) is None:
+            return False
+        users = await conn.fetchval("SELECT count(*) FROM users WHERE team_id = $1 AND deleted_at IS NULL", team_id)
+        if users:
+            raise Conflict(f"the team still has {users} user(s); move or delete them first")
+        keys = await conn.fetchval("SELECT count(*) FROM api_keys WHERE team_id = $1 AND revoked_at IS NULL", team_id)
+        if keys:
+            raise Conflict(f"the team still has {keys} live team_admin key(s); revoke them first")
+        await conn.execute("UPDATE teams SET deleted_at = now(), updated_at = now() WHERE id = $1", team_id)
+        await _gateway_audit(conn, "team_deleted", actor, team_id=team_id)
+    return True
+
+
+async def teams_month_usage(pool: asyncpg.Pool, month: date, *, team_id: int | None = None) -> list[dict[str, Any]]:
+    """Every live team (or one) with its limits, live members and this month's counters (usage made for it)."""
+    rows = await pool.fetch(
+        f"""
+        SELECT {", ".join("t." + c for c in _TEAM_COLUMNS.split(", "))},
+               (SELECT count(*) FROM users u WHERE u.team_id = t.id AND u.deleted_at IS NULL) AS members,
+               coalesce(c.tokens, 0) AS tokens, coalesce(c.cost_usd, 0) AS cost_usd,
+               coalesce(c.requests, 0) AS requests
+        FROM teams t
+        LEFT JOIN usage_counters c ON c.month = $1 AND c.scope = 'team' AND c.scope_id = t.id::text
+        WHERE t.deleted_at IS NULL AND ($2::bigint IS NULL OR t.id = $2)
+        ORDER BY lower(t.name), t.id
+        """,
+        month,
+        team_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def team_usage_by_user(pool: asyncpg.Pool, team_id: int, start: date, end: date) -> list[dict[str, Any]]:
+    """A team's usage in [start, end) per user who made it there (members since gone included), costliest first.
+
+    Reads usage_log by its (team_id, created_at) index: one team's month of rows.
+    """
+    rows = await pool.fetch(
+        """
+        SELECT l.user_id, u.email, count(*) AS requests,
+               sum(l.input_tokens + l.output_tokens + l.cache_read_tokens + l.cache_write_tokens) AS tokens,
+               coalesce(sum(l.cost_usd), 0) AS cost_usd
+        FROM usage_log l LEFT JOIN users u ON u.id = l.user_id
+        WHERE l.team_id = $1 AND l.created_at >= $2::date::timestamp AT TIME ZONE 'UTC'
+          AND l.created_at < $3::date::timestamp AT TIME ZONE 'UTC'
+        GROUP BY l.user_id, u.email
+        ORDER BY 5 DESC, 3 DESC, u.email
+        """,
+        team_id,
+        start,
+        end,
+    )
+    return [dict(r) for r in rows]
+
+
+async def set_user_team(
+    pool: asyncpg.Pool, user_id: UUID, team_id: int | None, *, actor: Actor | None
+) -> UserRow | None:
+    """Move a user to `team_id` (None: out of any team), audited; None: no such user; LookupError: no such team.
+
+    Usage counts for the new team from now on; the rows already made stay with the team they were made for.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if team_id is not None and await team_by_id(conn, team_id, lock=True) is None:
+            raise LookupError(f"no team with id {team_id}")
+        before = await conn.fetchval(
+            "SELECT coalesce(team_id::text, 'none') FROM users WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", user_id
+        )
+        if before is None:
+            return None
+        row = await conn.fetchrow(
+            f"UPDATE users SET team_id = $2, updated_at = now() WHERE id = $1 RETURNING {_USER_COLUMNS}",
+            user_id,
+            team_id,
+        )
+        reason = f"team {before} -> {team_id if team_id is not None else 'none'}"
+        await _audit(conn, user_id, "team_changed", reason, actor, None, None)
+    return UserRow(**dict(_returned(row)))
+
+
+async def management_keys(pool: asyncpg.Pool) -> list[KeyRow]:
+    """Live keys with a role (admin, team_admin, viewer), newest first."""
+    sql = _KEY_SELECT + " WHERE k.role IS NOT NULL AND k.revoked_at IS NULL ORDER BY k.id DESC"
+    return [_key(r) for r in await pool.fetch(sql)]

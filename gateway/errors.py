@@ -8,6 +8,7 @@
     ├── TooManyAuthFailures         429  rate_limit_error             too many failed authentications from one address
     ├── Unauthenticated             401  authentication_error         no key, unknown or revoked key
     ├── Forbidden                   403  permission_error             a user key on an admin endpoint
+    ├── Conflict                    409  invalid_request_error        one regenerate of a key at a time
     ├── UnknownModel                404  not_found_error              model is neither an alias nor a routed id
     ├── RouteNotFound               404  not_found_error              no such endpoint
     ├── MethodNotAllowed            405  invalid_request_error        e.g. GET /v1/messages
@@ -99,6 +100,10 @@ class Unauthenticated(GatewayError):
 
 class Forbidden(GatewayError):
     status, anthropic_type, openai_type = 403, "permission_error", "permission_error"
+
+
+class Conflict(GatewayError):
+    status, anthropic_type, openai_type = 409, "invalid_request_error", "invalid_request_error"
 
 
 class UnknownModel(GatewayError):

@@ -25,6 +25,7 @@ import structlog
 from gateway import db
 from gateway.bcrypt_executor import BcryptExecutor
 from gateway.errors import ServiceUnavailable
+from gateway.roles import Actor, Role
 
 log = structlog.get_logger("gateway.keys")
 T = TypeVar("T")
@@ -43,6 +44,12 @@ class Principal:
     user_id: UUID | None = None
     token_limit: int | None = None  # the user's monthly token limit (None: the configured default)
     usd_limit: Decimal | None = None  # the key's monthly USD limit (None: the configured default)
+    role: Role | None = None  # a management key's role; None: a user's or a service key
+    role_team_id: int | None = None  # the team a team_admin key administers
+    team_id: int | None = None  # the team of the key's user, where its usage counts
+    team_token_limit: int | None = None  # that team's monthly limits (None: no team limit of that kind)
+    team_usd_limit: Decimal | None = None
+    from_env: bool = False  # GATEWAY_ADMIN_KEY
 
     @classmethod
     def from_row(cls, row: db.KeyRow) -> Principal:
@@ -54,7 +61,24 @@ class Principal:
             user_id=row.user_id,
             token_limit=row.limit_tokens,
             usd_limit=row.monthly_limit_usd,
+            role=Role.ADMIN if row.is_admin else Role(row.role) if row.role else None,
+            role_team_id=row.role_team_id,
+            team_id=row.team_id,
+            team_token_limit=row.team_limit_tokens,
+            team_usd_limit=row.team_limit_usd,
         )
+
+    @property
+    def actor(self) -> Actor:
+        """The identity this key acts as on the management API and the console (roles.py).
+
+        A management key has its role (a team_admin its team); any other key is a `user`, of its user's team.
+        """
+        subject = "env:GATEWAY_ADMIN_KEY" if self.from_env else f"key:{self.key_id}"
+        if self.role is not None:
+            team = self.role_team_id if self.role is Role.TEAM_ADMIN else None
+            return Actor(subject, self.role, team, self.user_id, key_id=self.key_id)
+        return Actor(subject, Role.USER, self.team_id, self.user_id, key_id=self.key_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Self-service: GET /v1/me and GET /v1/me/usage, for any caller with their own gateway key.
+"""Self-service: GET /v1/me, GET /v1/me/usage and POST /v1/me/regenerate, for any caller with their own key.
+
+Role `user` (issue 21): every key may read its own figures; a user's key may regenerate itself.
 
 Authenticated like a model request (`x-api-key` or `Authorization: Bearer`, or a registered Claude Code token);
 errors come in the dialect the auth header suggests (Anthropic's with `x-api-key`, OpenAI's otherwise). Figures
@@ -7,6 +9,7 @@ come from the month counters and the daily rollups, never from a scan of the usa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -20,8 +23,8 @@ from gateway.accounting.month_view import month_of
 from gateway.app_keys import REQUEST_ID, RUNTIME
 from gateway.composition import SERVICES
 from gateway.error_shape import ErrorShape
-from gateway.errors import BadRequest, GatewayError, ServiceUnavailable
-from gateway.keys import Principal
+from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable
+from gateway.keys import Principal, generate_key
 from gateway.pipeline import Exchange
 
 MAX_RANGE_DAYS = 366
@@ -142,6 +145,38 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     return _json({"from": start.isoformat(), "to": end.isoformat(), "days": days})
 
 
+async def regenerate(request: web.Request, who: Principal) -> web.Response:
+    """POST /v1/me/regenerate: a user's own key replaced by a new one, shown once; the old one stops at once here
+    (within auth.cache_ttl_s elsewhere). Audited as `regenerated` by the key itself. 403 for a key of no user.
+
+    {"apiKey": "gw-…", "keyId": "7f3a…", "user": {"id", "email"}}
+    """
+    if who.user_id is None or who.role is not None:
+        raise Forbidden("only a user's own gateway key can regenerate itself; management keys are replaced by an admin")
+    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    fresh: list[str] = []
+
+    async def new_key() -> tuple[str, str]:  # made while the user's row is locked: one regenerate at a time
+        made = await asyncio.to_thread(generate_key, cfg.auth.bcrypt_rounds)
+        fresh.append(made.plaintext)
+        return made.lookup_id, made.key_hash
+
+    try:
+        done = await db.regenerate_user_key(
+            svc.pool, who.user_id, new_key=new_key, reason="self-service", actor=who.actor
+        )
+    except db.Conflict as exc:
+        raise Conflict(str(exc)) from None
+    if done is None:
+        raise Forbidden("this key's user no longer exists")
+    user, key, old_key_id = done
+    if old_key_id is not None:
+        svc.key_cache.evict_key(old_key_id)
+    svc.claudecode_tokens.evict_user(user.id)  # the mapping now leads to the new key
+    return _json({"apiKey": fresh[-1], "keyId": key.lookup_id, "user": {"id": str(user.id), "email": user.email}})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/me", _guarded(me))
     app.router.add_get("/v1/me/usage", _guarded(usage))
+    app.router.add_post("/v1/me/regenerate", _guarded(regenerate))

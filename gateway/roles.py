@@ -11,6 +11,7 @@ Roles attach to people (single sign-on identities) and to management keys (issue
 from __future__ import annotations
 
 import enum
+from collections.abc import Set
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -36,3 +37,27 @@ class Actor:
     role: Role
     team_id: int | None = None
     user_id: UUID | None = None
+    key_id: int | None = None  # the api_keys row it acted with, when it is a key (audit rows keep the link)
+
+    def may(self, allowed: Set[Role]) -> bool:
+        """Whether this identity's role is one of `allowed` (an endpoint's or a page's declared roles)."""
+        return self.role in allowed
+
+    def manages_team(self, team_id: int | None) -> bool:
+        """Whether it may change the users and limits of `team_id`: an admin any, a team_admin only its own."""
+        return self.role is Role.ADMIN or (
+            self.role is Role.TEAM_ADMIN and team_id is not None and team_id == self.team_id
+        )
+
+    def reads_team(self, team_id: int | None) -> bool:
+        """Whether it may read `team_id`'s users and usage: admin and viewer all, a team_admin its own."""
+        return self.role is Role.VIEWER or self.manages_team(team_id)
+
+
+# What an endpoint or a page declares it needs (gateway/management.py, gateway/console/__init__.py).
+ADMIN_ONLY: frozenset[Role] = frozenset({Role.ADMIN})
+MANAGERS: frozenset[Role] = frozenset({Role.ADMIN, Role.TEAM_ADMIN})  # a team_admin within its own team
+READERS: frozenset[Role] = frozenset({Role.ADMIN, Role.VIEWER})  # usage and audit everywhere
+TEAM_READERS: frozenset[Role] = frozenset({Role.ADMIN, Role.VIEWER, Role.TEAM_ADMIN})  # a team_admin: its team
+USER_ONLY: frozenset[Role] = frozenset({Role.USER})  # a user's own key (regenerate it)
+ANYONE: frozenset[Role] = frozenset(Role)

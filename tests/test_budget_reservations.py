@@ -150,3 +150,57 @@ async def test_forty_concurrent_requests_against_a_key_usd_limit_overshoot_by_at
     cost = sum(r["cost_usd"] for r in rows)
     print(f"\none process, USD limit 0.001: {statuses.count(200)}/{CONCURRENT} served, {cost} USD")
     assert statuses.count(200) == 1 and statuses.count(429) == CONCURRENT - 1
+
+
+async def test_a_team_limit_holds_across_two_serve_processes_and_several_members(
+    database_url: str, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Four members of one team (each far from their own limit) spread forty requests over two processes: the
+    team's reservation refuses them all but one per process, as a user's does."""
+    _slow_replies(upstream)
+    team = await db.create_team(pool, name="Platform", limit_tokens=LIMIT, limit_usd=None, actor=None)
+    keys = []
+    for i in range(4):
+        key, row = await make_user(f"member{i}@example.com")
+        assert row.user_id is not None
+        await db.set_user_team(pool, row.user_id, team.id, actor=None)
+        keys.append(key)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}
+    procs, urls = [], []
+    for i in range(2):
+        port = free_port()
+        config = tmp_path / f"gateway-{i}.yaml"
+        config.write_text(
+            f"server: {{port: {port}}}\ndatabase: {{url: '{database_url}'}}\n"
+            f"providers: {{anthropic: {{base_url: '{upstream.url}', api_key: k, retries: {{attempts: 1}}}}}}\n"
+            "models: {claude-fast: {provider: anthropic, model: claude-haiku-4-5}}\n"
+            f"usage_log: {{flush_interval_ms: 20, spill_dir: '{tmp_path}/spill-{i}'}}\n"
+            "auth: {bcrypt_rounds: 4}\nlogging: {format: json, level: warning}\n"
+        )
+        cmd = [sys.executable, "-m", "gateway", "--config", str(config), "serve"]
+        procs.append(await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env))
+        urls.append(f"http://127.0.0.1:{port}/v1/messages")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for base in urls:
+                await wait_healthy(s, base.removesuffix("/v1/messages"))
+            answers = await asyncio.gather(
+                *(_post_for_body(s, urls[i % 2], keys[i % len(keys)]) for i in range(CONCURRENT))
+            )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        codes = [await asyncio.wait_for(proc.wait(), 20) for proc in procs]
+    assert codes == [0, 0]
+    statuses = [status for status, _ in answers]
+    rows = await db.usage_rows(pool)
+    tokens = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
+    _report("one team, four members, two `gateway serve` processes", statuses.count(200), tokens)
+    assert 1 <= statuses.count(200) <= 2 and statuses.count(429) == CONCURRENT - statuses.count(200)
+    assert all(body["scope"] == "team" for status, body in answers if status == 429)
+    assert {r["team_id"] for r in rows} == {team.id} and len(rows) == statuses.count(200)
+
+
+async def _post_for_body(s: aiohttp.ClientSession, url: str, key: str) -> tuple[int, Any]:
+    async with s.post(url, json=BODY, headers={"x-api-key": key}) as r:
+        return r.status, await r.json()

@@ -172,11 +172,11 @@ async def people(pool: asyncpg.Pool) -> dict[str, uuid.UUID]:
             lastname=last,
             claudecode_hmac=None,
             key=(f"gk_p{n}", "x"),
-            actor_key_id=None,
+            actor=None,
         )
         ids[first] = user.id
         await pool.execute("UPDATE users SET created_at = $2 WHERE id = $1", user.id, at(f"2026-01-0{n + 1}T00:00Z"))
-    await db.delete_user(pool, ids["Smith"], actor_key_id=None)
+    await db.delete_user(pool, ids["Smith"], actor=None)
     return ids
 
 

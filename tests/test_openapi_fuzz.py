@@ -51,7 +51,10 @@ MANAGEMENT_PATHS = (
     "/v1/user-api-keys",
     "/v1/dlp-findings",
     "/v1/rate-limits",
-)  # admin only, errors as {"error": "..."}
+    "/v1/teams",
+    "/v1/management-keys",
+    "/v1/audit",
+)  # management keys (an admin key admits them all), errors as {"error": "..."}
 
 
 def is_management(operation: APIOperation) -> bool:

@@ -228,7 +228,7 @@ async def test_the_override_of_a_deleted_user_can_still_be_removed(
     assert user_key.user_id is not None
     path = f"/v1/rate-limits/user/{user_key.user_id}"
     assert (await admin_call(gateway, admin, "PUT", path, b'{"requestsPerMinute": 5}'))[0] == 200
-    await db.delete_user(pool, user_key.user_id, actor_key_id=None)
+    await db.delete_user(pool, user_key.user_id, actor=None)
     listed = (await admin_call(gateway, admin, "GET", "/v1/rate-limits"))[1]["overrides"]
     assert [o["id"] for o in listed] == [str(user_key.user_id)]  # still listed...
     assert (await admin_call(gateway, admin, "DELETE", path))[0] == 200  # ...so it must be removable

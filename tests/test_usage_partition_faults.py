@@ -17,7 +17,7 @@ from gateway.accounting.partitions import drop_old_partitions, ensure_partitions
 from gateway.config import ConfigError
 from tests.conftest import gateway_config
 from tests.pg import create_test_database
-from tests.test_usage_partitions import MakeKey, learn_columns, row, where_rows_are
+from tests.test_usage_partitions import MakeKey, copy_to_an_early_usage_log, learn_columns, row, where_rows_are
 
 
 async def test_retention_also_applies_to_old_rows_waiting_in_the_default_partition(
@@ -56,7 +56,7 @@ async def test_migration_makes_partitions_only_for_months_with_rows(tmp_path: Pa
             "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin) VALUES ('x', 'h', 'n', false) RETURNING id"
         )
         rows = [row(key_id, datetime(1970, 1, 1, tzinfo=UTC)), row(key_id, datetime(2024, 3, 1, tzinfo=UTC))]
-        await conn.copy_records_to_table("usage_log", records=rows, columns=db.USAGE_COLUMNS)
+        await copy_to_an_early_usage_log(conn, rows)
         await db.migrate(conn)
         parts = await conn.fetchval("SELECT count(*) FROM pg_inherits WHERE inhparent = 'usage_log'::regclass")
         assert parts == 2 + 3 + 1  # the two months with rows, this month and two ahead, DEFAULT

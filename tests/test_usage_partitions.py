@@ -53,7 +53,7 @@ def row(key_id: int, at: datetime, *, tokens: int = 10) -> tuple[Any, ...]:
         "ttfb_ms": None,
         "streamed": False,
     }
-    return tuple(values[c] for c in db.USAGE_COLUMNS)
+    return tuple(values.get(c) for c in db.USAGE_COLUMNS)  # a column added after this test's schema: None
 
 
 async def where_rows_are(pool: asyncpg.Pool) -> dict[str, int]:
@@ -123,6 +123,18 @@ async def test_retention_drops_only_whole_months_before_the_kept_ones(pool: asyn
     assert "usage_log_default" in names  # never dropped
 
 
+async def copy_to_an_early_usage_log(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """COPY rows (in db.USAGE_COLUMNS order) into a usage_log made by the files before 009: only the columns it
+    has (later files add more, sql/011's team_id among them)."""
+    have = {
+        r["column_name"]
+        for r in await conn.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = 'usage_log'")
+    }
+    kept = [i for i, c in enumerate(db.USAGE_COLUMNS) if c in have]
+    records = [tuple(r[i] for i in kept) for r in rows]
+    await conn.copy_records_to_table("usage_log", records=records, columns=[db.USAGE_COLUMNS[i] for i in kept])
+
+
 async def test_migration_keeps_existing_rows_columns_and_indexes(tmp_path: Path) -> None:
     """An unpartitioned usage_log with rows, an extra column and an extra index (as a later sql/ file might
     add) comes out partitioned with all of them."""
@@ -142,7 +154,7 @@ async def test_migration_keeps_existing_rows_columns_and_indexes(tmp_path: Path)
             "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin) VALUES ('x', 'h', 'n', false) RETURNING id"
         )
         old = [row(key_id, datetime(2024, 2, 29, 23, 59, tzinfo=UTC)), row(key_id, datetime(2024, 3, 1, tzinfo=UTC))]
-        await conn.copy_records_to_table("usage_log", records=old, columns=db.USAGE_COLUMNS)
+        await copy_to_an_early_usage_log(conn, old)
         await conn.execute("UPDATE usage_log SET extra_count_for_this_test = 3")
 
         assert "009_usage_log_partitions.sql" in await db.migrate(conn)

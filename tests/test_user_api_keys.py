@@ -750,6 +750,7 @@ def usage_row(key_id: int, user_id: uuid.UUID, at: datetime, **fields: Any) -> d
         "cache_write_1h_tokens": 0,
         "web_search_requests": 0,
         "usage_estimated": False,
+        "team_id": None,  # sql/011_teams_and_roles.sql
         **fields,
     }
 

@@ -79,9 +79,10 @@ def _amounts(batch: list[tuple[Any, ...]]) -> Amounts:
     """Tokens and cost per (month, scope, id) in a batch of rows, as the usage view counts them."""
     totals: Amounts = {}
     at, key, user, cost = _COLUMN["created_at"], _COLUMN["key_id"], _COLUMN["user_id"], _COLUMN["cost_usd"]
+    team = _COLUMN["team_id"]
     for row in batch:
         tokens = sum(row[i] for i in _TOKEN_COLUMNS)
-        for scope in scopes(month_of(row[at]), row[key], row[user]):
+        for scope in scopes(month_of(row[at]), row[key], row[user], row[team]):
             entry = totals.setdefault(scope, [Decimal(0), Decimal(0)])
             entry[0] += tokens
             entry[1] += row[cost] or 0
@@ -129,7 +130,7 @@ class Ledger:
         ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
         u, who, when = ex.usage, ex.principal, self._view.clock()
         cost = cost_usd(self.price_for(ex.target.provider_model), u)
-        self._view.recorded(when, who.key_id, who.user_id, u.total, cost)
+        self._view.recorded(when, who.key_id, who.user_id, u.total, cost, who.team_id)
         self._rows.append(
             (
                 self._new_id(),
@@ -154,6 +155,7 @@ class Ledger:
                 u.cache_write_1h_tokens,
                 u.web_search_requests,
                 u.estimated,
+                who.team_id,  # the user's team now: a later move takes none of this row along
             )
         )
         self._observe(ex, u, cost, ttfb_ms)

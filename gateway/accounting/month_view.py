@@ -29,7 +29,7 @@ from gateway import db
 
 log = structlog.get_logger("gateway.budgets")
 
-Scope = tuple[date, str, str]  # (month, "user" | "key", id)
+Scope = tuple[date, str, str]  # (month, "user" | "key" | "team", id)
 Amounts = dict[Scope, list[Decimal]]  # scope -> [tokens, cost_usd]
 
 
@@ -43,13 +43,18 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def scopes(month: date, key_id: int, user_id: UUID | None) -> list[Scope]:
-    keyed: list[Scope] = [(month, "key", str(key_id))]
-    return [*keyed, (month, "user", str(user_id))] if user_id is not None else keyed
+def scopes(month: date, key_id: int, user_id: UUID | None, team_id: int | None = None) -> list[Scope]:
+    """The counters one request moves: its key's, its user's (if any) and its team's (if any)."""
+    out: list[Scope] = [(month, "key", str(key_id))]
+    if user_id is not None:
+        out.append((month, "user", str(user_id)))
+    if team_id is not None:
+        out.append((month, "team", str(team_id)))
+    return out
 
 
 class MonthView:
-    """Month-to-date tokens per user and USD per key, as the budget check sees them."""
+    """Month-to-date tokens per user, USD per key, and both per team, as the budget check sees them."""
 
     def __init__(self, pool: asyncpg.Pool | None, *, refresh_s: float = 2.0, clock: Callable[[], datetime] = utc_now):
         self._pool, self.refresh_s, self.clock = pool, refresh_s, clock
@@ -73,10 +78,17 @@ class MonthView:
         entry = self._reserved.get((month_of(self.clock()), "key", str(key_id)))
         return entry[1] if entry else Decimal(0)
 
-    def reserve(self, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal) -> Amounts:
-        """Hold `tokens` and `cost` against the key's and the user's month until `release` (a request in flight)."""
+    def team_reserved(self, team_id: int) -> tuple[int, Decimal]:
+        """(tokens, USD) the requests in flight on this process hold against a team's month."""
+        entry = self._reserved.get((month_of(self.clock()), "team", str(team_id)))
+        return (int(entry[0]), entry[1]) if entry else (0, Decimal(0))
+
+    def reserve(
+        self, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal, team_id: int | None = None
+    ) -> Amounts:
+        """Hold `tokens` and `cost` against the key's, the user's and the team's month until `release`."""
         held: Amounts = {}
-        for scope in scopes(month_of(self.clock()), key_id, user_id):
+        for scope in scopes(month_of(self.clock()), key_id, user_id, team_id):
             entry = self._reserved[scope]
             entry[0] += tokens
             entry[1] += cost
@@ -98,6 +110,11 @@ class MonthView:
     def cost_used(self, key_id: int) -> Decimal:
         return self._used((month_of(self.clock()), "key", str(key_id)))[1]
 
+    def team_used(self, team_id: int) -> tuple[int, Decimal]:
+        """(tokens, USD) of a team's month: the usage rows made for it, whoever is in it now."""
+        tokens, cost = self._used((month_of(self.clock()), "team", str(team_id)))
+        return int(tokens), cost
+
     def _used(self, scope: Scope) -> list[Decimal]:
         base, local = self._snapshot.get(scope), self._local.get(scope)
         tokens, cost = (base[0], base[1]) if base else (Decimal(0), Decimal(0))
@@ -107,8 +124,16 @@ class MonthView:
 
     # --- what the usage log tells it ---
 
-    def recorded(self, when: datetime, key_id: int, user_id: UUID | None, tokens: int, cost: Decimal | None) -> None:
-        for scope in scopes(month_of(when), key_id, user_id):
+    def recorded(
+        self,
+        when: datetime,
+        key_id: int,
+        user_id: UUID | None,
+        tokens: int,
+        cost: Decimal | None,
+        team_id: int | None = None,
+    ) -> None:
+        for scope in scopes(month_of(when), key_id, user_id, team_id):
             entry = self._local[scope]
             entry[0] += tokens
             entry[1] += cost or 0

@@ -44,6 +44,7 @@ _ADDED_DEFAULTS = {
     "cache_write_1h_tokens": 0,
     "web_search_requests": 0,
     "usage_estimated": False,
+    "team_id": None,  # sql/011_teams_and_roles.sql
 }
 
 

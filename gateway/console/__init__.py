@@ -7,6 +7,7 @@ API's request path pays nothing for it. Off with `console.enabled: false`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,8 @@ from gateway.app_keys import REQUEST_ID
 from gateway.composition import SERVICES
 from gateway.config import GatewayConfig
 from gateway.console import actions, pages, sso
-from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
+from gateway.console.session import VISITOR, CookieSessions, Page, page, sign_in, sign_in_form, sign_out
+from gateway.roles import ADMIN_ONLY, ANYONE, MANAGERS, READERS, TEAM_READERS, Role
 
 log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,6 +89,33 @@ def _when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+@dataclass(frozen=True, slots=True)
+class ConsolePage:
+    method: str
+    path: str  # under /console
+    handler: Page
+    roles: frozenset[Role]  # who may open (or post) it; a team_admin only for its own team's users
+
+
+# Every signed-in page, with the roles it admits (tests/test_roles.py checks each page for every role).
+PAGES: tuple[ConsolePage, ...] = (
+    ConsolePage("GET", "/", pages.overview, READERS),
+    ConsolePage("GET", "/users", pages.users, TEAM_READERS),
+    ConsolePage("POST", "/users", actions.create_user, MANAGERS),
+    ConsolePage("GET", "/users/{id}", pages.user, TEAM_READERS),
+    ConsolePage("POST", "/users/{id}/regenerate", actions.regenerate, MANAGERS),
+    ConsolePage("POST", "/users/{id}/limit", actions.raise_limit, MANAGERS),
+    ConsolePage("POST", "/users/{id}/delete", actions.delete_user, MANAGERS),
+    ConsolePage("GET", "/teams", pages.teams, TEAM_READERS),
+    ConsolePage("GET", "/keys", pages.keys, ADMIN_ONLY),
+    ConsolePage("POST", "/keys", actions.create_key, ADMIN_ONLY),
+    ConsolePage("POST", "/keys/{id}/revoke", actions.revoke_key, ADMIN_ONLY),
+    ConsolePage("GET", "/audit", pages.audit, READERS),
+    ConsolePage("GET", "/config", pages.config, ADMIN_ONLY),
+    ConsolePage("GET", "/me", pages.me, ANYONE),
+)
+
+
 def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Application:
     """The /console sub-application; its session secret is read (or made) when the gateway starts."""
     sessions = CookieSessions(cfg.console)
@@ -111,19 +140,12 @@ def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Applicatio
     r.add_post("/sign-in", sign_in)
     r.add_post("/sign-out", sign_out)
     sso.add_routes(r)
-    r.add_get("/", pages.overview)
-    r.add_get("/users", pages.users)
-    r.add_post("/users", actions.create_user)
-    r.add_get("/users/{id}", pages.user)
-    r.add_post("/users/{id}/regenerate", actions.regenerate)
-    r.add_post("/users/{id}/limit", actions.raise_limit)
-    r.add_post("/users/{id}/delete", actions.delete_user)
-    r.add_get("/keys", pages.keys)
-    r.add_post("/keys", actions.create_key)
-    r.add_post("/keys/{id}/revoke", actions.revoke_key)
-    r.add_get("/audit", pages.audit)
-    r.add_get("/config", pages.config)
-    r.add_get("/me", pages.me)
+    for p in PAGES:
+        guarded = page(p.roles)(p.handler)
+        if p.method == "GET":
+            r.add_get(p.path, guarded)  # HEAD too
+        else:
+            r.add_route(p.method, p.path, guarded)
     r.add_static("/static", STATIC)
     return console
 

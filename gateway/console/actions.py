@@ -1,4 +1,7 @@
-"""The console's management actions (POST, CSRF-checked by the `page` guard), each audited with the acting key.
+"""The console's management actions (POST, CSRF-checked by the `page` guard), each audited with the acting identity.
+
+Which role may post each is declared in the console's page table (gateway/console/__init__.py); a team_admin acts
+only on the users of its own team (403 for any other) and never raises a limit above its team's.
 
 They do what the management API does (gateway/admin.py) and evict the same caches, so a change takes effect at
 once on this process and within `auth.cache_ttl_s` on the others. A new key is shown once, in the answer to the
@@ -21,8 +24,9 @@ from gateway import db
 from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES, Services
 from gateway.console.pages import user_id_of
-from gateway.console.session import Form, Visitor, page
+from gateway.console.session import Form, Visitor
 from gateway.keys import KEY_PREFIX, claudecode_hmac, generate_key
+from gateway.roles import Role
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_INCREMENT = 10**15
@@ -71,7 +75,6 @@ def _shown(request: web.Request, who: Visitor, title: str, key: str, email: str 
     return aiohttp_jinja2.render_template("key_shown.html", request, context, status=201)
 
 
-@page(admin=True)
 async def create_user(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/users: a user and their first key (shown once); the Claude Code token is optional."""
     svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
@@ -91,7 +94,8 @@ async def create_user(request: web.Request, who: Visitor) -> web.StreamResponse:
             lastname=_field(form, "lastname"),
             claudecode_hmac=claudecode_hmac(svc.claudecode_tokens.secret, token) if token else None,
             key=(lookup_id, key_hash),
-            actor_key_id=who.key_id,
+            actor=who.actor,
+            team_id=who.actor.team_id if who.actor.role is Role.TEAM_ADMIN else None,
         )
     except db.Conflict as exc:
         raise web.HTTPConflict(text=str(exc)) from None
@@ -100,11 +104,10 @@ async def create_user(request: web.Request, who: Visitor) -> web.StreamResponse:
     return _shown(request, who, f"User {email} created", plaintext, email)
 
 
-@page(admin=True)
 async def regenerate(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/users/{id}/regenerate: a new key (shown once), the old one refused; the reason is audited."""
     svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
-    user_id = user_id_of(request)
+    user_id = await _managed_user(request, who)
     reason = _field(await request.post(), "reason", max_len=500)
     plaintext = ""
 
@@ -114,7 +117,7 @@ async def regenerate(request: web.Request, who: Visitor) -> web.StreamResponse:
         return lookup_id, key_hash
 
     try:
-        done = await db.regenerate_user_key(svc.pool, user_id, new_key=new_key, reason=reason, actor_key_id=who.key_id)
+        done = await db.regenerate_user_key(svc.pool, user_id, new_key=new_key, reason=reason, actor=who.actor)
     except db.Conflict as exc:
         raise web.HTTPConflict(text=str(exc)) from None
     if done is None:
@@ -122,6 +125,17 @@ async def regenerate(request: web.Request, who: Visitor) -> web.StreamResponse:
     found, _, old_key_id = done
     _evict_user(svc, user_id, old_key_id)
     return _shown(request, who, f"New key for {found.email}", plaintext, found.email)
+
+
+async def _managed_user(request: web.Request, who: Visitor) -> UUID:
+    """The user in the path, when `who` may manage them (a team_admin: its own team's); 404 / 403 otherwise."""
+    user_id = user_id_of(request)
+    found = await db.get_user(request.config_dict[SERVICES].pool, user_id)
+    if found is None:
+        raise web.HTTPNotFound(text="no such user")
+    if not who.actor.manages_team(found.team_id):
+        raise web.HTTPForbidden(text="a team admin manages the users of their own team only")
+    return user_id
 
 
 def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
@@ -132,18 +146,24 @@ def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
     svc.key_cache.evict_user(user_id)
 
 
-@page(admin=True)
 async def raise_limit(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/users/{id}/limit: add `increment` tokens to the user's monthly limit."""
     svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
-    user_id = user_id_of(request)
+    user_id = await _managed_user(request, who)
     raw = _field(await request.post(), "increment", max_len=20).replace(",", "").replace("_", "")
     if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_INCREMENT:
         raise FormError(text=f"'increment' must be a whole number of tokens from 1 to {MAX_INCREMENT:,}")
     try:
         new_limit = await db.increase_token_limit(
-            svc.pool, user_id, int(raw), default_limit=cfg.budgets.monthly_token_limit, actor_key_id=who.key_id
+            svc.pool,
+            user_id,
+            int(raw),
+            default_limit=cfg.budgets.monthly_token_limit,
+            actor=who.actor,
+            within_team_limit=who.actor.role is not Role.ADMIN,
         )
+    except db.AboveTeamLimit as exc:
+        raise web.HTTPForbidden(text=f"a team admin cannot raise a limit above the team's: {exc}") from None
     except asyncpg.NumericValueOutOfRangeError:
         raise FormError(text="the new limit would exceed the largest storable limit") from None
     if new_limit is None:
@@ -153,12 +173,11 @@ async def raise_limit(request: web.Request, who: Visitor) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/console/users/{user_id}")
 
 
-@page(admin=True)
 async def delete_user(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/users/{id}/delete: revoke the user's keys and free their Claude Code token."""
     svc = request.config_dict[SERVICES]
-    user_id = user_id_of(request)
-    revoked = await db.delete_user(svc.pool, user_id, actor_key_id=who.key_id)
+    user_id = await _managed_user(request, who)
+    revoked = await db.delete_user(svc.pool, user_id, actor=who.actor)
     if revoked is None:
         raise web.HTTPNotFound(text="no such user")
     _evict_user(svc, user_id, *revoked)
@@ -166,7 +185,6 @@ async def delete_user(request: web.Request, who: Visitor) -> web.StreamResponse:
     raise web.HTTPSeeOther("/console/users")
 
 
-@page(admin=True)
 async def create_key(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/keys: an admin or service key that belongs to no user (shown once)."""
     svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
@@ -175,12 +193,11 @@ async def create_key(request: web.Request, who: Visitor) -> web.StreamResponse:
     is_admin = form.get("admin") == "on"
     plaintext, lookup_id, key_hash = await asyncio.to_thread(_new_key, cfg.auth.bcrypt_rounds)
     await db.create_service_key(
-        svc.pool, lookup_id=lookup_id, key_hash=key_hash, name=name, is_admin=is_admin, actor_key_id=who.key_id
+        svc.pool, lookup_id=lookup_id, key_hash=key_hash, name=name, is_admin=is_admin, actor=who.actor
     )
     return _shown(request, who, f"{'Admin' if is_admin else 'Service'} key {name!r} created", plaintext, None)
 
 
-@page(admin=True)
 async def revoke_key(request: web.Request, who: Visitor) -> web.StreamResponse:
     """POST /console/keys/{id}/revoke: refused at once here, within auth.cache_ttl_s elsewhere."""
     svc = request.config_dict[SERVICES]
@@ -190,7 +207,7 @@ async def revoke_key(request: web.Request, who: Visitor) -> web.StreamResponse:
     reason = _field(await request.post(), "reason", max_len=500, required=False) or None
     if int(raw) == who.key_id:
         raise FormError(text="this is the key you are signed in with: sign in with another admin key to revoke it")
-    if not await db.revoke_service_key(svc.pool, int(raw), reason=reason, actor_key_id=who.key_id):
+    if not await db.revoke_service_key(svc.pool, int(raw), reason=reason, actor=who.actor):
         raise web.HTTPNotFound(text="no such key, or it belongs to a user (regenerate or delete the user instead)")
     svc.key_cache.evict_key(int(raw))
     await _flash(request, "Key revoked.")

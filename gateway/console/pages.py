@@ -23,8 +23,9 @@ from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES, Services
 from gateway.config import GatewayConfig
 from gateway.console import charts
-from gateway.console.session import Visitor, page
+from gateway.console.session import Visitor
 from gateway.keys import lookup_id_of
+from gateway.roles import Role
 
 PAGE_SIZE = 25
 MAX_PAGE = 100_000
@@ -116,7 +117,6 @@ def _costliest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (-r["cost_usd"], str(r["name"])))
 
 
-@page(admin=True)
 async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
     """This month: totals, spend per day, per model and route, top users, users near limits, errors and latency."""
     cfg, svc, month = _ctx(request)
@@ -151,7 +151,6 @@ async def overview(request: web.Request, who: Visitor) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("overview.html", request, context)
 
 
-@page(admin=True)
 async def users(request: web.Request, who: Visitor) -> web.StreamResponse:
     """Users with this month's usage; ?q= searches email and name, ?page= pages."""
     cfg, svc, month = _ctx(request)
@@ -162,8 +161,9 @@ async def users(request: web.Request, who: Visitor) -> web.StreamResponse:
             " or name; if the key was shared, regenerate it."
         )
     number = _page_number(request)
+    team = who.actor.team_id if who.actor.role is Role.TEAM_ADMIN else None  # a team_admin sees its own team
     rows, total = await db.find_users(
-        svc.pool, month, search=search, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, **_limits(cfg)
+        svc.pool, month, search=search, limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE, team_id=team, **_limits(cfg)
     )
     pages = max(1, -(-total // PAGE_SIZE))
     context = {"who": who, "rows": rows, "total": total, "q": search, "page": number, "pages": pages, "month": month}
@@ -177,7 +177,6 @@ def user_id_of(request: web.Request) -> uuid.UUID:
         raise web.HTTPNotFound(text="no such user") from None
 
 
-@page(admin=True)
 async def user(request: web.Request, who: Visitor) -> web.StreamResponse:
     """One user: month figures and limits, daily usage per model, recent requests, audit trail, actions."""
     cfg, svc, month = _ctx(request)
@@ -185,6 +184,8 @@ async def user(request: web.Request, who: Visitor) -> web.StreamResponse:
     found = await db.get_user(svc.pool, user_id)
     if found is None:
         raise web.HTTPNotFound(text="no such user")
+    if not who.actor.reads_team(found.team_id):
+        raise web.HTTPForbidden(text="a team admin sees the users of their own team only")
     context = {"who": who, "user": found, **await user_usage(svc, cfg, month, found)}
     context["recent"] = await db.recent_usage(svc.pool, user_id)
     context["audit"], _ = await db.audit_page(svc.pool, user_id=user_id, limit=50)
@@ -212,7 +213,6 @@ async def user_usage(svc: Services, cfg: GatewayConfig, month: date, found: db.U
     }
 
 
-@page(admin=True)
 async def keys(request: web.Request, who: Visitor) -> web.StreamResponse:
     """Gateway keys that belong to no user: admin and service keys."""
     _, svc, _ = _ctx(request)
@@ -220,7 +220,6 @@ async def keys(request: web.Request, who: Visitor) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("keys.html", request, context)
 
 
-@page(admin=True)
 async def audit(request: web.Request, who: Visitor) -> web.StreamResponse:
     """Every management action, newest first: what, on whom, by which key, why."""
     _, svc, _ = _ctx(request)
@@ -231,7 +230,6 @@ async def audit(request: web.Request, who: Visitor) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("audit.html", request, context)
 
 
-@page(admin=True)
 async def config(request: web.Request, who: Visitor) -> web.StreamResponse:
     """The configuration in force (read-only): aliases, routing rules, prices, budgets, when it was loaded."""
     runtime = request.config_dict[RUNTIME]
@@ -240,7 +238,6 @@ async def config(request: web.Request, who: Visitor) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("config.html", request, context)
 
 
-@page(admin=False)
 async def me(request: web.Request, who: Visitor) -> web.StreamResponse:
     """A caller's own month: usage against their limits and their daily usage per model."""
     cfg, svc, month = _ctx(request)
@@ -259,3 +256,13 @@ async def me(request: web.Request, who: Visitor) -> web.StreamResponse:
             "chart": charts.tokens_per_day_by_model(rows, month_days(month, today), f"Tokens per day, {month:%B %Y}"),
         }
     return aiohttp_jinja2.render_template("me.html", request, context)
+
+
+async def teams(request: web.Request, who: Visitor) -> web.StreamResponse:
+    """Teams with their limits, members and this month's usage made there (a team_admin: its own team)."""
+    _, svc, month = _ctx(request)
+    own = who.actor.team_id if who.actor.role is Role.TEAM_ADMIN else None
+    rows = await db.teams_month_usage(svc.pool, month, team_id=own)
+    for row in rows:
+        row["by_user"] = await db.team_usage_by_user(svc.pool, row["id"], month, next_month(month))
+    return aiohttp_jinja2.render_template("teams.html", request, {"who": who, "month": month, "teams": rows})

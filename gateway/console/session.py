@@ -15,7 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
@@ -57,7 +57,7 @@ class Visitor:
     is_admin: bool
     user_id: UUID | None
     csrf: str
-    actor: Actor | None = None  # set for a person signed in through SSO: their role and team (gateway/sso)
+    actor: Actor  # the role (and a team_admin's team) pages check, and the identity audit rows name
 
 
 VISITOR = web.RequestKey("console_visitor", Visitor)
@@ -145,13 +145,15 @@ async def visitor(request: web.Request) -> Visitor | None:
         session.invalidate()
         return None
     if session.get("sso") and (person := await db.console_session_sso(pool, _hash(sid))) is not None:
-        actor = Actor(person.subject, Role(person.role), await resolve_team(pool, person.team), row.user_id)
+        team = await resolve_team(pool, person.team)
+        actor = Actor(person.subject, Role(person.role), team, row.user_id, key_id=row.id)
         return Visitor(row.id, person.subject, actor.role is Role.ADMIN, row.user_id, csrf_token(session), actor)
-    return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session))
+    return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session), Principal.from_row(row).actor)
 
 
-def page(*, admin: bool) -> Callable[[Page], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-    """Guard a console handler: no session -> the sign-in page; a POST needs the CSRF token; admin pages 403 others."""
+def page(roles: Set[Role]) -> Callable[[Page], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """Guard a console handler: no session -> the sign-in page; a POST needs the CSRF token; a role not in `roles`
+    gets 403. The roles come from the console's page table (gateway/console/__init__.py)."""
 
     def wrap(handler: Page) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -160,8 +162,10 @@ def page(*, admin: bool) -> Callable[[Page], Callable[[web.Request], Awaitable[w
                 raise web.HTTPSeeOther(SIGN_IN)
             if request.method == "POST":
                 await check_csrf(request, await aiohttp_session.get_session(request))
-            if admin and not who.is_admin:
-                return aiohttp_jinja2.render_template("forbidden.html", request, {"who": who}, status=403)
+            if not who.actor.may(roles):
+                others = sorted(r.value for r in roles if r is not Role.ADMIN)
+                context = {"who": who, "others": others}
+                return aiohttp_jinja2.render_template("forbidden.html", request, context, status=403)
             request[VISITOR] = who
             return await handler(request, who)
 
@@ -170,10 +174,18 @@ def page(*, admin: bool) -> Callable[[Page], Callable[[web.Request], Awaitable[w
     return wrap
 
 
+def landing_page(role: Role) -> str:
+    """Where a person lands after signing in: the first page their role may open (the overview for those who read
+    everything, a team_admin's users, anyone else their own page)."""
+    if role in (Role.ADMIN, Role.VIEWER):
+        return "/console/"
+    return "/console/users" if role is Role.TEAM_ADMIN else "/console/me"
+
+
 async def sign_in_form(request: web.Request) -> web.StreamResponse:
     """GET /console/sign-in: the form (already signed in: straight to the console)."""
     if (who := await visitor(request)) is not None:
-        raise web.HTTPSeeOther("/console/" if who.is_admin else "/console/me")
+        raise web.HTTPSeeOther(landing_page(who.actor.role))
     session = await aiohttp_session.get_session(request)
     return aiohttp_jinja2.render_template("sign_in.html", request, {"csrf": csrf_token(session), "error": None})
 
@@ -196,7 +208,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     session = await aiohttp_session.new_session(request)  # a new cookie on sign-in: no fixation
     session["sid"] = sid
     csrf_token(session)
-    raise web.HTTPSeeOther("/console/" if principal.is_admin else "/console/me")
+    raise web.HTTPSeeOther(landing_page(principal.actor.role))
 
 
 @dataclass(frozen=True, slots=True)

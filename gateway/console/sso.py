@@ -24,10 +24,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from gateway import db
 from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES
-from gateway.console.session import SIGN_IN, CookieSessions, _hash, csrf_token
+from gateway.console.session import SIGN_IN, CookieSessions, _hash, csrf_token, landing_page
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
-from gateway.roles import Role
 from gateway.sso.people import PeopleSignIn, identity_of, key_of, pkce_pair
 
 FLOW_COOKIE = "gateway_sso_flow"
@@ -119,7 +118,7 @@ async def sso_callback(request: web.Request) -> web.StreamResponse:
     session = await aiohttp_session.new_session(request)  # a new cookie on sign-in: no fixation
     session["sid"], session["sso"] = sid, True
     csrf_token(session)
-    target = "/console/" if person.role is Role.ADMIN else "/console/me"
+    target = landing_page(person.role)
     response = aiohttp_jinja2.render_template("signed_in.html", request, {"target": target, "who": None})
     response.del_cookie(FLOW_COOKIE, path=FLOW_PATH)
     return response

@@ -58,13 +58,11 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
 
 
 async def resolve_team(pool: asyncpg.Pool, team: str | None) -> int | None:
-    """The id of the team named `team` (from `sso.team_claim`), or None.
-
-    The teams table comes with issue 21's teams work (db.team_by_name); until it is merged the name stays in the
-    session (console_sessions.sso_team) and no id is resolved.
-    """
-    del pool, team
-    return None
+    """The id of the live team named `team` (from `sso.team_claim`, any case), or None when absent or unknown."""
+    if not team:
+        return None
+    row = await db.team_by_name(pool, team)
+    return row.id if row else None
 
 
 async def actor_of(pool: asyncpg.Pool, person: Identity) -> Actor:

@@ -1,7 +1,9 @@
 """Stage 3: refuse a request before any upstream token is spent once its monthly budget is used up.
 
 Two limits, as the original design had them: a monthly token limit per user (`limitToken`) and a monthly
-USD limit per gateway key (`monthlyLimitUsd`). Usage comes from the in-process MonthView, never a query.
+USD limit per gateway key (`monthlyLimitUsd`); and, for a user in a team, the team's monthly token and USD limits
+(issue 21), checked beside them so that the tighter one refuses. Usage comes from the in-process MonthView,
+never a query.
 
 A request admitted reserves what it may cost (input estimated from the body's size, plus its max_tokens, at
 its model's price) until its usage row is recorded, and is admitted only while the month's usage plus the
@@ -131,7 +133,7 @@ class CheckBudget:
             self._metrics.budget_rejections.inc((refused.code,))
             raise
         tokens, cost = reservation(ex, self._price_of(ex.alias_name), self._alias_of(ex.alias_name))
-        held: Amounts = self._usage.reserve(who.key_id, who.user_id, tokens, cost)
+        held: Amounts = self._usage.reserve(who.key_id, who.user_id, tokens, cost, who.team_id)
         owner = who.user_id or who.key_id
         self._in_flight[owner] += 1
         try:
@@ -166,6 +168,35 @@ class CheckBudget:
                 f"Monthly budget exceeded ({cost:.2f} / {limit_usd:.2f} USD){_in_progress(round(held, 2), 'USD')}",
                 code="monthly_budget_limit",
                 extra={"costUsedUsd": float(round(cost, 6)), "costLimitUsd": float(limit_usd)},
+            )
+        if who.team_id is not None:
+            self._check_team(who)
+
+    def _check_team(self, who: Principal) -> None:
+        """The team's limits, beside the user's and the key's: whichever is reached first refuses (the tighter).
+
+        The 429 has the same fields as the user's and the key's, plus `scope: "team"` and the team's id; the team's
+        figures are the usage rows made for it this month, by whoever was in it then.
+        """
+        assert who.team_id is not None
+        (used, cost), (held_tokens, held_usd) = (
+            self._usage.team_used(who.team_id),
+            self._usage.team_reserved(who.team_id),
+        )
+        team = {"scope": "team", "teamId": who.team_id}
+        if who.team_token_limit is not None and used + held_tokens >= who.team_token_limit:
+            raise BudgetExceeded(
+                f"Team monthly token limit exceeded ({used} / {who.team_token_limit} tokens)"
+                f"{_in_progress(held_tokens, 'tokens')}",
+                code="monthly_token_limit",
+                extra={"tokensUsed": used, "tokenLimit": who.team_token_limit, **team},
+            )
+        if who.team_usd_limit is not None and cost + held_usd >= who.team_usd_limit:
+            raise BudgetExceeded(
+                f"Team monthly budget exceeded ({cost:.2f} / {who.team_usd_limit:.2f} USD)"
+                f"{_in_progress(round(held_usd, 2), 'USD')}",
+                code="monthly_budget_limit",
+                extra={"costUsedUsd": float(round(cost, 6)), "costLimitUsd": float(who.team_usd_limit), **team},
             )
 
 

@@ -289,11 +289,21 @@ async def test_management_api_takes_a_persons_token_with_the_role_from_groups(
     ):
         assert resp.status == 201, await resp.text()
     actor = await pool.fetchrow(
-        "SELECT k.name FROM key_audit a JOIN api_keys k ON k.id = a.actor_key_id WHERE a.action = 'created'"
+        "SELECT k.name, a.actor FROM key_audit a JOIN api_keys k ON k.id = a.actor_key_id WHERE a.action = 'created'"
     )
     assert actor["name"] == "sso:ops@example.com"  # the audit names the person
-    finance = await idp.client_token("finance-cli", MANAGEMENT_AUDIENCE)  # viewer: not an admin endpoint's role
-    assert (await admin_get(server, finance))[0] == 403
+    assert actor["actor"] == "sso:ops@example.com"
+    finance = await idp.client_token("finance-cli", MANAGEMENT_AUDIENCE)  # viewer: reads everything, changes nothing
+    assert (await admin_get(server, finance))[0] == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.make_url("/v1/user-api-keys"),
+            json={"email": "other@example.com", "firstname": "Other", "lastname": "Person"},
+            headers={"Authorization": f"Bearer {finance}"},
+        ) as resp,
+    ):
+        assert resp.status == 403, await resp.text()
     intern = await idp.client_token("intern-cli", MANAGEMENT_AUDIENCE)  # unmapped, no default role
     status, body = await admin_get(server, intern)
     assert status == 403 and "sso.roles" in body["error"]

@@ -70,9 +70,11 @@ async def test_sign_in_with_sso_maps_groups_to_console_roles(
     await admin.wait_for_url(str(server.make_url("/console/sign-in")))
     assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 0
 
-    viewer = await sign_in_with_sso(browser, server, "victor")  # finance -> viewer: not an admin page's role
-    await viewer.wait_for_url(str(server.make_url("/console/me")))
+    viewer = await sign_in_with_sso(browser, server, "victor")  # finance -> viewer: reads everything
+    await viewer.wait_for_url(str(server.make_url("/console/")))
     response = await viewer.goto(str(server.make_url("/console/users")))
+    assert response.status == 200
+    response = await viewer.goto(str(server.make_url("/console/keys")))  # admin only: management keys
     assert response.status == 403
 
     context = await browser.new_context()

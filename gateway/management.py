@@ -1,0 +1,113 @@
+"""The management API's route table: every endpoint, its handler and the roles it admits, on one screen.
+
+`ROUTES` is the only place an endpoint is declared: `add_routes` registers it behind `guarded` (authenticate,
+check the role, then run), the README's Endpoints table states the same roles, and the role x endpoint test
+(tests/test_roles.py) is generated from it, so an endpoint cannot be added without its expectations.
+A role admits the endpoint; a team_admin is further limited, inside the handler, to its own team's users.
+Errors are `{"error": "..."}`: 401 without a valid key, 403 for a role the endpoint does not admit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.hdrs import EXPECT
+
+from gateway import admin, db, teams_api
+from gateway.admin import AdminError, UserKeysApi, _json, authenticate_actor
+from gateway.app_keys import RUNTIME, SERVICES, SLOTS
+from gateway.error_shape import ErrorShape
+from gateway.errors import GatewayError
+from gateway.roles import ADMIN_ONLY, MANAGERS, READERS, TEAM_READERS, Role
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: admin.ApiHandler
+    roles: frozenset[Role]  # who may call it; a team_admin only for its own team (see the handler)
+
+
+api, teams = UserKeysApi, teams_api
+ROUTES: tuple[Route, ...] = (
+    # users and their keys (a team_admin: the users of its own team; new users go into it)
+    Route("POST", "/v1/user-api-keys", api.create, MANAGERS),
+    Route("GET", "/v1/user-api-keys", api.list, TEAM_READERS),
+    Route("GET", "/v1/user-api-keys/usage", api.usage, TEAM_READERS),
+    Route("DELETE", "/v1/user-api-keys/{id}", api.delete, MANAGERS),
+    Route("POST", "/v1/user-api-keys/{id}/regenerate", api.regenerate, MANAGERS),
+    Route("POST", "/v1/user-api-keys/{id}/increase-token-limit", api.increase_token_limit, MANAGERS),
+    Route("GET", "/v1/user-api-keys/{id}/usage-history", api.usage_history, TEAM_READERS),
+    Route("PUT", "/v1/user-api-keys/{id}/team", teams.move_user, ADMIN_ONLY),
+    # teams (a team_admin reads its own)
+    Route("GET", "/v1/teams", teams.list_teams, TEAM_READERS),
+    Route("POST", "/v1/teams", teams.create_team, ADMIN_ONLY),
+    Route("GET", "/v1/teams/{team}/usage", teams.team_usage, TEAM_READERS),
+    Route("PATCH", "/v1/teams/{team}", teams.update_team, ADMIN_ONLY),
+    Route("DELETE", "/v1/teams/{team}", teams.delete_team, ADMIN_ONLY),
+    # management keys, audit
+    Route("GET", "/v1/management-keys", teams.list_management_keys, ADMIN_ONLY),
+    Route("POST", "/v1/management-keys", teams.create_management_key, ADMIN_ONLY),
+    Route("DELETE", "/v1/management-keys/{key}", teams.revoke_management_key, ADMIN_ONLY),
+    Route("GET", "/v1/audit", teams.audit, READERS),
+    # data-loss prevention and rate limits
+    Route("GET", "/v1/dlp-findings", admin.dlp_findings, READERS),
+    Route("GET", "/v1/rate-limits", admin.list_rate_limits, READERS),
+    Route("PUT", "/v1/rate-limits/{scope}/{id}", admin.put_rate_limit, ADMIN_ONLY),
+    Route("DELETE", "/v1/rate-limits/{scope}/{id}", admin.delete_rate_limit, ADMIN_ONLY),
+)
+
+
+def _refusal(route: Route, role: Role) -> str:
+    others = sorted(r.value for r in route.roles - {Role.ADMIN})
+    wanted = "an admin key" + (f" or a management key with role {' or '.join(others)}" if others else "")
+    return f"this endpoint needs {wanted}; this key's role is {role.value!r}"
+
+
+def guarded(route: Route, send_continue: Callable[[web.Request], Awaitable[None]]) -> Handler:
+    """Authenticate, require one of the route's roles, and answer every failure as {"error": "..."}.
+
+    `Expect: 100-continue` is answered only once the caller proved to have the role (see continue_after_auth).
+    """
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            actor = await authenticate_actor(request)
+            if not actor.may(route.roles):
+                raise AdminError(403, _refusal(route, actor.role))
+            if EXPECT in request.headers:
+                await send_continue(request)
+            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
+                return await route.handler(
+                    UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, actor
+                )
+        except AdminError as err:
+            return _json({"error": err.message}, err.status)
+        except GatewayError as err:  # 401 from the auth stages, in this API's error shape
+            return _json({"error": err.message}, err.status_for(ErrorShape.OPENAI))
+        except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
+            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
+            response.headers["Retry-After"] = "5"
+            return response
+
+    return run
+
+
+def add_routes(
+    app: web.Application,
+    *,
+    send_continue: Callable[[web.Request], Awaitable[None]],
+    expect: Callable[[web.Request], Awaitable[None]],
+) -> None:
+    """Register every route of ROUTES behind its guard; `send_continue` and `expect` are gateway.app's
+    (100 Continue only after authentication: a refused body is never invited)."""
+    for route in ROUTES:
+        handler = guarded(route, send_continue)
+        methods = (route.method, "HEAD") if route.method == "GET" else (route.method,)  # a GET answers HEAD too
+        for method in methods:
+            app.router.add_route(method, route.path, handler, expect_handler=expect)
