@@ -9,15 +9,11 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai import (
-    CLIENT_STATUSES,
-    ChatStreamTranslator,
-    error_to_openai,
-    message_to_chat_completion,
-)
-from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
-from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
-from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
+from gateway.dialects.chat.reply import CLIENT_STATUSES, error_to_openai, message_to_chat_completion
+from gateway.dialects.chat.request import chat_request_to_anthropic
+from gateway.dialects.chat.stream import ChatStreamTranslator
+from gateway.dialects.responses.request import is_responses_body, responses_request_to_anthropic
+from gateway.dialects.responses.stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.dialects.thinking import thinking_headers
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from gateway.composition import SERVICES
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
+from gateway.dialects.chat.request import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
 from gateway.errors import BadRequest, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target

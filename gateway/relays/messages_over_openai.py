@@ -16,13 +16,9 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
-from gateway.dialects.openai_to_anthropic_reply import (
-    AnthropicStreamTranslator,
-    Event,
-    chat_completion_to_message,
-    error_to_anthropic,
-)
+from gateway.dialects.messages.reply import Event, chat_completion_to_message, error_to_anthropic
+from gateway.dialects.messages.request import estimate_input_tokens, messages_request_to_chat
+from gateway.dialects.messages.stream import AnthropicStreamTranslator
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target

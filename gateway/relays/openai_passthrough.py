@@ -17,8 +17,8 @@ import structlog
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.openai_to_anthropic import stream_flag
-from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
+from gateway.dialects.chat.request import stream_flag
+from gateway.dialects.messages.reply import usage_to_anthropic
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Target

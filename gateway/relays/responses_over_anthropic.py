@@ -11,15 +11,10 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
-from gateway.dialects.responses import (
-    ResponseContext,
-    error_to_responses,
-    event_frame,
-    message_to_response,
-    responses_request_to_anthropic,
-)
-from gateway.dialects.responses_stream import ResponsesStreamTranslator
+from gateway.dialects.chat.reply import CLIENT_STATUSES
+from gateway.dialects.responses.reply import ResponseContext, error_to_responses, event_frame, message_to_response
+from gateway.dialects.responses.request import responses_request_to_anthropic
+from gateway.dialects.responses.stream import ResponsesStreamTranslator
 from gateway.dialects.thinking import thinking_headers
 from gateway.errors import GatewayError
 from gateway.pipeline import Exchange

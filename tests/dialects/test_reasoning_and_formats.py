@@ -10,8 +10,8 @@ import pytest
 from openai.types.shared import ReasoningEffort
 
 from gateway.config import load_config
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
-from gateway.dialects.responses import responses_request_to_anthropic
+from gateway.dialects.chat.request import TranslationError, TranslationOptions, chat_request_to_anthropic
+from gateway.dialects.responses.request import responses_request_to_anthropic
 from gateway.dialects.structured_output import STRUCTURED_OUTPUT_TOOL, closed_schema
 from gateway.dialects.thinking import THINKING_HEADER, effort_budget, thinking_headers
 from tests.fakes import messages_rules

@@ -1,4 +1,4 @@
-"""gateway/dialects/responses.py and responses_stream.py: the Responses API over Anthropic, table by table."""
+"""gateway/dialects/responses/: the Responses API over Anthropic (request, tools, items, reply, stream), table by table."""
 
 from __future__ import annotations
 
@@ -8,24 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
-from gateway.dialects.responses import (
-    ResponseContext,
-    ResponsesTranslation,
-    ToolOrigin,
-    decode_thinking,
-    encode_thinking,
-    event_frame,
-    is_responses_body,
-    message_to_response,
-    responses_request_to_anthropic,
-    usage_to_responses,
-)
-from gateway.dialects.responses_stream import (
+from gateway.dialects.chat.request import TranslationError, TranslationOptions
+from gateway.dialects.responses.items import decode_thinking, encode_thinking
+from gateway.dialects.responses.reply import ResponseContext, event_frame, message_to_response, usage_to_responses
+from gateway.dialects.responses.request import ResponsesTranslation, is_responses_body, responses_request_to_anthropic
+from gateway.dialects.responses.stream import (
     ChatCustomCalls,
     ResponsesStreamTranslator,
     chat_completion_with_custom_calls,
 )
+from gateway.dialects.responses.tools import ToolOrigin
 from tests.fakes.upstream import anthropic_events_for
 
 OPTS = TranslationOptions(provider_model="claude-x", default_max_tokens=1000, thinking_budgets={"low": 1024})

@@ -5,14 +5,14 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.anthropic_to_openai import (
+from gateway.dialects.chat.reply import (
     ANTHROPIC_ERROR_TYPES_TO_OPENAI,
     FINISH_REASONS,
-    ChatStreamTranslator,
     error_to_openai,
     message_to_chat_completion,
     usage_to_openai,
 )
+from gateway.dialects.chat.stream import ChatStreamTranslator
 
 MODEL, ID, CREATED = "claude-fast", "chatcmpl-abc", 1_700_000_000
 USAGE = {"input_tokens": 12, "output_tokens": 7}

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from gateway.dialects.openai_to_anthropic import (
+from gateway.dialects.chat.request import (
     IGNORED_FIELDS,
     REJECTED_FIELDS,
     TOOL_CHOICES,

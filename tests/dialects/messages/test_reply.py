@@ -5,14 +5,14 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.openai_to_anthropic_reply import (
+from gateway.dialects.messages.reply import (
     STOP_REASONS,
-    AnthropicStreamTranslator,
     Event,
     chat_completion_to_message,
     error_to_anthropic,
     usage_to_anthropic,
 )
+from gateway.dialects.messages.stream import AnthropicStreamTranslator
 from tests.fakes.upstream import openai_events_for
 
 MSG_ID, MODEL = "msg_abc", "gpt-fast"

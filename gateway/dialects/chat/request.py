@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from .structured_output import StructuredOutputError, apply_structured_output, structured_output
-from .thinking import NO_THINKING_EFFORTS, effort_budget, replay_missing, thinking_blocks_in, without_thinking
+from ..structured_output import StructuredOutputError, apply_structured_output, structured_output
+from ..thinking import NO_THINKING_EFFORTS, effort_budget, replay_missing, thinking_blocks_in, without_thinking
 
 # Accepted and dropped: they have no Anthropic counterpart and no effect on the answer's content.
 IGNORED_FIELDS: frozenset[str] = frozenset(
