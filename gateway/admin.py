@@ -26,7 +26,7 @@ from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
 from gateway.composition import Services
 from gateway.config import GatewayConfig
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ManagementApiError, ServiceUnavailable, error_response
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
 
@@ -37,10 +37,11 @@ CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey"}
 MAX_HISTORY_PAGE = 1000
 
 
-class AdminError(Exception):
+class AdminError(ManagementApiError):
+    """A refused management API request: `AdminError(404, "no user with id 7")`, answered as {"error": "..."}."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+        super().__init__(message, status=status)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -157,14 +158,11 @@ def admin_only(
                 await send_continue(request)
             with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
                 return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
-        except AdminError as err:
-            return _json({"error": err.message}, err.status)
-        except GatewayError as err:  # 401 from the auth stages, in this API's error shape
-            return _json({"error": err.message}, err.status_for(ErrorShape.OPENAI))
+        except GatewayError as err:  # AdminError, or a 401 from the auth stages: in this API's error shape
+            return error_response(err, ErrorShape.MANAGEMENT)
         except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
-            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
-            response.headers["Retry-After"] = "5"
-            return response
+            message = "the gateway's database is unreachable; retry shortly"
+            return error_response(ServiceUnavailable(message, headers={"Retry-After": "5"}), ErrorShape.MANAGEMENT)
 
     return guarded
 

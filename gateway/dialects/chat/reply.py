@@ -1,6 +1,7 @@
-"""Translate Anthropic Messages replies, stream events and errors into OpenAI Chat Completions shapes.
+"""Translate Anthropic Messages replies into OpenAI Chat Completions shapes; the error-type tables between the two.
 
 Pure: no I/O. The completion id and the `created` timestamp are passed in, so tests compare whole objects.
+The error tables also serve gateway/errors.py, which renders every error (an upstream's included).
 Thinking reaches the caller twice: as `reasoning_content` text, and whole and signed in `thinking_blocks`
 (LiteLLM's field, see gateway/dialects/thinking.py), which the caller sends back on the assistant message.
 """
@@ -105,27 +106,3 @@ def message_to_chat_completion(
         "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage_to_openai(message.get("usage") or {}),
     }
-
-
-def error_to_openai(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
-    """The status and OpenAI error object to send a client for an upstream Anthropic error response.
-
-    A body that is not an Anthropic error (an HTML page from a proxy, say) gets a generic message naming the status.
-    """
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    client_status = CLIENT_STATUSES.get(status, status)
-    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-        anthropic_type = str(error.get("type") or STATUS_ERROR_TYPES.get(status, "api_error"))
-        return client_status, openai_error(anthropic_type, error["message"], code=anthropic_type)
-    anthropic_type = STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    message = f"upstream returned HTTP {status} with an unreadable error body"
-    return client_status, openai_error(anthropic_type, message, code=None)
-
-
-def openai_error(anthropic_type: str, message: str, *, code: str | None) -> dict[str, Any]:
-    openai_type = ANTHROPIC_ERROR_TYPES_TO_OPENAI.get(anthropic_type, "server_error")
-    return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}

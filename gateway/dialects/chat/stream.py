@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from ..structured_output import StreamUnwrapper
 from ..thinking import thinking_blocks_out
-from .reply import FINISH_REASONS, openai_error, usage_to_openai
+from .reply import ANTHROPIC_ERROR_TYPES_TO_OPENAI, FINISH_REASONS, usage_to_openai
 
 # Streamed text-like deltas: Anthropic delta type -> (its text field, the OpenAI delta field).
 TEXT_DELTAS: dict[str, tuple[str, str]] = {
@@ -150,3 +150,9 @@ class ChatStreamTranslator:
         "message_stop": _on_message_stop,
         "error": _on_error,
     }  # ping carries nothing an OpenAI client needs
+
+
+def openai_error(anthropic_type: str, message: str, *, code: str | None) -> dict[str, Any]:
+    """An Anthropic stream's `error` event as the chunk an OpenAI stream carries (the provider's error, translated)."""
+    openai_type = ANTHROPIC_ERROR_TYPES_TO_OPENAI.get(anthropic_type, "server_error")
+    return {"error": {"message": message, "type": openai_type, "param": None, "code": code}}

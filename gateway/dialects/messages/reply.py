@@ -1,4 +1,4 @@
-"""Translate OpenAI Chat Completions replies, stream chunks and errors into Anthropic Messages shapes.
+"""Translate OpenAI Chat Completions replies into Anthropic Messages shapes (and read their error bodies' message).
 
 The mirror of gateway/dialects/chat/reply.py, for an Anthropic caller (Claude Code, the anthropic SDK) served by an
 OpenAI-compatible provider. Pure: no I/O. The message id and model are passed in, so tests compare whole objects.
@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
-from ..chat.reply import STATUS_ERROR_TYPES
 
 # OpenAI finish_reason -> Anthropic stop_reason; anything unknown (or none) ends the turn.
 STOP_REASONS: dict[str, str] = {
@@ -120,22 +118,6 @@ def _parsed_arguments(raw: object) -> dict[str, Any]:
 def tool_id_for(message_id: str, ordinal: int) -> str:
     """An id for a tool call a server sent without one (older Ollama); stable for the same message."""
     return f"toolu_{message_id}_{ordinal}"
-
-
-def error_to_anthropic(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
-    """The status and Anthropic error object to send a caller for an upstream OpenAI-compatible error response.
-
-    Reads OpenAI's `{"error": {"message": ...}}`, Ollama's `{"error": "..."}` and FastAPI's `{"detail": "..."}`;
-    anything else gets a message naming the status. The status is kept, so the SDKs raise the matching class.
-    """
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
-    message = error_message(parsed) or f"upstream returned HTTP {status} with an unreadable error body"
-    default_type = "api_error" if status >= 500 else "invalid_request_error"
-    error_type = STATUS_ERROR_TYPES.get(status, default_type)
-    return status, {"type": "error", "error": {"type": error_type, "message": message}}
 
 
 def error_message(parsed: object) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from .. import sse
-from ..chat.reply import ANTHROPIC_ERROR_TYPES_TO_OPENAI, error_to_openai
+from ..chat.reply import ANTHROPIC_ERROR_TYPES_TO_OPENAI
 from ..structured_output import unwrap_message
 from .items import encode_thinking
 from .request import ResponsesTranslation
@@ -150,11 +150,6 @@ def custom_input(raw: object) -> str:
         parsed = raw
     value = parsed.get("input") if isinstance(parsed, Mapping) else None
     return value if isinstance(value, str) else ""
-
-
-def error_to_responses(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
-    """The status and error body for an upstream Anthropic error: the same shape as Chat Completions errors."""
-    return error_to_openai(status, body)
 
 
 def failed_error(anthropic_type: str, message: str) -> dict[str, Any]:

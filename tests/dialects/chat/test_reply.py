@@ -2,13 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from gateway.dialects.chat.reply import (
-    ANTHROPIC_ERROR_TYPES_TO_OPENAI,
     FINISH_REASONS,
-    error_to_openai,
     message_to_chat_completion,
     usage_to_openai,
 )
@@ -186,91 +183,8 @@ def test_message_to_chat_completion(
     assert translate(anthropic_message(content, stop_reason)) == completion(expected_message, finish_reason)
 
 
-def anthropic_error(error_type: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}, "request_id": "req_1"})
-
-
 def openai_error(message: str, error_type: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-
-
-STATUS_BY_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected_status", "expected"),
-    [
-        *(
-            pytest.param(
-                STATUS_BY_TYPE[anthropic_type],
-                anthropic_error(anthropic_type, "upstream says no"),
-                503 if anthropic_type == "overloaded_error" else STATUS_BY_TYPE[anthropic_type],
-                openai_error("upstream says no", openai_type, anthropic_type),
-                id=anthropic_type,
-            )
-            for anthropic_type, openai_type in ANTHROPIC_ERROR_TYPES_TO_OPENAI.items()
-        ),
-        pytest.param(
-            418,
-            anthropic_error("teapot_error", "short and stout"),
-            418,
-            openai_error("short and stout", "server_error", "teapot_error"),
-            id="unknown-type",
-        ),
-        pytest.param(
-            429,
-            b'{"type": "error", "error": {"message": "slow down"}}',
-            429,
-            openai_error("slow down", "rate_limit_exceeded", "rate_limit_error"),
-            id="type-missing-taken-from-status",
-        ),
-        pytest.param(
-            502,
-            b"<html>Bad Gateway</html>",
-            502,
-            openai_error("upstream returned HTTP 502 with an unreadable error body", "server_error", None),
-            id="html-body",
-        ),
-        pytest.param(
-            529,
-            b"",
-            503,
-            openai_error("upstream returned HTTP 529 with an unreadable error body", "server_error", None),
-            id="empty-body-529",
-        ),
-        pytest.param(
-            429,
-            b'{"detail": "nope"}',
-            429,
-            openai_error("upstream returned HTTP 429 with an unreadable error body", "rate_limit_exceeded", None),
-            id="json-but-not-an-error",
-        ),
-        pytest.param(
-            409,
-            b"[1, 2]",
-            409,
-            openai_error("upstream returned HTTP 409 with an unreadable error body", "invalid_request_error", None),
-            id="json-array",
-        ),
-    ],
-)
-def test_error_to_openai(status: int, body: bytes, expected_status: int, expected: dict[str, Any]) -> None:
-    assert error_to_openai(status, body) == (expected_status, expected)
-
-
-def test_every_anthropic_error_type_is_mapped() -> None:
-    assert set(ANTHROPIC_ERROR_TYPES_TO_OPENAI) == set(STATUS_BY_TYPE)
 
 
 # --- streaming ------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from gateway.dialects.messages.reply import (
     STOP_REASONS,
     Event,
     chat_completion_to_message,
-    error_to_anthropic,
     usage_to_anthropic,
 )
 from gateway.dialects.messages.stream import AnthropicStreamTranslator
@@ -154,45 +153,6 @@ def test_whole_reply(
 )
 def test_usage(usage: dict[str, Any] | None, expected: dict[str, int]) -> None:
     assert usage_to_anthropic(usage) == expected
-
-
-# --- errors -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected_type", "message"),
-    [
-        pytest.param(
-            429,
-            {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
-            "rate_limit_error",
-            "Rate limit reached",
-            id="openai-429",
-        ),
-        pytest.param(
-            401,
-            {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}},
-            "authentication_error",
-            "Incorrect API key",
-            id="openai-401",
-        ),
-        pytest.param(
-            404, {"error": "model 'llama9' not found"}, "not_found_error", "model 'llama9' not found", id="ollama"
-        ),
-        pytest.param(
-            400, {"detail": "max_tokens is too large"}, "invalid_request_error", "max_tokens is too large", id="fastapi"
-        ),
-        pytest.param(503, b"<html>bad gateway</html>", "api_error", "upstream returned HTTP 503", id="html"),
-        pytest.param(500, {"error": {"message": "boom"}}, "api_error", "boom", id="500"),
-        pytest.param(422, {"message": "bad"}, "invalid_request_error", "bad", id="other-4xx"),
-    ],
-)
-def test_error_to_anthropic(status: int, body: object, expected_type: str, message: str) -> None:
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    got_status, got = error_to_anthropic(status, raw)
-    assert got_status == status
-    assert got["type"] == "error" and got["error"]["type"] == expected_type
-    assert got["error"]["message"].startswith(message)
 
 
 # --- streams ------------------------------------------------------------------------------------------

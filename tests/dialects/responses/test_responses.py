@@ -1,4 +1,4 @@
-"""gateway/dialects/responses/: the Responses API over Anthropic (request, tools, items, reply, stream), table by table."""
+"""gateway/dialects/responses/: the Responses API over Anthropic (request, tools, items, reply, stream)."""
 
 from __future__ import annotations
 
