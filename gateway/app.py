@@ -69,6 +69,9 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
     """Render every GatewayError in the caller's dialect; nothing else ever leaves as a traceback."""
     request[REQUEST_ID] = new_request_id(request)
     shape = ErrorShape.MANAGEMENT if request.path.startswith(MANAGEMENT_PATHS) else dialect_of(request)
+    # Every line logged while serving it (stages, relays, retries, the ledger, admin and console handlers)
+    # carries the id; reset after, since the requests of one keep-alive connection share one task's context.
+    bound = structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
     try:
         return await handler(request)
     except GatewayError as err:
@@ -78,8 +81,10 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
             return error_response(_http_exception_as_gateway_error(exc), shape)
         raise
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
-        log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)
+        log.exception("unhandled_error", path=request.path)
         return error_response(GatewayError("internal gateway error; see the gateway log"), shape)
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
 
 
 def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
@@ -218,8 +223,6 @@ def pipeline_handler(
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         refusal: str | None = None  # why a 4xx was the gateway's own answer
-        # Every line logged while serving it (retries, cool-downs, broken streams) carries the request id.
-        bound = structlog.contextvars.bind_contextvars(request_id=ex.request_id)
         try:
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
@@ -236,8 +239,7 @@ def pipeline_handler(
             status = ex.status_when_cancelled()
             raise
         finally:
-            _observe(app[SERVICES].metrics, ex, status, refusal)
-            structlog.contextvars.reset_contextvars(**bound)
+            _observe(app[SERVICES].metrics, ex, status, refusal)  # request_id bound by error_edge
         assert ex.response is not None
         return ex.response
 
