@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 
 from gateway.composition import SERVICES
-from gateway.dialects.chat.request import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
+from gateway.dialects.translation import TranslationError, TranslationOptions
 from gateway.errors import BadRequest, UpstreamError, UpstreamUnreachable, error_response
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply

@@ -35,7 +35,10 @@ from typing import Any
 
 import orjson
 
-from ..chat.request import TOOL_CHOICES, TranslationError
+from ..chat.request import (
+    TOOL_CHOICES,
+)
+from ..translation import TranslationError
 
 # Accepted and dropped: Anthropic features an OpenAI-compatible server has no counterpart for.
 IGNORED_FIELDS: frozenset[str] = frozenset(

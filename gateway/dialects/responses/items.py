@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import orjson
 
 from ..chat.request import (
-    TranslationError,
     _arguments,
     _image_block,
     check_tool_pairs,
@@ -21,6 +20,7 @@ from ..chat.request import (
     tool_use_id,
     trim_prefill,
 )
+from ..translation import TranslationError
 from .tools import ToolOrigin, required_name, str_or_none
 
 SYSTEM_ROLES: frozenset[str] = frozenset({"system", "developer"})

@@ -19,8 +19,6 @@ from typing import Any
 
 from ..chat.request import (
     TOOL_CHOICES,
-    TranslationError,
-    TranslationOptions,
     _add_response_format,
     _add_sampling,
     _add_thinking,
@@ -28,6 +26,7 @@ from ..chat.request import (
     has_text,
     stream_flag,
 )
+from ..translation import TranslationError, TranslationOptions
 from .items import Items
 from .tools import NAMESPACE_SEPARATOR, ToolOrigin, Tools, str_or_none
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..chat.request import (
-    TranslationError,
     input_schema,
     tool_name,
 )
+from ..translation import TranslationError
 
 # Hosted tools OpenAI runs itself: dropped from the tool list (Codex always offers web_search); the model answers
 # without them. Any other non-function tool type is refused.

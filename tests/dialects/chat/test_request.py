@@ -8,10 +8,9 @@ from gateway.dialects.chat.request import (
     IGNORED_FIELDS,
     REJECTED_FIELDS,
     TOOL_CHOICES,
-    TranslationError,
-    TranslationOptions,
     chat_request_to_anthropic,
 )
+from gateway.dialects.translation import TranslationError, TranslationOptions
 
 OPTS = TranslationOptions(
     provider_model="claude-sonnet-4-5",

@@ -6,13 +6,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.chat.request import TranslationError
 from gateway.dialects.messages.request import (
     IGNORED_FIELDS,
     TOOL_ERROR_PREFIX,
     estimate_input_tokens,
     messages_request_to_chat,
 )
+from gateway.dialects.translation import TranslationError
 
 MODEL = "gpt-4o-mini"
 HI = [{"role": "user", "content": "hi"}]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.dialects.chat.request import TranslationError, TranslationOptions
 from gateway.dialects.responses.items import decode_thinking, encode_thinking
 from gateway.dialects.responses.request import is_responses_body, responses_request_to_anthropic
+from gateway.dialects.translation import TranslationError, TranslationOptions
 
 OPTS = TranslationOptions(provider_model="claude-x", default_max_tokens=1000, thinking_budgets={"low": 1024})
 PIXEL = "data:image/png;base64,iVBORw0KGgo="

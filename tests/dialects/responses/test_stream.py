@@ -7,7 +7,6 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.chat.request import TranslationOptions
 from gateway.dialects.responses.reply import ResponseContext, event_frame, message_to_response
 from gateway.dialects.responses.request import ResponsesTranslation, responses_request_to_anthropic
 from gateway.dialects.responses.stream import (
@@ -16,6 +15,7 @@ from gateway.dialects.responses.stream import (
     chat_completion_with_custom_calls,
 )
 from gateway.dialects.responses.tools import ToolOrigin
+from gateway.dialects.translation import TranslationOptions
 from tests.fakes.upstream import anthropic_events_for
 
 CALL = {"type": "tool_use", "id": "toolu_9", "name": "lookup", "input": {"q": "x"}}
