@@ -29,6 +29,7 @@ from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES
 from gateway.composition import Services
 from gateway.config import GatewayConfig
 from gateway.error_shape import ErrorShape
+from gateway.errors import ManagementApiError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
 from gateway.pipeline import Exchange
 from gateway.roles import Actor, Role
@@ -40,10 +41,11 @@ CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey", "teamId"
 MAX_HISTORY_PAGE = 1000
 
 
-class AdminError(Exception):
+class AdminError(ManagementApiError):
+    """A refused management API request: `AdminError(404, "no user with id 7")`, answered as {"error": "..."}."""
+
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
+        super().__init__(message, status=status)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

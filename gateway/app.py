@@ -36,6 +36,7 @@ from gateway.errors import (
     RouteNotFound,
     ServiceUnavailable,
     UnsupportedMediaType,
+    error_response,
 )
 from gateway.hot_reload import Runtime, build_runtime, reload_config
 from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
@@ -60,37 +61,31 @@ def dialect_of(request: web.Request) -> ErrorShape:
     return ErrorShape.OPENAI
 
 
-def error_response(err: GatewayError, dialect: ErrorShape, *, plain: bool = False) -> web.Response:
-    """The error in the caller's dialect, or as the management API's `{"error": "..."}` when `plain`."""
-    body = {"error": err.message} if plain else err.render(dialect)
-    return web.Response(
-        body=orjson.dumps(body),
-        status=err.status_for(dialect),
-        content_type="application/json",
-        headers=err.headers,
-    )
-
-
-MANAGEMENT_PATHS = ("/v1/user-api-keys", "/v1/dlp-findings", "/v1/rate-limits")  # errors as {"error": "..."}
+# errors as {"error": "..."} under every management API path (404, 405 included): /v1/teams, /v1/audit, ...
+MANAGEMENT_PATHS = tuple(sorted({"/".join(route.path.split("/")[:3]) for route in management.ROUTES}))
 
 
 @web.middleware
 async def error_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render every GatewayError in the caller's dialect; nothing else ever leaves as a traceback."""
     request[REQUEST_ID] = new_request_id(request)
-    plain = request.path.startswith(MANAGEMENT_PATHS)
+    shape = ErrorShape.MANAGEMENT if request.path.startswith(MANAGEMENT_PATHS) else dialect_of(request)
+    # Every line logged while serving it (stages, relays, retries, the ledger, admin and console handlers)
+    # carries the id; reset after, since the requests of one keep-alive connection share one task's context.
+    bound = structlog.contextvars.bind_contextvars(request_id=request[REQUEST_ID])
     try:
         return await handler(request)
     except GatewayError as err:
-        return error_response(err, dialect_of(request), plain=plain)
+        return error_response(err, shape)
     except web.HTTPException as exc:
         if exc.status >= 400 and request.path.startswith("/v1/"):
-            return error_response(_http_exception_as_gateway_error(exc), dialect_of(request), plain=plain)
+            return error_response(_http_exception_as_gateway_error(exc), shape)
         raise
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
-        log.exception("unhandled_error", request_id=request.get(REQUEST_ID), path=request.path)
-        error = GatewayError("internal gateway error; see the gateway log")
-        return error_response(error, dialect_of(request), plain=plain)
+        log.exception("unhandled_error", path=request.path)
+        return error_response(GatewayError("internal gateway error; see the gateway log"), shape)
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
 
 
 def _http_exception_as_gateway_error(exc: web.HTTPException) -> GatewayError:
@@ -229,8 +224,6 @@ def pipeline_handler(
         ex = Exchange(dialect, route, request, b"", {}, request[REQUEST_ID], billable=billable)
         status = 500
         refusal: str | None = None  # why a 4xx was the gateway's own answer
-        # Every line logged while serving it (retries, cool-downs, broken streams) carries the request id.
-        bound = structlog.contextvars.bind_contextvars(request_id=ex.request_id)
         try:
             await runtime.auth_pipeline(ex)  # headers only
             with slots:
@@ -247,8 +240,7 @@ def pipeline_handler(
             status = ex.status_when_cancelled()
             raise
         finally:
-            _observe(app[SERVICES].metrics, ex, status, refusal)
-            structlog.contextvars.reset_contextvars(**bound)
+            _observe(app[SERVICES].metrics, ex, status, refusal)  # request_id bound by error_edge
         assert ex.response is not None
         return ex.response
 

@@ -1,4 +1,4 @@
-"""Every error a caller can get from the gateway, each able to render itself in both dialects.
+"""Every error a caller can get from the gateway, and the one place that renders them.
 
     GatewayError                    500  api_error / server_error
     ├── BadRequest                  400  invalid_request_error        malformed JSON, missing model, bad fields
@@ -16,28 +16,53 @@
     ├── RateLimited                 429  rate_limit_error             requests/tokens per minute or in flight
     ├── UpstreamUnreachable         502  api_error / bad_gateway      connection to the provider failed
     ├── ProviderRefusedCredentials  502  api_error / provider_auth_failed  401/403 to the gateway's own key
-    ├── UpstreamTimeout             504  api_error / timeout          the provider did not answer in time
-    ├── UpstreamError               (upstream's status)               the provider answered with an error
-    └── ServiceUnavailable          503  overloaded_error             the gateway cannot serve right now
+    ├── UpstreamTimeout             504  timeout_error / timeout      the provider did not answer in time
+    ├── UpstreamError               (upstream's status, type, message) the provider answered with an error status
+    ├── ServiceUnavailable          503  overloaded_error             the gateway cannot serve right now
+    └── ManagementApiError          (its status: 400 404 409 415 ...)  a management API request refused
 
-The edge (gateway/app.py) turns any GatewayError into a response in the caller's dialect; once a stream
-has started it writes the dialect's in-stream error event instead (there is no second status line).
+`render` is the only code that builds a caller-facing error body: `error_response` (an HTTP response, for the
+edge in gateway/app.py, the relays' upstream errors, /v1/me, /v1/models and the management API) and `error_frame`
+(the in-stream error once a stream's 200 went out: there is no second status line) both call it. Each error class
+carries everything its bodies need: status, Anthropic `error.type`, OpenAI `error.type`/`code`/`param`, and `extra`
+top-level fields. Four shapes (ErrorShape):
+
+    ANTHROPIC   {"type": "error", "error": {"type": ..., "message": ...}}           https://docs.anthropic.com/en/api/errors
+    OPENAI      {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+                https://platform.openai.com/docs/guides/error-codes
+    MANAGEMENT  {"error": "..."}                                  the management API (/v1/user-api-keys, ...)
+    frames      ANTHROPIC: `event: error` + the body; OPENAI: a `data:` chunk holding the body, then `data: [DONE]`
+
+Foreign errors are mapped at two boundaries: aiohttp's and asyncio's in gateway/providers/base.py
+(`upstream_errors`), and an upstream's error reply here (`UpstreamError.from_anthropic`, `.from_openai`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any
 
+import orjson
+from aiohttp import web
+
+from gateway.dialects import sse
+from gateway.dialects.chat.reply import ANTHROPIC_ERROR_TYPES_TO_OPENAI, CLIENT_STATUSES, STATUS_ERROR_TYPES
+from gateway.dialects.messages.reply import error_message
 from gateway.error_shape import ErrorShape
 
 
 class GatewayError(Exception):
-    """Base of every error the gateway answers with; subclasses set the status and the two dialects' types."""
+    """Base of every error the gateway answers with; subclasses set the status and the error shapes' types.
 
-    status: ClassVar[int] = 500
-    anthropic_type: ClassVar[str] = "api_error"
-    openai_type: ClassVar[str] = "server_error"
-    openai_code: ClassVar[str | None] = None
+    The attributes are class-level defaults an instance may override (BudgetExceeded's `code`, RateLimited's
+    `kind`, an UpstreamError's upstream type); `render` reads only them.
+    """
+
+    status: int = 500
+    anthropic_type: str = "api_error"
+    openai_type: str = "server_error"
+    openai_code: str | None = None
+    param: str | None = None  # OpenAI's `error.param`: the request field at fault
 
     def __init__(self, message: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -45,18 +70,42 @@ class GatewayError(Exception):
         self.extra = extra or {}  # top-level fields beside "error" (the budget errors carry usage figures)
         self.headers = headers or {}
 
-    def status_for(self, dialect: ErrorShape) -> int:
-        return self.status
+    def status_for(self, shape: ErrorShape) -> int:
+        """The HTTP status in `shape`: Anthropic's 529 "overloaded" is not a status OpenAI clients know (503)."""
+        return self.status if shape is ErrorShape.ANTHROPIC else CLIENT_STATUSES.get(self.status, self.status)
 
-    def render(self, dialect: ErrorShape) -> dict[str, Any]:
-        """The JSON body for this error in the caller's wire format."""
-        if dialect is ErrorShape.ANTHROPIC:
+    def render(self, shape: ErrorShape) -> dict[str, Any]:
+        """The JSON body for this error in `shape`; the only place an error body is built (see the module doc)."""
+        if shape is ErrorShape.MANAGEMENT:
+            return {"error": self.message}
+        if shape is ErrorShape.ANTHROPIC:
             body: dict[str, Any] = {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
         else:
-            error = {"message": self.message, "type": self.openai_type, "param": None, "code": self.openai_code}
+            error = {"message": self.message, "type": self.openai_type, "param": self.param, "code": self.openai_code}
             body = {"error": error}
         body.update(self.extra)
         return body
+
+
+def error_response(err: GatewayError, shape: ErrorShape) -> web.Response:
+    """`err` as an HTTP response in `shape`: its status, its JSON body and its headers (Retry-After, ...)."""
+    return web.Response(
+        body=orjson.dumps(err.render(shape)),
+        status=err.status_for(shape),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+def error_frame(err: GatewayError, shape: ErrorShape) -> bytes:
+    """`err` as the last bytes of a stream already answered 200 in `shape`.
+
+    Anthropic streams carry it as an `error` event (the SDKs raise on it); Chat Completions streams as a chunk
+    holding the error object, then `[DONE]` (the OpenAI SDK raises APIError on a chunk with an `error`).
+    """
+    if shape is ErrorShape.ANTHROPIC:
+        return sse.frame(orjson.dumps(err.render(shape)), "error")
+    return sse.data_frame(err.render(ErrorShape.OPENAI)) + sse.DONE_FRAME
 
 
 class BadRequest(GatewayError):
@@ -65,12 +114,6 @@ class BadRequest(GatewayError):
     def __init__(self, message: str, *, param: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.param = param
-
-    def render(self, dialect: ErrorShape) -> dict[str, Any]:
-        body = super().render(dialect)
-        if dialect is ErrorShape.OPENAI:
-            body["error"]["param"] = self.param
-        return body
 
 
 class UnsupportedMediaType(BadRequest):
@@ -128,13 +171,7 @@ class BudgetExceeded(GatewayError):
 
     def __init__(self, message: str, *, code: str = "monthly_limit", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.code = code
-
-    def render(self, dialect: ErrorShape) -> dict[str, Any]:
-        body = super().render(dialect)
-        if dialect is ErrorShape.OPENAI:
-            body["error"]["code"] = self.code
-        return body
+        self.code = self.openai_code = code  # the reason, also a metrics label
 
 
 class RateLimited(GatewayError):
@@ -147,13 +184,7 @@ class RateLimited(GatewayError):
 
     def __init__(self, message: str, *, kind: str = "requests", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.kind = kind
-
-    def render(self, dialect: ErrorShape) -> dict[str, Any]:
-        body = super().render(dialect)
-        if dialect is ErrorShape.OPENAI:
-            body["error"]["type"] = self.kind
-        return body
+        self.openai_type = kind
 
 
 class UpstreamUnreachable(GatewayError):
@@ -172,7 +203,7 @@ class ProviderRefusedCredentials(GatewayError):
 
 
 class UpstreamTimeout(GatewayError):
-    status, anthropic_type, openai_type, openai_code = 504, "api_error", "server_error", "timeout"
+    status, anthropic_type, openai_type, openai_code = 504, "timeout_error", "server_error", "timeout"
 
 
 class ServiceUnavailable(GatewayError):
@@ -180,9 +211,12 @@ class ServiceUnavailable(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The provider answered with an error status; its own type and message reach the caller.
+    """The provider answered with an error status: its status, type and message reach the caller in its own shape.
 
-    `body` is the provider's raw error body, relayed byte for byte to a caller of the same dialect.
+    Built by the relays from the upstream's error reply (`from_anthropic`, `from_openai`) and rendered like any
+    other error. It is answered, not raised: the reply is the provider's, relayed, so it is neither logged as the
+    gateway's own refusal nor does it skip the relay's accounting (first byte, usage row with the upstream status).
+    A caller of the provider's own dialect on a passthrough route gets the upstream's bytes untouched instead.
     """
 
     def __init__(
@@ -191,34 +225,63 @@ class UpstreamError(GatewayError):
         *,
         upstream_status: int = 502,
         upstream_type: str = "api_error",
-        body: bytes | None = None,
+        code: str | None = "api_error",
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
-        self.upstream_status = upstream_status
-        self.upstream_type = upstream_type
-        self.body = body
+        self.status = upstream_status
+        self.anthropic_type = upstream_type
+        self.openai_type = ANTHROPIC_ERROR_TYPES_TO_OPENAI.get(upstream_type, "server_error")
+        self.openai_code = code  # the provider's own type, so an OpenAI caller still sees what it said
 
-    def status_for(self, dialect: ErrorShape) -> int:
-        # Anthropic's 529 "overloaded" is not an HTTP status OpenAI clients know; they retry on 503.
-        if dialect is ErrorShape.OPENAI and self.upstream_status == 529:
-            return 503
-        return self.upstream_status
+    @classmethod
+    def from_anthropic(cls, status: int, body: bytes, headers: dict[str, str] | None = None) -> UpstreamError:
+        """An Anthropic error reply, `{"type": "error", "error": {"type", "message"}}`, kept as the provider said it.
 
-    def render(self, dialect: ErrorShape) -> dict[str, Any]:
-        if dialect is ErrorShape.ANTHROPIC:
-            return {"type": "error", "error": {"type": self.upstream_type, "message": self.message}}
-        error = {"message": self.message, "type": _OPENAI_TYPES.get(self.upstream_type, "server_error")}
-        return {"error": {**error, "param": None, "code": self.upstream_type}}
+        A body that is not an Anthropic error (an HTML page from a proxy, say) gets a message naming the status
+        and no code.
+        """
+        error = _json(body).get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            kind = str(error.get("type") or STATUS_ERROR_TYPES.get(status, "api_error"))
+            return cls(error["message"], upstream_status=status, upstream_type=kind, code=kind, headers=headers)
+        return cls(
+            _unreadable(status), upstream_status=status, upstream_type=_status_type(status), code=None, headers=headers
+        )
+
+    @classmethod
+    def from_openai(cls, status: int, body: bytes, headers: dict[str, str] | None = None) -> UpstreamError:
+        """An OpenAI-compatible error reply: its message, and Anthropic's type for its status (which is kept).
+
+        Reads OpenAI's `{"error": {"message"}}`, Ollama's `{"error": "..."}` and FastAPI's `{"detail": "..."}`;
+        the status is kept so the SDKs raise the matching class.
+        """
+        message = error_message(_json(body)) or _unreadable(status)
+        kind = _status_type(status)
+        return cls(message, upstream_status=status, upstream_type=kind, code=kind, headers=headers)
 
 
-_OPENAI_TYPES = {
-    "invalid_request_error": "invalid_request_error",
-    "authentication_error": "authentication_error",
-    "permission_error": "permission_error",
-    "not_found_error": "not_found_error",
-    "request_too_large": "invalid_request_error",
-    "rate_limit_error": "rate_limit_exceeded",
-    "api_error": "server_error",
-    "overloaded_error": "server_error",
-}
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _unreadable(status: int) -> str:
+    return f"upstream returned HTTP {status} with an unreadable error body"
+
+
+def _status_type(status: int) -> str:
+    """Anthropic's documented error type for an HTTP status (https://docs.anthropic.com/en/api/errors)."""
+    return STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+class ManagementApiError(GatewayError):
+    """A management API request refused with the status the handler names (400, 403, 404, 409, 415, ...)."""
+
+    def __init__(self, message: str, *, status: int = 400, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+        self.anthropic_type = self.openai_type = _status_type(status)

@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.hdrs import EXPECT
 
 from gateway import admin, db, teams_api
-from gateway.admin import AdminError, UserKeysApi, _json, authenticate_actor
+from gateway.admin import AdminError, UserKeysApi, authenticate_actor
 from gateway.app_keys import RUNTIME, SERVICES, SLOTS
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ServiceUnavailable, error_response
 from gateway.roles import ADMIN_ONLY, MANAGERS, READERS, TEAM_READERS, Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,14 +86,11 @@ def guarded(route: Route, send_continue: Callable[[web.Request], Awaitable[None]
                 return await route.handler(
                     UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, actor
                 )
-        except AdminError as err:
-            return _json({"error": err.message}, err.status)
-        except GatewayError as err:  # 401 from the auth stages, in this API's error shape
-            return _json({"error": err.message}, err.status_for(ErrorShape.OPENAI))
+        except GatewayError as err:  # AdminError, or a 401/403 from authentication: in this API's error shape
+            return error_response(err, ErrorShape.MANAGEMENT)
         except db.UNAVAILABLE:  # nothing was changed: the caller may simply retry
-            response = _json({"error": "the gateway's database is unreachable; retry shortly"}, 503)
-            response.headers["Retry-After"] = "5"
-            return response
+            message = "the gateway's database is unreachable; retry shortly"
+            return error_response(ServiceUnavailable(message, headers={"Retry-After": "5"}), ErrorShape.MANAGEMENT)
 
     return run
 

@@ -23,7 +23,7 @@ from gateway.accounting.month_view import month_of
 from gateway.app_keys import REQUEST_ID, RUNTIME
 from gateway.composition import SERVICES
 from gateway.error_shape import ErrorShape
-from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable
+from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable, error_response
 from gateway.keys import Principal, generate_key
 from gateway.pipeline import Exchange
 
@@ -58,11 +58,7 @@ def _guarded(
             except db.UNAVAILABLE:  # a known key (from the cache) but no counters to read: 503, not 500
                 raise ServiceUnavailable("the gateway cannot reach its database; retry shortly") from None
         except GatewayError as err:  # in the shape the caller's SDK reads: Anthropic's with x-api-key
-            dialect = _dialect(request)
-            body = orjson.dumps(err.render(dialect))
-            return web.Response(
-                body=body, status=err.status_for(dialect), content_type="application/json", headers=err.headers
-            )
+            return error_response(err, _dialect(request))
 
     return guarded
 

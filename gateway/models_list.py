@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.config import ModelAlias
 from gateway.error_shape import ErrorShape
+from gateway.errors import UnknownModel
 
 CREATED_AT = "2025-01-01T00:00:00Z"  # aliases have no release date; a fixed one keeps the list stable
 CREATED_UNIX = 1735689600
@@ -34,12 +35,8 @@ def list_models(
         alias = aliases.get(model_id)
         if alias is not None:
             return entry(alias), 200
-        message = f"unknown model {model_id!r}; configured aliases: {', '.join(sorted(aliases))}"
-        if dialect is ErrorShape.ANTHROPIC:
-            return {"type": "error", "error": {"type": "not_found_error", "message": message}}, 404
-        return {
-            "error": {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_found"}
-        }, 404
+        unknown = UnknownModel(f"unknown model {model_id!r}; configured aliases: {', '.join(sorted(aliases))}")
+        return unknown.render(dialect), unknown.status_for(dialect)
     data = [entry(a) for a in aliases.values()]
     if dialect is ErrorShape.ANTHROPIC:
         ids = [d["id"] for d in data]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
+import yaml
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import GatewayFactory, flushed_usage
 from tests.fakes.upstream import FakeUpstream, anthropic_error
+from tests.net import free_port, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BODY = {"model": "claude-fast", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -95,12 +105,83 @@ async def test_metrics_on_a_private_port_need_no_key(make_gateway: GatewayFactor
         assert r.status == 200 and "gateway_requests_total" in await r.text()
 
 
-async def test_every_response_and_log_line_carries_the_request_id(gateway: TestServer, key: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        url = str(gateway.make_url("/v1/messages"))
-        async with s.post(url, json=BODY, headers={"x-api-key": key, "x-request-id": "trace-123"}) as r:
-            assert r.headers["x-request-id"] == "trace-123"
-        async with s.post(url, json=BODY, headers={"x-api-key": key}) as r:
-            assert re.fullmatch(r"[0-9a-f]{24}", r.headers["x-request-id"])
-        async with s.post(url, data=b"{", headers={"x-api-key": key, "Content-Type": "application/json"}) as r:
-            assert r.status == 400 and r.headers["x-request-id"]
+# What each kind of request may log, every line with its own request id (a retried upstream call logs its retry
+# in gateway/retry_policy.py, a failing deployment its cool-down; every request its "request" line).
+EXPECTED_EVENTS = {
+    "fast": ({"request"}, {"request"}),
+    "busy": ({"upstream_retry", "request"}, {"upstream_retry", "deployment_cooling_down", "request"}),
+    "broken": ({"request"}, {"request", "deployment_cooling_down"}),
+    "broke": ({"request"}, {"request"}),
+}
+PER_REQUEST_EVENTS = {"request", "upstream_retry", "deployment_cooling_down"}
+
+
+async def test_every_response_and_log_line_carries_the_request_id(
+    database_url: str, upstream: FakeUpstream, make_key: Any, make_user: Any, tmp_path: Path
+) -> None:
+    """The log of a real `gateway serve`, read line by line: under concurrency, each line of a request (retries,
+    cool-downs, refusals, upstream errors) carries that request's id and no other request's."""
+    key, _ = await make_key()
+    broke, _ = await make_user("broke@example.com", limit_usd=0)  # every request refused by the budget
+    port = free_port()
+    retries = {"attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02, "cooldown_after": 1, "cooldown_s": 0.05}
+    config = {
+        "server": {"port": port},
+        "database": {"url": database_url},
+        "providers": {
+            "anthropic": {"type": "anthropic", "base_url": upstream.url, "api_key": "k", "retries": {"attempts": 1}},
+            "busy": {"type": "anthropic", "base_url": upstream.url, "api_key": "k", "retries": retries},
+        },
+        "models": {
+            "claude-fast": {"provider": "anthropic", "model": "claude-haiku-4-5"},
+            "claude-busy": {"provider": "busy", "model": "fake-error-529"},  # 529 every time: retried, then relayed
+            "claude-broken": {"provider": "anthropic", "model": "fake-error-500"},
+        },
+        "usage_log": {"flush_interval_ms": 50, "spill_dir": str(tmp_path / "spill")},
+        "auth": {"bcrypt_rounds": 4},
+        "logging": {"format": "json", "level": "info"},
+    }
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "DATABASE_URL"))}
+    cmd = [sys.executable, "-m", "gateway", "--config", str(tmp_path / "gateway.yaml"), "serve"]
+    base = f"http://127.0.0.1:{port}"
+    sent: dict[str, str] = {}  # request id -> kind
+    with (tmp_path / "gateway.log").open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env, stdout=log_file, stderr=log_file)
+        try:
+            async with aiohttp.ClientSession() as s:
+                await wait_healthy(s, base)
+
+                async def call(kind: str, i: int) -> None:
+                    request_id = sent.setdefault(f"{kind}-{i}", kind) and f"{kind}-{i}"
+                    body = {**BODY, "model": "claude-fast" if kind in ("fast", "broke") else f"claude-{kind}"}
+                    headers = {"x-api-key": broke if kind == "broke" else key, "x-request-id": request_id}
+                    async with s.post(f"{base}/v1/messages", json=body, headers=headers) as r:
+                        await r.read()
+                        assert r.headers["x-request-id"] == request_id
+                        assert r.status == {"fast": 200, "busy": 529, "broken": 500, "broke": 429}[kind]
+
+                await asyncio.gather(*(call(kind, i) for i in range(4) for kind in EXPECTED_EVENTS))
+                url, headers = f"{base}/v1/messages", {"x-api-key": key}
+                async with s.post(url, json=BODY, headers=headers) as r:
+                    assert re.fullmatch(r"[0-9a-f]{24}", generated := r.headers["x-request-id"])
+                async with s.post(url, data=b"{", headers={**headers, "Content-Type": "application/json"}) as r:
+                    assert r.status == 400 and (malformed := r.headers["x-request-id"])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 15)
+    lines = [
+        orjson.loads(line) for line in (tmp_path / "gateway.log").read_bytes().splitlines() if line.startswith(b"{")
+    ]
+    by_id: dict[str, list[str]] = {}
+    for line in lines:
+        if line["event"] in PER_REQUEST_EVENTS:
+            assert "request_id" in line, line
+        if "request_id" in line:
+            by_id.setdefault(line["request_id"], []).append(line["event"])
+    assert set(by_id) == {*sent, generated, malformed}  # no line carries an id that was never a request's
+    for request_id, kind in sent.items():
+        at_least, at_most = EXPECTED_EVENTS[kind]
+        assert at_least <= set(by_id[request_id]) <= at_most, (request_id, by_id[request_id])
+        assert by_id[request_id].count("request") == 1
+    assert by_id[generated] == ["request"] and by_id[malformed] == ["request"]

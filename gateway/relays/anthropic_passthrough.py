@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_frame
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.relays.common import forwardable_headers, json_object, relayed_headers, send, with_model
@@ -89,7 +88,7 @@ class AnthropicPassthrough:
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.frame(orjson.dumps(err.render(ErrorShape.ANTHROPIC)), "error")
+        return error_frame(err, ErrorShape.ANTHROPIC)
 
 
 # The events parsed on the side; ping and block starts and stops are only relayed.

@@ -9,18 +9,14 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai import (
-    CLIENT_STATUSES,
-    ChatStreamTranslator,
-    error_to_openai,
-    message_to_chat_completion,
-)
-from gateway.dialects.openai_to_anthropic import chat_request_to_anthropic
-from gateway.dialects.responses import is_responses_body, responses_request_to_anthropic
-from gateway.dialects.responses_stream import ChatCustomCalls, chat_completion_with_custom_calls
+from gateway.dialects.chat.reply import CLIENT_STATUSES, message_to_chat_completion
+from gateway.dialects.chat.request import chat_request_to_anthropic
+from gateway.dialects.chat.stream import ChatStreamTranslator
+from gateway.dialects.responses.request import is_responses_body, responses_request_to_anthropic
+from gateway.dialects.responses.stream import ChatCustomCalls, chat_completion_with_custom_calls
 from gateway.dialects.thinking import thinking_headers
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError, error_frame
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
@@ -52,7 +48,7 @@ async def relay_chat_over_anthropic(ex: Exchange) -> None:
     await answer(
         reply,
         stream=translated.get("stream") is True,
-        error=lambda: relay_error(ex, reply, error_to_openai, _ERROR_HEADERS),
+        error=lambda: relay_error(ex, reply, UpstreamError.from_anthropic, _ERROR_HEADERS),
         streamed=lambda: _openai_stream(ex, reply, custom, notes),
         whole=lambda: _openai_whole(ex, reply, custom),
     )
@@ -116,4 +112,4 @@ class ChatOverAnthropic(TranslatedStream[ChatStreamTranslator]):
         return sse.DONE_FRAME
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.data_frame(err.render(ErrorShape.OPENAI)) + sse.DONE_FRAME
+        return error_frame(err, ErrorShape.OPENAI)

@@ -18,9 +18,9 @@ import structlog
 from aiohttp import web
 
 from gateway.composition import SERVICES
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions
 from gateway.dialects.prompt_cache import with_cache_breakpoints
-from gateway.errors import BadRequest, UpstreamUnreachable
+from gateway.dialects.translation import TranslationError, TranslationOptions
+from gateway.errors import BadRequest, UpstreamError, UpstreamUnreachable, error_response
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.retry_policy import send_with_fallbacks
@@ -232,20 +232,18 @@ async def answer(reply: UpstreamReply, *, stream: bool, error: Answer, streamed:
         reply.release()
 
 
-ErrorTranslation = Callable[[int, bytes], tuple[int, dict[str, Any]]]
+UpstreamErrorReader = Callable[[int, bytes, dict[str, str]], UpstreamError]  # UpstreamError.from_anthropic, ...
 
 
 async def relay_error(
-    ex: Exchange, reply: UpstreamReply, translate: ErrorTranslation, keep: frozenset[str] = frozenset({"retry-after"})
+    ex: Exchange, reply: UpstreamReply, read: UpstreamErrorReader, keep: frozenset[str] = frozenset({"retry-after"})
 ) -> None:
-    """An upstream error reply in the caller's dialect: its status (as the dialect reports it) and message kept."""
+    """An upstream error reply in the caller's shape: its status (as the shape reports it) and message kept."""
     data = await reply.read()
     ex.first_byte_ns = time.perf_counter_ns()
-    ex.status, body = translate(reply.status, data)
-    headers = {k: v for k, v in reply.headers.items() if k.lower() in keep}
-    ex.response = web.Response(
-        body=orjson.dumps(body), status=ex.status, content_type="application/json", headers=headers
-    )
+    err = read(reply.status, data, {k: v for k, v in reply.headers.items() if k.lower() in keep})
+    ex.status = err.status_for(ex.dialect)
+    ex.response = error_response(err, ex.dialect)
 
 
 EVENT_STREAM = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}

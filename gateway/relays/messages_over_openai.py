@@ -16,15 +16,11 @@ import orjson
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.anthropic_to_openai_request import estimate_input_tokens, messages_request_to_chat
-from gateway.dialects.openai_to_anthropic_reply import (
-    AnthropicStreamTranslator,
-    Event,
-    chat_completion_to_message,
-    error_to_anthropic,
-)
+from gateway.dialects.messages.reply import Event, chat_completion_to_message
+from gateway.dialects.messages.request import estimate_input_tokens, messages_request_to_chat
+from gateway.dialects.messages.stream import AnthropicStreamTranslator
 from gateway.error_shape import ErrorShape
-from gateway.errors import BadRequest, GatewayError, UpstreamUnreachable
+from gateway.errors import BadRequest, GatewayError, UpstreamError, UpstreamUnreachable, error_frame
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
@@ -56,7 +52,7 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
     await answer(
         reply,
         stream=stream,
-        error=lambda: relay_error(ex, reply, error_to_anthropic),
+        error=lambda: relay_error(ex, reply, UpstreamError.from_openai),
         streamed=lambda: _anthropic_stream(ex, reply),
         whole=lambda: _anthropic_whole(ex, reply),
     )
@@ -122,4 +118,4 @@ class MessagesOverOpenAI(TranslatedStream[AnthropicStreamTranslator]):
         return _frames(self._translator.finish())  # a server that never sends [DONE]
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.frame(orjson.dumps(err.render(ErrorShape.ANTHROPIC)), "error")
+        return error_frame(err, ErrorShape.ANTHROPIC)

@@ -17,10 +17,10 @@ import structlog
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.openai_to_anthropic import stream_flag
-from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
+from gateway.dialects.chat.request import stream_flag
+from gateway.dialects.messages.reply import usage_to_anthropic
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable, error_frame
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
@@ -145,7 +145,7 @@ class OpenAIPassthrough:
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return sse.data_frame(err.render(ErrorShape.OPENAI)) + sse.DONE_FRAME
+        return error_frame(err, ErrorShape.OPENAI)
 
 
 def _warn_no_usage(ex: Exchange) -> None:

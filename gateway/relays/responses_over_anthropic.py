@@ -11,17 +11,12 @@ from collections.abc import Mapping
 import orjson
 from aiohttp import web
 
-from gateway.dialects.anthropic_to_openai import CLIENT_STATUSES
-from gateway.dialects.responses import (
-    ResponseContext,
-    error_to_responses,
-    event_frame,
-    message_to_response,
-    responses_request_to_anthropic,
-)
-from gateway.dialects.responses_stream import ResponsesStreamTranslator
+from gateway.dialects.chat.reply import CLIENT_STATUSES
+from gateway.dialects.responses.reply import ResponseContext, event_frame, message_to_response
+from gateway.dialects.responses.request import responses_request_to_anthropic
+from gateway.dialects.responses.stream import ResponsesStreamTranslator
 from gateway.dialects.thinking import thinking_headers
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.pipeline import Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.common import (
@@ -47,7 +42,7 @@ async def relay_responses_over_anthropic(ex: Exchange) -> None:
     await answer(
         reply,
         stream=translation.request.get("stream") is True,
-        error=lambda: relay_error(ex, reply, error_to_responses, _ERROR_HEADERS),
+        error=lambda: relay_error(ex, reply, UpstreamError.from_anthropic, _ERROR_HEADERS),
         streamed=lambda: _stream(ex, reply, ctx, notes),
         whole=lambda: _whole(ex, reply, ctx),
     )
@@ -93,4 +88,4 @@ class ResponsesOverAnthropic(TranslatedStream[ResponsesStreamTranslator]):
         return b""
 
     def error_frame(self, err: GatewayError) -> bytes:
-        return b"".join(event_frame(e) for e in self._translator.fail("api_error", err.message))
+        return b"".join(event_frame(e) for e in self._translator.fail(err.anthropic_type, err.message))

@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from gateway.dialects import sse
-from gateway.dialects.openai_to_anthropic_reply import usage_to_anthropic
+from gateway.dialects.messages.reply import usage_to_anthropic
 from gateway.errors import GatewayError, UpstreamUnreachable
 from gateway.pipeline import Exchange, Usage
 from gateway.providers.base import UpstreamReply

@@ -80,7 +80,7 @@ def output_limit(body: dict[str, Any], alias: ModelAlias | None = None) -> int:
     The largest, not the first: a Chat body with `max_tokens: 1` and `max_completion_tokens: 64000` is sent
     upstream with the latter. A float counts too (a lenient upstream takes 64000.0 as 64000); at most MAX_COUNT.
     An OpenAI-dialect body without a limit is sent with the alias's `default_max_tokens`, and one with a
-    reasoning effort with at least its thinking budget plus that default (gateway/dialects/openai_to_anthropic.py).
+    reasoning effort with at least its thinking budget plus that default (gateway/dialects/chat/request.py).
     """
     limits = [
         min(math.ceil(v), MAX_COUNT)

@@ -10,10 +10,13 @@ import pytest
 from openai.types.shared import ReasoningEffort
 
 from gateway.config import load_config
-from gateway.dialects.openai_to_anthropic import TranslationError, TranslationOptions, chat_request_to_anthropic
-from gateway.dialects.responses import responses_request_to_anthropic
+from gateway.dialects.chat.request import (
+    chat_request_to_anthropic,
+)
+from gateway.dialects.responses.request import responses_request_to_anthropic
 from gateway.dialects.structured_output import STRUCTURED_OUTPUT_TOOL, closed_schema
 from gateway.dialects.thinking import THINKING_HEADER, effort_budget, thinking_headers
+from gateway.dialects.translation import TranslationError, TranslationOptions
 from tests.fakes import messages_rules
 
 BUDGETS = {"low": 2048, "medium": 8192, "high": 16384}

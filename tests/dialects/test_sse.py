@@ -132,10 +132,11 @@ def test_done_frame() -> None:
 
 
 FORBIDDEN_IMPORTS = {"aiohttp", "asyncpg", "asyncio", "socket", "requests", "httpx", "gateway"}
-DIALECT_MODULES = sorted((Path(__file__).parents[2] / "gateway" / "dialects").glob("*.py"))
+DIALECTS = Path(__file__).parents[2] / "gateway" / "dialects"
+DIALECT_MODULES = sorted(DIALECTS.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", DIALECT_MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", DIALECT_MODULES, ids=lambda p: str(p.relative_to(DIALECTS)))
 def test_dialects_import_no_io(path: Path) -> None:
     """gateway/dialects is pure translation: stdlib and orjson only, no network, no database, no app code."""
     imported = set()

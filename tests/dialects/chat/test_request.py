@@ -4,14 +4,13 @@ from typing import Any
 
 import pytest
 
-from gateway.dialects.openai_to_anthropic import (
+from gateway.dialects.chat.request import (
     IGNORED_FIELDS,
     REJECTED_FIELDS,
     TOOL_CHOICES,
-    TranslationError,
-    TranslationOptions,
     chat_request_to_anthropic,
 )
+from gateway.dialects.translation import TranslationError, TranslationOptions
 
 OPTS = TranslationOptions(
     provider_model="claude-sonnet-4-5",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from .structured_output import StructuredOutputError, apply_structured_output, structured_output
-from .thinking import NO_THINKING_EFFORTS, effort_budget, replay_missing, thinking_blocks_in, without_thinking
+from ..structured_output import StructuredOutputError, apply_structured_output, structured_output
+from ..thinking import NO_THINKING_EFFORTS, effort_budget, replay_missing, thinking_blocks_in, without_thinking
+from ..translation import TranslationError, TranslationOptions
 
 # Accepted and dropped: they have no Anthropic counterpart and no effect on the answer's content.
 IGNORED_FIELDS: frozenset[str] = frozenset(
@@ -62,27 +62,6 @@ CACHE_TTLS: frozenset[str] = frozenset({"5m", "1h"})  # Anthropic CacheControlEp
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _NOT_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-class TranslationError(ValueError):
-    """The OpenAI request cannot be expressed for Anthropic; the message says what and where.
-
-    `param` names the offending field, e.g. "messages[2].content[0].type".
-    """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class TranslationOptions:
-    """Per-route settings the request itself does not carry."""
-
-    provider_model: str  # the real model id to put in "model"
-    default_max_tokens: int  # used when max_tokens / max_completion_tokens are absent
-    thinking_budgets: Mapping[str, int]  # reasoning_effort -> thinking budget_tokens
-    structured_outputs: bool = True  # the model has output_config.format; False: a forced tool stands in
 
 
 def chat_request_to_anthropic(body: Mapping[str, Any], opts: TranslationOptions) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Pure: no I/O. One Anthropic event in, the Responses events it stands for out, ea
     response.function_call_arguments.done, response.output_item.done,
     response.completed (the whole Response, usage included)
 
-`gateway.dialects.sse.frame` (or `responses.event_frame`) writes each as `event: <type>\\ndata: {...}`.
+`gateway.dialects.sse.frame` (or `reply.event_frame`) writes each as `event: <type>\\ndata: {...}`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .responses import (
-    ResponseContext,
-    ToolOrigin,
-    custom_input,
-    failed_error,
-    finished_response,
-    output_item,
-    response_object,
-)
-from .structured_output import StreamUnwrapper
+from ..structured_output import StreamUnwrapper
+from .reply import ResponseContext, custom_input, failed_error, finished_response, output_item, response_object
+from .tools import ToolOrigin
 
 Event = dict[str, Any]
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -59,7 +52,7 @@ class _OpenBlock:
 class ResponsesStreamTranslator:
     """Turns Anthropic stream events into Responses stream events, one `feed` call per Anthropic event.
 
-    >>> from gateway.dialects.responses import ResponsesTranslation
+    >>> from gateway.dialects.responses.request import ResponsesTranslation
     >>> t = ResponsesStreamTranslator(ResponseContext("resp_1", 0, "m", ResponsesTranslation({})))
     >>> [e["type"] for e in t.feed("message_start", {"message": {"usage": {"input_tokens": 3}}})]
     ['response.created', 'response.in_progress']

@@ -6,13 +6,13 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.dialects.anthropic_to_openai_request import (
+from gateway.dialects.messages.request import (
     IGNORED_FIELDS,
     TOOL_ERROR_PREFIX,
     estimate_input_tokens,
     messages_request_to_chat,
 )
-from gateway.dialects.openai_to_anthropic import TranslationError
+from gateway.dialects.translation import TranslationError
 
 MODEL = "gpt-4o-mini"
 HI = [{"role": "user", "content": "hi"}]
@@ -25,7 +25,7 @@ LOOKUP_FUNCTION = {
     "type": "function",
     "function": {"name": "lookup", "description": "Look a word up.", "parameters": LOOKUP["input_schema"]},
 }
-CLAUDE_CODE_BODY = Path(__file__).resolve().parents[1] / "fixtures" / "claude_code_stream.json"
+CLAUDE_CODE_BODY = Path(__file__).resolve().parents[2] / "fixtures" / "claude_code_stream.json"
 
 
 def translate(**body: Any) -> dict[str, Any]:

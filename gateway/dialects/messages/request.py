@@ -1,6 +1,6 @@
 """Translate an Anthropic Messages request body into an OpenAI Chat Completions request body.
 
-The mirror of openai_to_anthropic.py, for a provider that speaks Chat Completions (OpenAI, vLLM, Ollama, a
+The mirror of gateway/dialects/chat/request.py, for a provider that speaks Chat Completions (OpenAI, vLLM, Ollama, a
 LiteLLM proxy). Pure: no I/O, no clock, no randomness. What cannot be expressed raises `TranslationError`
 (shared with the other direction), whose message names the field, e.g.
 "messages[0].content[1].type: 'document' blocks are not supported by OpenAI-compatible providers; ...".
@@ -35,7 +35,10 @@ from typing import Any
 
 import orjson
 
-from .openai_to_anthropic import TOOL_CHOICES, TranslationError
+from ..chat.request import (
+    TOOL_CHOICES,
+)
+from ..translation import TranslationError
 
 # Accepted and dropped: Anthropic features an OpenAI-compatible server has no counterpart for.
 IGNORED_FIELDS: frozenset[str] = frozenset(
