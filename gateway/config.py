@@ -37,12 +37,12 @@ from gateway.config_sections import ServerConfig as ServerConfig
 from gateway.config_sections import UsageLogConfig as UsageLogConfig
 from gateway.config_types import (
     PIPELINE_STAGES,
+    BaseUrl,
     Bool,
     Cost,
     Effort,
     Float,
     Given,
-    HttpUrl,
     Pipeline,
     Positive,
     PositiveFloat,
@@ -78,7 +78,7 @@ class Retries(Section):
 class ProviderConfig(Section):
     name: str  # the key it is declared under
     type: Annotated[Str, one_of(PROVIDER_TYPES, "a provider type")] = "anthropic"
-    base_url: HttpUrl
+    base_url: BaseUrl
     api_key: Str = Field(default="", repr=False)
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()

@@ -152,7 +152,7 @@ NonEmpty = Annotated[Str, _nonblank("empty (leave the key out for the default)")
 Secret = Annotated[
     Str, rule(lambda v: not v or len(v) >= 32, "needs at least 32 characters (try: openssl rand -hex 32)")
 ]
-HttpUrl = Annotated[
+BaseUrl = Annotated[
     Str,
     AfterValidator(lambda v: v.rstrip("/")),
     rule(lambda v: v.startswith(("http://", "https://")), "{v!r} is not an http(s) URL"),
