@@ -47,7 +47,7 @@ class _NoFindings(FindingsLog):
 
 
 def _stage(enabled: bool) -> PreventDataLoss:
-    models = {"claude-fast": ModelAlias("claude-fast", "anthropic", "claude-haiku-4-5")}
+    models = {"claude-fast": ModelAlias(name="claude-fast", provider="anthropic", model="claude-haiku-4-5")}
     cfg = DlpConfig(aliases={"claude-fast": DlpPolicy(enabled=enabled)})
     return PreventDataLoss(cfg, models, RoutingConfig(), Metrics(), _NoFindings())
 

@@ -21,7 +21,7 @@ from gateway.relays import relay
 
 log = structlog.get_logger("gateway.reload")
 
-RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console", "identity")
+RESTART_ONLY = ("server", "database", "auth", "usage_log", "logging", "metrics", "console", "sso", "caller_jwt")
 
 
 async def _authenticated(ex: Exchange) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -79,8 +79,9 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     await fake.close()
 
 
-def gateway_config(upstream_url: str, **overrides: Any) -> GatewayConfig:
-    """The test config: gateway.yaml's shape, pointed at the fake upstream, with fast bcrypt and flushes."""
+def gateway_config(upstream_url: str, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+    """The test config: gateway.yaml's shape, pointed at the fake upstream, with fast bcrypt and flushes; `environ`
+    fills `${VAR}` references and the variables a section names (sso.client_secret_env)."""
     raw: dict[str, Any] = {
         # One attempt: tests that enqueue an upstream error expect to see it; tests/test_upstream_faults.py
         # turns retries on where it studies them.
@@ -115,7 +116,7 @@ def gateway_config(upstream_url: str, **overrides: Any) -> GatewayConfig:
             raw[section] = {**raw[section], **value}
         else:
             raw[section] = value
-    return parse_config(raw, environ={})
+    return parse_config(raw, environ=environ or {})
 
 
 GatewayFactory = Callable[..., Awaitable[TestServer]]

@@ -174,3 +174,82 @@ def test_fallbacks_must_share_the_primary_provider_type() -> None:
     )
     with pytest.raises(ConfigError, match=r"models\.a\.fallbacks\[0\]\.provider: 'local' is of type 'openai'"):
         parse_config(raw, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "https://x", "timeouts": {"conect": 5}}}),
+            "providers.anthropic.timeouts.conect: unknown key (allowed: connect, first_byte, idle)",
+            id="unknown-key-lists-the-allowed",
+        ),
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "https://x", "name": "other"}}),
+            "providers.anthropic.name: unknown key (allowed: api_key, base_url, retries, timeouts, type)",
+            id="name-is-the-key",
+        ),
+        pytest.param(with_(server={"port": True}), "server.port: expected int, got True", id="bool-is-no-number"),
+        pytest.param(
+            with_(server={"workers": "0"}), "server.workers: must be positive, got 0", id="env-string-checked"
+        ),
+        pytest.param(
+            with_(
+                models={
+                    "claude-fast": {"provider": "anthropic", "model": "m", "fallbacks": [{"provider": "anthropic"}]}
+                }
+            ),
+            "models.claude-fast.fallbacks[0].model: required",
+            id="path-through-a-list",
+        ),
+        pytest.param(
+            with_(dlp={"aliases": {"claude-fast": {"detectors": {"emial": {"action": "block"}}}}}),
+            "dlp.aliases.claude-fast.detectors.emial: unknown key (allowed: anthropic_key,",
+            id="unknown-mapping-key",
+        ),
+        pytest.param(
+            with_(console={"secure_cookie": "Maybe"}), "console.secure_cookie: 'maybe' is not one of", id="lower"
+        ),
+        pytest.param(["server"], "expected a mapping, got list", id="not-a-mapping"),
+    ],
+)
+def test_error_lines_name_the_path_and_the_rule(raw: Any, line: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, {})
+    assert str(err.value).startswith(line)
+
+
+def test_null_means_the_default_and_yaml_booleans_are_read_as_before() -> None:
+    cfg = parse_config(with_(server={"port": None}, console=None, metrics={"require_admin": "off"}), {})
+    assert (cfg.server.port, cfg.console.enabled, cfg.metrics.require_admin) == (8000, True, False)
+    assert parse_config(with_(console={"secure_cookie": False}), {}).console.secure_cookie == "false"
+    assert (
+        parse_config(with_(dlp={"detectors": {"email": {"action": False}}}), {}).dlp.detectors["email"].action == "off"
+    )
+
+
+def test_no_secret_appears_in_any_repr() -> None:
+    secrets = ("sk-upstream-123", "a" * 40, "b" * 40, "c" * 40, "dbpassword")
+    raw = with_(
+        providers={"anthropic": {"base_url": "https://x", "api_key": secrets[0]}},
+        auth={"admin_key": secrets[1], "claudecode_secret": secrets[2]},
+        console={"session_secret": secrets[3]},
+        database={"url": f"postgresql://gw:{secrets[4]}@db/gw"},
+    )
+    cfg = parse_config(raw, {})
+    shown = repr(cfg) + str(cfg) + repr(cfg.auth) + repr(cfg.database) + repr(cfg.providers)
+    assert not [s for s in secrets if s in shown]
+    assert cfg.auth.admin_key == secrets[1]  # kept, only not shown
+
+
+def test_sections_are_frozen_and_compare_by_value() -> None:
+    """Hot reload compares each section of the old and new config to say which need a restart; usage pricing
+    caches by Price (hashable)."""
+    one, two = parse_config(MINIMAL, {}), parse_config(MINIMAL, {})
+    assert one.server == two.server and one.providers == two.providers and one.models == two.models
+    assert parse_config(with_(server={"port": 9}), {}).server != one.server
+    with pytest.raises(ValueError, match="frozen"):
+        one.server.port = 1  # type: ignore[misc]
+    price = {"input": 1, "output": 2, "cache_write": 1.25, "cache_read": 0.1}
+    a, b = (parse_config(with_(pricing={"m": price}), {}).pricing["m"] for _ in range(2))
+    assert a == b and hash(a) == hash(b) and a.cache_write_1h_price == 2.0

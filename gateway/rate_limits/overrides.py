@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ class Override:
 
     def over(self, default: RateLimit) -> RateLimit:
         given = {name: value for name in FIELDS if (value := getattr(self, name)) is not None}
-        return replace(default, **given) if given else default
+        return default.model_copy(update=given) if given else default
 
 
 class RateLimitOverrides:

@@ -20,9 +20,8 @@ Errors are ConfigError lines naming the YAML path (`sso.roles.finance: Input sho
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from gateway.roles import Role
 
@@ -79,19 +78,8 @@ class IdentityConfig(_Strict):
     caller_jwt: CallerJwtConfig | None = None
 
 
-def parse_identity(sso: Any, caller_jwt: Any, environ: Mapping[str, str]) -> IdentityConfig:
-    """Validate the two sections; raises ValueError with one line naming the YAML path and the problem."""
-    try:
-        parsed = IdentityConfig.model_validate({"sso": sso, "caller_jwt": caller_jwt})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ValueError(f"{where}: {first['msg']}") from None
-    if parsed.sso is not None:
-        secret = environ.get(parsed.sso.client_secret_env, "")
-        if not secret:
-            raise ValueError(
-                f"sso.client_secret_env: the environment variable {parsed.sso.client_secret_env} is not set"
-            )
-        parsed = parsed.model_copy(update={"sso": parsed.sso.model_copy(update={"client_secret": SecretStr(secret)})})
-    return parsed
+def with_client_secret(sso: SsoConfig, environ: Mapping[str, str]) -> SsoConfig:
+    """`sso` with its client secret read from the variable `client_secret_env` names; ValueError when it is unset."""
+    if not (secret := environ.get(sso.client_secret_env, "")):
+        raise ValueError(f"sso.client_secret_env: the environment variable {sso.client_secret_env} is not set")
+    return sso.model_copy(update={"client_secret": SecretStr(secret)})

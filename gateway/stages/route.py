@@ -67,7 +67,9 @@ class RouteToProvider:
                     target = self._targets[rule.alias]
                 else:
                     assert rule.provider is not None
-                    target = self._target(ModelAlias(name=model, provider=rule.provider, model=model))
+                    # the caller's id as sent (the provider judges it), not validated as gateway.yaml's aliases are
+                    alias = ModelAlias.model_construct(name=model, provider=rule.provider, model=model)
+                    target = self._target(alias)
                 break
         if target is not None and len(self._routed) < MAX_REMEMBERED_IDS:
             self._routed[model] = target

@@ -90,7 +90,7 @@ def exchange(body: bytes) -> Exchange:
 
 @pytest.mark.parametrize("enabled_for", ["claude-fast", None], ids=["other-alias", "nowhere"])
 async def test_an_alias_without_dlp_leaves_the_body_unparsed(enabled_for: str | None) -> None:
-    models = {m: ModelAlias(m, "anthropic", m) for m in ("claude-fast", "claude-quality")}
+    models = {m: ModelAlias(name=m, provider="anthropic", model=m) for m in ("claude-fast", "claude-quality")}
     aliases = {enabled_for: DlpPolicy(enabled=True)} if enabled_for else {}
     stage = PreventDataLoss(DlpConfig(aliases=aliases), models, RoutingConfig(), Metrics(), FindingsLog(None))  # type: ignore[arg-type]
     ex = exchange(planted(CLAUDE_CODE_BODY))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
-from gateway.sso.config import parse_identity
 from tests.conftest import gateway_config
 from tests.fakes.upstream import FakeUpstream
 from tests.net import free_port
@@ -77,8 +75,13 @@ async def start_gateway(
     servers: list[TestServer] = []
 
     async def start(idp: OidcProvider, *, sso: dict[str, Any] | None, caller: dict[str, Any] | None) -> TestServer:
-        cfg = gateway_config(upstream.url, usage_log={"spill_dir": str(tmp_path / "spill")})
-        cfg = dataclasses.replace(cfg, identity=parse_identity(sso, caller, {SECRET_ENV: CLIENT_SECRET}))
+        cfg = gateway_config(
+            upstream.url,
+            usage_log={"spill_dir": str(tmp_path / "spill")},
+            sso=sso,
+            caller_jwt=caller,
+            environ={SECRET_ENV: CLIENT_SECRET},
+        )
         server = TestServer(build_app(cfg, dsn=database_url), host="127.0.0.1", port=idp.gateway_port)
         await server.start_server()
         servers.append(server)

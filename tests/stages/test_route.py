@@ -58,6 +58,14 @@ async def test_resolves(model: str, alias: str, provider_model: str) -> None:
     assert (ex.target.alias.name, ex.target.provider_model) == (alias, provider_model)
 
 
+async def test_a_passed_through_id_is_not_checked_as_config() -> None:
+    """A caller's id goes upstream as sent (the provider answers for it); gateway.yaml's rule that a `model:` is
+    not blank must not turn a blank id from a caller into a 500."""
+    ex = exchange("   ")
+    await stage(rules=[{"match": "*", "provider": "anthropic"}])(ex, passed)
+    assert ex.target is not None and (ex.target.alias.name, ex.target.provider_model) == ("   ", "   ")
+
+
 async def test_unknown_model_lists_aliases() -> None:
     with pytest.raises(UnknownModel, match="unknown model 'gpt-4o'; configured aliases: claude-fast, claude-premium"):
         await stage()(exchange("gpt-4o"), passed)
