@@ -22,13 +22,15 @@ from aiohttp.hdrs import EXPECT
 
 from gateway import db
 from gateway.accounting.month_view import month_of
-from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES, SLOTS
+from gateway.app_keys import RUNTIME, SERVICES, SLOTS
 from gateway.composition import Services
 from gateway.config import GatewayConfig
+from gateway.dlp import ACTIONS, DETECTOR_IDS
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
-from gateway.pipeline import Exchange
+from gateway.rate_limits.overrides import Override
+from gateway.request_body import continue_after_auth, send_continue
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -131,14 +133,6 @@ def _int_query(request: web.Request, name: str, default: int, maximum: int, mini
 # --- handlers ----------------------------------------------------------------------------------------
 
 
-async def _authenticate(request: web.Request) -> Principal:
-    """Run the pipeline's auth and key-mapping stages on a management request."""
-    ex = Exchange(ErrorShape.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[RUNTIME].auth_pipeline(ex)
-    assert ex.principal is not None
-    return ex.principal
-
-
 def admin_only(
     handler: Callable[[UserKeysApi, web.Request, Principal], Awaitable[web.Response]],
     send_continue: Callable[[web.Request], Awaitable[None]],
@@ -150,13 +144,14 @@ def admin_only(
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         try:
-            admin = await _authenticate(request)
+            admin = await request.config_dict[RUNTIME].authenticate(request)  # gateway/authentication.py
             if not admin.is_admin:
                 raise AdminError(403, "this endpoint needs an admin key (gateway keys create --admin)")
             if EXPECT in request.headers:
                 await send_continue(request)
-            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
-                return await handler(UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, admin)
+            with request.config_dict[SLOTS]:  # only now: a caller not yet authenticated holds no slot
+                api = UserKeysApi(request.config_dict[RUNTIME].config, request.config_dict[SERVICES])
+                return await handler(api, request, admin)
         except AdminError as err:
             return _json({"error": err.message}, err.status)
         except GatewayError as err:  # 401 from the auth stages, in this API's error shape
@@ -333,8 +328,6 @@ async def dlp_findings(api: UserKeysApi, request: web.Request, admin: Principal)
 
     Query: from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
     """
-    from gateway.dlp import ACTIONS, DETECTOR_IDS
-
     start, end = _day(request, "from"), _day(request, "to")
     if start and end and start > end:
         raise AdminError(400, "'from' is after 'to'")
@@ -352,7 +345,7 @@ async def dlp_findings(api: UserKeysApi, request: web.Request, admin: Principal)
     limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
     offset = _int_query(request, "offset", 0, 10**9)
     rows = await db.dlp_findings(
-        request.app[SERVICES].pool,
+        request.config_dict[SERVICES].pool,
         start=start,
         end=end,
         user_id=user_id,
@@ -410,9 +403,8 @@ def _history_entry(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_routes(app: web.Application) -> None:
-    from gateway.app import _send_continue, continue_after_auth  # here: gateway.app imports this module
-
+def add_routes(app: web.Application, mounted_at: str = "") -> None:
+    """The management API's routes, on `app` mounted at `mounted_at` (the gateway's /v1 sub-application: "/v1")."""
     api, routes = UserKeysApi, app.router
     add = {"GET": routes.add_get, "POST": routes.add_post, "PUT": routes.add_put, "DELETE": routes.add_delete}
     for method, path, handler in (
@@ -428,7 +420,9 @@ def add_routes(app: web.Application) -> None:
         ("PUT", "/v1/rate-limits/{scope}/{id}", put_rate_limit),
         ("DELETE", "/v1/rate-limits/{scope}/{id}", delete_rate_limit),
     ):  # add_get answers HEAD too; no 100 Continue before authentication: a refused body is never invited
-        add[method](path, admin_only(handler, _send_continue), expect_handler=continue_after_auth)
+        add[method](
+            path.removeprefix(mounted_at), admin_only(handler, send_continue), expect_handler=continue_after_auth
+        )
 
 
 # --- rate-limit overrides (/v1/rate-limits) ----------------------------------------------------------
@@ -450,7 +444,7 @@ def _limits_json(values: Any) -> dict[str, Any]:
 
 async def list_rate_limits(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
     """GET /v1/rate-limits: the configured defaults and every override (null field: the default)."""
-    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
     assert svc.rate_limit_overrides is not None
     overrides = [
         {"scope": r["scope"], "id": r["scope_id"], **_limits_json(r), "updatedAt": _iso(r["updated_at"])}
@@ -468,7 +462,7 @@ async def _rate_limit_scope(request: web.Request, *, must_exist: bool = True) ->
     must stay removable.
     """
     scope, raw_id = request.match_info["scope"], request.match_info["id"]
-    pool = request.app[SERVICES].pool
+    pool = request.config_dict[SERVICES].pool
     if scope == "key" and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 19:
         if not must_exist or await pool.fetchval("SELECT 1 FROM api_keys WHERE id = $1", int(raw_id)):
             return scope, str(int(raw_id))
@@ -489,8 +483,6 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principa
 
     Absent or null: the default from gateway.yaml; 0: no limit of that kind. Replaces the whole override.
     """
-    from gateway.rate_limits.overrides import Override
-
     scope, scope_id = await _rate_limit_scope(request)
     body = await _body(request, set(RATE_LIMIT_FIELDS))
     json.loads(await request.read(), object_pairs_hook=_once_each)  # parsed by _body: only duplicates raise
@@ -500,11 +492,11 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, admin: Principa
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
             raise AdminError(400, f"'{camel}' must be null or an integer from 0 to {MAX_LIMIT}")
         values[name] = value
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     assert svc.rate_limit_overrides is not None
     override = Override(**values)
     await svc.rate_limit_overrides.put(scope, scope_id, override)
-    limits = request.app[RUNTIME].config.rate_limits
+    limits = request.config_dict[RUNTIME].config.rate_limits
     effective = override.over(limits.key if scope == "key" else limits.user)
     return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
 
@@ -523,7 +515,7 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 async def delete_rate_limit(api: UserKeysApi, request: web.Request, admin: Principal) -> web.Response:
     """DELETE /v1/rate-limits/{key|user}/{id}: back to the defaults; 404 when there was no override."""
     scope, scope_id = await _rate_limit_scope(request, must_exist=False)
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     assert svc.rate_limit_overrides is not None
     if not await svc.rate_limit_overrides.delete(scope, scope_id):
         raise AdminError(404, f"no rate-limit override for {scope} {scope_id}")

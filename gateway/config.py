@@ -18,6 +18,8 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from gateway.dlp import ACTIONS, DETECTOR_IDS, NATIONAL_ID_COUNTRIES
+
 # the only order they can run in
 PIPELINE_STAGES = ("auth", "key_mapping", "rate_limit", "budget", "dlp", "route", "usage_log")
 REQUIRED_STAGES = frozenset({"auth", "route"})
@@ -769,8 +771,6 @@ def _pipeline(raw: Any) -> tuple[str, ...]:
 
 
 def _dlp_rules(raw: Any, where: str) -> dict[str, DetectorRule]:
-    from gateway.dlp import ACTIONS, DETECTOR_IDS
-
     rules = {}
     for detector, spec_raw in _section(raw, where, set(DETECTOR_IDS)).items():
         path = f"{where}.{detector}"
@@ -814,8 +814,6 @@ def _dlp_list(
 
 
 def _dlp(raw: Any, models: Mapping[str, ModelAlias], pipeline: tuple[str, ...]) -> DlpConfig:
-    from gateway.dlp import NATIONAL_ID_COUNTRIES
-
     allowed = {"enabled", "bypass_roles", "national_ids", "phone_regions", "detectors", "aliases"}
     s = _section(raw, "dlp", allowed)
     aliases = {}

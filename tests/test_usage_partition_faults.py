@@ -12,7 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from gateway import db, usage_partitions
+from gateway import db
+from gateway.accounting import partitions as usage_partitions
 from gateway.accounting.partitions import drop_old_partitions, ensure_partitions, keep_partitions
 from gateway.config import ConfigError
 from tests.conftest import gateway_config

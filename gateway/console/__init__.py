@@ -24,6 +24,7 @@ from gateway.composition import SERVICES
 from gateway.config import GatewayConfig
 from gateway.console import actions, pages
 from gateway.console.session import VISITOR, CookieSessions, sign_in, sign_in_form, sign_out
+from gateway.edge import add_request_id, edge, error_edge
 
 log = structlog.get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,7 +90,9 @@ def _when(value: datetime | None) -> str:
 def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Application:
     """The /console sub-application; its session secret is read (or made) when the gateway starts."""
     sessions = CookieSessions(cfg.console)
-    console = web.Application(middlewares=[sessions.middleware(), error_pages])
+    # error_edge first: the request id and the last word on a bug, as on every route but the model routes
+    console = web.Application(middlewares=[error_edge, sessions.middleware(), error_pages])
+    console.on_response_prepare.append(add_request_id)
     console[pages.CLOSED_DAYS] = pages.ClosedDays()
     aiohttp_jinja2.setup(
         console,
@@ -133,5 +136,5 @@ def add_routes(app: web.Application, cfg: GatewayConfig) -> None:
     async def to_console(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently("/console/")
 
-    app.router.add_get("/console", to_console)
+    app.router.add_get("/console", edge(to_console))
     app.add_subapp("/console", build_console(cfg, app))
