@@ -1,7 +1,8 @@
 """What a configuration reload swaps, and the reload itself (SIGHUP or `gateway reload`).
 
-Handlers read `app[RUNTIME]` once per request, so a request in flight keeps the chain it started with while
-new requests get the new one. Aliases, routing, providers, pricing, budgets and the pipeline reload live;
+Handlers read the Runtime's chain once per request (the model routes through gateway/edge.py's Serving, the
+others through `app[RUNTIME]`), so a request in flight keeps the chain it started with while new requests get
+the new one. Aliases, routing, providers, pricing, budgets and the pipeline reload live;
 the server, database, auth, usage_log and logging sections are read at start only (a change is logged as
 needing a restart, and the rest of the new file still applies).
 """

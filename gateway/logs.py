@@ -59,7 +59,6 @@ def not_a_malformed_request(record: logging.LogRecord) -> bool:
 
 # --- the per-request line, rendered cheaply -------------------------------------------------------------
 
-_requests = structlog.get_logger("gateway")
 _stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)  # the same stamp as configure_logging's
 # (the JSON set-up's processors, its output) while configure_logging's JSON lines at info or below are set up
 _json_output: tuple[tuple[structlog.types.Processor, ...], IO[bytes]] | None = None
@@ -76,7 +75,8 @@ def request_line(fields: dict[str, Any]) -> None:
     output = _json_output
     # still in force? (structlog.testing.capture_logs, for one, swaps the processors inside the same list)
     if output is None or tuple(structlog.get_config()["processors"]) != output[0]:
-        _requests.info("request", **fields)
+        # a fresh proxy each time: one cached under an earlier set-up would keep writing there
+        structlog.get_logger("gateway").info("request", **fields)
         return
     line = _stamp(None, "info", {**fields, "event": "request", "level": "info"})
     output[1].write(orjson.dumps(line) + b"\n")
