@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.app import body_sketch
-from gateway.relays.common import with_model
+from gateway.relays.model_patch import with_model
 
 # A sketched body's model key was proven unique at the edge (when this version of the gateway checks that).
 _SKETCHED = {"unique": True} if "unique" in inspect.signature(with_model).parameters else {}

@@ -25,13 +25,13 @@ from aiohttp import web
 
 from gateway import db
 from gateway.accounting.month_view import month_of
-from gateway.app_keys import REQUEST_ID, RUNTIME, SERVICES
+from gateway.app_keys import RUNTIME, SERVICES
 from gateway.composition import Services
 from gateway.config import GatewayConfig
-from gateway.error_shape import ErrorShape
+from gateway.dlp import ACTIONS, DETECTOR_IDS
 from gateway.errors import ManagementApiError
 from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
-from gateway.pipeline import Exchange
+from gateway.rate_limits.overrides import Override
 from gateway.roles import Actor, Role
 from gateway.sso.people import actor_of, key_of, person_from_bearer, principal_of
 from gateway.stages.auth import presented_credential
@@ -137,14 +137,12 @@ def _int_query(request: web.Request, name: str, default: int, maximum: int, mini
 
 
 async def _authenticate(request: web.Request) -> Principal:
-    """A person's SSO token (gateway/sso/people.py), else the pipeline's auth and key-mapping stages."""
-    people = request.app[SERVICES].sign_ins.people
+    """A person's SSO token (gateway/sso/people.py), else a gateway key or Claude Code token
+    (gateway/authentication.py)."""
+    people = request.config_dict[SERVICES].sign_ins.people
     if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
-        return await principal_of(request.app[SERVICES].pool, person)
-    ex = Exchange(ErrorShape.OPENAI, "admin", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[RUNTIME].auth_pipeline(ex)
-    assert ex.principal is not None
-    return ex.principal
+        return await principal_of(request.config_dict[SERVICES].pool, person)
+    return await request.config_dict[RUNTIME].authenticate(request)  # gateway/authentication.py
 
 
 async def authenticate_actor(request: web.Request) -> Actor:
@@ -153,7 +151,7 @@ async def authenticate_actor(request: web.Request) -> Actor:
 
     Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role.
     """
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     people = svc.sign_ins.people
     if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
         row = await key_of(svc.pool, person)
@@ -389,8 +387,6 @@ async def dlp_findings(api: UserKeysApi, request: web.Request, actor: Actor) -> 
 
     Query: from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
     """
-    from gateway.dlp import ACTIONS, DETECTOR_IDS
-
     start, end = _day(request, "from"), _day(request, "to")
     if start and end and start > end:
         raise AdminError(400, "'from' is after 'to'")
@@ -408,7 +404,7 @@ async def dlp_findings(api: UserKeysApi, request: web.Request, actor: Actor) -> 
     limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
     offset = _int_query(request, "offset", 0, 10**9)
     rows = await db.dlp_findings(
-        request.app[SERVICES].pool,
+        request.config_dict[SERVICES].pool,
         start=start,
         end=end,
         user_id=user_id,
@@ -485,7 +481,7 @@ def _limits_json(values: Any) -> dict[str, Any]:
 
 async def list_rate_limits(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """GET /v1/rate-limits: the configured defaults and every override (null field: the default)."""
-    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
     assert svc.rate_limit_overrides is not None
     overrides = [
         {"scope": r["scope"], "id": r["scope_id"], **_limits_json(r), "updatedAt": _iso(r["updated_at"])}
@@ -503,7 +499,7 @@ async def _rate_limit_scope(request: web.Request, *, must_exist: bool = True) ->
     must stay removable.
     """
     scope, raw_id = request.match_info["scope"], request.match_info["id"]
-    pool = request.app[SERVICES].pool
+    pool = request.config_dict[SERVICES].pool
     if scope == "key" and raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 19:
         if not must_exist or await pool.fetchval("SELECT 1 FROM api_keys WHERE id = $1", int(raw_id)):
             return scope, str(int(raw_id))
@@ -524,8 +520,6 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
 
     Absent or null: the default from gateway.yaml; 0: no limit of that kind. Replaces the whole override.
     """
-    from gateway.rate_limits.overrides import Override
-
     scope, scope_id = await _rate_limit_scope(request)
     body = await _body(request, set(RATE_LIMIT_FIELDS))
     json.loads(await request.read(), object_pairs_hook=_once_each)  # parsed by _body: only duplicates raise
@@ -535,14 +529,14 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
             raise AdminError(400, f"'{camel}' must be null or an integer from 0 to {MAX_LIMIT}")
         values[name] = value
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     assert svc.rate_limit_overrides is not None
     override = Override(**values)
     await svc.rate_limit_overrides.put(scope, scope_id, override)
     await db.audit_change(
         svc.pool, "rate_limit_set", actor, target=f"rate-limit:{scope}:{scope_id}", reason=str(values)
     )
-    limits = request.app[RUNTIME].config.rate_limits
+    limits = request.config_dict[RUNTIME].config.rate_limits
     effective = override.over(limits.key if scope == "key" else limits.user)
     return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
 
@@ -561,7 +555,7 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 async def delete_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """DELETE /v1/rate-limits/{key|user}/{id}: back to the defaults; 404 when there was no override."""
     scope, scope_id = await _rate_limit_scope(request, must_exist=False)
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     assert svc.rate_limit_overrides is not None
     if not await svc.rate_limit_overrides.delete(scope, scope_id):
         raise AdminError(404, f"no rate-limit override for {scope} {scope_id}")

@@ -56,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers > 1 and not os.environ.get("GATEWAY_METRICS_DIR"):
         # Each worker shares its figures there; whichever answers a scrape adds them all up.
         os.environ["GATEWAY_METRICS_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    # Imported here, not to dodge a cycle: the server (aiohttp, the whole app) is loaded only by `gateway serve`,
+    # so `gateway keys ...` and the other quick commands start without it.
     from gateway.server import serve
 
     return serve(cfg, host=args.host, port=args.port, workers=workers)

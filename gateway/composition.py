@@ -1,4 +1,9 @@
-"""The long-lived things a running gateway holds, built once at startup and closed at shutdown."""
+"""The composition root: the long-lived things a running gateway holds (built once at startup, closed at shutdown),
+and the request path built from them and one config (`build_request_path`, again at each reload).
+
+Everything is wired here and only here: stages, the relay (with its metrics), providers, authentication. The
+modules wired import none of this one, so the import graph has no circle (tests/test_import_graph.py).
+"""
 
 from __future__ import annotations
 
@@ -23,17 +28,29 @@ from gateway.accounting.ledger import Ledger
 from gateway.accounting.month_view import MonthView, utc_now
 from gateway.accounting.partitions import keep_partitions
 from gateway.accounting.spill import SpillDir
+from gateway.authentication import Authentication
+from gateway.client_address import ClientAddress
 from gateway.config import GatewayConfig, ProviderConfig, RateLimitConfig
+from gateway.dlp.findings import FindingsLog
 from gateway.embedded_pg import EmbeddedPostgres, start_embedded_postgres
 from gateway.keys import ClaudeCodeTokens, KeyCache, Principal
 from gateway.metrics import Metrics
+from gateway.pipeline import Next, Stage, chain
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.rate_limits.limiter import Limiter, LocalLimiter
 from gateway.rate_limits.overrides import RateLimitOverrides
+from gateway.relays import Relay
 from gateway.sso import SignIns, open_sign_ins
-from gateway.stages.auth import EnvAdminKey
+from gateway.stages.auth import Authenticate, EnvAdminKey
+from gateway.stages.budget import CheckBudget, alias_of_requested, price_of_requested
+from gateway.stages.dlp import PreventDataLoss
+from gateway.stages.key_mapping import MapClaudeCodeKey
+from gateway.stages.rate_limit import CheckRateLimit
+from gateway.stages.route import RouteToProvider
+from gateway.stages.usage_log import LogUsage
+from gateway.throttle import AuthThrottle
 
 log = structlog.get_logger("gateway")
 
@@ -89,6 +106,64 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)  # set on the application at startup
+
+
+AUTH_STAGES = ("auth", "key_mapping")  # read headers only: run before the body is read, outside the chain
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPath:
+    """What a model route runs, built from one config: who is calling, then the chain of the other stages."""
+
+    authenticate: Authentication  # auth -> key_mapping: headers only, before a slot is taken or the body read
+    served: Next  # rate_limit -> budget -> dlp -> route -> usage_log -> relay, chained once
+
+
+def build_request_path(cfg: GatewayConfig, svc: Services) -> RequestPath:
+    """The request path, outermost first, filtered by `pipeline:` in gateway.yaml; the one place it is written:
+
+        auth -> key_mapping -> [a slot, the body] -> rate_limit -> budget -> dlp -> route -> usage_log -> relay
+
+    The first two read headers only, so the edge (gateway/edge.py) runs them before it takes a concurrency slot
+    and reads the body; the rest are chained here, once, around the relay.
+    """
+    # Guesses are counted per (client address, credential); tokens in a table of their own, so a flood of
+    # made-up tokens cannot push key guessers out of theirs.
+    limit, client_address = cfg.server.auth_failures_per_minute, ClientAddress(cfg.server.trusted_proxies)
+    mapping = "key_mapping" in cfg.pipeline
+    authenticate = Authentication(
+        Authenticate(
+            svc.key_cache,
+            defer_foreign=mapping,
+            env_admin=svc.env_admin,
+            throttle=AuthThrottle(limit),
+            client_address=client_address,
+            callers=svc.sign_ins.callers,
+        ),
+        MapClaudeCodeKey(svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address)
+        if mapping
+        else None,
+    )
+    after_auth: dict[str, Stage] = {
+        "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
+        "budget": CheckBudget(
+            svc.month_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
+        ),
+        "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, _findings_log(svc)),
+        "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
+        # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
+        "usage_log": LogUsage(svc.ledger),
+    }
+    stages = tuple(after_auth[name] for name in cfg.pipeline if name not in AUTH_STAGES)
+    return RequestPath(authenticate, chain(stages, Relay(svc.metrics)))
+
+
+def _findings_log(svc: Services) -> FindingsLog:
+    """The running gateway's one FindingsLog (kept in Services.extras, so a config reload keeps its tasks)."""
+    if "dlp_findings" not in svc.extras:
+        svc.extras["dlp_findings"] = FindingsLog(svc.pool)
+    findings: FindingsLog = svc.extras["dlp_findings"]
+    return findings
 
 
 def database_url(cfg: GatewayConfig) -> tuple[str, EmbeddedPostgres | None]:
@@ -188,12 +263,10 @@ async def open_services(
 
 
 async def _rate_limiter(limits: RateLimitConfig, pool: asyncpg.Pool, metrics: Metrics) -> Limiter:
-    """Redis when `rate_limits.redis_url` is set (shared by replicas), else counts in this process.
-
-    The redis client is imported only here, when it is used: it costs about 6 MB of RSS per worker.
-    """
+    """Redis when `rate_limits.redis_url` is set (shared by replicas), else counts in this process."""
     if not limits.redis_url:
         return LocalLimiter()
+    # Imported only here, when it is used, not to dodge a cycle: the redis client costs about 6 MB of RSS per worker.
     from gateway.rate_limits.redis_limiter import RedisLimiter
 
     return RedisLimiter(

@@ -20,6 +20,7 @@ from gateway.admin import AdminError, UserKeysApi, authenticate_actor
 from gateway.app_keys import RUNTIME, SERVICES, SLOTS
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, ServiceUnavailable, error_response
+from gateway.request_body import continue_after_auth, send_continue
 from gateway.roles import ADMIN_ONLY, MANAGERS, READERS, TEAM_READERS, Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,7 +70,7 @@ def _refusal(route: Route, role: Role) -> str:
     return f"this endpoint needs {wanted}; this key's role is {role.value!r}"
 
 
-def guarded(route: Route, send_continue: Callable[[web.Request], Awaitable[None]]) -> Handler:
+def guarded(route: Route) -> Handler:
     """Authenticate, require one of the route's roles, and answer every failure as {"error": "..."}.
 
     `Expect: 100-continue` is answered only once the caller proved to have the role (see continue_after_auth).
@@ -82,9 +83,9 @@ def guarded(route: Route, send_continue: Callable[[web.Request], Awaitable[None]
                 raise AdminError(403, _refusal(route, actor.role))
             if EXPECT in request.headers:
                 await send_continue(request)
-            with request.app[SLOTS]:  # only now: a caller not yet authenticated holds no slot
+            with request.config_dict[SLOTS]:  # only now: a caller not yet authenticated holds no slot
                 return await route.handler(
-                    UserKeysApi(request.app[RUNTIME].config, request.app[SERVICES]), request, actor
+                    UserKeysApi(request.config_dict[RUNTIME].config, request.config_dict[SERVICES]), request, actor
                 )
         except GatewayError as err:  # AdminError, or a 401/403 from authentication: in this API's error shape
             return error_response(err, ErrorShape.MANAGEMENT)
@@ -95,16 +96,12 @@ def guarded(route: Route, send_continue: Callable[[web.Request], Awaitable[None]
     return run
 
 
-def add_routes(
-    app: web.Application,
-    *,
-    send_continue: Callable[[web.Request], Awaitable[None]],
-    expect: Callable[[web.Request], Awaitable[None]],
-) -> None:
-    """Register every route of ROUTES behind its guard; `send_continue` and `expect` are gateway.app's
-    (100 Continue only after authentication: a refused body is never invited)."""
+def add_routes(app: web.Application, mounted_at: str = "") -> None:
+    """Register every route of ROUTES behind its guard, on `app` mounted at `mounted_at` (the gateway's /v1
+    sub-application: "/v1"). 100 Continue only after authentication: a refused body is never invited."""
     for route in ROUTES:
-        handler = guarded(route, send_continue)
+        handler = guarded(route)
         methods = (route.method, "HEAD") if route.method == "GET" else (route.method,)  # a GET answers HEAD too
         for method in methods:
-            app.router.add_route(method, route.path, handler, expect_handler=expect)
+            path = route.path.removeprefix(mounted_at)
+            app.router.add_route(method, path, handler, expect_handler=continue_after_auth)

@@ -20,12 +20,11 @@ from aiohttp import web
 
 from gateway import db
 from gateway.accounting.month_view import month_of
-from gateway.app_keys import REQUEST_ID, RUNTIME
+from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable, error_response
 from gateway.keys import Principal, generate_key
-from gateway.pipeline import Exchange
 
 MAX_RANGE_DAYS = 366
 
@@ -42,10 +41,8 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 async def _caller(request: web.Request) -> Principal:
-    ex = Exchange(_dialect(request), "me", request, b"", {}, request[REQUEST_ID], billable=False)
-    await request.app[RUNTIME].auth_pipeline(ex)
-    assert ex.principal is not None
-    return ex.principal
+    principal: Principal = await request.config_dict[RUNTIME].authenticate(request)  # gateway/authentication.py
+    return principal
 
 
 def _guarded(
@@ -70,7 +67,7 @@ async def me(request: web.Request, who: Principal) -> web.Response:
      "month": "2026-11", "tokensUsed": 1200, "tokenLimit": 10000000, "costUsd": 0.42, "costLimitUsd": 100.0,
      "requests": 7}
     """
-    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
     month = month_of(svc.month_view.clock())
     key_counter = await db.month_counter(svc.pool, month, "key", str(who.key_id))
     user = await db.get_user(svc.pool, who.user_id) if who.user_id else None
@@ -112,7 +109,7 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     "totalTokens", "costUsd", "estimatedRequests"}. A user's usage spans their regenerated keys; a key without a
     user reports its own.
     """
-    svc = request.app[SERVICES]
+    svc = request.config_dict[SERVICES]
     now = svc.month_view.clock()
     start = _day(request, "from", month_of(now))
     end = _day(request, "to", now.date())
@@ -149,7 +146,7 @@ async def regenerate(request: web.Request, who: Principal) -> web.Response:
     """
     if who.user_id is None or who.role is not None:
         raise Forbidden("only a user's own gateway key can regenerate itself; management keys are replaced by an admin")
-    svc, cfg = request.app[SERVICES], request.app[RUNTIME].config
+    svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
     fresh: list[str] = []
 
     async def new_key() -> tuple[str, str]:  # made while the user's row is locked: one regenerate at a time
@@ -172,7 +169,8 @@ async def regenerate(request: web.Request, who: Principal) -> web.Response:
     return _json({"apiKey": fresh[-1], "keyId": key.lookup_id, "user": {"id": str(user.id), "email": user.email}})
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/me", _guarded(me))
-    app.router.add_get("/v1/me/usage", _guarded(usage))
-    app.router.add_post("/v1/me/regenerate", _guarded(regenerate))
+def add_routes(app: web.Application, mounted_at: str = "") -> None:
+    """The /v1/me routes, on `app` mounted at `mounted_at` (the gateway's /v1 sub-application: "/v1")."""
+    app.router.add_get("/v1/me".removeprefix(mounted_at), _guarded(me))
+    app.router.add_get("/v1/me/usage".removeprefix(mounted_at), _guarded(usage))
+    app.router.add_post("/v1/me/regenerate".removeprefix(mounted_at), _guarded(regenerate))

@@ -1,9 +1,7 @@
-"""The request path: a typed Exchange passed through a fixed chain of stages, ending in the relay.
+"""The request path's types: the Exchange a request's stages fill, the Stage protocol, and `chain`.
 
-    auth -> key_mapping -> rate_limit -> budget -> dlp -> route -> usage_log -> relay (upstream call, response to
-    the caller)
-
-`build_stages` is the one place that order is written down; `chain` composes it once at startup.
+Types and `chain` only: which stages there are, and their order, is written down once, in the composition root
+(`gateway/composition.py`, `build_request_path`); this module imports no stage, relay or service.
 """
 
 from __future__ import annotations
@@ -13,21 +11,18 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.config import GatewayConfig, ModelAlias, Retries
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest
 from gateway.keys import Principal
-from gateway.retry_policy import DeploymentHealth
+from gateway.retry_policy import Target
 
-if TYPE_CHECKING:
-    from gateway.composition import Services
-    from gateway.providers.base import Provider
+__all__ = ["CLIENT_CLOSED", "Exchange", "Next", "Stage", "Target", "Usage", "chain", "usage_count"]
 
 log = structlog.get_logger("gateway.usage")
 
@@ -116,22 +111,6 @@ def _largest(current: int, counts: Mapping[str, Any], name: str) -> int:
     return current if reported is None else max(current, reported)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where the route stage sent the request: the alias, its provider and the real model id.
-
-    `fallbacks` are the alias's other deployments, tried in order when this one fails; `health` is shared by
-    every target of the same (provider, model) so a failing deployment rests for all aliases at once.
-    """
-
-    alias: ModelAlias
-    provider: Provider
-    provider_model: str
-    retries: Retries = field(default_factory=Retries)
-    health: DeploymentHealth = field(default_factory=lambda: DeploymentHealth(Retries()))
-    fallbacks: tuple[Target, ...] = ()
-
-
 CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer was complete"
 
 
@@ -146,8 +125,7 @@ class Exchange:
     body: dict[str, Any]  # parsed once at the edge; stages read it, never re-parse it
     request_id: str
     billable: bool = True  # count_tokens reaches the provider but leaves no usage row
-    credential: str | None = None  # the key or token the caller presented; set by Authenticate
-    principal: Principal | None = None  # set by Authenticate / MapClaudeCodeKey
+    principal: Principal | None = None  # set by the edge from gateway/authentication.py, before the body is read
     target: Target | None = None  # set by RouteToProvider
     usage: Usage = field(default_factory=Usage)
     status: int = 0  # the HTTP status the caller got; set by the relay
@@ -189,46 +167,6 @@ Next = Callable[[Exchange], Awaitable[None]]
 
 class Stage(Protocol):
     async def __call__(self, ex: Exchange, call_next: Next) -> None: ...
-
-
-def build_stages(cfg: GatewayConfig, svc: Services) -> tuple[Stage, ...]:
-    """The request path, outermost first, filtered by `pipeline:` in gateway.yaml."""
-    from gateway.client_address import ClientAddress
-    from gateway.dlp.findings import findings_log
-    from gateway.stages.auth import Authenticate
-    from gateway.stages.budget import CheckBudget, alias_of_requested, price_of_requested
-    from gateway.stages.dlp import PreventDataLoss
-    from gateway.stages.key_mapping import MapClaudeCodeKey
-    from gateway.stages.rate_limit import CheckRateLimit
-    from gateway.stages.route import RouteToProvider
-    from gateway.stages.usage_log import LogUsage
-    from gateway.throttle import AuthThrottle
-
-    # Guesses are counted per (client address, credential); tokens in a table of their own, so a flood of
-    # made-up tokens cannot push key guessers out of theirs.
-    limit, client_address = cfg.server.auth_failures_per_minute, ClientAddress(cfg.server.trusted_proxies)
-    available: dict[str, Stage] = {
-        "auth": Authenticate(
-            svc.key_cache,
-            defer_foreign="key_mapping" in cfg.pipeline,
-            env_admin=svc.env_admin,
-            throttle=AuthThrottle(limit),
-            client_address=client_address,
-            callers=svc.sign_ins.callers,
-        ),
-        "key_mapping": MapClaudeCodeKey(
-            svc.claudecode_tokens, throttle=AuthThrottle(limit), client_address=client_address
-        ),
-        "rate_limit": CheckRateLimit(svc.rate_limiter, cfg.rate_limits, svc.rate_limit_overrides, svc.metrics),
-        "budget": CheckBudget(
-            svc.month_view, cfg.budgets, svc.metrics, price_of_requested(cfg), alias_of_requested(cfg)
-        ),
-        "dlp": PreventDataLoss(cfg.dlp, cfg.models, cfg.routing, svc.metrics, findings_log(svc)),
-        "route": RouteToProvider(cfg.models, svc.providers, cfg.routing, cfg.providers),
-        # innermost, so its `finally` sees the whole relayed response, stream included, and its final status
-        "usage_log": LogUsage(svc.ledger),
-    }
-    return tuple(available[name] for name in cfg.pipeline)
 
 
 def chain(stages: Sequence[Stage], relay: Next) -> Next:

@@ -17,17 +17,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.config import Retries
+from gateway.config import ModelAlias, Retries
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnreachable
 from gateway.metrics import Metrics
-from gateway.providers.base import UpstreamCall, UpstreamReply
-
-if TYPE_CHECKING:
-    from gateway.pipeline import Target
+from gateway.providers.base import Provider, UpstreamCall, UpstreamReply
 
 log = structlog.get_logger("gateway.upstream")
 
@@ -54,6 +50,22 @@ class DeploymentHealth:
         if self.failures >= self.retries.cooldown_after:
             self.resting_until = self.clock() + self.retries.cooldown_s
             log.warning("deployment_cooling_down", failures=self.failures, seconds=self.retries.cooldown_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the route stage sent the request: the alias, its provider and the real model id.
+
+    `fallbacks` are the alias's other deployments, tried in order when this one fails; `health` is shared by
+    every target of the same (provider, model) so a failing deployment rests for all aliases at once.
+    """
+
+    alias: ModelAlias
+    provider: Provider
+    provider_model: str
+    retries: Retries = field(default_factory=Retries)
+    health: DeploymentHealth = field(default_factory=lambda: DeploymentHealth(Retries()))
+    fallbacks: tuple[Target, ...] = ()
 
 
 class BufferedReply:

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import db
 from gateway.console import PAGES
+from gateway.edge import MANAGEMENT_PATHS
 from gateway.keys import generate_key
 from gateway.management import ROUTES
 from gateway.roles import Role
@@ -209,3 +210,10 @@ async def test_self_service_for_every_role(
             headers = {"Authorization": f"Bearer {world.keys[role]}"}
             async with http.request(method, gateway.make_url(path), headers=headers) as resp:
                 assert resp.status == (200 if role in allowed else 403), (role, await resp.text())
+
+
+def test_every_management_route_renders_its_errors_in_the_management_shape() -> None:
+    """gateway/edge.py's MANAGEMENT_PATHS covers every route of the table, and nothing else: a 404 or 405 under a
+    management path is `{"error": "..."}`, never an OpenAI-shaped body."""
+    prefixes = {"/".join(route.path.split("/")[:3]) for route in ROUTES}
+    assert set(MANAGEMENT_PATHS) == prefixes

@@ -25,6 +25,7 @@ from gateway.composition import SERVICES
 from gateway.config import GatewayConfig
 from gateway.console import actions, pages, sso
 from gateway.console.session import VISITOR, CookieSessions, Page, page, sign_in, sign_in_form, sign_out
+from gateway.edge import add_request_id, edge, error_edge
 from gateway.roles import ADMIN_ONLY, ANYONE, MANAGERS, READERS, TEAM_READERS, Role
 
 log = structlog.get_logger("gateway")
@@ -119,7 +120,9 @@ PAGES: tuple[ConsolePage, ...] = (
 def build_console(cfg: GatewayConfig, parent: web.Application) -> web.Application:
     """The /console sub-application; its session secret is read (or made) when the gateway starts."""
     sessions = CookieSessions(cfg.console)
-    console = web.Application(middlewares=[sessions.middleware(), error_pages])
+    # error_edge first: the request id and the last word on a bug, as on every route but the model routes
+    console = web.Application(middlewares=[error_edge, sessions.middleware(), error_pages])
+    console.on_response_prepare.append(add_request_id)
     console[pages.CLOSED_DAYS] = pages.ClosedDays()
     console[sso.COOKIE_SESSIONS] = sessions
     aiohttp_jinja2.setup(
@@ -158,5 +161,5 @@ def add_routes(app: web.Application, cfg: GatewayConfig) -> None:
     async def to_console(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently("/console/")
 
-    app.router.add_get("/console", to_console)
+    app.router.add_get("/console", edge(to_console))
     app.add_subapp("/console", build_console(cfg, app))

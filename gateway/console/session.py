@@ -31,13 +31,12 @@ from cryptography.fernet import Fernet
 from multidict import CIMultiDict, MultiDictProxy
 
 from gateway import db
-from gateway.app_keys import REQUEST_ID, RUNTIME
+from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES
 from gateway.config import ConsoleConfig
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
 from gateway.keys import Principal
-from gateway.pipeline import Exchange
 from gateway.roles import Actor, Role
 from gateway.sso.people import resolve_team
 
@@ -232,12 +231,8 @@ async def _authenticate(request: web.Request, key: str) -> Principal:
     headers = CIMultiDict((name, value) for name in FORWARDING for value in request.headers.getall(name, ()))
     headers["Authorization"] = f"Bearer {key}"
     stand_in = _PostedKey(request.remote, headers, request.forwarded)
-    ex = Exchange(
-        ErrorShape.OPENAI, "console", cast(web.Request, stand_in), b"", {}, request[REQUEST_ID], billable=False
-    )
-    await request.config_dict[RUNTIME].auth_pipeline(ex)
-    assert ex.principal is not None
-    return ex.principal
+    principal: Principal = await request.config_dict[RUNTIME].authenticate(cast(web.Request, stand_in))
+    return principal
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:

@@ -128,7 +128,7 @@ def _email(value: str, line: bytes) -> bool:
 
 
 def _phone(regions: tuple[str, ...]) -> Callable[[str, bytes], bool]:
-    import phonenumbers
+    import phonenumbers  # a heavy library (its metadata), loaded only when a phone detector is configured
 
     def valid(value: str, line: bytes) -> bool:
         digits = sum(c.isdigit() for c in value)

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import structlog
 
 from gateway import db
-
-if TYPE_CHECKING:
-    from gateway.composition import Services
 
 log = structlog.get_logger("gateway.dlp")
 MAX_LOCATION = 200  # a location may name keys of a tool call's input, which the caller chose
@@ -81,9 +77,3 @@ class FindingsLog:
                 detectors=detectors,
                 error=repr(exc),
             )
-
-
-def findings_log(svc: Services) -> FindingsLog:
-    """The running gateway's one FindingsLog (kept in Services.extras, so a config reload keeps its tasks)."""
-    log_: FindingsLog = svc.extras.setdefault("dlp_findings", FindingsLog(svc.pool))
-    return log_

@@ -189,6 +189,7 @@ class AiohttpReply:
             self._response.close()
 
 
+MAX_CACHED_URLS = 64  # distinct path + query strings whose URL a provider keeps (Claude Code sends ?beta=true)
 LARGE_BODY = 1024 * 1024  # aiohttp writes a bytes body in one go; past this (images) a stream keeps the loop free
 
 
@@ -206,13 +207,18 @@ class HttpProvider:
         t = cfg.timeouts
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
         self._reply_timeout = aiohttp.ClientTimeout(total=t.first_byte_s, sock_connect=t.connect_s)
+        self._urls: dict[str, URL] = {}  # path and query -> URL, built once (a query comes from callers: bounded)
 
     def headers(self, call: UpstreamCall) -> Mapping[str, str]:
         raise NotImplementedError
 
     async def send(self, call: UpstreamCall) -> AiohttpReply:
-        # encoded=True: the caller's query goes upstream byte for byte (yarl would re-quote %2F, %7E, ...)
-        url = URL(self._base_url + call.path + (f"?{call.query_string}" if call.query_string else ""), encoded=True)
+        target = call.path + (f"?{call.query_string}" if call.query_string else "")
+        if (url := self._urls.get(target)) is None:
+            # encoded=True: the caller's query goes upstream byte for byte (yarl would re-quote %2F, %7E, ...)
+            url = URL(self._base_url + target, encoded=True)
+            if len(self._urls) < MAX_CACHED_URLS:
+                self._urls[target] = url
         body = io.BytesIO(call.body) if len(call.body) > LARGE_BODY else call.body
         timeout = self._stream_timeout if call.stream else self._reply_timeout
         with upstream_errors(self.name):

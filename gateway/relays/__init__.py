@@ -16,18 +16,20 @@ import structlog
 
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest
+from gateway.metrics import Metrics
 from gateway.pipeline import Exchange
 from gateway.relays.anthropic_passthrough import relay_anthropic
 from gateway.relays.chat_over_anthropic import relay_chat_over_anthropic
 from gateway.relays.messages_over_openai import relay_messages_over_openai
 from gateway.relays.openai_passthrough import relay_openai
 from gateway.relays.responses_over_anthropic import relay_responses_over_anthropic
+from gateway.relays.upstream import Upstream
 
 log = structlog.get_logger("gateway.relay")
 
-Relay = Callable[[Exchange], Awaitable[None]]
+PairRelay = Callable[[Exchange, Upstream], Awaitable[None]]
 
-RELAYS: dict[tuple[str, ErrorShape], Relay] = {
+RELAYS: dict[tuple[str, ErrorShape], PairRelay] = {
     ("messages", ErrorShape.ANTHROPIC): relay_anthropic,
     ("count_tokens", ErrorShape.ANTHROPIC): relay_anthropic,
     ("chat_completions", ErrorShape.ANTHROPIC): relay_chat_over_anthropic,
@@ -38,16 +40,22 @@ RELAYS: dict[tuple[str, ErrorShape], Relay] = {
 }
 
 
-async def relay(ex: Exchange) -> None:
-    """Send the exchange to its target provider and write the answer to the caller."""
-    assert ex.target is not None
-    handler = RELAYS.get((ex.route, ex.target.provider.dialect))
-    if handler is None:
-        raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
-    if ex.billable and ex.body.get("stream") is not True:
-        await _despite_hang_up(ex, handler(ex))
-    else:
-        await handler(ex)
+class Relay:
+    """The innermost step of the chain, built once by the composition root with the metrics its upstream counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._upstream = Upstream(metrics)
+
+    async def __call__(self, ex: Exchange) -> None:
+        """Send the exchange to its target provider and write the answer to the caller."""
+        assert ex.target is not None
+        handler = RELAYS.get((ex.route, ex.target.provider.dialect))
+        if handler is None:
+            raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
+        if ex.billable and ex.body.get("stream") is not True:
+            await _despite_hang_up(ex, handler(ex, self._upstream))
+        else:
+            await handler(ex, self._upstream)
 
 
 async def _despite_hang_up(ex: Exchange, relaying: Awaitable[None]) -> None:

@@ -14,15 +14,18 @@ from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, error_frame
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
-from gateway.relays.common import forwardable_headers, json_object, relayed_headers, send, with_model
+from gateway.relays.headers import forwardable_headers, relayed_headers
+from gateway.relays.model_patch import with_model
+from gateway.relays.replies import json_object
 from gateway.relays.stream import OutputMeter, bill_message, relay_stream
+from gateway.relays.upstream import Upstream
 
 
 def _upstream_path(ex: Exchange) -> str:
     return "/v1/messages/count_tokens" if ex.route == "count_tokens" else "/v1/messages"
 
 
-async def relay_anthropic(ex: Exchange) -> None:
+async def relay_anthropic(ex: Exchange, upstream: Upstream) -> None:
     """Anthropic caller, Anthropic provider: the caller's bytes, `model` patched; the answer as it comes."""
     stream = ex.body.get("stream") is True and ex.route == "messages"  # picks the upstream timeouts
     path, headers = _upstream_path(ex), forwardable_headers(ex.request.headers)
@@ -32,7 +35,7 @@ async def relay_anthropic(ex: Exchange) -> None:
         body = with_model(ex.raw_body, ex.full_body, target.provider_model, unique=ex.sketched or ex.single_model)
         return UpstreamCall(path=path, query_string=query, headers=headers, body=body, stream=stream)
 
-    reply = await send(ex, build)
+    reply = await upstream.send(ex, build)
     try:
         # The reply says what it is: a sketched body's "stream" flag may come from a nested object.
         if reply.status == 200 and reply.headers.get("Content-Type", "").startswith("text/event-stream"):

@@ -24,14 +24,16 @@ from gateway.errors import BadRequest, GatewayError, UpstreamError, UpstreamUnre
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import answer, json_object, relay_error, send, translating
+from gateway.relays.replies import answer, json_object, relay_error
+from gateway.relays.request_translation import translating
 from gateway.relays.stream import OutputMeter, TranslatedStream, is_count, relay_stream
+from gateway.relays.upstream import Upstream
 
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 ESTIMATE_HEADER = "x-gateway-token-estimate"
 
 
-async def relay_messages_over_openai(ex: Exchange) -> None:
+async def relay_messages_over_openai(ex: Exchange, upstream: Upstream) -> None:
     assert ex.target is not None
     with translating():
         translated = messages_request_to_chat(ex.full_body(), provider_model=ex.target.provider_model)
@@ -48,7 +50,7 @@ async def relay_messages_over_openai(ex: Exchange) -> None:
         body = orjson.dumps({**translated, "model": target.provider_model})
         return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
 
-    reply = await send(ex, build)
+    reply = await upstream.send(ex, build)
     await answer(
         reply,
         stream=stream,

@@ -24,8 +24,12 @@ from gateway.errors import GatewayError, UpstreamUnreachable, error_frame
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.common import json_object, relayed_headers, send, translating, with_model
+from gateway.relays.headers import relayed_headers
+from gateway.relays.model_patch import with_model
+from gateway.relays.replies import json_object
+from gateway.relays.request_translation import translating
 from gateway.relays.stream import OutputMeter, bill_completion, is_count, relay_stream
+from gateway.relays.upstream import Upstream
 
 log = structlog.get_logger("gateway.relay")
 
@@ -34,7 +38,7 @@ _ACCOUNT_HEADERS = frozenset({"openai-organization", "openai-project"})
 STREAM_ERROR_STATUS = 502  # an error event inside a 200 stream: the provider failed after it started
 
 
-async def relay_openai(ex: Exchange) -> None:
+async def relay_openai(ex: Exchange, upstream: Upstream) -> None:
     assert ex.target is not None
     with translating():  # `stream: 1` would stream from a lenient provider while the relay awaited a whole reply
         stream = stream_flag(ex.body.get("stream", False)) is True
@@ -45,7 +49,7 @@ async def relay_openai(ex: Exchange) -> None:
         # No caller headers: OpenAI-Organization/Project would name the caller's account, not ours.
         return UpstreamCall(path=CHAT_COMPLETIONS_PATH, query_string="", headers={}, body=body, stream=stream)
 
-    reply = await send(ex, build)
+    reply = await upstream.send(ex, build)
     try:
         if stream and reply.status == 200:
             await _relay_stream(ex, reply, keep_usage_chunk=caller_wants_usage)

@@ -30,10 +30,10 @@ from aiohttp import web
 from gateway.dialects import sse
 from gateway.dialects.messages.reply import usage_to_anthropic
 from gateway.errors import GatewayError, UpstreamUnreachable
-from gateway.pipeline import Exchange, Usage
+from gateway.pipeline import CLIENT_CLOSED, Exchange, Usage
 from gateway.providers.base import UpstreamReply
-from gateway.relays.common import EVENT_STREAM, eof_quietly, json_object, start_stream, write_quietly
-from gateway.stages.usage_log import CLIENT_CLOSED
+from gateway.relays.headers import EVENT_STREAM
+from gateway.relays.replies import eof_quietly, json_object, start_stream, write_quietly
 
 log = structlog.get_logger("gateway.relay")
 

@@ -1,4 +1,9 @@
-"""Stage 1: who is calling. Verifies a gateway key from `Authorization: Bearer` or `x-api-key`."""
+"""Stage 1: who is calling. Verifies a gateway key from `Authorization: Bearer` or `x-api-key`.
+
+Not a link of the stage chain: it reads headers only, so the model routes run it before reading the body, and
+`/v1/models`, `/metrics`, `/v1/me`, the management API and the console's sign-in call the same check through
+`gateway/authentication.py` (which adds the Claude Code token mapping of stage 2).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,11 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from gateway.client_address import ClientAddress
 from gateway.errors import Unauthenticated
 from gateway.keys import KeyCache, Principal, lookup_id_of
-from gateway.pipeline import Exchange, Next
 from gateway.sso.callers import CallerTokens
 from gateway.throttle import AuthThrottle
 
@@ -70,24 +76,25 @@ class Authenticate:
         self._throttle = throttle or AuthThrottle(20)
         self._client_address = client_address or ClientAddress()
 
-    async def __call__(self, ex: Exchange, call_next: Next) -> None:
-        credential = presented_credential(ex.request.headers)
+    async def __call__(self, request: web.Request) -> tuple[str, Principal | None]:
+        """(the credential presented, its principal); the principal is None for a credential not shaped like a
+        gateway key when the key-mapping stage is to judge it (`defer_foreign`). Raises Unauthenticated (401)."""
+        credential = presented_credential(request.headers)
         if credential is None:
             raise Unauthenticated("missing API key: send it as 'x-api-key: <key>' or 'Authorization: Bearer <key>'")
         if not credential.isascii() and not _is_utf8(credential):
             raise Unauthenticated("invalid API key: it is not valid UTF-8")
-        ex.credential = credential
         if self._env_admin is not None and hmac.compare_digest(credential.encode(), self._env_admin.key):
-            ex.principal = self._env_admin.principal
-        elif (lookup_id := lookup_id_of(credential)) is not None:
-            ex.principal = self._keys.cached(credential) or await self._check(ex, credential, lookup_id)
-        elif self._callers is not None and self._callers.accepts(credential):
-            ex.principal = await self._callers.principal_for(credential)
-        elif not self._defer_foreign:
+            return credential, self._env_admin.principal
+        if (lookup_id := lookup_id_of(credential)) is not None:
+            return credential, self._keys.cached(credential) or await self._check(request, credential, lookup_id)
+        if self._callers is not None and self._callers.accepts(credential):
+            return credential, await self._callers.principal_for(credential)
+        if not self._defer_foreign:
             raise Unauthenticated("invalid API key: gateway keys start with 'gw-'")
-        await call_next(ex)
+        return credential, None
 
-    async def _check(self, ex: Exchange, credential: str, lookup_id: str) -> Principal:
+    async def _check(self, request: web.Request, credential: str, lookup_id: str) -> Principal:
         """One counted guess: kept when the secret is wrong for a live key, withdrawn in every other outcome.
 
         Only guesses at live keys stay in the throttle's bounded table, so a flood of made-up prefixes (each a
@@ -98,7 +105,7 @@ class Authenticate:
             if (principal := await self._keys.principal_for(credential)) is None:
                 raise Unauthenticated("invalid or revoked API key")
             return principal
-        subject = (self._client_address.guesser(ex.request), lookup_id)
+        subject = (self._client_address.guesser(request), lookup_id)
         earlier = self._throttle.attempt(subject)
         try:
             principal = await self._keys.principal_for(credential, priority=earlier)

@@ -7,10 +7,11 @@ user's gateway key in every respect: same budget, same usage rows.
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from gateway.client_address import ClientAddress
 from gateway.errors import Unauthenticated
 from gateway.keys import ClaudeCodeTokens, Principal, fingerprint
-from gateway.pipeline import Exchange, Next
 from gateway.throttle import AuthThrottle
 
 
@@ -31,14 +32,12 @@ class MapClaudeCodeKey:
         self._throttle = throttle or AuthThrottle(20)
         self._client_address = client_address or ClientAddress()
 
-    async def __call__(self, ex: Exchange, call_next: Next) -> None:
-        if ex.principal is None:
-            assert ex.credential is not None  # Authenticate refuses requests without one
-            ex.principal = self._tokens.cached(ex.credential) or await self._check(ex, ex.credential)
-        await call_next(ex)
+    async def __call__(self, request: web.Request, token: str) -> Principal:
+        """The principal whose registered Claude Code token `token` is; raises Unauthenticated (401) otherwise."""
+        return self._tokens.cached(token) or await self._check(request, token)
 
-    async def _check(self, ex: Exchange, token: str) -> Principal:
-        subject = (self._client_address.guesser(ex.request), fingerprint(token)[:12])
+    async def _check(self, request: web.Request, token: str) -> Principal:
+        subject = (self._client_address.guesser(request), fingerprint(token)[:12])
         self._throttle.attempt(subject)
         try:
             principal = await self._tokens.principal_for(token)

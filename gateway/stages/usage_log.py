@@ -6,9 +6,7 @@ import asyncio
 
 from gateway.accounting.ledger import Ledger
 from gateway.errors import GatewayError
-from gateway.pipeline import CLIENT_CLOSED, Exchange, Next
-
-__all__ = ["CLIENT_CLOSED", "LogUsage"]  # CLIENT_CLOSED is imported from here by the relays
+from gateway.pipeline import Exchange, Next
 
 
 class LogUsage:
