@@ -3,6 +3,7 @@
     python bench/instructions.py                      # about 5 minutes; --requests 500 --warmup 100
     python bench/instructions.py --compare a8bbcab    # also that revision's gateway (git archive into a temp dir)
     python bench/instructions.py --cases messages     # some cases only (keys of bench/cases.py)
+    python bench/instructions.py --log-off            # also this gateway at log level warning: the log line's cost
 
 `perf stat -e instructions` would be the cheaper counter, but this VM exposes no hardware counters (perf
 prints `<not supported>`), so each server runs under `valgrind --tool=callgrind --instr-atstart=no`: nothing
@@ -91,9 +92,17 @@ def callgrind_argv(out_base: Path, log: Path) -> list[str]:
     ]
 
 
-def instruction_config(path: Path, *, dsn: str, upstream: str, requests: int, tree: Path | None) -> Path:
+def instruction_config(
+    path: Path,
+    *,
+    dsn: str,
+    upstream: str,
+    requests: int,
+    tree: Path | None,
+    log_level: str = servers.LOG_LEVEL_PRODUCTION,
+) -> Path:
     """The production config (servers.write_gateway_config) with the timers out of the window (module docstring)."""
-    servers.write_gateway_config(path, dsn=dsn, upstream=upstream, tree=tree)
+    servers.write_gateway_config(path, dsn=dsn, upstream=upstream, tree=tree, log_level=log_level)
     doc: dict[str, Any] = yaml.safe_load(path.read_text())
     doc["budgets"] = {**doc.get("budgets", {}), "refresh_s": HOUR_S}
     doc["auth"] = {**doc.get("auth", {}), "cache_ttl_s": HOUR_S}
@@ -180,6 +189,17 @@ class Measurement:
         plans.append(("floor", floor_argv, port, REPO, False))
         port = servers.free_port()
         plans.append(("gateway", servers.gateway_argv(config, port, tree=REPO), port, REPO, True))
+        if self.args.log_off:
+            quiet = instruction_config(
+                self.run_dir / "gateway-nolog.yaml",
+                dsn=self.db.dsn,
+                upstream=fake.url,
+                requests=requests,
+                tree=None,
+                log_level=servers.LOG_LEVEL_QUIET,
+            )
+            port = servers.free_port()
+            plans.append(("gateway-nolog", servers.gateway_argv(quiet, port, tree=REPO), port, REPO, True))
         if self.args.compare:
             tree = self.stack.enter_context(exported_tree(self.args.compare))
             name = f"gateway@{resolve(self.args.compare)}"
@@ -286,7 +306,7 @@ def render(targets: Sequence[Target], cases: Sequence[Case], args: argparse.Name
     others = [t for t in targets if t.name not in ("floor", "gateway")]
     header = ["case", "floor", "gateway", "gw/floor"]
     for other in others:
-        header += [other.name, f"{other.name.partition('@')[2]}/floor"]
+        header += [other.name, f"{other.name.partition('@')[2] or other.name}/floor"]
     rows = []
     for case in cases:
         f, g = floor.per_request[case.key], gateway.per_request[case.key]
@@ -340,6 +360,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100, help="uncounted requests before them (default 100)")
     parser.add_argument("--cases", nargs="+", choices=list(CASE_BY_KEY), help="default: every case")
     parser.add_argument("--compare", metavar="REV", help="also count REV's gateway (git archive into a temp dir)")
+    parser.add_argument("--log-off", action="store_true", help="also count this gateway at log level warning")
     return parser.parse_args(argv)
 
 
