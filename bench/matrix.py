@@ -1,6 +1,10 @@
-"""The benchmark run: start everything on loopback, alternate gateway and floor per case, check, report.
+"""The benchmark run: start everything on loopback, rotate gateways and floor per case, check, report.
 
-See bench/README.md; the entry point is `python bench/run.py`.
+Servers in the matrix: the floor; `gateway`, run as production runs it (log level info, so one JSON log line
+per request through its own handler into its log file; metrics on; bcrypt at the file's rounds; a key made with
+`gateway keys create`); `gateway-nolog`, the same at log level warning, which shows what the log line costs;
+with `--compare REV`, `gateway@REV`, that revision's gateway run as production. See bench/README.md; the entry
+point is `python bench/run.py`.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from bench.load import LoadResult, LoadSpec, run_load, wrk_available
 from bench.report import render
 from bench.results import Results, Run, Scaling, UsageCheck
 from bench.servers import BenchError, Server
+from bench.trees import exported_tree, resolve
 from bench.ttfb import Endpoint, probe
 
 RESULTS_DIR = servers.BENCH_DIR / "results"
+GATEWAY, GATEWAY_NOLOG = "gateway", "gateway-nolog"  # production logging; the per-request line filtered out
 WARMUP_CONC = 10
 LITELLM_WARMUP_S = 5
 PAUSE_S = 0.3  # between runs, so one run's closing connections do not overlap the next
@@ -42,6 +48,7 @@ class Settings:
     workers: int
     litellm: bool
     use_wrk: bool
+    compare: str | None = None  # a git revision whose gateway runs beside this tree's
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
@@ -51,6 +58,11 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--workers", type=int, default=1, help="also run the gateway with N workers (c=50 messages)")
     parser.add_argument("--litellm", action="store_true", help="also run the matrix against LiteLLM if importable")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "aiohttp"), default="auto", help="default: wrk if found")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run REV's gateway (git archive into a temp dir), rotated with this tree's against the same floor",
+    )
     args = parser.parse_args(argv)
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and wrk_available())
     return Settings(
@@ -61,6 +73,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         workers=max(1, args.workers),
         litellm=args.litellm,
         use_wrk=use_wrk,
+        compare=args.compare,
     )
 
 
@@ -93,8 +106,13 @@ class Bench:
                 "loadgen": loadgen,
                 "database": db.where,
                 "upstream": "tests.fakes.upstream, 0 ms, 5 chunks",
+                "logging": "gateway: level info (a JSON line per request, to its log file); gateway-nolog: warning",
+                "machine": servers.machine(),
+                "load average at start": servers.load_average(),
             }
         )
+        if settings.compare:
+            self.results.settings["compare"] = f"{GATEWAY}@{resolve(settings.compare)}"
         self.ledger = Ledger()
         self.key = ""
 
@@ -115,11 +133,15 @@ class Bench:
     def run_steps(self) -> None:
         fake = self.own(servers.start_fake(self.run_dir))
         self.floor = self.own(servers.start_floor(fake.url, self.run_dir))
-        self.config = servers.write_gateway_config(self.run_dir / "gateway.yaml", dsn=self.db.dsn, upstream=fake.url)
+        self.config = self.gateway_config("gateway.yaml", fake.url, servers.LOG_LEVEL_PRODUCTION)
         self.key = servers.create_key(self.config)
         baseline = asyncio.run(usage_by_status(self.db.dsn))
         self.gateway = self.start_timed_gateway()
-        self.warm_up([self.floor, self.gateway])
+        quiet = self.gateway_config("gateway-nolog.yaml", fake.url, servers.LOG_LEVEL_QUIET)
+        self.gateways = [self.gateway, self.own(servers.start_gateway(quiet, self.run_dir, name=GATEWAY_NOLOG))]
+        if self.settings.compare:
+            self.gateways.append(self.start_compared(self.settings.compare, fake.url))
+        self.warm_up([self.floor, *self.gateways])
         self.run_matrix()
         self.run_ttfb()
         self.results.rss_mb = {s.name: s.worker_rss_mb() for s in (self.gateway, self.floor, fake)}
@@ -128,6 +150,20 @@ class Bench:
         self.check_usage(baseline)
         if self.settings.litellm:
             self.run_litellm(fake.url)
+        self.results.notes.append(f"load average (1, 5, 15 min) at the end: {servers.load_average()}")
+
+    def gateway_config(self, name: str, upstream: str, level: str, tree: Path | None = None) -> Path:
+        path = self.run_dir / name
+        return servers.write_gateway_config(path, dsn=self.db.dsn, upstream=upstream, log_level=level, tree=tree)
+
+    def start_compared(self, rev: str, upstream: str) -> Server:
+        """REV's gateway from its own files (its gateway.yaml too), on the same database and key, as production."""
+        tree = self.stack.enter_context(exported_tree(rev))
+        name = self.results.settings["compare"]
+        config = self.gateway_config(f"{name}.yaml", upstream, servers.LOG_LEVEL_PRODUCTION, tree)
+        server = self.own(servers.start_gateway(config, self.run_dir, name=name, tree=tree))
+        progress(f"{name} ready in {server.ready_s:.3f} s (from {tree})")
+        return server
 
     def start_timed_gateway(self) -> Server:
         """Start `gateway serve` `startups` times, keeping the last; each start's time to ready is recorded."""
@@ -162,17 +198,18 @@ class Bench:
         progress(f"warmed up: {', '.join(s.name for s in targets)}")
 
     def run_matrix(self) -> None:
-        """Every case at every concurrency, floor and gateway back to back, the order alternating."""
+        """Every case at every concurrency, floor and gateways back to back, the order rotating by one each time."""
+        lineup = [self.floor, *self.gateways]
         for i, (case, conc) in enumerate(itertools.product(CASES, CONCURRENCIES)):
-            pair = (self.floor, self.gateway) if i % 2 == 0 else (self.gateway, self.floor)
-            for server in pair:
+            shift = i % len(lineup)
+            for server in lineup[shift:] + lineup[:shift]:
                 self.record(self.measure(server, case, conc, self.settings.duration_s))
 
     def record(self, run: Run) -> None:
         self.results.runs.append(run)
         load = run.load
         progress(
-            f"{run.server:>8} {CASE_BY_KEY[run.case].title:<32} c={run.conc:<3} {load.rps:9,.1f} rps  "
+            f"{run.server:>16} {CASE_BY_KEY[run.case].title:<32} c={run.conc:<3} {load.rps:9,.1f} rps  "
             f"p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  cpu {run.cpu_ms_per_req:.3f} ms/req  "
             f"err {load.errors} non-2xx {load.non2xx}"
         )

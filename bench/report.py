@@ -41,12 +41,18 @@ def render(results: Results) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in results.settings.items())
     parts = [
         f"## Gateway vs floor ({settings})",
+        "`gateway` runs as production does: log level info, one JSON log line per request.",
         matrix_table(results),
+        "## The per-request log line: gateway with it (level info) and without it (level warning), same run",
+        log_line_table(results),
         "## Time to first byte, streams (sequential, gateway and floor alternating; medians)",
         ttfb_table(results),
         "## Targets",
         table(["target", "measured", "result"], [[v.target, v.measured, v.word] for v in verdicts(results)]),
     ]
+    if compared := results.settings.get("compare"):
+        title = f"## Before/after: {compared} vs this tree, both with the log line, same floor"
+        parts[5:5] = [title, compare_table(results)]
     if any(r.server == "litellm" for r in results.runs):
         parts += ["## LiteLLM vs floor", litellm_table(results)]
     parts += [f"- {note}" for note in results.notes]
@@ -101,6 +107,72 @@ def _matrix_row(case: Case, gw: Run, floor: Run) -> list[str]:
         f"{g.errors}/{g.non2xx}",
         f"{f.errors}/{f.non2xx}",
     ]
+
+
+NOLOG = "gateway-nolog"
+
+
+def log_line_table(results: Results) -> str:
+    """rps and CPU per request of the gateway with and without its per-request log line, each against the floor."""
+    header = ["case", "c", "floor rps", "log on rps", "log off rps", "on/floor", "off/floor"]
+    header += ["on CPU ms/req", "off CPU ms/req", "line's CPU ms/req"]
+    rows = []
+    for case in CASES:
+        for conc in CONCURRENCIES:
+            on, off = results.run("gateway", case.key, conc), results.run(NOLOG, case.key, conc)
+            floor = results.run("floor", case.key, conc)
+            if on is None or off is None or floor is None:
+                continue
+            f = floor.load.rps
+            rows.append(
+                [
+                    case.title,
+                    str(conc),
+                    f"{f:,.0f}",
+                    f"{on.load.rps:,.0f}",
+                    f"{off.load.rps:,.0f}",
+                    _pct(on.load.rps, f),
+                    _pct(off.load.rps, f),
+                    f"{on.cpu_ms_per_req:.3f}",
+                    f"{off.cpu_ms_per_req:.3f}",
+                    f"{on.cpu_ms_per_req - off.cpu_ms_per_req:+.3f}",
+                ]
+            )
+    return table(header, rows)
+
+
+def compare_table(results: Results) -> str:
+    """This tree's gateway and another revision's, each as a share of the same floor run (issue 16's rule:
+    ratios within 3 points)."""
+    other = str(results.settings["compare"])
+    rev = other.partition("@")[2]
+    header = ["case", "c", "floor rps", "this rps", f"{rev} rps", "this/floor", f"{rev}/floor", "Δ points"]
+    header += ["this CPU ms/req", f"{rev} CPU ms/req", "floor CPU ms/req"]
+    rows = []
+    for case in CASES:
+        for conc in CONCURRENCIES:
+            this, then = results.run("gateway", case.key, conc), results.run(other, case.key, conc)
+            floor = results.run("floor", case.key, conc)
+            if this is None or then is None or floor is None:
+                continue
+            f = floor.load.rps
+            delta = (this.load.rps - then.load.rps) / f * 100 if f else 0.0
+            rows.append(
+                [
+                    case.title,
+                    str(conc),
+                    f"{f:,.0f}",
+                    f"{this.load.rps:,.0f}",
+                    f"{then.load.rps:,.0f}",
+                    _pct(this.load.rps, f),
+                    _pct(then.load.rps, f),
+                    f"{delta:+.0f}",
+                    f"{this.cpu_ms_per_req:.3f}",
+                    f"{then.cpu_ms_per_req:.3f}",
+                    f"{floor.cpu_ms_per_req:.3f}",
+                ]
+            )
+    return table(header, rows)
 
 
 def ttfb_table(results: Results) -> str:

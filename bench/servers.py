@@ -107,6 +107,24 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def machine() -> str:
+    """The CPU model (/proc/cpuinfo) and how many cores this process may use, e.g. "AMD EPYC, 2 cores"."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = next((ln.partition(":")[2].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (/proc/loadavg, as `uptime` prints them)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 # --- starting ----------------------------------------------------------------------------------------
 
 
@@ -117,19 +135,31 @@ def free_port() -> int:
 
 
 def spawn(
-    name: str, argv: list[str], port: int, log_dir: Path, *, health: str, env: dict[str, str], unset: Sequence[str] = ()
+    name: str,
+    argv: list[str],
+    port: int,
+    log_dir: Path,
+    *,
+    health: str,
+    env: dict[str, str],
+    unset: Sequence[str] = (),
+    cwd: Path = REPO,
+    ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Server:
-    """Start `argv` and wait until GET `health` answers 200; `ready_s` says how long that took."""
+    """Start `argv` in `cwd` and wait until GET `health` answers 200; `ready_s` says how long that took.
+
+    Its stdout and stderr go to `<log_dir>/<name>.log` (the gateway's JSON log lines included).
+    """
     log = log_dir / f"{name}.log"
     child_env = {k: v for k, v in os.environ.items() if k not in unset} | env
     started = time.perf_counter()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, cwd=REPO, env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=cwd, env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
     try:
-        _wait_ready(server, port, health)
+        _wait_ready(server, port, health, ready_timeout_s)
     except BaseException:
         server.stop()
         raise
@@ -137,15 +167,15 @@ def spawn(
     return server
 
 
-def _wait_ready(server: Server, port: int, path: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def _wait_ready(server: Server, port: int, path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if (code := server.proc.poll()) is not None:
             raise BenchError(f"{server.name} exited with status {code} before it was ready:\n{log_tail(server.log)}")
         if _answers_200(port, path):
             return
         time.sleep(0.005)
-    raise BenchError(f"{server.name} was not ready within {READY_TIMEOUT_S:g} s:\n{log_tail(server.log)}")
+    raise BenchError(f"{server.name} was not ready within {timeout_s:g} s:\n{log_tail(server.log)}")
 
 
 def _answers_200(port: int, path: str) -> bool:
@@ -183,8 +213,11 @@ def start_floor(upstream: str, log_dir: Path) -> Server:
 # --- the gateway -------------------------------------------------------------------------------------
 
 
-def gateway_command() -> list[str]:
-    """The `gateway` console script of this interpreter's environment, else the one on PATH."""
+def gateway_command(tree: Path | None = None) -> list[str]:
+    """The gateway's CLI: this checkout's `gateway` console script (else the one on PATH), or, for another
+    source tree, `python -m gateway` run with that tree as its working directory (first on sys.path)."""
+    if tree is not None:
+        return [sys.executable, "-m", "gateway"]
     beside = Path(sys.executable).parent / "gateway"
     if beside.exists():
         return [str(beside)]
@@ -193,14 +226,25 @@ def gateway_command() -> list[str]:
     return [sys.executable, "-m", "gateway.cli"]
 
 
-def write_gateway_config(path: Path, *, dsn: str, upstream: str) -> Path:
-    """The repo's gateway.yaml, pointed at the fake upstream and the bench database, logging warnings only."""
-    doc: dict[str, Any] = yaml.safe_load((REPO / "gateway.yaml").read_text())
+LOG_LEVEL_PRODUCTION = "info"  # gateway.yaml's default (`${LOG_LEVEL:-info}`): one JSON line per request
+LOG_LEVEL_QUIET = "warning"  # the per-request line filtered out, to show what it costs
+
+
+def write_gateway_config(
+    path: Path, *, dsn: str, upstream: str, log_level: str = LOG_LEVEL_PRODUCTION, tree: Path | None = None
+) -> Path:
+    """`tree`'s gateway.yaml (this repo's by default), pointed at the fake upstream and the bench database.
+
+    Logging is as production runs it: JSON lines at `log_level` through the gateway's own handler (stderr, which
+    `spawn` sends to the server's log file); at "info" that is one line per request, at "warning" none.
+    Metrics are always collected, bcrypt keeps the file's rounds.
+    """
+    doc: dict[str, Any] = yaml.safe_load(((tree or REPO) / "gateway.yaml").read_text())
     doc["server"] = {**doc.get("server", {}), "host": "127.0.0.1"}
     doc["database"] = {**doc.get("database", {}), "url": dsn}
     provider = doc["providers"]["anthropic"]
     doc["providers"]["anthropic"] = {**provider, "base_url": upstream, "api_key": "bench-upstream-key"}
-    doc["logging"] = {"format": "json", "level": "warning"}
+    doc["logging"] = {"format": "json", "level": log_level}
     # Budgets stay enforced (the check runs on every request) with limits no run reaches: the Claude Code
     # body costs ~$0.02 at the fake's token counts, so the default $100 a month would end a run in 429s.
     doc["budgets"] = {**doc.get("budgets", {}), "monthly_limit_usd": 10**9, "monthly_token_limit": 10**15}
@@ -217,15 +261,23 @@ def create_key(config: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def start_gateway(config: Path, log_dir: Path, *, workers: int = 1, name: str = "gateway") -> Server:
+def gateway_argv(config: Path, port: int, *, workers: int = 1, tree: Path | None = None) -> list[str]:
+    """`gateway serve` on `port` with `config`, from this checkout or from `tree`."""
+    return [*gateway_command(tree), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
+
+
+def start_gateway(
+    config: Path, log_dir: Path, *, workers: int = 1, name: str = "gateway", tree: Path | None = None
+) -> Server:
+    """`gateway serve` from this checkout, or from the source tree `tree` (another revision, see bench/trees.py)."""
     port = free_port()
-    argv = [*gateway_command(), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)]
-    return spawn(name, argv, port, log_dir, health="/health", env={}, unset=BUDGET_ENV)
+    argv = gateway_argv(config, port, workers=workers, tree=tree)
+    return spawn(name, argv, port, log_dir, health="/health", env={}, unset=BUDGET_ENV, cwd=tree or REPO)
 
 
-def gateway_revision() -> str:
+def gateway_revision(tree: Path = REPO) -> str:
     """The commit the gateway runs from, `-dirty` when the work tree has changes (others may be editing)."""
-    argv = ["git", "-C", str(REPO), "describe", "--always", "--dirty"]
+    argv = ["git", "-C", str(tree), "describe", "--always", "--dirty"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10)
     except OSError:
