@@ -151,13 +151,14 @@ async def authenticate_actor(request: web.Request) -> Actor:
     """The identity acting on a management request: a person's SSO token (their mapped role and team, audited as
     `sso:<email or sub>`), else the key's own role (`Principal.actor`).
 
-    Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role.
+    Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role or a
+    team_admin whose team claim names no live team.
     """
     svc = request.app[SERVICES]
     people = svc.sign_ins.people
     if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
-        row = await key_of(svc.pool, person)
-        return dataclasses.replace(await actor_of(svc.pool, person), key_id=row.id)
+        actor = await actor_of(svc.pool, person)  # first: a refused person leaves no identity row behind
+        return dataclasses.replace(actor, key_id=(await key_of(svc.pool, person)).id)
     return (await _authenticate(request)).actor
 
 

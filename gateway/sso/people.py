@@ -65,10 +65,29 @@ async def resolve_team(pool: asyncpg.Pool, team: str | None) -> int | None:
     return row.id if row else None
 
 
+async def team_of(pool: asyncpg.Pool, role: Role, team: str | None) -> int | None:
+    """The id of a person's team (resolve_team); Forbidden (403) for a team_admin whose team claim names no live team.
+
+    Such a team_admin (the team renamed or deleted since, or a typo at the issuer) has no team to be limited to:
+    read as "no team filter", they would list and add users everywhere.
+    """
+    team_id = await resolve_team(pool, team)
+    if role is Role.TEAM_ADMIN and team_id is None:
+        named = (
+            f"team claim {team!r} names no gateway team (renamed or deleted since?)" if team else "has no team claim"
+        )
+        raise Forbidden(f"this team_admin's {named}: fix the claim at the identity provider, or the team's name here")
+    return team_id
+
+
 async def actor_of(pool: asyncpg.Pool, person: Identity) -> Actor:
-    """The Actor a signed-in person is: their role, their team's id, and their gateway user when their email is one."""
+    """The Actor a signed-in person is: their role, their team's id, and their gateway user when their email is one.
+
+    Raises Forbidden (403) for a team_admin without a live team (team_of).
+    """
+    team_id = await team_of(pool, person.role, person.team)
     row = await db.user_key_by_email(pool, person.email) if person.email else None
-    return Actor(person.subject, person.role, await resolve_team(pool, person.team), row.user_id if row else None)
+    return Actor(person.subject, person.role, team_id, row.user_id if row else None)
 
 
 async def key_of(pool: asyncpg.Pool, person: Identity) -> db.KeyRow:

@@ -1,0 +1,61 @@
+"""Single sign-on attacked: people whose claims no longer match the gateway's teams, unverified emails, and names
+that collide with SSO identities (issue 21), against the real OpenID provider (tests/oidc/provider.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp.test_utils import TestServer
+
+from gateway import db
+from tests.oidc.conftest import StartGateway, sso_section
+from tests.oidc.provider import MANAGEMENT_AUDIENCE, OidcProvider
+
+MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
+
+
+async def call(server: TestServer, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.request(method, server.make_url(path), headers=headers, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+
+def person(idp: OidcProvider, email: str, groups: list[str], team: str | None = None, **claims: Any) -> str:
+    """A person's access token for the management API, signed with the provider's own key."""
+    extra = {"team": team} if team is not None else {}
+    return idp.sign({"sub": email, "email": email, "aud": MANAGEMENT_AUDIENCE, "groups": groups, **extra, **claims})
+
+
+async def test_a_team_admin_whose_team_is_renamed_or_unknown_reads_nobody_elses_users(
+    idp: OidcProvider, start_gateway: StartGateway, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    """A team_admin with no live team behind their claim is refused (403), never treated as "no team filter"."""
+    server = await start_gateway(idp, sso=sso_section(idp), caller=None)
+    ops = person(idp, "ops@example.com", ["gateway-admins"])
+    status, team = await call(server, "POST", "/v1/teams", ops, {"name": "platform"})
+    assert status == 201, team
+    await make_user("outsider@example.com")  # in no team
+    lead = person(idp, "lead@example.com", ["team-leads"], "platform")
+    status, mine = await call(server, "GET", "/v1/user-api-keys", lead)
+    assert status == 200 and mine == []  # the control: its own (empty) team
+    ghost = person(idp, "ghost@example.com", ["team-leads"], "no-such-team")
+    renamed = await call(server, "PATCH", f"/v1/teams/{team['id']}", ops, {"name": "platform-eng"})
+    assert renamed[0] == 200
+    for token in (ghost, lead):  # an unknown team, and a team renamed since the claim was set
+        for method, path in (
+            ("GET", "/v1/user-api-keys"),
+            ("GET", "/v1/user-api-keys/usage"),
+            ("GET", "/v1/teams"),
+        ):
+            status, body = await call(server, method, path, token)
+            assert status == 403, (method, path, body)
+            assert "team" in body["error"], body
+        body = {"email": "new@example.com", "firstname": "N", "lastname": "P"}
+        status, answer = await call(server, "POST", "/v1/user-api-keys", token, body)
+        assert status == 403, answer
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE email = 'new@example.com'") == 0
