@@ -59,3 +59,19 @@ async def test_a_team_admin_whose_team_is_renamed_or_unknown_reads_nobody_elses_
         status, answer = await call(server, "POST", "/v1/user-api-keys", token, body)
         assert status == 403, answer
     assert await pool.fetchval("SELECT count(*) FROM users WHERE email = 'new@example.com'") == 0
+
+
+async def test_a_management_key_cannot_take_an_sso_identitys_name(
+    idp: OidcProvider, start_gateway: StartGateway, pool: asyncpg.Pool
+) -> None:
+    """`sso:<subject>` names the key rows of SSO identities: a key named so would collide with one (a 500 before)
+    or stand in for a person who has not signed in yet; it is refused with 400, and nothing is written."""
+    server = await start_gateway(idp, sso=sso_section(idp), caller=None)
+    ops = person(idp, "ops@example.com", ["gateway-admins"])
+    assert (await call(server, "GET", "/v1/teams", ops))[0] == 200  # ops's identity row now exists
+    for name in ("sso:ops@example.com", "sso:victor@example.com"):
+        status, body = await call(server, "POST", "/v1/management-keys", ops, {"name": name, "role": "viewer"})
+        assert status == 400 and "sso:" in body["error"], body
+    assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE name LIKE 'sso:%'") == 1
+    status, made = await call(server, "POST", "/v1/management-keys", ops, {"name": "ssoish", "role": "viewer"})
+    assert status == 201, made
