@@ -18,7 +18,7 @@ from gateway import db
 from gateway.errors import Unauthenticated
 from gateway.keys import Principal, fingerprint
 from gateway.sso.config import CallerJwtConfig
-from gateway.sso.issuer import IssuerKeys, looks_like_jwt, unverified_issuer
+from gateway.sso.issuer import IssuerKeys, email_verified, looks_like_jwt, unverified_issuer
 
 
 class CallerTokens:
@@ -58,6 +58,8 @@ class CallerTokens:
         user = claims.get(self._cfg.user_claim)
         if not isinstance(user, str) or not user:
             raise Unauthenticated(f"invalid token: it has no {self._cfg.user_claim!r} claim naming a gateway user")
+        if self._cfg.user_claim == "email" and not email_verified(claims):
+            raise Unauthenticated("invalid token: its email is not verified (email_verified: false) at the issuer")
         row = await self._find(user)
         if row is None:
             raise Unauthenticated(f"invalid token: {user!r} is not a gateway user with a live key")

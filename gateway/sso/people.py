@@ -23,7 +23,7 @@ from gateway.errors import Forbidden, ServiceUnavailable, Unauthenticated
 from gateway.keys import Principal, generate_key
 from gateway.roles import Actor, Role
 from gateway.sso.config import SsoConfig
-from gateway.sso.issuer import IssuerKeys, looks_like_jwt, unverified_issuer
+from gateway.sso.issuer import IssuerKeys, email_verified, looks_like_jwt, unverified_issuer
 
 STRENGTH = (Role.ADMIN, Role.TEAM_ADMIN, Role.VIEWER, Role.USER)  # strongest first
 
@@ -44,6 +44,8 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
     values = [raw] if isinstance(raw, str) else [v for v in raw if isinstance(v, str)] if isinstance(raw, list) else []
     mapped = {cfg.roles[v] for v in values if v in cfg.roles}
     role = next((r for r in STRENGTH if r in mapped), cfg.default_role)
+    if not email_verified(claims):  # an unconfirmed address names nobody: not a gateway user, not the audit subject
+        claims = {k: v for k, v in claims.items() if k != "email"}
     named = claims.get(cfg.subject_claim) or claims.get("sub")
     if role is None:
         raise Forbidden(

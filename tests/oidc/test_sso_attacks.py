@@ -11,8 +11,8 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from gateway import db
-from tests.oidc.conftest import StartGateway, sso_section
-from tests.oidc.provider import MANAGEMENT_AUDIENCE, OidcProvider
+from tests.oidc.conftest import StartGateway, caller_section, sso_section
+from tests.oidc.provider import CALLER_AUDIENCE, MANAGEMENT_AUDIENCE, OidcProvider
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -75,3 +75,23 @@ async def test_a_management_key_cannot_take_an_sso_identitys_name(
     assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE name LIKE 'sso:%'") == 1
     status, made = await call(server, "POST", "/v1/management-keys", ops, {"name": "ssoish", "role": "viewer"})
     assert status == 201, made
+
+
+async def test_an_unverified_email_names_no_gateway_user(
+    idp: OidcProvider, start_gateway: StartGateway, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    """`email_verified: false` (an address typed in at the issuer, nobody checked it) is not the gateway user with
+    that email: a caller token is refused with 401, and a person acts and is audited as their `sub`."""
+    _, grace = await make_user("grace@example.com")
+    server = await start_gateway(idp, sso=sso_section(idp), caller=caller_section(idp))
+    message = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    claimed = {"sub": "mallory", "email": "Grace@Example.com", "aud": CALLER_AUDIENCE}
+    status, body = await call(server, "POST", "/v1/messages", idp.sign({**claimed, "email_verified": True}), message)
+    assert status == 200, body  # the control: a verified address is the user
+    status, body = await call(server, "POST", "/v1/messages", idp.sign({**claimed, "email_verified": False}), message)
+    assert status == 401 and body["error"]["type"] == "authentication_error", body
+    assert "verified" in body["error"]["message"]
+    token = person(idp, "grace@example.com", ["gateway-admins"], sub="mallory", email_verified=False)
+    assert (await call(server, "POST", "/v1/teams", token, {"name": "platform"}))[0] == 201
+    row = await pool.fetchrow("SELECT actor, actor_key_id FROM gateway_audit WHERE action = 'team_created'")
+    assert row["actor"] == "sso:mallory" and row["actor_key_id"] != grace.id
