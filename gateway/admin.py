@@ -72,6 +72,10 @@ async def _body(request: web.Request, allowed: set[str], *, optional: bool = Fal
         raise AdminError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise AdminError(400, "request body must be a JSON object")
+    try:
+        json.loads(raw, object_pairs_hook=_once_each)  # parsed above: only a field given twice raises (400)
+    except RecursionError:  # orjson takes 1023 levels, the json module fewer than 1000
+        raise AdminError(400, "request body is nested too deeply") from None
     if unknown := sorted(set(body) - allowed):
         raise AdminError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return body
@@ -529,7 +533,6 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
 
     scope, scope_id = await _rate_limit_scope(request)
     body = await _body(request, set(RATE_LIMIT_FIELDS))
-    json.loads(await request.read(), object_pairs_hook=_once_each)  # parsed by _body: only duplicates raise
     values: dict[str, int | None] = {}
     for camel, name in RATE_LIMIT_FIELDS.items():
         value = body.get(camel)

@@ -134,6 +134,49 @@ async def test_bad_team_and_key_bodies_are_400(
     assert status == 400 and expected in answer["error"], answer
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        pytest.param("POST", "/v1/management-keys", '{"name": "k", "role": "viewer", "role": "admin"}', id="role"),
+        pytest.param(
+            "POST", "/v1/teams", '{"name": "A", "monthlyTokenLimit": 5, "monthlyTokenLimit": null}', id="limit"
+        ),
+        pytest.param("PUT", "/v1/user-api-keys/{user}/team", '{"teamId": {team}, "teamId": null}', id="team-id"),
+        pytest.param(
+            "POST",
+            "/v1/user-api-keys",
+            '{"email": "b@example.com", "firstname": "B", "lastname": "C", "email": "c@example.com"}',
+            id="email",
+        ),
+        pytest.param("POST", "/v1/teams", '{"name": ' + "[" * 1000 + "]" * 1000 + "}", id="deep-not-500"),
+        pytest.param("PUT", "/v1/rate-limits/user/{user}", '{"inFlight": ' + "[" * 1000 + "]" * 1000 + "}", id="deep"),
+    ],
+)
+async def test_a_field_given_twice_is_a_400(
+    gateway: TestServer, pool: asyncpg.Pool, admin: str, method: str, path: str, raw: str
+) -> None:
+    """Which of two values was meant is anyone's guess (orjson keeps the last, a proxy in front may read the first):
+    every management body refuses a repeated field, as /v1/rate-limits does, and nothing is changed."""
+    team = await new_team(gateway, admin, "Platform")
+    user = await user_in(gateway, admin, "ada@example.com", team["id"])
+    before = await pool.fetchval("SELECT count(*) FROM gateway_audit") + await pool.fetchval(
+        "SELECT count(*) FROM key_audit"
+    )
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    target = gateway.make_url(path.replace("{user}", user["id"]))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, target, data=raw.replace("{team}", str(team["id"])), headers=headers) as resp,
+    ):
+        answer = await resp.json()
+    expected = "nested too deeply" if "[[[" in raw else "more than once"
+    assert resp.status == 400 and expected in answer["error"], answer
+    after = await pool.fetchval("SELECT count(*) FROM gateway_audit") + await pool.fetchval(
+        "SELECT count(*) FROM key_audit"
+    )
+    assert after == before
+
+
 # --- budgets ---------------------------------------------------------------------------------------------
 
 
