@@ -198,6 +198,8 @@ class UserKeysApi:
         """Forget this process's cached verdicts for a user's keys and token (their limits or team changed)."""
         self._svc.claudecode_tokens.evict_user(user_id)
         self._svc.key_cache.evict_user(user_id)
+        if (callers := self._svc.sign_ins.callers) is not None:  # caller JWTs remembered with the user's Principal
+            callers.evict_user(user_id)
 
     def _new_key(self) -> tuple[str, tuple[str, str]]:
         new = generate_key(self._cfg.auth.bcrypt_rounds)
@@ -262,7 +264,7 @@ class UserKeysApi:
             raise AdminError(404, f"no user with id {user_id}")
         for key_id in revoked:
             self._svc.key_cache.evict_key(key_id)
-        self._svc.claudecode_tokens.evict_user(user_id)
+        self.evict_user(user_id)
         return _json({"success": True})
 
     async def regenerate(self, request: web.Request, actor: Actor) -> web.Response:
@@ -287,7 +289,7 @@ class UserKeysApi:
         user, _, old_key_id = done
         if old_key_id is not None:
             self._svc.key_cache.evict_key(old_key_id)
-        self._svc.claudecode_tokens.evict_user(user_id)  # the mapping now leads to the new key
+        self.evict_user(user_id)  # the Claude Code mapping and caller JWTs now lead to the new key
         # The Claude Code token is stored only as an HMAC: the mapping is kept, its plaintext cannot be shown.
         # `apiKey` as in the create answer; `newApiKey` is the original design's name, kept for its clients.
         answer = {"apiKey": plaintext, "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext}
@@ -316,8 +318,7 @@ class UserKeysApi:
             raise AdminError(400, "the new limit would exceed the largest storable limit") from None
         if new_limit is None:
             raise AdminError(404, f"no user with id {user_id}")
-        self._svc.claudecode_tokens.evict_user(user_id)  # cached principals carry the old limit
-        self._svc.key_cache.evict_user(user_id)
+        self.evict_user(user_id)  # cached principals carry the old limit
         return _json({"id": str(user_id), "newLimit": new_limit})
 
     async def list(self, request: web.Request, actor: Actor) -> web.Response:

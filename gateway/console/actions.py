@@ -144,6 +144,8 @@ def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
             svc.key_cache.evict_key(key_id)
     svc.claudecode_tokens.evict_user(user_id)
     svc.key_cache.evict_user(user_id)
+    if svc.sign_ins.callers is not None:  # caller JWTs remembered with the user's Principal
+        svc.sign_ins.callers.evict_user(user_id)
 
 
 async def raise_limit(request: web.Request, who: Visitor) -> web.StreamResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 import jwt
 
@@ -46,6 +47,14 @@ class CallerTokens:
         if not looks_like_jwt(token):
             return False
         return fingerprint(token) in self._verified or unverified_issuer(token) == self._keys.settings.issuer
+
+    def evict_user(self, user_id: UUID) -> None:
+        """Forget the tokens remembered for a user: their limits, team or key changed, or they were deleted.
+
+        A scan of at most `max_size` entries, on a management change only (never on the hot path).
+        """
+        for digest in [d for d, (principal, _, _) in self._verified.items() if principal.user_id == user_id]:
+            del self._verified[digest]
 
     async def principal_for(self, token: str) -> Principal:
         """The Principal of the user the token names (cached until min(exp, now + ttl_s))."""

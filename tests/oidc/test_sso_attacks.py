@@ -95,3 +95,31 @@ async def test_an_unverified_email_names_no_gateway_user(
     assert (await call(server, "POST", "/v1/teams", token, {"name": "platform"}))[0] == 201
     row = await pool.fetchrow("SELECT actor, actor_key_id FROM gateway_audit WHERE action = 'team_created'")
     assert row["actor"] == "sso:mallory" and row["actor_key_id"] != grace.id
+
+
+async def test_a_cached_caller_token_follows_its_users_changes_at_once(
+    idp: OidcProvider, start_gateway: StartGateway, make_user: MakeUser, pool: asyncpg.Pool
+) -> None:
+    """A verified caller JWT is remembered with its user's Principal; moving the user into a spent team, raising
+    their limit, or deleting them is seen by this process at once, as for their key (not auth.cache_ttl_s later)."""
+    alice_key, _ = await make_user("alice@example.com", limit_tokens=1)
+    server = await start_gateway(idp, sso=sso_section(idp), caller=caller_section(idp, jwks_min_refetch_s=0))
+    ops = person(idp, "ops@example.com", ["gateway-admins"])
+    message = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    token = idp.sign({"sub": "alice-cli", "email": "alice@example.com", "aud": CALLER_AUDIENCE})
+    assert (await call(server, "POST", "/v1/messages", token, message))[0] == 200
+    status, body = await call(server, "POST", "/v1/messages", token, message)
+    assert status == 429 and body["error"]["type"] == "rate_limit_error"  # her own limit of 1 token
+    user = await pool.fetchval("SELECT id FROM users WHERE email = 'alice@example.com'")
+    raised = await call(server, "POST", f"/v1/user-api-keys/{user}/increase-token-limit", ops, {"increment": 10**6})
+    assert raised[0] == 200
+    assert (await call(server, "POST", "/v1/messages", token, message))[0] == 200  # the raised limit, at once
+    status, team = await call(server, "POST", "/v1/teams", ops, {"name": "spent", "monthlyTokenLimit": 0})
+    assert status == 201
+    assert (await call(server, "PUT", f"/v1/user-api-keys/{user}/team", ops, {"teamId": team["id"]}))[0] == 200
+    status, body = await call(server, "POST", "/v1/messages", token, message)
+    assert status == 429 and body.get("scope") == "team", body  # the new team's limit, at once
+    assert (await call(server, "DELETE", f"/v1/user-api-keys/{user}", ops))[0] == 200
+    status, body = await call(server, "POST", "/v1/messages", token, message)
+    assert status == 401 and body["error"]["type"] == "authentication_error", body
+    assert (await call(server, "POST", "/v1/messages", alice_key, message))[0] == 401  # her key, the control
