@@ -16,7 +16,7 @@ from uuid import UUID
 import jwt
 
 from gateway import db
-from gateway.errors import Unauthenticated
+from gateway.errors import ServiceUnavailable, Unauthenticated
 from gateway.keys import Principal, fingerprint
 from gateway.sso.config import CallerJwtConfig
 from gateway.sso.issuer import IssuerKeys, email_verified, looks_like_jwt, unverified_issuer
@@ -69,7 +69,10 @@ class CallerTokens:
             raise Unauthenticated(f"invalid token: it has no {self._cfg.user_claim!r} claim naming a gateway user")
         if self._cfg.user_claim == "email" and not email_verified(claims):
             raise Unauthenticated("invalid token: its email is not verified (email_verified: false) at the issuer")
-        row = await self._find(user)
+        try:
+            row = await self._find(user)
+        except db.UNAVAILABLE:  # a 503 in the caller's dialect, as for a key never seen (gateway/keys.py)
+            raise ServiceUnavailable("cannot check this token now: the gateway's database is unreachable") from None
         if row is None:
             raise Unauthenticated(f"invalid token: {user!r} is not a gateway user with a live key")
         principal = Principal.from_row(row)

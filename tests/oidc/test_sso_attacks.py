@@ -11,8 +11,12 @@ import asyncpg
 from aiohttp.test_utils import TestServer
 
 from gateway import db
+from gateway.app import build_app
+from tests.conftest import gateway_config
+from tests.fakes.tcp_proxy import TcpProxy, through, upstream_of
+from tests.fakes.upstream import FakeUpstream
 from tests.oidc.conftest import StartGateway, caller_section, sso_section
-from tests.oidc.provider import CALLER_AUDIENCE, MANAGEMENT_AUDIENCE, OidcProvider
+from tests.oidc.provider import CALLER_AUDIENCE, CLIENT_SECRET, MANAGEMENT_AUDIENCE, SECRET_ENV, OidcProvider
 
 MakeUser = Callable[..., Awaitable[tuple[str, db.KeyRow]]]
 
@@ -123,3 +127,36 @@ async def test_a_cached_caller_token_follows_its_users_changes_at_once(
     status, body = await call(server, "POST", "/v1/messages", token, message)
     assert status == 401 and body["error"]["type"] == "authentication_error", body
     assert (await call(server, "POST", "/v1/messages", alice_key, message))[0] == 401  # her key, the control
+
+
+async def test_the_database_away_is_a_503_for_a_new_caller_token_and_a_persons_token(
+    idp: OidcProvider, database_url: str, upstream: FakeUpstream, make_user: MakeUser, tmp_path: Any
+) -> None:
+    """A token never seen needs the database (its user, a person's team and identity row): with PostgreSQL away that
+    is a 503 in the caller's own shape, never a 500."""
+    await make_user("alice@example.com")
+    proxy = TcpProxy(upstream_of(database_url))
+    await proxy.start()
+    cfg = gateway_config(
+        upstream.url,
+        usage_log={"spill_dir": str(tmp_path / "spill")},
+        sso=sso_section(idp),
+        caller_jwt=caller_section(idp),
+        environ={SECRET_ENV: CLIENT_SECRET},
+    )
+    server = TestServer(build_app(cfg, dsn=through(database_url, proxy.port)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        token = idp.sign({"sub": "alice-cli", "email": "alice@example.com", "aud": CALLER_AUDIENCE})
+        message = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        chat = {"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]}
+        await proxy.cut()
+        status, body = await call(server, "POST", "/v1/messages", token, message)
+        assert status == 503 and body["type"] == "error" and "database" in body["error"]["message"], body
+        status, body = await call(server, "POST", "/v1/chat/completions", token, chat)
+        assert status == 503 and "database" in body["error"]["message"], body
+        status, body = await call(server, "GET", "/v1/teams", person(idp, "ops@example.com", ["gateway-admins"]))
+        assert status == 503 and "database" in body["error"], body
+    finally:
+        await server.close()
+        await proxy.close()
