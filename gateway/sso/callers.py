@@ -65,7 +65,7 @@ class CallerTokens:
             return hit[0]
         claims = await self._keys.verify(token, audience=self._cfg.audience)
         user = claims.get(self._cfg.user_claim)
-        if not isinstance(user, str) or not user:
+        if not isinstance(user, str) or not user or "\x00" in user:  # PostgreSQL text cannot hold a NUL
             raise Unauthenticated(f"invalid token: it has no {self._cfg.user_claim!r} claim naming a gateway user")
         if self._cfg.user_claim == "email" and not email_verified(claims):
             raise Unauthenticated("invalid token: its email is not verified (email_verified: false) at the issuer")

@@ -54,6 +54,8 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
         )
     email = claims.get("email")
     team = claims.get(cfg.team_claim) if cfg.team_claim else None
+    if any(isinstance(v, str) and "\x00" in v for v in (named, email, team)):  # PostgreSQL text cannot hold one
+        raise Unauthenticated("invalid token: a claim naming the person or their team holds a NUL character")
     return Identity(
         f"sso:{named}", email if isinstance(email, str) else None, role, team if isinstance(team, str) else None
     )

@@ -160,3 +160,23 @@ async def test_the_database_away_is_a_503_for_a_new_caller_token_and_a_persons_t
     finally:
         await server.close()
         await proxy.close()
+
+
+async def test_claims_postgresql_cannot_hold_are_refused_not_a_500(
+    idp: OidcProvider, start_gateway: StartGateway, make_user: MakeUser
+) -> None:
+    """A NUL in a signed email, team or subject claim (PostgreSQL text cannot hold one) is a 401 / 403 in the
+    caller's shape, never a 500 from the query it would have reached."""
+    await make_user("alice@example.com")
+    server = await start_gateway(idp, sso=sso_section(idp), caller=caller_section(idp))
+    message = {"model": "claude-fast", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    token = idp.sign({"sub": "alice-cli", "email": "alice@example.com\x00", "aud": CALLER_AUDIENCE})
+    status, body = await call(server, "POST", "/v1/messages", token, message)
+    assert status == 401 and body["error"]["type"] == "authentication_error", body
+    for claims in ({"team": "plat\x00form"}, {"email": "ops\x00@example.com"}, {"sub": "x\x00", "email": None}):
+        token = idp.sign(
+            {"sub": "ops", "email": "ops@example.com", "aud": MANAGEMENT_AUDIENCE, **claims}
+            | {"groups": ["team-leads" if "team" in claims else "gateway-admins"]}
+        )
+        status, body = await call(server, "GET", "/v1/teams", token)
+        assert status in (401, 403) and "error" in body, (claims, body)
