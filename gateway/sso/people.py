@@ -47,6 +47,8 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
     if not email_verified(claims):  # an unconfirmed address names nobody: not a gateway user, not the audit subject
         claims = {k: v for k, v in claims.items() if k != "email"}
     named = claims.get(cfg.subject_claim) or claims.get("sub")
+    if cfg.subject_claim == "email" and named == claims.get("email") and isinstance(named, str):
+        named = named.lower()  # emails match in any case here (users, caller JWTs): one person, one identity
     if role is None:
         raise Forbidden(
             f"{named!r} signed in, but no {cfg.role_claim!r} value of theirs ({', '.join(values) or 'none'}) maps to a "

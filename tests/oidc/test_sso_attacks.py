@@ -180,3 +180,18 @@ async def test_claims_postgresql_cannot_hold_are_refused_not_a_500(
         )
         status, body = await call(server, "GET", "/v1/teams", token)
         assert status in (401, 403) and "error" in body, (claims, body)
+
+
+async def test_one_person_is_one_identity_whatever_the_case_of_their_email(
+    idp: OidcProvider, start_gateway: StartGateway, pool: asyncpg.Pool
+) -> None:
+    """Emails are matched in any case everywhere in the gateway (users, caller JWTs); a person's audit subject and
+    identity row are too, so `Ops@Example.com` and `ops@example.com` are not two actors."""
+    server = await start_gateway(idp, sso=sso_section(idp), caller=None)
+    for email, team in (("Ops@Example.COM", "a"), ("ops@example.com", "b")):
+        assert (await call(server, "POST", "/v1/teams", person(idp, email, ["gateway-admins"]), {"name": team}))[
+            0
+        ] == 201
+    rows = await pool.fetch("SELECT actor, actor_key_id FROM gateway_audit WHERE action = 'team_created'")
+    assert {(r["actor"], r["actor_key_id"]) for r in rows} == {("sso:ops@example.com", rows[0]["actor_key_id"])}
+    assert await pool.fetchval("SELECT count(*) FROM api_keys WHERE name LIKE 'sso:%'") == 1
