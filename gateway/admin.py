@@ -72,6 +72,10 @@ async def _body(request: web.Request, allowed: set[str], *, optional: bool = Fal
         raise AdminError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise AdminError(400, "request body must be a JSON object")
+    try:
+        json.loads(raw, object_pairs_hook=_once_each)  # parsed above: only a field given twice raises (400)
+    except RecursionError:  # orjson takes 1023 levels, the json module fewer than 1000
+        raise AdminError(400, "request body is nested too deeply") from None
     if unknown := sorted(set(body) - allowed):
         raise AdminError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
     return body
@@ -149,13 +153,14 @@ async def authenticate_actor(request: web.Request) -> Actor:
     """The identity acting on a management request: a person's SSO token (their mapped role and team, audited as
     `sso:<email or sub>`), else the key's own role (`Principal.actor`).
 
-    Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role.
+    Raises Unauthenticated (401) for a bad credential, Forbidden (403) for a person no claim maps to a role or a
+    team_admin whose team claim names no live team.
     """
     svc = request.config_dict[SERVICES]
     people = svc.sign_ins.people
     if (person := await person_from_bearer(people, presented_credential(request.headers))) is not None:
-        row = await key_of(svc.pool, person)
-        return dataclasses.replace(await actor_of(svc.pool, person), key_id=row.id)
+        actor = await actor_of(svc.pool, person)  # first: a refused person leaves no identity row behind
+        return dataclasses.replace(actor, key_id=(await key_of(svc.pool, person)).id)
     return (await _authenticate(request)).actor
 
 
@@ -191,6 +196,8 @@ class UserKeysApi:
         """Forget this process's cached verdicts for a user's keys and token (their limits or team changed)."""
         self._svc.claudecode_tokens.evict_user(user_id)
         self._svc.key_cache.evict_user(user_id)
+        if (callers := self._svc.sign_ins.callers) is not None:  # caller JWTs remembered with the user's Principal
+            callers.evict_user(user_id)
 
     def _new_key(self) -> tuple[str, tuple[str, str]]:
         new = generate_key(self._cfg.auth.bcrypt_rounds)
@@ -255,7 +262,7 @@ class UserKeysApi:
             raise AdminError(404, f"no user with id {user_id}")
         for key_id in revoked:
             self._svc.key_cache.evict_key(key_id)
-        self._svc.claudecode_tokens.evict_user(user_id)
+        self.evict_user(user_id)
         return _json({"success": True})
 
     async def regenerate(self, request: web.Request, actor: Actor) -> web.Response:
@@ -280,7 +287,7 @@ class UserKeysApi:
         user, _, old_key_id = done
         if old_key_id is not None:
             self._svc.key_cache.evict_key(old_key_id)
-        self._svc.claudecode_tokens.evict_user(user_id)  # the mapping now leads to the new key
+        self.evict_user(user_id)  # the Claude Code mapping and caller JWTs now lead to the new key
         # The Claude Code token is stored only as an HMAC: the mapping is kept, its plaintext cannot be shown.
         # `apiKey` as in the create answer; `newApiKey` is the original design's name, kept for its clients.
         answer = {"apiKey": plaintext, "newApiKey": plaintext, "claudecodeUserKey": None, "aigatewayUserKey": plaintext}
@@ -309,8 +316,7 @@ class UserKeysApi:
             raise AdminError(400, "the new limit would exceed the largest storable limit") from None
         if new_limit is None:
             raise AdminError(404, f"no user with id {user_id}")
-        self._svc.claudecode_tokens.evict_user(user_id)  # cached principals carry the old limit
-        self._svc.key_cache.evict_user(user_id)
+        self.evict_user(user_id)  # cached principals carry the old limit
         return _json({"id": str(user_id), "newLimit": new_limit})
 
     async def list(self, request: web.Request, actor: Actor) -> web.Response:
@@ -522,7 +528,6 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
     """
     scope, scope_id = await _rate_limit_scope(request)
     body = await _body(request, set(RATE_LIMIT_FIELDS))
-    json.loads(await request.read(), object_pairs_hook=_once_each)  # parsed by _body: only duplicates raise
     values: dict[str, int | None] = {}
     for camel, name in RATE_LIMIT_FIELDS.items():
         value = body.get(camel)

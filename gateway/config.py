@@ -208,6 +208,15 @@ class GatewayConfig(Section):
             raise ConfigError(
                 "dlp: enabled, but `pipeline:` leaves out the dlp stage (add it between budget and route)"
             )
+        if self.sso and self.caller_jwt and self.sso.issuer == self.caller_jwt.issuer:
+            # One audience for both: a developer's model-route token would be a person's management-API token (an
+            # admin's, for an admin), and a person's ID or management token would call the models.
+            shared = {"sso.api_audience": self.sso.api_audience, "sso.client_id": self.sso.client_id}
+            if clash := next((name for name, aud in shared.items() if aud == self.caller_jwt.audience), None):
+                raise ConfigError(
+                    f"caller_jwt.audience: {self.caller_jwt.audience!r} is also {clash}; the same issuer's tokens "
+                    "for the model routes and for people need different audiences"
+                )
         return self
 
     def _provider_type(self, provider: str, where: str) -> str:

@@ -166,6 +166,8 @@ async def regenerate(request: web.Request, who: Principal) -> web.Response:
     if old_key_id is not None:
         svc.key_cache.evict_key(old_key_id)
     svc.claudecode_tokens.evict_user(user.id)  # the mapping now leads to the new key
+    if svc.sign_ins.callers is not None:  # and so do the caller JWTs remembered for the user
+        svc.sign_ins.callers.evict_user(user.id)
     return _json({"apiKey": fresh[-1], "keyId": key.lookup_id, "user": {"id": str(user.id), "email": user.email}})
 
 

@@ -17,6 +17,7 @@ Request bodies are checked by the small `_*_fields` functions, one per body, tha
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -37,6 +38,20 @@ MAX_USD = Decimal("9999999999.9999")  # numeric(14, 4)
 
 
 # --- request bodies ------------------------------------------------------------------------------------
+
+# Bidi embeddings, overrides and isolates, refused in names as the console's forms do (gateway/console/actions.py):
+# they make a name read backwards on every page that shows it.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+SSO_PREFIX = "sso:"  # the names of SSO identities' key rows (sql/015_sso.sql): never a management key's
+
+
+def _name(body: dict[str, Any]) -> str:
+    """A team's or a management key's `name`: shown in the console, the audit and `gateway` CLI listings, so no
+    control characters (line breaks, terminal escapes, bidi overrides); 400 otherwise."""
+    name = _text(body, "name", max_len=100)
+    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in name):
+        raise AdminError(400, "'name' must not contain control characters (line breaks, escapes, bidi overrides)")
+    return name
 
 
 def _token_limit(body: dict[str, Any]) -> int | None:
@@ -66,7 +81,7 @@ def _team_fields(body: dict[str, Any], *, partial: bool) -> db.TeamChange:
     if partial and not body:
         raise AdminError(400, f"give at least one of {', '.join(sorted(TEAM_FIELDS))}")
     return db.TeamChange(
-        name=_text(body, "name", max_len=100) if "name" in body else None,
+        name=_name(body) if "name" in body else None,
         set_limit_tokens="monthlyTokenLimit" in body,
         limit_tokens=_token_limit(body),
         set_limit_usd="monthlyLimitUsd" in body,
@@ -76,7 +91,9 @@ def _team_fields(body: dict[str, Any], *, partial: bool) -> db.TeamChange:
 
 def _key_fields(body: dict[str, Any]) -> tuple[str, Role, int | None]:
     """(name, role, team id) of a new management key; a team_admin key needs its team, the others none."""
-    name = _text(body, "name", max_len=100)
+    name = _name(body)
+    if name.lower().startswith(SSO_PREFIX):  # it would collide with, or stand in for, a person's identity row
+        raise AdminError(400, f"'name' must not start with {SSO_PREFIX!r}: such names are SSO identities'")
     roles = [r.value for r in Role if r is not Role.USER]
     if body.get("role") not in roles:
         raise AdminError(400, f"'role' must be one of {', '.join(roles)}")

@@ -110,6 +110,14 @@ async def test_team_crud_and_delete_refused_while_it_has_users(gateway: TestServ
         pytest.param("POST", "/v1/teams", {"name": "x", "monthlyLimitUsd": "5"}, "monthlyLimitUsd", id="usd-str"),
         pytest.param("POST", "/v1/teams", {"name": "x", "members": 3}, "unknown field", id="unknown"),
         pytest.param("PATCH", "/v1/teams/{team}", {}, "at least one", id="empty-patch"),
+        pytest.param("POST", "/v1/teams", {"name": "Pla\u202emroft"}, "control characters", id="bidi-override"),
+        pytest.param("POST", "/v1/teams", {"name": "Ops\x1b[2J"}, "control characters", id="terminal-escape"),
+        pytest.param("PATCH", "/v1/teams/{team}", {"name": "Ops\nAdmins"}, "control characters", id="line-break"),
+        pytest.param("POST", "/v1/teams", {"name": "Ops\x00"}, "NUL", id="nul"),
+        pytest.param("POST", "/v1/teams", {"name": "x" * 10_000}, "longer than", id="10k-name"),
+        pytest.param("POST", "/v1/management-keys", {"name": "k\u2067", "role": "viewer"}, "control", id="key-bidi"),
+        pytest.param("POST", "/v1/management-keys", {"name": "sso:a@b.c", "role": "admin"}, "sso:", id="sso-name"),
+        pytest.param("POST", "/v1/management-keys", {"name": "SSO:a@b.c", "role": "admin"}, "sso:", id="sso-case"),
         pytest.param("POST", "/v1/management-keys", {"name": "k", "role": "user"}, "'role'", id="role-user"),
         pytest.param("POST", "/v1/management-keys", {"name": "k", "role": "team_admin"}, "teamId", id="no-team"),
         pytest.param("POST", "/v1/management-keys", {"name": "k", "role": "viewer", "teamId": 1}, "teamId", id="team"),
@@ -124,6 +132,49 @@ async def test_bad_team_and_key_bodies_are_400(
     user = await user_in(gateway, admin, "ada@example.com")
     status, answer = await call(gateway, method, path.format(team=team["id"], user=user["id"]), admin, body)
     assert status == 400 and expected in answer["error"], answer
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw"),
+    [
+        pytest.param("POST", "/v1/management-keys", '{"name": "k", "role": "viewer", "role": "admin"}', id="role"),
+        pytest.param(
+            "POST", "/v1/teams", '{"name": "A", "monthlyTokenLimit": 5, "monthlyTokenLimit": null}', id="limit"
+        ),
+        pytest.param("PUT", "/v1/user-api-keys/{user}/team", '{"teamId": {team}, "teamId": null}', id="team-id"),
+        pytest.param(
+            "POST",
+            "/v1/user-api-keys",
+            '{"email": "b@example.com", "firstname": "B", "lastname": "C", "email": "c@example.com"}',
+            id="email",
+        ),
+        pytest.param("POST", "/v1/teams", '{"name": ' + "[" * 1000 + "]" * 1000 + "}", id="deep-not-500"),
+        pytest.param("PUT", "/v1/rate-limits/user/{user}", '{"inFlight": ' + "[" * 1000 + "]" * 1000 + "}", id="deep"),
+    ],
+)
+async def test_a_field_given_twice_is_a_400(
+    gateway: TestServer, pool: asyncpg.Pool, admin: str, method: str, path: str, raw: str
+) -> None:
+    """Which of two values was meant is anyone's guess (orjson keeps the last, a proxy in front may read the first):
+    every management body refuses a repeated field, as /v1/rate-limits does, and nothing is changed."""
+    team = await new_team(gateway, admin, "Platform")
+    user = await user_in(gateway, admin, "ada@example.com", team["id"])
+    before = await pool.fetchval("SELECT count(*) FROM gateway_audit") + await pool.fetchval(
+        "SELECT count(*) FROM key_audit"
+    )
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    target = gateway.make_url(path.replace("{user}", user["id"]))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, target, data=raw.replace("{team}", str(team["id"])), headers=headers) as resp,
+    ):
+        answer = await resp.json()
+    expected = "nested too deeply" if "[[[" in raw else "more than once"
+    assert resp.status == 400 and expected in answer["error"], answer
+    after = await pool.fetchval("SELECT count(*) FROM gateway_audit") + await pool.fetchval(
+        "SELECT count(*) FROM key_audit"
+    )
+    assert after == before
 
 
 # --- budgets ---------------------------------------------------------------------------------------------

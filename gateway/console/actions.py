@@ -144,6 +144,8 @@ def _evict_user(svc: Services, user_id: UUID, *key_ids: int | None) -> None:
             svc.key_cache.evict_key(key_id)
     svc.claudecode_tokens.evict_user(user_id)
     svc.key_cache.evict_user(user_id)
+    if svc.sign_ins.callers is not None:  # caller JWTs remembered with the user's Principal
+        svc.sign_ins.callers.evict_user(user_id)
 
 
 async def raise_limit(request: web.Request, who: Visitor) -> web.StreamResponse:
@@ -190,6 +192,8 @@ async def create_key(request: web.Request, who: Visitor) -> web.StreamResponse:
     svc, cfg = request.config_dict[SERVICES], request.config_dict[RUNTIME].config
     form = await request.post()
     name = _field(form, "name", max_len=100)
+    if name.lower().startswith("sso:"):  # SSO identities' key rows are named so (sql/015_sso.sql)
+        raise FormError(text="a key's name must not start with 'sso:': such names are single sign-on identities'")
     is_admin = form.get("admin") == "on"
     plaintext, lookup_id, key_hash = await asyncio.to_thread(_new_key, cfg.auth.bcrypt_rounds)
     await db.create_service_key(

@@ -35,10 +35,10 @@ from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES
 from gateway.config import ConsoleConfig
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError
+from gateway.errors import Forbidden, GatewayError
 from gateway.keys import Principal
 from gateway.roles import Actor, Role
-from gateway.sso.people import resolve_team
+from gateway.sso.people import team_of
 
 COOKIE = "gateway_console"
 SIGN_IN = "/console/sign-in"
@@ -144,7 +144,11 @@ async def visitor(request: web.Request) -> Visitor | None:
         session.invalidate()
         return None
     if session.get("sso") and (person := await db.console_session_sso(pool, _hash(sid))) is not None:
-        team = await resolve_team(pool, person.team)
+        try:
+            team = await team_of(pool, Role(person.role), person.team)
+        except Forbidden:  # a team_admin whose team is gone: signed out; signing in again says why
+            session.invalidate()
+            return None
         actor = Actor(person.subject, Role(person.role), team, row.user_id, key_id=row.id)
         return Visitor(row.id, person.subject, actor.role is Role.ADMIN, row.user_id, csrf_token(session), actor)
     return Visitor(row.id, row.name, row.is_admin, row.user_id, csrf_token(session), Principal.from_row(row).actor)

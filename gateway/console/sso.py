@@ -27,7 +27,7 @@ from gateway.composition import SERVICES
 from gateway.console.session import SIGN_IN, CookieSessions, _hash, csrf_token, landing_page
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError
-from gateway.sso.people import PeopleSignIn, identity_of, key_of, pkce_pair
+from gateway.sso.people import PeopleSignIn, identity_of, key_of, pkce_pair, team_of
 
 FLOW_COOKIE = "gateway_sso_flow"
 FLOW_PATH = "/console/sso"
@@ -104,12 +104,13 @@ async def sso_callback(request: web.Request) -> web.StreamResponse:
     state, code = query.get("state", ""), query.get("code", "")
     if not hmac.compare_digest(state.encode(), flow["state"].encode()):
         return await _refused(request, "the state parameter is not the one this sign-in sent", 400)
+    pool = request.config_dict[SERVICES].pool
     try:
         claims = await people.claims_for_code(code, flow["verifier"], flow["nonce"])
         person = identity_of(people.cfg, claims)
+        await team_of(pool, person.role, person.team)  # a team_admin without a live team is refused here
     except GatewayError as err:
         return await _refused(request, err.message, err.status_for(ErrorShape.OPENAI))
-    pool = request.config_dict[SERVICES].pool
     row = await key_of(pool, person)
     sid = secrets.token_urlsafe(32)
     max_age = request.config_dict[RUNTIME].config.console.session_max_age_s

@@ -11,14 +11,15 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from uuid import UUID
 
 import jwt
 
 from gateway import db
-from gateway.errors import Unauthenticated
+from gateway.errors import ServiceUnavailable, Unauthenticated
 from gateway.keys import Principal, fingerprint
 from gateway.sso.config import CallerJwtConfig
-from gateway.sso.issuer import IssuerKeys, looks_like_jwt, unverified_issuer
+from gateway.sso.issuer import IssuerKeys, email_verified, looks_like_jwt, unverified_issuer
 
 
 class CallerTokens:
@@ -47,6 +48,14 @@ class CallerTokens:
             return False
         return fingerprint(token) in self._verified or unverified_issuer(token) == self._keys.settings.issuer
 
+    def evict_user(self, user_id: UUID) -> None:
+        """Forget the tokens remembered for a user: their limits, team or key changed, or they were deleted.
+
+        A scan of at most `max_size` entries, on a management change only (never on the hot path).
+        """
+        for digest in [d for d, (principal, _, _) in self._verified.items() if principal.user_id == user_id]:
+            del self._verified[digest]
+
     async def principal_for(self, token: str) -> Principal:
         """The Principal of the user the token names (cached until min(exp, now + ttl_s))."""
         digest = fingerprint(token)
@@ -56,9 +65,14 @@ class CallerTokens:
             return hit[0]
         claims = await self._keys.verify(token, audience=self._cfg.audience)
         user = claims.get(self._cfg.user_claim)
-        if not isinstance(user, str) or not user:
+        if not isinstance(user, str) or not user or "\x00" in user:  # PostgreSQL text cannot hold a NUL
             raise Unauthenticated(f"invalid token: it has no {self._cfg.user_claim!r} claim naming a gateway user")
-        row = await self._find(user)
+        if self._cfg.user_claim == "email" and not email_verified(claims):
+            raise Unauthenticated("invalid token: its email is not verified (email_verified: false) at the issuer")
+        try:
+            row = await self._find(user)
+        except db.UNAVAILABLE:  # a 503 in the caller's dialect, as for a key never seen (gateway/keys.py)
+            raise ServiceUnavailable("cannot check this token now: the gateway's database is unreachable") from None
         if row is None:
             raise Unauthenticated(f"invalid token: {user!r} is not a gateway user with a live key")
         principal = Principal.from_row(row)

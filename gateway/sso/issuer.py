@@ -33,6 +33,12 @@ def looks_like_jwt(token: str) -> bool:
     return token.startswith("eyJ") and token.count(".") == 2
 
 
+def email_verified(claims: dict[str, Any]) -> bool:
+    """Whether a token's `email` may name a person: not when the issuer says `email_verified: false` (an address
+    typed in at the issuer that nobody confirmed, OpenID Connect Core 5.1). Absent: the issuer vouches for it."""
+    return claims.get("email_verified", True) is True
+
+
 def unverified_issuer(token: str) -> str | None:
     """The `iss` a token claims, unverified: only to pick which issuer should check it."""
     try:

@@ -23,7 +23,7 @@ from gateway.errors import Forbidden, ServiceUnavailable, Unauthenticated
 from gateway.keys import Principal, generate_key
 from gateway.roles import Actor, Role
 from gateway.sso.config import SsoConfig
-from gateway.sso.issuer import IssuerKeys, looks_like_jwt, unverified_issuer
+from gateway.sso.issuer import IssuerKeys, email_verified, looks_like_jwt, unverified_issuer
 
 STRENGTH = (Role.ADMIN, Role.TEAM_ADMIN, Role.VIEWER, Role.USER)  # strongest first
 
@@ -44,7 +44,11 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
     values = [raw] if isinstance(raw, str) else [v for v in raw if isinstance(v, str)] if isinstance(raw, list) else []
     mapped = {cfg.roles[v] for v in values if v in cfg.roles}
     role = next((r for r in STRENGTH if r in mapped), cfg.default_role)
+    if not email_verified(claims):  # an unconfirmed address names nobody: not a gateway user, not the audit subject
+        claims = {k: v for k, v in claims.items() if k != "email"}
     named = claims.get(cfg.subject_claim) or claims.get("sub")
+    if cfg.subject_claim == "email" and named == claims.get("email") and isinstance(named, str):
+        named = named.lower()  # emails match in any case here (users, caller JWTs): one person, one identity
     if role is None:
         raise Forbidden(
             f"{named!r} signed in, but no {cfg.role_claim!r} value of theirs ({', '.join(values) or 'none'}) maps to a "
@@ -52,6 +56,8 @@ def identity_of(cfg: SsoConfig, claims: dict[str, Any]) -> Identity:
         )
     email = claims.get("email")
     team = claims.get(cfg.team_claim) if cfg.team_claim else None
+    if any(isinstance(v, str) and "\x00" in v for v in (named, email, team)):  # PostgreSQL text cannot hold one
+        raise Unauthenticated("invalid token: a claim naming the person or their team holds a NUL character")
     return Identity(
         f"sso:{named}", email if isinstance(email, str) else None, role, team if isinstance(team, str) else None
     )
@@ -65,10 +71,29 @@ async def resolve_team(pool: asyncpg.Pool, team: str | None) -> int | None:
     return row.id if row else None
 
 
+async def team_of(pool: asyncpg.Pool, role: Role, team: str | None) -> int | None:
+    """The id of a person's team (resolve_team); Forbidden (403) for a team_admin whose team claim names no live team.
+
+    Such a team_admin (the team renamed or deleted since, or a typo at the issuer) has no team to be limited to:
+    read as "no team filter", they would list and add users everywhere.
+    """
+    team_id = await resolve_team(pool, team)
+    if role is Role.TEAM_ADMIN and team_id is None:
+        named = (
+            f"team claim {team!r} names no gateway team (renamed or deleted since?)" if team else "has no team claim"
+        )
+        raise Forbidden(f"this team_admin's {named}: fix the claim at the identity provider, or the team's name here")
+    return team_id
+
+
 async def actor_of(pool: asyncpg.Pool, person: Identity) -> Actor:
-    """The Actor a signed-in person is: their role, their team's id, and their gateway user when their email is one."""
+    """The Actor a signed-in person is: their role, their team's id, and their gateway user when their email is one.
+
+    Raises Forbidden (403) for a team_admin without a live team (team_of).
+    """
+    team_id = await team_of(pool, person.role, person.team)
     row = await db.user_key_by_email(pool, person.email) if person.email else None
-    return Actor(person.subject, person.role, await resolve_team(pool, person.team), row.user_id if row else None)
+    return Actor(person.subject, person.role, team_id, row.user_id if row else None)
 
 
 async def key_of(pool: asyncpg.Pool, person: Identity) -> db.KeyRow:

@@ -126,6 +126,24 @@ async def test_control_characters_in_a_form_field_are_a_400(
     assert await pool.fetchval("SELECT count(*) FROM api_keys") == 1  # the admin's own
 
 
+async def test_a_key_named_like_an_sso_identity_is_a_400(
+    gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, pool: asyncpg.Pool
+) -> None:
+    """`sso:<subject>` names SSO identities' key rows (sql/015): taken by a key it collides (a 500 before) or
+    stands in for a person who has not signed in yet."""
+    admin, _ = await make_key("ops", admin=True)
+    await pool.execute(
+        "INSERT INTO api_keys (lookup_id, key_hash, name, is_admin)"
+        " VALUES ('0123456789abcdef', 'x', 'sso:a@b.c', false)"
+    )
+    await sign_in(http, gateway, admin)
+    csrf = await csrf_of(http, gateway, "/console/keys")
+    for name in ("sso:a@b.c", "SSO:someone@b.c"):
+        async with http.post(url(gateway, "/console/keys"), data={"csrf": csrf, "name": name}) as resp:
+            assert resp.status == 400 and "sso:" in await resp.text()
+    assert await pool.fetchval("SELECT count(*) FROM api_keys") == 2  # the admin's own, the identity's
+
+
 async def test_names_in_any_script_are_welcome(
     gateway: TestServer, http: aiohttp.ClientSession, make_key: MakeKey, pool: asyncpg.Pool
 ) -> None:

@@ -401,6 +401,16 @@ SSO = {
         ),
         pytest.param({"caller_jwt": {"issuer": "ftp://x", "audience": "a"}}, "caller_jwt.issuer: ", id="issuer"),
         pytest.param({"caller_jwt": {"issuer": "https://x"}}, "caller_jwt.audience: required", id="audience"),
+        pytest.param(  # a model-route token would also be a person's management-API credential, and back
+            {"sso": {**SSO, "api_audience": "api"}, "caller_jwt": {"issuer": SSO["issuer"], "audience": "api"}},
+            "caller_jwt.audience: 'api' is also sso.api_audience",
+            id="shared-audience",
+        ),
+        pytest.param(
+            {"sso": SSO, "caller_jwt": {"issuer": SSO["issuer"] + "/", "audience": "gw"}},
+            "caller_jwt.audience: 'gw' is also sso.client_id",
+            id="client-id-audience",
+        ),
     ],
 )
 def test_config_errors_name_the_yaml_path(section: dict[str, Any], error: str) -> None:
