@@ -211,6 +211,11 @@ def test_fallbacks_must_share_the_primary_provider_type() -> None:
             with_(console={"secure_cookie": "Maybe"}), "console.secure_cookie: 'maybe' is not one of", id="lower"
         ),
         pytest.param(["server"], "expected a mapping, got list", id="not-a-mapping"),
+        pytest.param(  # a misspelt key is named, not reported as the key it was meant to be ("required")
+            with_(pricing={"claude-haiku-4-5": {"input": 1, "output": 5, "cache_write": 1.25, "cahce_read": 0.1}}),
+            "pricing.claude-haiku-4-5.cahce_read: unknown key (allowed: cache_read,",
+            id="misspelt-required-key",
+        ),
     ],
 )
 def test_error_lines_name_the_path_and_the_rule(raw: Any, line: str) -> None:
