@@ -29,6 +29,7 @@ from gateway.edge import (
     edge,
     error_edge,
     method_not_allowed,
+    unserved,
 )
 from gateway.error_shape import ErrorShape
 from gateway.errors import Forbidden
@@ -186,11 +187,16 @@ def build_app(
         app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
         app.router.add_route("*", path, method_not_allowed("POST"))
     app.add_subapp("/v1", _api(cfg))
-    app.router.add_get("/health", edge(health_check()))
-    app.router.add_get("/metrics", edge(metrics_endpoint))
-    app.router.add_get("/openapi.json", edge(openapi_document()))
+    for path, probe in (
+        ("/health", health_check()),
+        ("/metrics", metrics_endpoint),
+        ("/openapi.json", openapi_document()),
+        ("/", root),
+    ):
+        app.router.add_get(path, edge(probe))  # aiohttp answers HEAD for every GET route
+        app.router.add_route("*", path, unserved("GET", "HEAD"))
     console.add_routes(app, cfg)
-    app.router.add_get("/", edge(root))  # aiohttp answers HEAD for every GET route
+    app.router.add_route("*", "/{path:.*}", unserved())  # last: any other path, a 404 with its request id
     return app
 
 

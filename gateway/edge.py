@@ -264,6 +264,19 @@ def _refusal_fields(ex: Exchange, refusal: str | None) -> dict[str, str]:
     return {"refused_by": "upstream", "reason": str(message or "no error message")[:REFUSAL_LOG_CHARS]}
 
 
+def unserved(*allowed: str) -> Handler:
+    """aiohttp's own plain 405 (`allowed` methods) or, with none, 404, behind the edge: for the root application's
+    probes and every path it does not serve, which would otherwise leave without a request id (it has no signal
+    to add one)."""
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    return edge(refuse)
+
+
 def method_not_allowed(allowed: str) -> Handler:
     """The model paths' answer to any other method: 405 in the caller's dialect (their application has no
     middleware to turn aiohttp's own 405 into one)."""

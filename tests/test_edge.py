@@ -73,3 +73,26 @@ def test_the_request_line_goes_through_structlog_when_its_set_up_is_replaced(jso
         request_line({"request_id": "r-2", "status": 401})
     assert captured == [{"event": "request", "request_id": "r-2", "status": 401, "log_level": "info"}]
     assert json_logs.getvalue() == b""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/foo", 404),
+        ("POST", "//v1/messages", 404),
+        ("HEAD", "/V1/messages", 404),
+        ("PUT", "/health", 405),
+        ("POST", "/metrics", 405),
+        ("OPTIONS", "/", 405),
+        ("DELETE", "/openapi.json", 405),
+    ],
+)
+async def test_a_path_or_method_the_root_does_not_serve_still_names_its_request_id(
+    gateway: TestServer, method: str, path: str, status: int
+) -> None:
+    """Outside /v1/ aiohttp's own plain 404 and 405 (with its Allow header), as before, and the caller's id."""
+    async with aiohttp.ClientSession() as s:
+        url = aiohttp.client.URL(str(gateway.make_url("")).rstrip("/") + path, encoded=True)
+        async with s.request(method, url, headers={"x-request-id": "lost-1"}) as r:
+            assert r.status == status and r.headers.get("x-request-id") == "lost-1"
+            assert (status == 405) == ("Allow" in r.headers)
