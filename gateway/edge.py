@@ -33,11 +33,12 @@ from gateway.hot_reload import Runtime
 from gateway.logs import request_line
 from gateway.metrics import Metrics
 from gateway.pipeline import CLIENT_CLOSED, Exchange
-from gateway.request_body import read_json_body
+from gateway.request_body import continue_after_auth, read_json_body
 
 log = structlog.get_logger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 REQUEST_ID = web.RequestKey("request_id", str)  # set by error_edge on every route but the model routes
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -275,6 +276,23 @@ def unserved(*allowed: str) -> Handler:
         raise web.HTTPNotFound()
 
     return edge(refuse)
+
+
+def expect_after_auth(shape: ErrorShape) -> ExpectHandler:
+    """The Expect handler of the routes that authenticate before reading a body (request_body.continue_after_auth),
+    an unknown expectation refused in `shape` with its request id: aiohttp runs an Expect handler before any
+    middleware, so its own 417 would be plain text naming no request."""
+
+    async def check(request: web.Request) -> web.StreamResponse | None:
+        try:
+            await continue_after_auth(request)
+        except GatewayError as err:
+            response = error_response(err, shape)
+            response.headers[REQUEST_ID_HEADER] = new_request_id(request)
+            return response
+        return None
+
+    return check
 
 
 def method_not_allowed(allowed: str) -> Handler:

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import HttpVersion11, web
 from aiohttp.hdrs import EXPECT
 
-from gateway.errors import BadRequest, BodyTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.errors import BadRequest, BodyTooLarge, ExpectationFailed, RequestTimeout, UnsupportedMediaType
 
 # A body that only passes through (Anthropic caller, Anthropic provider) need not be parsed whole: Claude Code
 # and the Anthropic SDKs put "model" first, and a 78 KB parse is most of what such a request would cost. The
@@ -100,7 +100,7 @@ async def continue_after_auth(request: web.Request) -> None:
     """
     expect = request.headers.get(EXPECT, "")
     if request.version >= HttpVersion11 and expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        raise ExpectationFailed(f"unknown Expect: {expect!r}; only 100-continue is supported")
 
 
 async def send_continue(request: web.Request) -> None:
