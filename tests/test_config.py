@@ -216,6 +216,16 @@ def test_fallbacks_must_share_the_primary_provider_type() -> None:
             "pricing.claude-haiku-4-5.cahce_read: unknown key (allowed: cache_read,",
             id="misspelt-required-key",
         ),
+        pytest.param(  # NaN compares false with every spend: the monthly cap would never be reached
+            with_(budgets={"monthly_limit_usd": "nan"}),
+            "budgets.monthly_limit_usd: must be 0 or more, got nan",
+            id="nan-is-no-limit",
+        ),
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "https://x", "retries": {"max_backoff_s": -3}}}),
+            "providers.anthropic.retries.max_backoff_s: must be 0 or more, got -3.0",
+            id="negative-seconds",
+        ),
     ],
 )
 def test_error_lines_name_the_path_and_the_rule(raw: Any, line: str) -> None:
