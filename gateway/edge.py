@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.error_shape import ErrorShape
 from gateway.errors import (
@@ -33,7 +34,7 @@ from gateway.hot_reload import Runtime
 from gateway.logs import request_line
 from gateway.metrics import Metrics
 from gateway.pipeline import CLIENT_CLOSED, Exchange
-from gateway.request_body import continue_after_auth, read_json_body
+from gateway.request_body import continue_after_auth, read_json_body, undecodable_body
 
 log = structlog.get_logger("gateway")
 
@@ -95,6 +96,8 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
             return error_response(http_exception_as_gateway_error(exc), shape)
         exc.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # aiohttp renders it: no prepare signal of ours runs
         raise
+    except RequestPayloadError:  # a handler's body read (management API, console forms)
+        return error_response(undecodable_body(request), shape)
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
         log.exception("unhandled_error", path=request.path)
         return error_response(GatewayError(INTERNAL_ERROR), shape)

@@ -10,7 +10,8 @@ from typing import Any
 import msgspec
 import orjson
 from aiohttp import HttpVersion11, web
-from aiohttp.hdrs import EXPECT
+from aiohttp.hdrs import CONTENT_ENCODING, EXPECT
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.errors import BadRequest, BodyTooLarge, ExpectationFailed, RequestTimeout, UnsupportedMediaType
 
@@ -78,6 +79,8 @@ async def read_json_body(
         raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes") from None
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    except RequestPayloadError:
+        raise undecodable_body(request) from None
     if not raw:
         raise BadRequest("request body is empty: send a JSON object")
     if sketch and (sketched := body_sketch(raw)) is not None:
@@ -89,6 +92,12 @@ async def read_json_body(
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
     return raw, body, False
+
+
+def undecodable_body(request: web.Request) -> BadRequest:
+    """The 400 for a body aiohttp cannot decode as its Content-Encoding says (a corrupt or mislabelled gzip)."""
+    encoding = request.headers.get(CONTENT_ENCODING, "none")
+    return BadRequest(f"request body does not decode as its Content-Encoding: {encoding}; send it as it is")
 
 
 async def continue_after_auth(request: web.Request) -> None:
