@@ -135,7 +135,13 @@ def _nonblank(problem: str) -> AfterValidator:
     return rule(lambda v: bool(v.strip()), problem)
 
 
-Str = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v)]  # `host: 10` as text
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):  # YAML's !!binary: pydantic's lax mode would take the bytes as text
+        raise ValueError(f"expected str, got {value!r}")
+    return str(value) if isinstance(value, int | float) else value  # `host: 10` as text
+
+
+Str = Annotated[str, BeforeValidator(_text)]
 Int = Annotated[int, _no_bool("int")]
 # Seconds and amounts: a negative one has no meaning, and NaN compares false with everything (a NaN monthly
 # limit would never be reached, a NaN cool-down never end).

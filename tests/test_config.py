@@ -226,6 +226,9 @@ def test_fallbacks_must_share_the_primary_provider_type() -> None:
             "providers.anthropic.retries.max_backoff_s: must be 0 or more, got -3.0",
             id="negative-seconds",
         ),
+        pytest.param(  # YAML's !!binary: pydantic would read the bytes as text
+            with_(server={"host": b"hello"}), "server.host: expected str, got b'hello'", id="binary-is-no-text"
+        ),
     ],
 )
 def test_error_lines_name_the_path_and_the_rule(raw: Any, line: str) -> None:
