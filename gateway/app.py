@@ -28,14 +28,16 @@ from gateway.edge import (
     dialect_of,
     edge,
     error_edge,
+    expect_after_auth,
     method_not_allowed,
+    unserved,
 )
 from gateway.error_shape import ErrorShape
 from gateway.errors import Forbidden
 from gateway.hot_reload import Runtime, build_runtime, reload_config
 from gateway.metrics import CONTENT_TYPE, SHARE_DIR_ENV, Metrics
 from gateway.models_list import list_models
-from gateway.request_body import body_sketch, continue_after_auth
+from gateway.request_body import body_sketch
 
 __all__ = ["SERVICES", "body_sketch", "build_app"]  # tests and bench/ import these from here
 
@@ -183,14 +185,19 @@ def build_app(
     app.on_shutdown.append(announce_stop)
     for path, dialect, route, billable in MODEL_ROUTES:
         handler = ModelRoute(dialect, route, serving, billable=billable).handle
-        app.router.add_post(path, handler, expect_handler=continue_after_auth)  # no 100 Continue before auth
+        app.router.add_post(path, handler, expect_handler=expect_after_auth(dialect))  # no 100 Continue before auth
         app.router.add_route("*", path, method_not_allowed("POST"))
     app.add_subapp("/v1", _api(cfg))
-    app.router.add_get("/health", edge(health_check()))
-    app.router.add_get("/metrics", edge(metrics_endpoint))
-    app.router.add_get("/openapi.json", edge(openapi_document()))
+    for path, probe in (
+        ("/health", health_check()),
+        ("/metrics", metrics_endpoint),
+        ("/openapi.json", openapi_document()),
+        ("/", root),
+    ):
+        app.router.add_get(path, edge(probe))  # aiohttp answers HEAD for every GET route
+        app.router.add_route("*", path, unserved("GET", "HEAD"))
     console.add_routes(app, cfg)
-    app.router.add_get("/", edge(root))  # aiohttp answers HEAD for every GET route
+    app.router.add_route("*", "/{path:.*}", unserved())  # last: any other path, a 404 with its request id
     return app
 
 

@@ -135,9 +135,17 @@ def _nonblank(problem: str) -> AfterValidator:
     return rule(lambda v: bool(v.strip()), problem)
 
 
-Str = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int | float) else v)]  # `host: 10` as text
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):  # YAML's !!binary: pydantic's lax mode would take the bytes as text
+        raise ValueError(f"expected str, got {value!r}")
+    return str(value) if isinstance(value, int | float) else value  # `host: 10` as text
+
+
+Str = Annotated[str, BeforeValidator(_text)]
 Int = Annotated[int, _no_bool("int")]
-Float = Annotated[float, _no_bool("float")]
+# Seconds and amounts: a negative one has no meaning, and NaN compares false with everything (a NaN monthly
+# limit would never be reached, a NaN cool-down never end).
+Float = Annotated[float, _no_bool("float"), rule(lambda v: v >= 0, "must be 0 or more, got {v!r}")]
 Bool = Annotated[bool, BeforeValidator(_as_bool)]
 Positive = Annotated[int, _no_bool("int"), rule(lambda v: v > 0, "must be positive, got {v!r}")]
 PositiveFloat = Annotated[float, _no_bool("float"), rule(lambda v: v > 0, "must be positive, got {v!r}")]

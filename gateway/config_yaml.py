@@ -134,7 +134,10 @@ def _section_of(node: Any) -> Any:
 
 
 def _one_line(schema: type[BaseModel], exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # A misspelt key first: its section then also misses the key it was meant to be, and "required" would send
+    # the operator looking for a key they did write.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [part for part in error["loc"] if part != "[key]"]  # a mapping's key: the path names the key itself
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).removeprefix(".")
     got = error.get("input")

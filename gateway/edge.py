@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.error_shape import ErrorShape
 from gateway.errors import (
@@ -33,11 +34,12 @@ from gateway.hot_reload import Runtime
 from gateway.logs import request_line
 from gateway.metrics import Metrics
 from gateway.pipeline import CLIENT_CLOSED, Exchange
-from gateway.request_body import read_json_body
+from gateway.request_body import continue_after_auth, read_json_body, undecodable_body
 
 log = structlog.get_logger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 REQUEST_ID = web.RequestKey("request_id", str)  # set by error_edge on every route but the model routes
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -94,6 +96,8 @@ async def error_edge(request: web.Request, handler: Handler) -> web.StreamRespon
             return error_response(http_exception_as_gateway_error(exc), shape)
         exc.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]  # aiohttp renders it: no prepare signal of ours runs
         raise
+    except RequestPayloadError:  # a handler's body read (management API, console forms)
+        return error_response(undecodable_body(request), shape)
     except Exception:  # a bug of ours: log it whole, answer a plain 500 in the caller's dialect
         log.exception("unhandled_error", path=request.path)
         return error_response(GatewayError(INTERNAL_ERROR), shape)
@@ -262,6 +266,36 @@ def _refusal_fields(ex: Exchange, refusal: str | None) -> dict[str, str]:
     error = parsed.get("error") if isinstance(parsed, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return {"refused_by": "upstream", "reason": str(message or "no error message")[:REFUSAL_LOG_CHARS]}
+
+
+def unserved(*allowed: str) -> Handler:
+    """aiohttp's own plain 405 (`allowed` methods) or, with none, 404, behind the edge: for the root application's
+    probes and every path it does not serve, which would otherwise leave without a request id (it has no signal
+    to add one)."""
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound()
+
+    return edge(refuse)
+
+
+def expect_after_auth(shape: ErrorShape) -> ExpectHandler:
+    """The Expect handler of the routes that authenticate before reading a body (request_body.continue_after_auth),
+    an unknown expectation refused in `shape` with its request id: aiohttp runs an Expect handler before any
+    middleware, so its own 417 would be plain text naming no request."""
+
+    async def check(request: web.Request) -> web.StreamResponse | None:
+        try:
+            await continue_after_auth(request)
+        except GatewayError as err:
+            response = error_response(err, shape)
+            response.headers[REQUEST_ID_HEADER] = new_request_id(request)
+            return response
+        return None
+
+    return check
 
 
 def method_not_allowed(allowed: str) -> Handler:

@@ -120,6 +120,10 @@ class UnsupportedMediaType(BadRequest):
     status = 415
 
 
+class ExpectationFailed(BadRequest):
+    status = 417  # an `Expect` other than 100-continue (RFC 9110 10.1.1)
+
+
 class BodyTooLarge(GatewayError):
     status, anthropic_type, openai_type = 413, "request_too_large", "invalid_request_error"
 

@@ -50,6 +50,9 @@ def reload_config(runtime: Runtime, svc: Services, path: Path | str | None = Non
         return False
     if changed := [name for name in RESTART_ONLY if getattr(new, name) != getattr(old, name)]:
         log.warning("config_needs_restart", sections=changed, hint="these sections apply at the next start")
+        # and until then the running ones stay in force: a handler reads runtime.config (/metrics' require_admin,
+        # the body limit), which must not apply half a section the log says is waiting for the restart
+        new = new.model_copy(update={name: getattr(old, name) for name in changed})
     svc.apply_config(new)
     fresh = build_runtime(new, svc)
     runtime.config, runtime.authenticate, runtime.served = new, fresh.authenticate, fresh.served

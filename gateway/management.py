@@ -18,9 +18,10 @@ from aiohttp.hdrs import EXPECT
 from gateway import admin, db, teams_api
 from gateway.admin import AdminError, UserKeysApi, authenticate_actor
 from gateway.app_keys import RUNTIME, SERVICES, SLOTS
+from gateway.edge import expect_after_auth
 from gateway.error_shape import ErrorShape
 from gateway.errors import GatewayError, ServiceUnavailable, error_response
-from gateway.request_body import continue_after_auth, send_continue
+from gateway.request_body import send_continue
 from gateway.roles import ADMIN_ONLY, MANAGERS, READERS, TEAM_READERS, Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -104,4 +105,4 @@ def add_routes(app: web.Application, mounted_at: str = "") -> None:
         methods = (route.method, "HEAD") if route.method == "GET" else (route.method,)  # a GET answers HEAD too
         for method in methods:
             path = route.path.removeprefix(mounted_at)
-            app.router.add_route(method, path, handler, expect_handler=continue_after_auth)
+            app.router.add_route(method, path, handler, expect_handler=expect_after_auth(ErrorShape.MANAGEMENT))

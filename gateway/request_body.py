@@ -10,9 +10,10 @@ from typing import Any
 import msgspec
 import orjson
 from aiohttp import HttpVersion11, web
-from aiohttp.hdrs import EXPECT
+from aiohttp.hdrs import CONTENT_ENCODING, EXPECT
+from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.errors import BadRequest, BodyTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.errors import BadRequest, BodyTooLarge, ExpectationFailed, RequestTimeout, UnsupportedMediaType
 
 # A body that only passes through (Anthropic caller, Anthropic provider) need not be parsed whole: Claude Code
 # and the Anthropic SDKs put "model" first, and a 78 KB parse is most of what such a request would cost. The
@@ -78,6 +79,8 @@ async def read_json_body(
         raise BodyTooLarge(f"request body is over the limit of {max_bytes} bytes") from None
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
+    except RequestPayloadError:
+        raise undecodable_body(request) from None
     if not raw:
         raise BadRequest("request body is empty: send a JSON object")
     if sketch and (sketched := body_sketch(raw)) is not None:
@@ -91,6 +94,12 @@ async def read_json_body(
     return raw, body, False
 
 
+def undecodable_body(request: web.Request) -> BadRequest:
+    """The 400 for a body aiohttp cannot decode as its Content-Encoding says (a corrupt or mislabelled gzip)."""
+    encoding = request.headers.get(CONTENT_ENCODING, "none")
+    return BadRequest(f"request body does not decode as its Content-Encoding: {encoding}; send it as it is")
+
+
 async def continue_after_auth(request: web.Request) -> None:
     """The model routes' Expect handler: refuse an unknown expectation, but send no 100 Continue yet.
 
@@ -100,7 +109,7 @@ async def continue_after_auth(request: web.Request) -> None:
     """
     expect = request.headers.get(EXPECT, "")
     if request.version >= HttpVersion11 and expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        raise ExpectationFailed(f"unknown Expect: {expect!r}; only 100-continue is supported")
 
 
 async def send_continue(request: web.Request) -> None:

@@ -298,6 +298,21 @@ async def test_a_body_nested_too_deep_is_a_400_not_a_500(gateway: TestServer, ke
         assert "not valid JSON" in str(await r.json())
 
 
+@pytest.mark.parametrize(
+    ("path", "encoding"),
+    [("/v1/messages", "gzip"), ("/v1/chat/completions", "gzip"), ("/v1/user-api-keys", "gzip")],
+)
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_400_not_a_500(
+    gateway: TestServer, make_key: Any, path: str, encoding: str
+) -> None:
+    admin, _ = await make_key("root", admin=True)
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json", "Content-Encoding": encoding}
+    async with aiohttp.ClientSession() as s, s.post(str(gateway.make_url(path)), data=b"{}", headers=headers) as r:
+        assert r.status == 400, await r.text()  # before: 500, "internal gateway error", and a traceback logged
+        error = (await r.json())["error"]
+        assert f"Content-Encoding: {encoding}" in (error if isinstance(error, str) else error["message"])
+
+
 # --- the management API while the database is away ------------------------------------------------------------
 
 

@@ -211,6 +211,24 @@ def test_fallbacks_must_share_the_primary_provider_type() -> None:
             with_(console={"secure_cookie": "Maybe"}), "console.secure_cookie: 'maybe' is not one of", id="lower"
         ),
         pytest.param(["server"], "expected a mapping, got list", id="not-a-mapping"),
+        pytest.param(  # a misspelt key is named, not reported as the key it was meant to be ("required")
+            with_(pricing={"claude-haiku-4-5": {"input": 1, "output": 5, "cache_write": 1.25, "cahce_read": 0.1}}),
+            "pricing.claude-haiku-4-5.cahce_read: unknown key (allowed: cache_read,",
+            id="misspelt-required-key",
+        ),
+        pytest.param(  # NaN compares false with every spend: the monthly cap would never be reached
+            with_(budgets={"monthly_limit_usd": "nan"}),
+            "budgets.monthly_limit_usd: must be 0 or more, got nan",
+            id="nan-is-no-limit",
+        ),
+        pytest.param(
+            with_(providers={"anthropic": {"base_url": "https://x", "retries": {"max_backoff_s": -3}}}),
+            "providers.anthropic.retries.max_backoff_s: must be 0 or more, got -3.0",
+            id="negative-seconds",
+        ),
+        pytest.param(  # YAML's !!binary: pydantic would read the bytes as text
+            with_(server={"host": b"hello"}), "server.host: expected str, got b'hello'", id="binary-is-no-text"
+        ),
     ],
 )
 def test_error_lines_name_the_path_and_the_rule(raw: Any, line: str) -> None:

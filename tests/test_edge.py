@@ -3,6 +3,7 @@ answers as before: the request id on every answer (streams included), errors in 
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -73,3 +74,50 @@ def test_the_request_line_goes_through_structlog_when_its_set_up_is_replaced(jso
         request_line({"request_id": "r-2", "status": 401})
     assert captured == [{"event": "request", "request_id": "r-2", "status": 401, "log_level": "info"}]
     assert json_logs.getvalue() == b""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/foo", 404),
+        ("POST", "//v1/messages", 404),
+        ("HEAD", "/V1/messages", 404),
+        ("PUT", "/health", 405),
+        ("POST", "/metrics", 405),
+        ("OPTIONS", "/", 405),
+        ("DELETE", "/openapi.json", 405),
+    ],
+)
+async def test_a_path_or_method_the_root_does_not_serve_still_names_its_request_id(
+    gateway: TestServer, method: str, path: str, status: int
+) -> None:
+    """Outside /v1/ aiohttp's own plain 404 and 405 (with its Allow header), as before, and the caller's id."""
+    async with aiohttp.ClientSession() as s:
+        url = aiohttp.client.URL(str(gateway.make_url("")).rstrip("/") + path, encoded=True)
+        async with s.request(method, url, headers={"x-request-id": "lost-1"}) as r:
+            assert r.status == status and r.headers.get("x-request-id") == "lost-1"
+            assert (status == 405) == ("Allow" in r.headers)
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai"), ("/v1/user-api-keys", "management")],
+)
+async def test_an_unknown_expectation_is_a_417_in_the_callers_shape_with_its_request_id(
+    gateway: TestServer, path: str, shape: str
+) -> None:
+    """aiohttp's own 417 is plain text and names no request id: an Expect handler runs before any middleware."""
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 42-continue\r\nContent-Length: 2\r\nx-request-id: exp-1\r\n"
+    writer.write(head.encode() + b"Content-Type: application/json\r\nConnection: close\r\n\r\n")
+    try:
+        status_line, _, headers = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).partition(b"\r\n")
+        length = next(int(h.split(b":")[1]) for h in headers.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert status_line.startswith(b"HTTP/1.1 417") and b"x-request-id: exp-1" in headers.lower()
+    error = orjson.loads(body)
+    message = error["error"] if shape == "management" else error["error"]["message"]
+    assert "42-continue" in message and (error.get("type") == "error") == (shape == "anthropic")

@@ -146,3 +146,20 @@ async def test_gateway_reload_signals_the_running_server(
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_sections_read_at_start_only_stay_in_force_until_the_restart(
+    served: tuple[TestServer, Path], upstream: FakeUpstream, key: str
+) -> None:
+    """A reload that says "config_needs_restart" must not apply the section anyway: /metrics stays behind an admin
+    key and the body limit stays the one the server started with."""
+    server, path = served
+    write_config(path, upstream.url, fast_model="claude-haiku-4-5", extra="metrics: {require_admin: false}\n")
+    path.write_text(path.read_text().replace("server: {", "server: {max_body_bytes: 100, "))
+    with structlog.testing.capture_logs() as logs:
+        assert reload(server)
+    [needs] = [entry for entry in logs if entry["event"] == "config_needs_restart"]
+    assert needs["sections"] == ["server", "metrics"]
+    async with aiohttp.ClientSession() as s, s.get(str(server.make_url("/metrics"))) as r:
+        assert r.status == 401
+    assert (await post(server, key))[0] == 200  # a body of more than 100 bytes
