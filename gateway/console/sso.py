@@ -113,7 +113,7 @@ async def sso_callback(request: web.Request) -> web.StreamResponse:
         return await _refused(request, err.message, err.status_for(ErrorShape.OPENAI))
     row = await key_of(pool, person)
     sid = secrets.token_urlsafe(32)
-    max_age = request.config_dict[RUNTIME].config.console.session_max_age_s
+    max_age = min(request.config_dict[RUNTIME].config.console.session_max_age_s, people.cfg.session_max_age_s)
     sso = db.SsoSession(person.subject, person.role.value, person.team)
     await db.start_console_session(pool, _hash(sid), row.id, max_age, sso=sso)
     session = await aiohttp_session.new_session(request)  # a new cookie on sign-in: no fixation

@@ -62,6 +62,10 @@ class SsoConfig(IssuerSettings):
     team_claim: str | None = None  # a claim holding the person's team name
     default_role: Role | None = None  # for people no claim value maps; None: they are refused
     api_audience: str | None = None  # also accepted as `aud` of Bearer tokens on the management API
+    # A console session signed in by SSO ends this long after sign-in (never later than console.session_max_age_s):
+    # the role and team it holds were read from the claims at sign-in, so a person removed from a group at the
+    # provider keeps that group's role in the console until then (the management API re-reads every token).
+    session_max_age_s: int = Field(default=3600, gt=0)
 
 
 class CallerJwtConfig(IssuerSettings):

@@ -66,6 +66,9 @@ async def test_sign_in_with_sso_maps_groups_to_console_roles(
     await admin.screenshot(path=str(tmp_path / "sso-admin.png"), full_page=True)
     row = await pool.fetchrow("SELECT sso_subject, sso_role, sso_team FROM console_sessions")
     assert dict(row) == {"sso_subject": "sso:alice@example.com", "sso_role": "admin", "sso_team": "platform"}
+    # the role read at sign-in holds for sso.session_max_age_s (default 1 hour), not the console's 8 hours
+    lifetime = await pool.fetchval("SELECT extract(epoch FROM expires_at - now()) FROM console_sessions")
+    assert 3000 < lifetime <= 3600
     await admin.click(".sign-out button[type=submit]")
     await admin.wait_for_url(str(server.make_url("/console/sign-in")))
     assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 0
