@@ -318,23 +318,27 @@ class Page(Query):
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), _named(_page_number(0, MAX_OFFSET))] = 0
 
 
-class DaysPage(Page):
-    """?from=&to=&limit=&offset=: UTC days, both inclusive."""
+class Days(Query):
+    """?from=&to=: UTC days, both inclusive (also GET /v1/me/usage's query)."""
 
     start: Annotated[date | None, _named(_day, "from")] = Field(None, alias="from", description="First day, inclusive.")
     end: Annotated[date | None, _named(_day, "to")] = Field(None, alias="to", description="Last day, inclusive.")
 
     @model_validator(mode="after")
-    def _in_order(self) -> DaysPage:
+    def _in_order(self) -> Days:
         if self.start and self.end and self.start > self.end:
             raise ValueError("'from' is after 'to'")
         return self
 
 
+class DaysPage(Days, Page):
+    """?from=&to=&limit=&offset=: one page of a range of UTC days."""
+
+
 class DlpQuery(DaysPage):
     """GET /v1/dlp-findings: filters on the user, the detector and the action taken."""
 
-    userId: Annotated[uuid.UUID | None, _named(_user_id)] = None
+    userId: Annotated[uuid.UUID | None, _named(_user_id)] = Field(None, description="Only this user's findings.")
     detector: Annotated[str | None, _named(_member(DETECTOR_IDS)), _enum(DETECTOR_IDS)] = None
     action: Annotated[str | None, _named(_member(ACTIONS[:-1])), _enum(ACTIONS[:-1])] = None
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.management import ROUTES, Route
-from gateway.management_schemas import Body, Query
+from gateway.management_schemas import Body, Days, Query
 
 STATIC = Path(__file__).with_name("openapi_static.json")
 REF = "#/components/schemas/{model}"
@@ -46,7 +46,15 @@ def document() -> dict[str, Any]:
     for route in ROUTES:
         operation = doc["paths"].setdefault(route.path, {}).setdefault(route.method.lower(), _new_operation(route))
         _declare(operation, route, schemas)
+    my_usage = doc["paths"]["/v1/me/usage"]["get"]  # gateway/me.py: the one self-service query
+    my_usage["parameters"] = _worded_as(my_usage.get("parameters", []), query_parameters(Days))
     return doc
+
+
+def _worded_as(static: list[dict[str, Any]], declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The declared parameters, each with the static file's description where it has one (me.py's defaults)."""
+    words = {p["name"]: p["description"] for p in static if "description" in p}
+    return [p | ({"description": words[p["name"]]} if p["name"] in words else {}) for p in declared]
 
 
 def _new_operation(route: Route) -> dict[str, Any]:
