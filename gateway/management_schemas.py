@@ -180,8 +180,8 @@ def _day(value: Any, name: str) -> date:
 
 def _user_id(value: Any, name: str) -> uuid.UUID:
     try:
-        return uuid.UUID(value)
-    except (TypeError, ValueError):
+        return uuid.UUID(str(value))
+    except ValueError:
         raise ValueError(f"'{name}' is not a user id: {value!r}") from None
 
 
