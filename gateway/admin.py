@@ -60,7 +60,7 @@ def _iso(value: date) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-# --- request parsing (bodies and queries: gateway/management_schemas.py, parsed by the route's guard) -------
+# --- path parameters (bodies and queries: gateway/management_schemas.py, parsed by the route's guard) -----
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
