@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -28,17 +26,22 @@ from gateway.accounting.month_view import month_of
 from gateway.app_keys import RUNTIME, SERVICES
 from gateway.composition import Services
 from gateway.config import GatewayConfig
-from gateway.dlp import ACTIONS, DETECTOR_IDS
 from gateway.errors import ManagementApiError
-from gateway.keys import KEY_PREFIX, Principal, claudecode_hmac, generate_key
+from gateway.keys import Principal, claudecode_hmac, generate_key
+from gateway.management_schemas import (
+    CreateUserRequest,
+    DaysPage,
+    DlpQuery,
+    IncreaseTokenLimitRequest,
+    RateLimitRequest,
+    RegenerateRequest,
+    body_of,
+    query_of,
+)
 from gateway.rate_limits.overrides import Override
 from gateway.roles import Actor, Role
 from gateway.sso.people import actor_of, key_of, person_from_bearer, principal_of
 from gateway.stages.auth import presented_credential
-
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-CREATE_FIELDS = {"email", "firstname", "lastname", "claudecodeUserKey", "teamId"}
-MAX_HISTORY_PAGE = 1000
 
 
 class AdminError(ManagementApiError):
@@ -56,60 +59,7 @@ def _iso(value: date) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-# --- request parsing ---------------------------------------------------------------------------------
-
-
-async def _body(request: web.Request, allowed: set[str], *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if optional:
-            return {}
-        raise AdminError(400, "request body must be a JSON object")
-    _require_json_media_type(request)  # only a body can be misread; aiohttp labels an empty POST octet-stream
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise AdminError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise AdminError(400, "request body must be a JSON object")
-    try:
-        json.loads(raw, object_pairs_hook=_once_each)  # parsed above: only a field given twice raises (400)
-    except RecursionError:  # orjson takes 1023 levels, the json module fewer than 1000
-        raise AdminError(400, "request body is nested too deeply") from None
-    if unknown := sorted(set(body) - allowed):
-        raise AdminError(400, f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
-    return body
-
-
-def _require_json_media_type(request: web.Request) -> None:
-    """415 for a body declared as anything but JSON, as on the model routes (gateway.app.read_json_body).
-
-    `curl -d` without `-H 'content-type: application/json'` sends application/x-www-form-urlencoded; taking
-    that as JSON here but not on /v1/messages would teach a habit that fails there.
-    """
-    content_type = request.headers.get("Content-Type", "application/json")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise AdminError(415, f"Content-Type must be application/json, got {content_type!r}")
-
-
-def _text(body: dict[str, Any], name: str, *, max_len: int = 200) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise AdminError(400, f"'{name}' is required and must be a non-empty string")
-    if len(value) > max_len:
-        raise AdminError(400, f"'{name}' is longer than {max_len} characters")
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the INSERT
-        raise AdminError(400, f"'{name}' must not contain NUL characters")
-    return value.strip()
-
-
-def _token(body: dict[str, Any]) -> str:
-    """claudecodeUserKey when given: optional, but never empty (leave it out for a user without Claude Code)."""
-    value = body["claudecodeUserKey"]
-    if not isinstance(value, str) or not value.strip():
-        raise AdminError(400, "'claudecodeUserKey' must be a non-empty string, or left out for an IDE-only user")
-    return _text(body, "claudecodeUserKey", max_len=4096)
+# --- path parameters (bodies and queries: gateway/management_schemas.py, parsed by the route's guard) -----
 
 
 def _user_id(request: web.Request) -> uuid.UUID:
@@ -117,24 +67,6 @@ def _user_id(request: web.Request) -> uuid.UUID:
         return uuid.UUID(request.match_info["id"])
     except ValueError:
         raise AdminError(404, f"no user with id {request.match_info['id']!r}") from None
-
-
-def _day(request: web.Request, name: str) -> date | None:
-    value = request.query.get(name)
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise AdminError(400, f"'{name}' must be a date like 2026-11-01") from None
-
-
-def _int_query(request: web.Request, name: str, default: int, maximum: int, minimum: int = 0) -> int:
-    value = request.query.get(name, str(default))
-    # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses (a 500 before)
-    if not (value.isascii() and value.isdigit() and len(value) <= 12) or not minimum <= int(value) <= maximum:
-        raise AdminError(400, f"'{name}' must be an integer from {minimum} to {maximum}")
-    return int(value)
 
 
 # --- handlers ----------------------------------------------------------------------------------------
@@ -162,16 +94,6 @@ async def authenticate_actor(request: web.Request) -> Actor:
         actor = await actor_of(svc.pool, person)  # first: a refused person leaves no identity row behind
         return dataclasses.replace(actor, key_id=(await key_of(svc.pool, person)).id)
     return (await _authenticate(request)).actor
-
-
-def team_id_field(body: dict[str, Any], name: str = "teamId") -> int | None:
-    """An optional team id in a body: null or absent -> None; a positive integer otherwise (400 for anything else)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if type(value) is not int or not 0 < value < 2**63:
-        raise AdminError(400, f"'{name}' must be a team id (a positive integer) or null")
-    return value
 
 
 class UserKeysApi:
@@ -213,9 +135,8 @@ class UserKeysApi:
             raise AdminError(403, "a team_admin key manages the users of its own team only")
         return user
 
-    def _team_of_new_user(self, body: dict[str, Any], actor: Actor) -> int | None:
+    def _team_of_new_user(self, team_id: int | None, actor: Actor) -> int | None:
         """The team a new user goes into: a team_admin's own (it may name no other), or the admin's `teamId`."""
-        team_id = team_id_field(body)
         if actor.role is Role.TEAM_ADMIN:
             if team_id is not None and team_id != actor.team_id:
                 raise AdminError(403, "a team_admin key creates users in its own team only")
@@ -223,24 +144,16 @@ class UserKeysApi:
         return team_id
 
     async def create(self, request: web.Request, actor: Actor) -> web.Response:
-        body = await _body(request, CREATE_FIELDS)
-        team_id = self._team_of_new_user(body, actor)
-        email = _text(body, "email", max_len=254)
-        if not EMAIL.match(email):
-            raise AdminError(400, f"'email' is not an email address: {email!r}")
-        # Optional: a user who works only in IDEs has no Claude Code token to register.
-        cc_token = None if body.get("claudecodeUserKey") is None else _token(body)
-        if cc_token is not None and cc_token.startswith(KEY_PREFIX):
-            raise AdminError(400, "'claudecodeUserKey' must be the user's Claude Code token, not a gateway key")
-        if cc_token is not None and len(cc_token) < 8:
-            raise AdminError(400, "'claudecodeUserKey' is too short to be a Claude Code token (8 characters minimum)")
+        body = body_of(request, CreateUserRequest)
+        team_id = self._team_of_new_user(body.teamId, actor)
+        cc_token = body.claudecodeUserKey  # optional: a user who works only in IDEs has no Claude Code token
         plaintext, key = await asyncio.to_thread(self._new_key)
         try:
             user, _ = await db.create_user(
                 self._svc.pool,
-                email=email,
-                firstname=_text(body, "firstname"),
-                lastname=_text(body, "lastname"),
+                email=body.email,
+                firstname=body.firstname,
+                lastname=body.lastname,
                 claudecode_hmac=claudecode_hmac(self._hmac_secret, cc_token) if cc_token is not None else None,
                 key=key,
                 actor=actor,
@@ -267,10 +180,7 @@ class UserKeysApi:
 
     async def regenerate(self, request: web.Request, actor: Actor) -> web.Response:
         user_id = (await self._user_for(request, actor, change=True)).id
-        body = await _body(request, {"reason"}, optional=True)
-        reason = body.get("reason")
-        if reason is not None and (not isinstance(reason, str) or "\x00" in reason):
-            raise AdminError(400, "'reason' must be a string without NUL characters")
+        reason = body_of(request, RegenerateRequest).reason
         plaintext = ""
 
         async def new_key() -> tuple[str, str]:  # made while the user's row is locked: one regenerate at a time
@@ -295,12 +205,7 @@ class UserKeysApi:
 
     async def increase_token_limit(self, request: web.Request, actor: Actor) -> web.Response:
         user_id = (await self._user_for(request, actor, change=True)).id
-        body = await _body(request, {"increment"})
-        increment = body.get("increment")
-        if not isinstance(increment, int) or isinstance(increment, bool) or increment <= 0:
-            raise AdminError(400, "'increment' must be a positive integer")
-        if increment > 10**15:
-            raise AdminError(400, "'increment' is too large")
+        increment = body_of(request, IncreaseTokenLimitRequest).increment
         try:
             new_limit = await db.increase_token_limit(
                 self._svc.pool,
@@ -364,11 +269,8 @@ class UserKeysApi:
 
     async def usage_history(self, request: web.Request, actor: Actor) -> web.Response:
         user_id = (await self._user_for(request, actor, change=False)).id
-        start, end = _day(request, "from"), _day(request, "to")
-        if start and end and start > end:
-            raise AdminError(400, "'from' is after 'to'")
-        limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
-        offset = _int_query(request, "offset", 0, 10**9)
+        page = query_of(request, DaysPage)
+        start, end, limit, offset = page.start, page.end, page.limit, page.offset
         # One row more than the page: a next page is announced only when it has something on it.
         rows = await db.user_usage_history(
             self._svc.pool, user_id, start=start, end=end, limit=limit + 1, offset=offset
@@ -391,31 +293,17 @@ ApiHandler = Callable[[UserKeysApi, web.Request, Actor], Awaitable[web.Response]
 async def dlp_findings(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """GET /v1/dlp-findings: what the DLP stage found (never the values), newest first, one page at a time.
 
-    Query: from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
+    Query (DlpQuery): from, to (UTC days, inclusive), userId, detector, action, limit (1-1000, default 100), offset.
     """
-    start, end = _day(request, "from"), _day(request, "to")
-    if start and end and start > end:
-        raise AdminError(400, "'from' is after 'to'")
-    user_id = None
-    if (raw_user := request.query.get("userId")) is not None:
-        try:
-            user_id = uuid.UUID(raw_user)
-        except ValueError:
-            raise AdminError(400, f"'userId' is not a user id: {raw_user!r}") from None
-    detector, action = request.query.get("detector"), request.query.get("action")
-    if detector is not None and detector not in DETECTOR_IDS:
-        raise AdminError(400, f"'detector' must be one of {', '.join(DETECTOR_IDS)}")
-    if action is not None and action not in ACTIONS[:-1]:
-        raise AdminError(400, "'action' must be one of block, redact, audit")
-    limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
-    offset = _int_query(request, "offset", 0, 10**9)
+    q = query_of(request, DlpQuery)
+    limit, offset = q.limit, q.offset
     rows = await db.dlp_findings(
         request.config_dict[SERVICES].pool,
-        start=start,
-        end=end,
-        user_id=user_id,
-        detector=detector,
-        action=action,
+        start=q.start,
+        end=q.end,
+        user_id=q.userId,
+        detector=q.detector,
+        action=q.action,
         limit=limit + 1,
         offset=offset,
     )
@@ -475,7 +363,6 @@ RATE_LIMIT_FIELDS = {
     "tokensPerMinute": "tokens_per_minute",
     "inFlight": "in_flight",
 }
-MAX_LIMIT = 2**31 - 1  # the column is a PostgreSQL integer
 
 
 def _limits_json(values: Any) -> dict[str, Any]:
@@ -527,13 +414,8 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
     Absent or null: the default from gateway.yaml; 0: no limit of that kind. Replaces the whole override.
     """
     scope, scope_id = await _rate_limit_scope(request)
-    body = await _body(request, set(RATE_LIMIT_FIELDS))
-    values: dict[str, int | None] = {}
-    for camel, name in RATE_LIMIT_FIELDS.items():
-        value = body.get(camel)
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_LIMIT):
-            raise AdminError(400, f"'{camel}' must be null or an integer from 0 to {MAX_LIMIT}")
-        values[name] = value
+    body = body_of(request, RateLimitRequest)
+    values = {name: getattr(body, camel) for camel, name in RATE_LIMIT_FIELDS.items()}
     svc = request.config_dict[SERVICES]
     assert svc.rate_limit_overrides is not None
     override = Override(**values)
@@ -544,17 +426,6 @@ async def put_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -
     limits = request.config_dict[RUNTIME].config.rate_limits
     effective = override.over(limits.key if scope == "key" else limits.user)
     return _json({"scope": scope, "id": scope_id, **_limits_json(override), "effective": _limits_json(effective)})
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's fields, 400 for one given twice: orjson keeps the last silently, and with
-    `{"requestsPerMinute": 5, ..., "requestsPerMinute": null}` which one was meant is anyone's guess."""
-    fields: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise AdminError(400, f"field {name!r} is given more than once; send it once")
-        fields[name] = value
-    return fields
 
 
 async def delete_rate_limit(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:

@@ -15,7 +15,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway import console, db, management, me
+from gateway import console, db, management, me, openapi
 from gateway.app_keys import RUNTIME, SERVICES, SLOTS
 from gateway.composition import Services, open_services
 from gateway.config import GatewayConfig
@@ -99,8 +99,8 @@ async def root(request: web.Request) -> web.Response:
 
 
 def openapi_document() -> Handler:
-    """GET /openapi.json: gateway/openapi.json, read once when the app is built (tests keep it in sync)."""
-    document = Path(__file__).with_name("openapi.json").read_bytes()
+    """GET /openapi.json: gateway/openapi.py's document, built once when the app is built."""
+    document = openapi.served_bytes()
 
     async def serve(request: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")

@@ -25,6 +25,7 @@ from gateway.composition import SERVICES
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable, error_response
 from gateway.keys import Principal, generate_key
+from gateway.management_schemas import Days, read_query
 
 MAX_RANGE_DAYS = 366
 
@@ -92,16 +93,6 @@ async def me(request: web.Request, who: Principal) -> web.Response:
     )
 
 
-def _day(request: web.Request, name: str, default: date) -> date:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"'{name}' must be a date like 2026-11-01") from None
-
-
 async def usage(request: web.Request, who: Principal) -> web.Response:
     """GET /v1/me/usage?from=2026-11-01&to=2026-11-30: per UTC day and provider model, oldest first.
 
@@ -111,8 +102,8 @@ async def usage(request: web.Request, who: Principal) -> web.Response:
     """
     svc = request.config_dict[SERVICES]
     now = svc.month_view.clock()
-    start = _day(request, "from", month_of(now))
-    end = _day(request, "to", now.date())
+    asked = read_query(request, Days)  # 400 in the caller's dialect for a bad date
+    start, end = asked.start or month_of(now), asked.end or now.date()
     if start > end:
         raise BadRequest("'from' is after 'to'")
     if end == date.max:  # the day after it (the range's open end) does not exist: OverflowError, a 500

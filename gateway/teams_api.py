@@ -11,97 +11,45 @@
     DELETE /v1/management-keys/{key}    revoke
     GET    /v1/audit                    every management change, newest first, with the acting identity
 
-Request bodies are checked by the small `_*_fields` functions, one per body, that return plain values.
+Request bodies and queries are declared in gateway/management_schemas.py and parsed by the route's guard.
 """
 
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import web
 
 from gateway import db
 from gateway.accounting.month_view import month_of
-from gateway.admin import MAX_HISTORY_PAGE, AdminError, UserKeysApi, _body, _int_query, _iso, _json, _text, _user_id
-from gateway.admin import team_id_field as _team_id_field
+from gateway.admin import AdminError, UserKeysApi, _iso, _json, _user_id
 from gateway.keys import generate_key
+from gateway.management_schemas import (
+    CreateManagementKeyRequest,
+    CreateTeamRequest,
+    MoveUserRequest,
+    Page,
+    UpdateTeamRequest,
+    body_of,
+    query_of,
+)
 from gateway.roles import Actor, Role
 
-TEAM_FIELDS = {"name", "monthlyTokenLimit", "monthlyLimitUsd"}
-KEY_FIELDS = {"name", "role", "teamId"}
-MAX_TOKENS = 2**63 - 1
-MAX_USD = Decimal("9999999999.9999")  # numeric(14, 4)
+# --- request bodies (declared in gateway/management_schemas.py, parsed by the route's guard) ---------------
 
 
-# --- request bodies ------------------------------------------------------------------------------------
-
-# Bidi embeddings, overrides and isolates, refused in names as the console's forms do (gateway/console/actions.py):
-# they make a name read backwards on every page that shows it.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-SSO_PREFIX = "sso:"  # the names of SSO identities' key rows (sql/015_sso.sql): never a management key's
-
-
-def _name(body: dict[str, Any]) -> str:
-    """A team's or a management key's `name`: shown in the console, the audit and `gateway` CLI listings, so no
-    control characters (line breaks, terminal escapes, bidi overrides); 400 otherwise."""
-    name = _text(body, "name", max_len=100)
-    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in name):
-        raise AdminError(400, "'name' must not contain control characters (line breaks, escapes, bidi overrides)")
-    return name
-
-
-def _token_limit(body: dict[str, Any]) -> int | None:
-    value = body.get("monthlyTokenLimit")
-    if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
-        raise AdminError(400, "'monthlyTokenLimit' must be null (no team limit) or a whole number of tokens >= 0")
-    return value
-
-
-def _usd_limit(body: dict[str, Any]) -> Decimal | None:
-    value = body.get("monthlyLimitUsd")
-    if value is None:
-        return None
-    try:
-        amount = Decimal(str(value)) if type(value) in (int, float) else None
-    except InvalidOperation:
-        amount = None
-    if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_USD:
-        raise AdminError(400, f"'monthlyLimitUsd' must be null (no team limit) or a number of USD from 0 to {MAX_USD}")
-    return amount.quantize(Decimal("0.0001"))
-
-
-def _team_fields(body: dict[str, Any], *, partial: bool) -> db.TeamChange:
-    """A team body as a change: every field optional when `partial` (PATCH), `name` required otherwise."""
-    if not partial and "name" not in body:
-        raise AdminError(400, "'name' is required and must be a non-empty string")
-    if partial and not body:
-        raise AdminError(400, f"give at least one of {', '.join(sorted(TEAM_FIELDS))}")
+def _team_change(body: CreateTeamRequest | UpdateTeamRequest) -> db.TeamChange:
+    """A team body as a change: a field left out of a PATCH keeps its value (null removes a limit)."""
+    given = body.model_fields_set
     return db.TeamChange(
-        name=_name(body) if "name" in body else None,
-        set_limit_tokens="monthlyTokenLimit" in body,
-        limit_tokens=_token_limit(body),
-        set_limit_usd="monthlyLimitUsd" in body,
-        limit_usd=_usd_limit(body),
+        name=body.name,
+        set_limit_tokens="monthlyTokenLimit" in given,
+        limit_tokens=body.monthlyTokenLimit,
+        set_limit_usd="monthlyLimitUsd" in given,
+        limit_usd=body.monthlyLimitUsd,
     )
-
-
-def _key_fields(body: dict[str, Any]) -> tuple[str, Role, int | None]:
-    """(name, role, team id) of a new management key; a team_admin key needs its team, the others none."""
-    name = _name(body)
-    if name.lower().startswith(SSO_PREFIX):  # it would collide with, or stand in for, a person's identity row
-        raise AdminError(400, f"'name' must not start with {SSO_PREFIX!r}: such names are SSO identities'")
-    roles = [r.value for r in Role if r is not Role.USER]
-    if body.get("role") not in roles:
-        raise AdminError(400, f"'role' must be one of {', '.join(roles)}")
-    role = Role(body["role"])
-    team_id = _team_id_field(body)
-    if (role is Role.TEAM_ADMIN) != (team_id is not None):
-        raise AdminError(400, "'teamId' is required for a team_admin key, and only for one")
-    return name, role, team_id
 
 
 def _path_id(request: web.Request, name: str, what: str) -> int:
@@ -151,14 +99,13 @@ async def list_teams(api: UserKeysApi, request: web.Request, actor: Actor) -> we
 
 async def create_team(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """POST /v1/teams -> 201 the team; 409 when a team has that name."""
-    change = _team_fields(await _body(request, TEAM_FIELDS), partial=False)
-    assert change.name is not None
+    body = body_of(request, CreateTeamRequest)
     try:
         team = await db.create_team(
             api.services.pool,
-            name=change.name,
-            limit_tokens=change.limit_tokens,
-            limit_usd=change.limit_usd,
+            name=body.name,
+            limit_tokens=body.monthlyTokenLimit,
+            limit_usd=body.monthlyLimitUsd,
             actor=actor,
         )
     except db.Conflict as exc:
@@ -170,7 +117,7 @@ async def update_team(api: UserKeysApi, request: web.Request, actor: Actor) -> w
     """PATCH /v1/teams/{team}: rename, or set a limit (null: none). Members' cached limits are dropped here at once,
     elsewhere within auth.cache_ttl_s."""
     team_id = _path_id(request, "team", "team")
-    change = _team_fields(await _body(request, TEAM_FIELDS), partial=True)
+    change = _team_change(body_of(request, UpdateTeamRequest))
     try:
         team = await db.update_team(api.services.pool, team_id, change, actor=actor)
     except db.Conflict as exc:
@@ -221,11 +168,9 @@ async def team_usage(api: UserKeysApi, request: web.Request, actor: Actor) -> we
 async def move_user(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """PUT /v1/user-api-keys/{id}/team {"teamId": 3 | null}: the user's usage counts there from now on."""
     user_id = _user_id(request)
-    body = await _body(request, {"teamId"})
-    if "teamId" not in body:
-        raise AdminError(400, "'teamId' is required: a team id, or null for no team")
+    team_id = body_of(request, MoveUserRequest).teamId
     try:
-        user = await db.set_user_team(api.services.pool, user_id, _team_id_field(body), actor=actor)
+        user = await db.set_user_team(api.services.pool, user_id, team_id, actor=actor)
     except LookupError as exc:
         raise AdminError(404, str(exc)) from None
     if user is None:
@@ -244,7 +189,8 @@ async def list_management_keys(api: UserKeysApi, request: web.Request, actor: Ac
 
 async def create_management_key(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """POST /v1/management-keys -> 201 with `apiKey`, shown this once."""
-    name, role, team_id = _key_fields(await _body(request, KEY_FIELDS))
+    body = body_of(request, CreateManagementKeyRequest)
+    name, role, team_id = body.name, body.role, body.teamId
     new = await asyncio.to_thread(generate_key, api.config.auth.bcrypt_rounds)
     try:
         row = await db.create_service_key(
@@ -275,8 +221,8 @@ async def revoke_management_key(api: UserKeysApi, request: web.Request, actor: A
 
 async def audit(api: UserKeysApi, request: web.Request, actor: Actor) -> web.Response:
     """GET /v1/audit?limit=&offset=: management changes, newest first, each with who made it (`actor`)."""
-    limit = _int_query(request, "limit", 100, MAX_HISTORY_PAGE, minimum=1)
-    offset = _int_query(request, "offset", 0, 10**9)
+    page = query_of(request, Page)
+    limit, offset = page.limit, page.offset
     rows, total = await db.audit_page(api.services.pool, limit=limit, offset=offset)
     entries = [
         {
