@@ -41,26 +41,23 @@ def per_token(price: Price) -> PerToken:
     return (*(Decimal(str(p)) / _MILLION for p in per_million), Decimal(str(price.web_search_per_1k)) / 1000)
 
 
-def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
-    """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price."""
-    return None if price is None else cost_at(per_token(price), usage)
-
-
 def cost_at(rates: PerToken, usage: Usage) -> Decimal:
     """What `usage` cost at `rates` (`per_token`'s decimals).
 
     Cache writes the provider did not split by lifetime are priced as 5-minute writes.
     """
     per_input, per_output, per_write, per_read, per_write_1h, per_search = rates
-    unsplit_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
-    return (
-        usage.input_tokens * per_input
-        + usage.output_tokens * per_output
-        + unsplit_writes * per_write
-        + usage.cache_write_1h_tokens * per_write_1h
-        + usage.cache_read_tokens * per_read
-        + usage.web_search_requests * per_search
-    )
+    cost = usage.input_tokens * per_input + usage.output_tokens * per_output
+    # The other kinds are mostly 0: skipped, not multiplied (each Decimal operation allocates); same value.
+    if unsplit_writes := usage.cache_write_tokens - usage.cache_write_1h_tokens:
+        cost += unsplit_writes * per_write
+    if usage.cache_write_1h_tokens:
+        cost += usage.cache_write_1h_tokens * per_write_1h
+    if usage.cache_read_tokens:
+        cost += usage.cache_read_tokens * per_read
+    if usage.web_search_requests:
+        cost += usage.web_search_requests * per_search
+    return cost
 
 
 MAX_PRICED_MODELS = 1024  # provider model ids whose rates a ledger keeps (a routing rule may pass callers' ids on)
