@@ -53,23 +53,18 @@ class Relay:
         if handler is None:
             raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
         if ex.billable and ex.body.get("stream") is not True:
-            await _despite_hang_up(ex, handler(ex, self._upstream))
+            await _RunsDespiteHangUp(handler(ex, self._upstream), ex)
         else:
             await handler(ex, self._upstream)
 
 
-async def _despite_hang_up(ex: Exchange, relaying: Coroutine[Any, Any, None]) -> None:
-    """Run a whole-reply relay to its end even when the caller hangs up, so its usage row holds the real counts.
+class _RunsDespiteHangUp(asyncio.Task[None]):
+    """A whole-reply relay, run to its end even when the caller hangs up, so its usage row holds the real counts.
 
     The upstream generates (and bills) a whole reply whether or not anyone still waits for it, and sends it
     only once generated: a caller that hung up just before it came would otherwise leave a 499 row of 0 tokens.
-    The row keeps the 499; a second cancellation (the server shutting down) ends the wait and the relay.
-    """
-    await _RunsDespiteHangUp(relaying, ex)
-
-
-class _RunsDespiteHangUp(asyncio.Task[None]):
-    """The relay as a task that turns down the first cancellation its waiter passes on (the caller hung up).
+    So this task turns down the first cancellation its waiter passes on (the caller hung up); the row keeps the
+    499, and a second cancellation (the server shutting down) ends the wait and the relay.
 
     The waiting handler then gets its CancelledError once the relay has ended (asyncio's Task.cancel sets
     `_must_cancel` when its waiter refuses); a second cancellation goes through and ends the relay. One task
