@@ -106,7 +106,10 @@ class Usage:
 
 def _largest(current: int, counts: Mapping[str, Any], name: str) -> int:
     """`current`, or the count `counts[name]` reports when larger (absent or clamped counts never lower it)."""
-    reported = usage_count(counts.get(name), name)
+    value = counts.get(name)
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # every count a sane upstream sends: no call for it
+        return value if value > current else current
+    reported = usage_count(value, name)
     return current if reported is None else max(current, reported)
 
 

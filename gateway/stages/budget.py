@@ -32,6 +32,7 @@ BYTES_PER_INPUT_TOKEN = 4  # a request body's JSON bytes per input token; over-r
 DEFAULT_MAX_OUTPUT = 4096  # reserved for a body that names no output limit
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")  # Messages, Chat, Responses
 _MILLION = Decimal(1_000_000)
+_NUMBER = (int, float)  # a tuple: `int | float` in the loop built a union object per field and request
 
 PriceOf = Callable[[str], Price | None]
 AliasOf = Callable[[str], ModelAlias | None]
@@ -95,7 +96,7 @@ def output_limit(body: dict[str, Any], alias: ModelAlias | None = None) -> int:
     limits = [
         min(math.ceil(v), MAX_COUNT)
         for f in _MAX_OUTPUT_FIELDS
-        if isinstance(v := body.get(f), int | float) and not isinstance(v, bool) and 0 < v < math.inf
+        if isinstance(v := body.get(f), _NUMBER) and not isinstance(v, bool) and 0 < v < math.inf
     ]
     default = max(DEFAULT_MAX_OUTPUT, alias.default_max_tokens) if alias is not None else DEFAULT_MAX_OUTPUT
     limit = max(limits, default=default)
