@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import secrets
 import time
@@ -32,31 +31,36 @@ log = structlog.get_logger("gateway.usage")
 _MILLION = Decimal(1_000_000)
 
 
-@functools.lru_cache(maxsize=256)
-def _per_token(price: Price) -> tuple[Decimal, ...]:
+PerToken = tuple[Decimal, ...]  # USD per token (input, output, 5-minute write, cache read, 1-hour write), per search
+
+
+def per_token(price: Price) -> PerToken:
     """A price as exact decimals per token (input, output, 5-minute write, cache read, 1-hour write) and per
-    web search, computed once per price."""
+    web search."""
     per_million = (price.input, price.output, price.cache_write, price.cache_read, price.cache_write_1h_price)
     return (*(Decimal(str(p)) / _MILLION for p in per_million), Decimal(str(price.web_search_per_1k)) / 1000)
 
 
-def cost_usd(price: Price | None, usage: Usage) -> Decimal | None:
-    """What `usage` cost at `price` (USD per million tokens, by kind); None when the model has no price.
+def cost_at(rates: PerToken, usage: Usage) -> Decimal:
+    """What `usage` cost at `rates` (`per_token`'s decimals).
 
     Cache writes the provider did not split by lifetime are priced as 5-minute writes.
     """
-    if price is None:
-        return None
-    per_input, per_output, per_write, per_read, per_write_1h, per_search = _per_token(price)
-    unsplit_writes = usage.cache_write_tokens - usage.cache_write_1h_tokens
-    return (
-        usage.input_tokens * per_input
-        + usage.output_tokens * per_output
-        + unsplit_writes * per_write
-        + usage.cache_write_1h_tokens * per_write_1h
-        + usage.cache_read_tokens * per_read
-        + usage.web_search_requests * per_search
-    )
+    per_input, per_output, per_write, per_read, per_write_1h, per_search = rates
+    cost = usage.input_tokens * per_input + usage.output_tokens * per_output
+    # The other kinds are mostly 0: skipped, not multiplied (each Decimal operation allocates); same value.
+    if unsplit_writes := usage.cache_write_tokens - usage.cache_write_1h_tokens:
+        cost += unsplit_writes * per_write
+    if usage.cache_write_1h_tokens:
+        cost += usage.cache_write_1h_tokens * per_write_1h
+    if usage.cache_read_tokens:
+        cost += usage.cache_read_tokens * per_read
+    if usage.web_search_requests:
+        cost += usage.web_search_requests * per_search
+    return cost
+
+
+MAX_PRICED_MODELS = 1024  # provider model ids whose rates a ledger keeps (a routing rule may pass callers' ids on)
 
 
 class RowIds:
@@ -106,7 +110,8 @@ class Ledger:
     ) -> None:
         self._metrics = metrics or Metrics()
         self._new_id = RowIds()
-        self._pool, self.price_for, self._view = pool, price_for, view
+        self._pool, self._view = pool, view
+        self.price_for = price_for
         self._interval_s, self._flush_rows = flush_interval_ms / 1000, flush_rows
         self._max_queue, self._spill = max_queue_rows, spill
         self.spilled = 0
@@ -120,6 +125,26 @@ class Ledger:
         self.written = 0
 
     @property
+    def price_for(self) -> Callable[[str], Price | None]:
+        """Model id -> its price; set again at a config reload."""
+        return self._price_for
+
+    @price_for.setter
+    def price_for(self, price_for: Callable[[str], Price | None]) -> None:
+        self._price_for = price_for
+        self._rates: dict[str, PerToken | None] = {}  # model id -> its rates, computed once per config
+
+    def _rates_of(self, model: str) -> PerToken | None:
+        """The model's `per_token` rates, cached: a price lookup and six Decimal divisions per request were not free."""
+        if model in self._rates:
+            return self._rates[model]
+        price = self._price_for(model)
+        found = per_token(price) if price is not None else None
+        if len(self._rates) < MAX_PRICED_MODELS:
+            self._rates[model] = found
+        return found
+
+    @property
     def pending(self) -> int:
         return len(self._rows)
 
@@ -129,7 +154,8 @@ class Ledger:
         now_ns = time.perf_counter_ns()
         ttfb_ms = (ex.first_byte_ns - ex.started_ns) / 1e6 if ex.first_byte_ns else None
         u, who, when = ex.usage, ex.principal, self._view.clock()
-        cost = cost_usd(self.price_for(ex.target.provider_model), u)
+        rates = self._rates_of(ex.target.provider_model)
+        cost = cost_at(rates, u) if rates is not None else None
         self._view.recorded(when, who.key_id, who.user_id, u.total, cost, who.team_id)
         self._rows.append(
             (
@@ -166,14 +192,14 @@ class Ledger:
         assert ex.target is not None
         m = self._metrics
         alias = m.model_label(ex.target.alias.name)  # configured names only, else "other": bounded series
-        for kind, count in (
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cache_read", u.cache_read_tokens),
-            ("cache_write", u.cache_write_tokens),
-        ):
-            if count:
-                m.tokens.inc((alias, kind), count)
+        if u.input_tokens:  # one `if` per kind: a loop over a tuple of pairs built each request cost more
+            m.tokens.inc((alias, "input"), u.input_tokens)
+        if u.output_tokens:
+            m.tokens.inc((alias, "output"), u.output_tokens)
+        if u.cache_read_tokens:
+            m.tokens.inc((alias, "cache_read"), u.cache_read_tokens)
+        if u.cache_write_tokens:
+            m.tokens.inc((alias, "cache_write"), u.cache_write_tokens)
         if cost:
             m.cost.inc((alias,), float(cost))
         if ttfb_ms is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -43,6 +44,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _epoch(day: date) -> float:
+    """Seconds since the epoch at the start (00:00 UTC) of `day`."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
 def scopes(month: date, key_id: int, user_id: UUID | None, team_id: int | None = None) -> list[Scope]:
     """The counters one request moves: its key's, its user's (if any) and its team's (if any)."""
     out: list[Scope] = [(month, "key", str(key_id))]
@@ -67,20 +73,37 @@ class MonthView:
         self._last_flush = 0
         self._task: asyncio.Task[None] | None = None
         self._reserved: Amounts = defaultdict(lambda: [Decimal(0), Decimal(0)])  # scope -> in-flight estimates
+        self._month, self._month_span = date.min, (0.0, 0.0)  # the current month and its [start, end) in epoch s
+
+    def month(self) -> date:
+        """The current UTC month, as `month_of(self.clock())`.
+
+        With the real clock, a comparison of `time.time()` with the month's bounds: a request asks several times,
+        and each datetime.now, astimezone and date cost more than the rest of its budget check.
+        """
+        if self.clock is not utc_now:  # a test's clock
+            return month_of(self.clock())
+        now = time.time()
+        start, end = self._month_span
+        if not start <= now < end:
+            self._month = month = month_of(datetime.fromtimestamp(now, UTC))
+            following = date(month.year + month.month // 12, month.month % 12 + 1, 1)
+            self._month_span = (_epoch(month), _epoch(following))
+        return self._month
 
     # --- what the budget check asks ---
 
     def tokens_reserved(self, user_id: UUID) -> int:
-        entry = self._reserved.get((month_of(self.clock()), "user", str(user_id)))
+        entry = self._reserved.get((self.month(), "user", str(user_id)))
         return int(entry[0]) if entry else 0
 
     def cost_reserved(self, key_id: int) -> Decimal:
-        entry = self._reserved.get((month_of(self.clock()), "key", str(key_id)))
+        entry = self._reserved.get((self.month(), "key", str(key_id)))
         return entry[1] if entry else Decimal(0)
 
     def team_reserved(self, team_id: int) -> tuple[int, Decimal]:
         """(tokens, USD) the requests in flight on this process hold against a team's month."""
-        entry = self._reserved.get((month_of(self.clock()), "team", str(team_id)))
+        entry = self._reserved.get((self.month(), "team", str(team_id)))
         return (int(entry[0]), entry[1]) if entry else (0, Decimal(0))
 
     def reserve(
@@ -88,7 +111,7 @@ class MonthView:
     ) -> Amounts:
         """Hold `tokens` and `cost` against the key's, the user's and the team's month until `release`."""
         held: Amounts = {}
-        for scope in scopes(month_of(self.clock()), key_id, user_id, team_id):
+        for scope in scopes(self.month(), key_id, user_id, team_id):
             entry = self._reserved[scope]
             entry[0] += tokens
             entry[1] += cost
@@ -105,14 +128,14 @@ class MonthView:
                 del self._reserved[scope]
 
     def tokens_used(self, user_id: UUID) -> int:
-        return int(self._used((month_of(self.clock()), "user", str(user_id)))[0])
+        return int(self._used((self.month(), "user", str(user_id)))[0])
 
     def cost_used(self, key_id: int) -> Decimal:
-        return self._used((month_of(self.clock()), "key", str(key_id)))[1]
+        return self._used((self.month(), "key", str(key_id)))[1]
 
     def team_used(self, team_id: int) -> tuple[int, Decimal]:
         """(tokens, USD) of a team's month: the usage rows made for it, whoever is in it now."""
-        tokens, cost = self._used((month_of(self.clock()), "team", str(team_id)))
+        tokens, cost = self._used((self.month(), "team", str(team_id)))
         return int(tokens), cost
 
     def _used(self, scope: Scope) -> list[Decimal]:
@@ -157,7 +180,7 @@ class MonthView:
         if self._pool is None:
             return
         flushed_before = self._last_flush
-        month = month_of(self.clock())
+        month = self.month()
         counters = await db.month_counters(self._pool, month)
         self._snapshot = {(month, c.scope, c.scope_id): [Decimal(c.tokens), c.cost_usd] for c in counters}
         for number in [n for n in self._stored if n <= flushed_before]:

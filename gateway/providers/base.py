@@ -7,9 +7,8 @@ dialect relays a stream without re-serialising it.
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -69,16 +68,29 @@ def upstream_error(provider: str, exc: BaseException) -> GatewayError | None:
     return None
 
 
-@contextlib.contextmanager
-def upstream_errors(provider: str) -> Iterator[None]:
+_MAPPED = (TimeoutError, aiohttp.ClientError)  # the failures `upstream_error` maps
+
+
+class UpstreamErrors:
+    """A context manager mapping aiohttp/asyncio failures talking to `provider` onto the gateway's errors, keeping
+    the cause. A class (one per provider for the POST): a @contextmanager's generator per use cost more."""
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and isinstance(exc, _MAPPED) and (mapped := upstream_error(self._provider, exc)):
+            raise mapped from exc
+
+
+def upstream_errors(provider: str) -> UpstreamErrors:
     """Map aiohttp/asyncio failures talking to `provider` onto the gateway's errors, keeping the cause."""
-    try:
-        yield
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        mapped = upstream_error(provider, exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+    return UpstreamErrors(provider)
 
 
 # The upstream's response headers a caller may see: what it needs to read the body, match a request id in the
@@ -177,7 +189,7 @@ class AiohttpReply:
         return _Chunks(self._provider, self._response.content, self._secret)
 
     async def read(self) -> bytes:
-        with upstream_errors(self._provider):
+        with UpstreamErrors(self._provider):
             body = await self._response.read()
         return body.replace(self._secret, REDACTED) if self._secret and self._secret in body else body
 
@@ -207,6 +219,7 @@ class HttpProvider:
         t = cfg.timeouts
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, sock_read=t.idle_s)
         self._reply_timeout = aiohttp.ClientTimeout(total=t.first_byte_s, sock_connect=t.connect_s)
+        self._errors = UpstreamErrors(self.name)
         self._urls: dict[str, URL] = {}  # path and query -> URL, built once (a query comes from callers: bounded)
 
     def headers(self, call: UpstreamCall) -> Mapping[str, str]:
@@ -221,7 +234,7 @@ class HttpProvider:
                 self._urls[target] = url
         body = io.BytesIO(call.body) if len(call.body) > LARGE_BODY else call.body
         timeout = self._stream_timeout if call.stream else self._reply_timeout
-        with upstream_errors(self.name):
+        with self._errors:
             response = await self._session.post(url, data=body, headers=self.headers(call), timeout=timeout)
         if response.status in CREDENTIAL_STATUSES:
             raise await self._refused_credentials(response)

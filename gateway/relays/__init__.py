@@ -9,8 +9,8 @@ and for streams a StreamTranslator that `relay_stream` (gateway/relays/stream.py
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -27,7 +27,7 @@ from gateway.relays.upstream import Upstream
 
 log = structlog.get_logger("gateway.relay")
 
-PairRelay = Callable[[Exchange, Upstream], Awaitable[None]]
+PairRelay = Callable[[Exchange, Upstream], Coroutine[Any, Any, None]]
 
 RELAYS: dict[tuple[str, ErrorShape], PairRelay] = {
     ("messages", ErrorShape.ANTHROPIC): relay_anthropic,
@@ -53,24 +53,33 @@ class Relay:
         if handler is None:
             raise BadRequest(f"{ex.route} is not available for models served by {ex.target.provider.name}")
         if ex.billable and ex.body.get("stream") is not True:
-            await _despite_hang_up(ex, handler(ex, self._upstream))
+            await _RunsDespiteHangUp(handler(ex, self._upstream), ex)
         else:
             await handler(ex, self._upstream)
 
 
-async def _despite_hang_up(ex: Exchange, relaying: Awaitable[None]) -> None:
-    """Run a whole-reply relay to its end even when the caller hangs up, so its usage row holds the real counts.
+class _RunsDespiteHangUp(asyncio.Task[None]):
+    """A whole-reply relay, run to its end even when the caller hangs up, so its usage row holds the real counts.
 
     The upstream generates (and bills) a whole reply whether or not anyone still waits for it, and sends it
     only once generated: a caller that hung up just before it came would otherwise leave a 499 row of 0 tokens.
-    The row keeps the 499; a second cancellation (the server shutting down) ends the wait and the relay.
+    So this task turns down the first cancellation its waiter passes on (the caller hung up); the row keeps the
+    499, and a second cancellation (the server shutting down) ends the wait and the relay.
+
+    The waiting handler then gets its CancelledError once the relay has ended (asyncio's Task.cancel sets
+    `_must_cancel` when its waiter refuses); a second cancellation goes through and ends the relay. One task
+    and no `asyncio.shield`: a shield's outer future and callbacks cost about 20,000 instructions per request.
     """
-    task = asyncio.ensure_future(relaying)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            log.info("caller_gone_awaiting_usage", request_id=ex.request_id)
-            with contextlib.suppress(Exception):  # an upstream failure now has no one to tell; the row says 499
-                await task
-        raise
+
+    _hung_up = False
+
+    def __init__(self, relaying: Coroutine[Any, Any, None], ex: Exchange) -> None:
+        super().__init__(relaying)
+        self._request_id = ex.request_id
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if self._hung_up or self.done():
+            return super().cancel(msg)
+        self._hung_up = True
+        log.info("caller_gone_awaiting_usage", request_id=self._request_id)
+        return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -40,17 +40,28 @@ def anthropic_reply(data: bytes, provider: str) -> dict[str, Any]:
     return message
 
 
-@contextlib.contextmanager
-def readable_upstream(provider: str) -> Iterator[None]:
+class readable_upstream:  # lower case: it is used as the function it was, `with readable_upstream(provider):`
     """Map a reply or stream event the translators cannot read (a field missing or of the wrong type) to a 502.
 
     Unmapped, it would be a 500 with a traceback, or, mid-stream, a second status line written into the body.
+    A class, not a @contextmanager: a stream enters it once per chunk, and a generator per chunk was not free.
     """
-    try:
-        yield
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        log.warning("unreadable_upstream_reply", provider=provider, error=repr(exc))
-        raise UpstreamUnreachable(f"{provider} sent a reply the gateway cannot read ({exc!r})") from None
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and isinstance(exc, _UNREADABLE):
+            log.warning("unreadable_upstream_reply", provider=self._provider, error=repr(exc))
+            raise UpstreamUnreachable(f"{self._provider} sent a reply the gateway cannot read ({exc!r})") from None
+
+
+_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 async def write_quietly(resp: web.StreamResponse, data: bytes) -> bool:

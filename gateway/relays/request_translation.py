@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import structlog
 
 from gateway.dialects.translation import TranslationError, TranslationOptions
@@ -20,15 +17,29 @@ def unexpected_shape(exc: Exception) -> BadRequest:
     return BadRequest("request body has a field of an unexpected type or shape; check it against the API reference")
 
 
-@contextlib.contextmanager
-def translating() -> Iterator[None]:
+class _Translating:
+    """See `translating`; a class, not a @contextmanager, so that a request builds no generator for it."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, TranslationError):
+            raise BadRequest(str(exc), param=exc.param) from None
+        if isinstance(exc, TypeError | AttributeError | KeyError):  # a shape the translator did not foresee
+            raise unexpected_shape(exc) from None  # still the caller's
+
+
+_TRANSLATING = _Translating()
+
+
+def translating() -> _Translating:
     """A request body the translator cannot take is the caller's 400, never a 500."""
-    try:
-        yield
-    except TranslationError as exc:
-        raise BadRequest(str(exc), param=exc.param) from None
-    except (TypeError, AttributeError, KeyError) as exc:  # a shape the translator did not foresee: still the caller's
-        raise unexpected_shape(exc) from None
+    return _TRANSLATING
 
 
 def translation_options(target: Target) -> TranslationOptions:

@@ -32,6 +32,7 @@ BYTES_PER_INPUT_TOKEN = 4  # a request body's JSON bytes per input token; over-r
 DEFAULT_MAX_OUTPUT = 4096  # reserved for a body that names no output limit
 _MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")  # Messages, Chat, Responses
 _MILLION = Decimal(1_000_000)
+_NUMBER = (int, float)  # a tuple: `int | float` in the loop built a union object per field and request
 
 PriceOf = Callable[[str], Price | None]
 AliasOf = Callable[[str], ModelAlias | None]
@@ -64,14 +65,24 @@ def price_of_requested(cfg: GatewayConfig) -> PriceOf:
     return price_of
 
 
-def reservation(ex: Exchange, price: Price | None, alias: ModelAlias | None = None) -> tuple[int, Decimal]:
+Rates = tuple[Decimal, Decimal]  # USD per input token, per output token
+MAX_PLANNED_IDS = 1024  # requested model ids whose alias and rates a budget stage keeps (ids come from callers)
+
+
+def rates_of(price: Price | None) -> Rates | None:
+    """A price's input and output rates as exact decimals per token; None for an unpriced model."""
+    if price is None:
+        return None
+    return Decimal(str(price.input)) / _MILLION, Decimal(str(price.output)) / _MILLION
+
+
+def reservation(ex: Exchange, rates: Rates | None, alias: ModelAlias | None = None) -> tuple[int, Decimal]:
     """(tokens, USD) a request may cost: input from the body's size, plus the output limit it asks for."""
     input_tokens = len(ex.raw_body) // BYTES_PER_INPUT_TOKEN
     output_tokens = output_limit(ex.body, alias)
-    if price is None:
+    if rates is None:
         return input_tokens + output_tokens, Decimal(0)
-    cost = (input_tokens * Decimal(str(price.input)) + output_tokens * Decimal(str(price.output))) / _MILLION
-    return input_tokens + output_tokens, cost
+    return input_tokens + output_tokens, input_tokens * rates[0] + output_tokens * rates[1]
 
 
 def output_limit(body: dict[str, Any], alias: ModelAlias | None = None) -> int:
@@ -85,7 +96,7 @@ def output_limit(body: dict[str, Any], alias: ModelAlias | None = None) -> int:
     limits = [
         min(math.ceil(v), MAX_COUNT)
         for f in _MAX_OUTPUT_FIELDS
-        if isinstance(v := body.get(f), int | float) and not isinstance(v, bool) and 0 < v < math.inf
+        if isinstance(v := body.get(f), _NUMBER) and not isinstance(v, bool) and 0 < v < math.inf
     ]
     default = max(DEFAULT_MAX_OUTPUT, alias.default_max_tokens) if alias is not None else DEFAULT_MAX_OUTPUT
     limit = max(limits, default=default)
@@ -120,6 +131,8 @@ class CheckBudget:
         self._alias_of: AliasOf = alias_of or (lambda model: None)
         self._max_in_flight = budgets.max_in_flight_per_user
         self._in_flight: Counter[Any] = Counter()  # user id (or key id for a key without a user) -> requests
+        # requested id -> (its alias, its rates): resolved once per config, not per request (fnmatch, Decimal)
+        self._plans: dict[str, tuple[ModelAlias | None, Rates | None]] = {}
 
     async def __call__(self, ex: Exchange, call_next: Next) -> None:
         if not (self._enforce and ex.billable):
@@ -132,7 +145,8 @@ class CheckBudget:
         except BudgetExceeded as refused:
             self._metrics.budget_rejections.inc((refused.code,))
             raise
-        tokens, cost = reservation(ex, self._price_of(ex.alias_name), self._alias_of(ex.alias_name))
+        alias, rates = self._plan(ex.alias_name)
+        tokens, cost = reservation(ex, rates, alias)
         held: Amounts = self._usage.reserve(who.key_id, who.user_id, tokens, cost, who.team_id)
         owner = who.user_id or who.key_id
         self._in_flight[owner] += 1
@@ -143,6 +157,14 @@ class CheckBudget:
             self._in_flight[owner] -= 1
             if not self._in_flight[owner]:
                 del self._in_flight[owner]
+
+    def _plan(self, requested: str) -> tuple[ModelAlias | None, Rates | None]:
+        """The alias and the rates a requested model id is reserved at (cached per id, bounded)."""
+        if (plan := self._plans.get(requested)) is None:
+            plan = self._alias_of(requested), rates_of(self._price_of(requested))
+            if len(self._plans) < MAX_PLANNED_IDS:
+                self._plans[requested] = plan
+        return plan
 
     def check(self, who: Principal) -> None:
         """Raise BudgetExceeded unless usage plus the reservations already held is under both limits."""

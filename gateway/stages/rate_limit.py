@@ -35,11 +35,14 @@ class CheckRateLimit:
     ) -> None:
         self._limiter, self._overrides, self._metrics = limiter, overrides, metrics
         self._key_default, self._user_default = limits.key, limits.user
+        self._any_default = limits.key.any or limits.user.any  # neither: only an override can limit anyone
         self._settling: set[asyncio.Task[None]] = set()  # held so that a settlement is not collected mid-way
 
     def scopes(self, who: Principal) -> list[Scope]:
         """The scopes with any limit for this caller, key first; [] means nothing to check."""
         by_scope = self._overrides.by_scope if self._overrides is not None else {}
+        if not by_scope and not self._any_default:  # the common case: no limit anywhere, nothing to build
+            return []
         scopes = []
         key = str(who.key_id)
         limit = o.over(self._key_default) if (o := by_scope.get(("key", key))) else self._key_default
