@@ -45,9 +45,13 @@ REQUEST_ID_HEADER = "x-request-id"
 
 
 def new_request_id(request: web.Request) -> str:
-    """The caller's `x-request-id` when it is printable and at most 128 characters, else 24 random hex digits."""
+    """The caller's `x-request-id` when it is printable ASCII and at most 128 characters, else 24 random hex digits.
+
+    ASCII only: it is echoed in a response header and written in every log line, where a bidi override or a
+    look-alike letter would pass for another request's id.
+    """
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(12)
+    return given if 0 < len(given) <= 128 and given.isascii() and given.isprintable() else secrets.token_hex(12)
 
 
 def dialect_of(request: web.Request) -> ErrorShape:

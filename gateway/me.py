@@ -22,6 +22,7 @@ from gateway import db
 from gateway.accounting.month_view import month_of
 from gateway.app_keys import RUNTIME
 from gateway.composition import SERVICES
+from gateway.edge import expect_after_auth
 from gateway.error_shape import ErrorShape
 from gateway.errors import BadRequest, Conflict, Forbidden, GatewayError, ServiceUnavailable, error_response
 from gateway.keys import Principal, generate_key
@@ -166,4 +167,6 @@ def add_routes(app: web.Application, mounted_at: str = "") -> None:
     """The /v1/me routes, on `app` mounted at `mounted_at` (the gateway's /v1 sub-application: "/v1")."""
     app.router.add_get("/v1/me".removeprefix(mounted_at), _guarded(me))
     app.router.add_get("/v1/me/usage".removeprefix(mounted_at), _guarded(usage))
-    app.router.add_post("/v1/me/regenerate".removeprefix(mounted_at), _guarded(regenerate))
+    # No 100 Continue before authentication (the handler reads no body: its answer stands in for the 100).
+    expect = expect_after_auth(ErrorShape.OPENAI)
+    app.router.add_post("/v1/me/regenerate".removeprefix(mounted_at), _guarded(regenerate), expect_handler=expect)

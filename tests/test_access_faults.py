@@ -286,6 +286,16 @@ async def test_100_continue_is_not_sent_for_a_body_its_headers_already_refuse(
     assert status_line.startswith(refusal)  # before: "HTTP/1.1 100 Continue" first, inviting a body to refuse
 
 
+async def test_regenerating_ones_own_key_invites_no_body_before_the_key_is_checked(gateway: TestServer) -> None:
+    request = b"POST /v1/me/regenerate HTTP/1.1\r\nHost: gw\r\nx-api-key: gw-wrong\r\nExpect: 100-continue\r\n"
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    writer.write(request + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n")  # waits for the 100
+    async with asyncio.timeout(10):
+        status_line = await reader.readuntil(b"\r\n")
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401 ")  # before: "HTTP/1.1 100 Continue" to a caller with no valid key
+
+
 # --- a body nested too deep -----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,16 @@ async def test_a_stream_and_a_refusal_carry_the_request_id(
             assert (error["type"] == "error") if shape == "anthropic" else ("message" in error["error"])
         async with s.post(url, json=BODY, headers={"x-request-id": "no-key"}) as r:
             assert r.status == 401 and r.headers["x-request-id"] == "no-key"
+
+
+@pytest.mark.parametrize("given", ["caf\u00e9-1", "id-\u202e1-di", "\u0440equest-1", "x" * 129])
+async def test_a_request_id_that_is_not_short_printable_ascii_is_replaced(gateway: TestServer, given: str) -> None:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(gateway.make_url("/v1/messages"), json=BODY, headers={"x-request-id": given}) as r,
+    ):
+        assert r.status == 401
+        assert re.fullmatch(r"[0-9a-f]{24}", r.headers["x-request-id"]), r.headers["x-request-id"]
 
 
 @pytest.fixture
