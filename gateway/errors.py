@@ -245,7 +245,7 @@ class UpstreamError(GatewayError):
         A body that is not an Anthropic error (an HTML page from a proxy, say) gets a message naming the status
         and no code.
         """
-        error = _json(body).get("error")
+        error = json_object(body).get("error")
         if isinstance(error, Mapping) and isinstance(error.get("message"), str):
             kind = str(error.get("type") or STATUS_ERROR_TYPES.get(status, "api_error"))
             return cls(error["message"], upstream_status=status, upstream_type=kind, code=kind, headers=headers)
@@ -260,12 +260,14 @@ class UpstreamError(GatewayError):
         Reads OpenAI's `{"error": {"message"}}`, Ollama's `{"error": "..."}` and FastAPI's `{"detail": "..."}`;
         the status is kept so the SDKs raise the matching class.
         """
-        message = error_message(_json(body)) or _unreadable(status)
+        message = error_message(json_object(body)) or _unreadable(status)
         kind = _status_type(status)
         return cls(message, upstream_status=status, upstream_type=kind, code=kind, headers=headers)
 
 
-def _json(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
+    """`body` parsed as a JSON object; {} for anything else (not JSON, an array, a bare value): an upstream's
+    body, read by the error mapping here and by the relays (gateway/relays/)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

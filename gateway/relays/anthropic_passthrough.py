@@ -11,12 +11,11 @@ from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError, error_frame
+from gateway.errors import GatewayError, error_frame, json_object
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.relays.headers import forwardable_headers, relayed_headers
 from gateway.relays.model_patch import with_model
-from gateway.relays.replies import json_object
 from gateway.relays.stream import OutputMeter, bill_message, relay_stream
 from gateway.relays.upstream import Upstream
 

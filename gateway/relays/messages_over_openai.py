@@ -20,11 +20,11 @@ from gateway.dialects.messages.reply import Event, chat_completion_to_message
 from gateway.dialects.messages.request import estimate_input_tokens, messages_request_to_chat
 from gateway.dialects.messages.stream import AnthropicStreamTranslator
 from gateway.error_shape import ErrorShape
-from gateway.errors import BadRequest, GatewayError, UpstreamError, UpstreamUnreachable, error_frame
+from gateway.errors import BadRequest, GatewayError, UpstreamError, UpstreamUnreachable, error_frame, json_object
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
-from gateway.relays.replies import answer, json_object, relay_error
+from gateway.relays.replies import answer, relay_error
 from gateway.relays.request_translation import translating
 from gateway.relays.stream import OutputMeter, TranslatedStream, is_count, relay_stream
 from gateway.relays.upstream import Upstream

@@ -20,13 +20,12 @@ from gateway.dialects import sse
 from gateway.dialects.chat.request import stream_flag
 from gateway.dialects.messages.reply import usage_to_anthropic
 from gateway.error_shape import ErrorShape
-from gateway.errors import GatewayError, UpstreamUnreachable, error_frame
+from gateway.errors import GatewayError, UpstreamUnreachable, error_frame, json_object
 from gateway.pipeline import Exchange, Target
 from gateway.providers.base import UpstreamCall, UpstreamReply
 from gateway.providers.openai_compat import CHAT_COMPLETIONS_PATH
 from gateway.relays.headers import relayed_headers
 from gateway.relays.model_patch import with_model
-from gateway.relays.replies import json_object
 from gateway.relays.request_translation import translating
 from gateway.relays.stream import OutputMeter, bill_completion, is_count, relay_stream
 from gateway.relays.upstream import Upstream

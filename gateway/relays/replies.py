@@ -11,24 +11,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import UpstreamError, UpstreamUnreachable, error_response
+from gateway.errors import UpstreamError, UpstreamUnreachable, error_response, json_object
 from gateway.pipeline import CLIENT_CLOSED, Exchange
 from gateway.providers.base import UpstreamReply
 from gateway.relays.headers import EVENT_STREAM
 
 log = structlog.get_logger("gateway.relay")
-
-
-def json_object(data: bytes) -> dict[str, Any]:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def anthropic_reply(data: bytes, provider: str) -> dict[str, Any]:

@@ -29,11 +29,11 @@ from aiohttp import web
 
 from gateway.dialects import sse
 from gateway.dialects.messages.reply import usage_to_anthropic
-from gateway.errors import GatewayError, UpstreamUnreachable
+from gateway.errors import GatewayError, UpstreamUnreachable, json_object
 from gateway.pipeline import CLIENT_CLOSED, Exchange, Usage
 from gateway.providers.base import UpstreamReply
 from gateway.relays.headers import EVENT_STREAM
-from gateway.relays.replies import eof_quietly, json_object, start_stream, write_quietly
+from gateway.relays.replies import eof_quietly, start_stream, write_quietly
 
 log = structlog.get_logger("gateway.relay")
 

@@ -324,6 +324,25 @@ def trim_prefill(messages: list[dict[str, Any]]) -> None:
         last["text"] = last["text"].rstrip()  # has_text kept only blocks with non-whitespace: never emptied
 
 
+def settle_history(
+    messages: list[dict[str, Any]], sources: Mapping[int, tuple[str, str]], *, field: str, what: str
+) -> None:
+    """The last steps of every caller's history on its way to a Messages request, in place: tool_result blocks
+    first in each user turn (Anthropic wants them before any other user content), at least one turn with content,
+    calls and results paired (check_tool_pairs), no trailing whitespace on a prefill (trim_prefill).
+
+    Raises TranslationError naming `field` ("messages", "input") when no `what` ("message", "input item") has
+    any non-whitespace content, which Anthropic refuses.
+    """
+    for message in messages:
+        if message["role"] == "user":
+            message["content"].sort(key=lambda block: block["type"] != "tool_result")
+    if not messages:
+        raise TranslationError(f"{field}: no {what} has any non-whitespace content", field)
+    check_tool_pairs(messages, sources)
+    trim_prefill(messages)
+
+
 def _expect_list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise TranslationError(f"{where}: must be a list", where)
@@ -348,13 +367,7 @@ class _Conversation:
             if not isinstance(message, Mapping):
                 raise TranslationError(f"messages[{i}]: each message must be an object", f"messages[{i}]")
             conversation.add(i, message)
-        for message in conversation.messages:
-            if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
-                message["content"].sort(key=lambda block: block["type"] != "tool_result")
-        if not conversation.messages:  # everything was empty or whitespace, which Anthropic refuses
-            raise TranslationError("messages: no message has any non-whitespace content", "messages")
-        check_tool_pairs(conversation.messages, conversation.sources)
-        trim_prefill(conversation.messages)
+        settle_history(conversation.messages, conversation.sources, field="messages", what="message")
         return conversation.system, conversation.messages
 
     def add(self, i: int, message: Mapping[str, Any]) -> None:

@@ -15,10 +15,9 @@ import orjson
 from ..chat.request import (
     _arguments,
     _image_block,
-    check_tool_pairs,
     has_text,
+    settle_history,
     tool_use_id,
-    trim_prefill,
 )
 from ..translation import TranslationError
 from .tools import ToolOrigin, required_name, str_or_none
@@ -51,13 +50,7 @@ class Items:
             if not isinstance(item, Mapping):
                 raise TranslationError(f"input[{i}]: each input item must be an object", f"input[{i}]")
             items.add(item, f"input[{i}]")
-        for message in items.messages:
-            if message["role"] == "user":  # Anthropic wants tool_result blocks before any other user content
-                message["content"].sort(key=lambda block: block["type"] != "tool_result")
-        if not items.messages:  # everything was empty or whitespace, which Anthropic refuses
-            raise TranslationError("input: no input item has any non-whitespace content", "input")
-        check_tool_pairs(items.messages, items.sources)
-        trim_prefill(items.messages)
+        settle_history(items.messages, items.sources, field="input", what="input item")
         return items.system, items.messages
 
     def add(self, item: Mapping[str, Any], where: str) -> None:
