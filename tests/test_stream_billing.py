@@ -206,3 +206,26 @@ async def test_an_openai_provider_stream_cut_by_the_caller_is_billed_for_the_out
     row = await _row(server, pool)
     assert (row["status"], row["usage_estimated"]) == (499, True)
     assert 60 <= row["output_tokens"] <= 200
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_whole_reply_the_upstream_holds_back_is_timed_out(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, make_user: MakeUser, pool: asyncpg.Pool, route: Route
+) -> None:
+    """The task that runs a whole reply despite a hang-up must not also turn down aiohttp's own first_byte
+    timer, which cancels the same task: the upstream would then hold the caller for as long as it likes."""
+    provider = {"type": "anthropic", "base_url": upstream.url, "api_key": UPSTREAM_KEY, "retries": {"attempts": 1}}
+    server = await make_gateway(providers={"anthropic": provider | {"timeouts": {"first_byte": 0.3}}})
+    upstream.enqueue(delay_s=5)
+    key, _ = await make_user()
+    started = asyncio.get_running_loop().time()
+    headers = {"x-api-key": key, "Authorization": f"Bearer {key}"}
+    body = route.body | {"stream": False}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.make_url(route.path), json=body, headers=headers) as resp,
+    ):
+        await resp.read()
+    assert resp.status == 504
+    assert asyncio.get_running_loop().time() - started < 3
+    assert (await _row(server, pool))["status"] == 504

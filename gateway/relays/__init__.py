@@ -76,9 +76,15 @@ class _RunsDespiteHangUp(asyncio.Task[None]):
     def __init__(self, relaying: Coroutine[Any, Any, None], ex: Exchange) -> None:
         super().__init__(relaying)
         self._request_id = ex.request_id
+        # Only a cancellation passed on by this waiter is a hang-up: aiohttp's client timeout (first_byte) cancels
+        # this task itself, and turning that down would let the upstream hold the caller as long as it likes.
+        # Task.cancel counts a request on the waiter before it passes it on, so the waiter's count tells them apart.
+        self._waiter = asyncio.current_task()
+        self._waiter_cancels = self._waiter.cancelling() if self._waiter is not None else 0
 
     def cancel(self, msg: Any | None = None) -> bool:
-        if self._hung_up or self.done():
+        waiter = self._waiter
+        if self._hung_up or self.done() or waiter is None or waiter.cancelling() <= self._waiter_cancels:
             return super().cancel(msg)
         self._hung_up = True
         log.info("caller_gone_awaiting_usage", request_id=self._request_id)
