@@ -19,7 +19,7 @@ from gateway.app import build_app
 from gateway.app_keys import RUNTIME, SERVICES
 from gateway.config import load_config
 from gateway.hot_reload import reload_config
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, flushed_usage
 from tests.fakes.upstream import FakeUpstream
 from tests.net import free_port
 
@@ -163,3 +163,17 @@ async def test_sections_read_at_start_only_stay_in_force_until_the_restart(
     async with aiohttp.ClientSession() as s, s.get(str(server.make_url("/metrics"))) as r:
         assert r.status == 401
     assert (await post(server, key))[0] == 200  # a body of more than 100 bytes
+
+
+async def test_a_new_price_is_charged_from_the_next_request(
+    served: tuple[TestServer, Path], upstream: FakeUpstream, key: str, pool: asyncpg.Pool
+) -> None:
+    """The ledger keeps each model's rates cached; a reload that changes the price must empty that cache."""
+    server, path = served
+    upstream.usage(input_tokens=1_000_000, output_tokens=0)
+    assert (await post(server, key))[0] == 200
+    write_config(path, upstream.url, fast_model="claude-haiku-4-5", pricing=PRICED.replace("input: 1,", "input: 3,"))
+    assert reload(server)
+    assert (await post(server, key))[0] == 200
+    rows = await flushed_usage(server, pool)
+    assert sorted(row["cost_usd"] for row in rows) == [1, 3]
